@@ -1,0 +1,1 @@
+"""What runs inside model replicas: the ModelServer deployment, tasks, engines, sources."""

@@ -1,0 +1,1 @@
+"""One module per engine; all behind the Protocols in base.py."""

@@ -1,0 +1,69 @@
+"""The contract between tasks and engines.
+
+A generation engine takes prompt token ids and sampling parameters and yields token deltas
+as an async iterator; closing the iterator (the consumer went away) cancels the sequence in
+the engine. Non-streaming requests simply collect the deltas. Text (detokenisation, stop
+strings, chat templates) is the task's business, so every engine shares that code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import numpy as np
+
+from serve_app.protocol import EngineStats
+
+EngineFinish = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def greedy(self) -> bool:
+        # OpenAI treats temperature 0 as greedy decoding; tiny values would only make the
+        # softmax overflow, so they are greedy too.
+        return self.temperature < 1e-5
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """New tokens of one sequence; finish_reason is set on the last delta."""
+
+    token_ids: Sequence[int]
+    finish_reason: EngineFinish | None = None
+
+
+class GenerationEngine(Protocol):
+    name: str
+    device: str
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenDelta]: ...
+
+    def stats(self) -> EngineStats: ...
+
+    def check_health(self) -> None:
+        """Raise if the engine can no longer serve (Ray Serve then replaces the replica)."""
+
+    def shutdown(self) -> None: ...
+
+
+class EmbeddingEngine(Protocol):
+    name: str
+    device: str
+    dimensions: int
+
+    def encode(self, batch: list[list[int]]) -> np.ndarray:
+        """Blocking: token-id lists (any lengths) -> float32 [len(batch), dimensions] after
+        the model's pooling and normalisation."""
+        ...

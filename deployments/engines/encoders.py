@@ -1,0 +1,148 @@
+"""Embedding engines: a transformer encoder plus the model's pooling and normalisation.
+
+Pooling follows the sentence-transformers files shipped with the model (modules.json,
+1_Pooling/config.json, a Normalize module), so vectors match what sentence-transformers
+computes; a plain HF encoder without them gets mean pooling and L2 normalisation.
+Engines are blocking; the embedding task runs them off the event loop, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+logger = logging.getLogger("ray.serve")
+
+PoolingMode = Literal["mean", "cls", "max", "lasttoken"]
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    mode: PoolingMode = "mean"
+    normalize: bool = True
+    max_seq_length: int | None = None
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path) -> PoolingSpec:
+        modules_file = model_dir / "modules.json"
+        if not modules_file.exists():
+            return cls()
+        modules = json.loads(modules_file.read_text())
+        mode: PoolingMode = "mean"
+        normalize = False
+        for module in modules:
+            kind = module.get("type", "")
+            if kind.endswith("Pooling"):
+                pooling = json.loads((model_dir / module["path"] / "config.json").read_text())
+                if pooling.get("pooling_mode_cls_token"):
+                    mode = "cls"
+                elif pooling.get("pooling_mode_max_tokens"):
+                    mode = "max"
+                elif pooling.get("pooling_mode_lasttoken"):
+                    mode = "lasttoken"
+                else:
+                    mode = "mean"
+            elif kind.endswith("Normalize"):
+                normalize = True
+        max_seq_length = None
+        st_config = model_dir / "sentence_bert_config.json"
+        if st_config.exists():
+            max_seq_length = json.loads(st_config.read_text()).get("max_seq_length")
+        return cls(mode=mode, normalize=normalize, max_seq_length=max_seq_length)
+
+
+def pad_batch(batch: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(ids) for ids in batch)
+    input_ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=np.int64)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = ids
+        mask[row, : len(ids)] = 1
+    return input_ids, mask
+
+
+def pool(hidden: np.ndarray, mask: np.ndarray, spec: PoolingSpec) -> np.ndarray:
+    hidden = hidden.astype(np.float32, copy=False)
+    m = mask[..., None].astype(np.float32)
+    if spec.mode == "cls":
+        out = hidden[:, 0]
+    elif spec.mode == "max":
+        out = np.where(m > 0, hidden, -np.inf).max(axis=1)
+    elif spec.mode == "lasttoken":
+        out = hidden[np.arange(hidden.shape[0]), mask.sum(axis=1) - 1]
+    else:
+        out = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+    if spec.normalize:
+        out = out / np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
+    return out.astype(np.float32, copy=False)
+
+
+class OpenVINOEncoder:
+    """The IR exported by optimum-intel, run directly on the OpenVINO runtime."""
+
+    name = "openvino"
+
+    def __init__(self, ir_dir: Path, spec: PoolingSpec, pad_id: int, *, num_threads: int | None, device: str = "CPU"):
+        import openvino as ov
+
+        core = ov.Core()
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self._compiled = core.compile_model(str(ir_dir / "openvino_model.xml"), device, config)
+        self._request = self._compiled.create_infer_request()
+        self._inputs = {port.get_any_name() for port in self._compiled.inputs}
+        self._lock = threading.Lock()  # one infer request: one batch at a time
+        self.spec = spec
+        self.pad_id = pad_id
+        self.device = device.lower()
+        self.dimensions = int(self._compiled.outputs[0].get_partial_shape()[-1].get_length())
+
+    def encode(self, batch: list[list[int]]) -> np.ndarray:
+        input_ids, mask = pad_batch(batch, self.pad_id)
+        feeds = {"input_ids": input_ids, "attention_mask": mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(input_ids)
+        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
+        with self._lock:
+            result = self._request.infer(feeds)
+            hidden = np.array(result[self._compiled.outputs[0]])
+        return pool(hidden, mask, self.spec)
+
+
+class TorchEncoder:
+    name = "transformers"
+
+    def __init__(self, hf_dir: Path, spec: PoolingSpec, pad_id: int, *, device: str, dtype: str, num_threads: int | None):
+        import torch
+        from transformers import AutoModel
+
+        if num_threads:
+            torch.set_num_threads(num_threads)
+        self._torch = torch
+        self._model = AutoModel.from_pretrained(str(hf_dir), dtype=getattr(torch, dtype)).to(device).eval()
+        self._accepts_token_types = "token_type_ids" in self._model.forward.__code__.co_varnames
+        self._lock = threading.Lock()
+        self.spec = spec
+        self.pad_id = pad_id
+        self.device = device
+        self.dimensions = int(self._model.config.hidden_size)
+
+    def encode(self, batch: list[list[int]]) -> np.ndarray:
+        torch = self._torch
+        input_ids, mask = pad_batch(batch, self.pad_id)
+        feeds = {
+            "input_ids": torch.from_numpy(input_ids).to(self.device),
+            "attention_mask": torch.from_numpy(mask).to(self.device),
+        }
+        if self._accepts_token_types:
+            feeds["token_type_ids"] = torch.zeros_like(feeds["input_ids"])
+        with self._lock, torch.inference_mode():
+            hidden = self._model(**feeds).last_hidden_state.float().cpu().numpy()
+        return pool(hidden, mask, self.spec)

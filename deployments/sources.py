@@ -1,0 +1,297 @@
+"""Resolve a model source to local files, converting and caching where needed.
+
+Sources:
+- a local HF directory: used in place;
+- an HF hub id (``org/name`` or ``hub:org/name``): fetched with huggingface_hub's
+  snapshot_download, the same path ``from_pretrained`` takes (needs network access);
+- ``package:<package>/<file>``: a file shipped inside an installed Python package; GGUF files
+  are converted to an HF directory once.
+
+OpenVINO IR is exported from the HF directory by optimum-intel. Every conversion is cached
+under ``<cache_dir>/<name>-<key>``, where the key hashes the source's identity (path, size,
+mtime or hub revision), the conversion options and the converter versions; so a restart
+reuses it, and a changed source or upgrade converts again. A file lock keeps two replicas
+from converting the same model at once, and results are renamed into place atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+logger = logging.getLogger("ray.serve")
+
+Progress = Callable[[str], None]
+CONVERTER_REVISION = "1"  # bump when the conversion code changes its output
+
+
+class SourceError(ValueError):
+    """The source cannot be resolved; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "local" | "hub" | "package"
+    location: str  # directory or file path, or hub id
+    revision: str | None = None
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.location.lower().endswith(".gguf")
+
+
+def parse_source(source: str, revision: str | None = None) -> ModelSource:
+    source = source.strip()
+    if source.startswith("package:"):
+        spec = source.removeprefix("package:")
+        package, _, relative = spec.partition("/")
+        if not package or not relative:
+            raise SourceError(f"package source must look like package:<package>/<file>, got {source!r}")
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise SourceError(f"package {package!r} is not installed (source {source!r})")
+        path = Path(next(iter(found.submodule_search_locations))) / relative
+        if not path.exists():
+            raise SourceError(f"{relative!r} does not exist inside package {package!r}")
+        return ModelSource("package", str(path))
+    if source.startswith("hub:"):
+        return ModelSource("hub", source.removeprefix("hub:"), revision)
+    path = Path(source).expanduser()
+    if path.exists():
+        return ModelSource("local", str(path.resolve()))
+    if source.startswith(("/", "./", "../", "~")):
+        raise SourceError(f"local model path {source!r} does not exist")
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source):
+        return ModelSource("hub", source, revision)
+    raise SourceError(f"cannot resolve model source {source!r}")
+
+
+def _identity(source: ModelSource) -> str:
+    """What makes two sources the same for caching purposes."""
+    if source.kind == "hub":
+        return f"hub:{source.location}@{source.revision or 'main'}"
+    path = Path(source.location)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    parts = [f"{p.relative_to(path.parent)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
+    return "\n".join([source.kind, str(path), *parts])
+
+
+def _versions(*packages: str) -> str:
+    out = []
+    for name in packages:
+        try:
+            out.append(f"{name}={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{name}=none")
+    return ",".join(out)
+
+
+def cache_key(source: ModelSource, *options: str) -> str:
+    digest = hashlib.sha256()
+    for part in (CONVERTER_REVISION, _identity(source), *options):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _safe_name(source: ModelSource) -> str:
+    """A readable cache folder prefix: the file's stem, or the last two path parts."""
+    path = Path(source.location)
+    stem = path.stem if source.is_gguf else "-".join(path.parts[-2:])
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem)[:64]
+
+
+def _cached(cache_dir: Path, name: str, build: Callable[[Path], None], progress: Progress, what: str) -> Path:
+    """Return cache_dir/name, building it first (under a lock, atomically) if missing."""
+    target = cache_dir / name
+    if (target / ".complete").exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir / f"{name}.lock"), timeout=3600):
+        if (target / ".complete").exists():  # another process finished it while we waited
+            return target
+        progress(f"{what} (one-time; cached in {target})")
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text(json.dumps({"created": time.time()}))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        progress(f"{what}: done in {time.monotonic() - started:.1f}s")
+    return target
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """Local files a replica loads from."""
+
+    hf_dir: Path
+    openvino_dir: Path | None = None
+
+
+def resolve_hf_dir(source: ModelSource, task: str, cache_dir: Path, progress: Progress) -> Path:
+    if source.kind == "hub":
+        from huggingface_hub import snapshot_download
+
+        progress(f"fetching {source.location} from the HF hub")
+        return Path(snapshot_download(source.location, revision=source.revision))
+    path = Path(source.location)
+    if path.is_dir():
+        return path
+    if source.is_gguf:
+        key = cache_key(source, task, _versions("transformers", "gguf", "tokenizers"))
+        return _cached(
+            cache_dir,
+            f"{_safe_name(source)}-hf-{key}",
+            lambda out: convert_gguf(path, task, out),
+            progress,
+            f"converting {path.name} from GGUF to an HF checkpoint",
+        )
+    raise SourceError(f"{path} is a file but not a GGUF file; point source at a model directory")
+
+
+def prepare_openvino_ir(
+    hf_dir: Path, source: ModelSource, task: str, weight_format: str, cache_dir: Path, progress: Progress
+) -> Path:
+    key = cache_key(
+        source, task, weight_format, _versions("optimum-intel", "openvino", "transformers")
+    )
+    return _cached(
+        cache_dir,
+        f"{_safe_name(source)}-ov-{key}",
+        lambda out: export_openvino(hf_dir, task, weight_format, out),
+        progress,
+        f"exporting {hf_dir.name} to OpenVINO IR ({weight_format})",
+    )
+
+
+def prepare_model(
+    source_text: str,
+    task: str,
+    *,
+    revision: str | None,
+    use_openvino: bool,
+    weight_format: str,
+    cache_dir: Path,
+    progress: Progress | None = None,
+) -> PreparedModel:
+    """Everything a replica needs on local disk; converting once, then reusing the cache."""
+    progress = progress or (lambda msg: logger.info(msg))
+    source = parse_source(source_text, revision)
+    hf_dir = resolve_hf_dir(source, task, cache_dir, progress)
+    ov_dir = None
+    if use_openvino:
+        ov_dir = prepare_openvino_ir(hf_dir, source, task, weight_format, cache_dir, progress)
+    return PreparedModel(hf_dir=hf_dir, openvino_dir=ov_dir)
+
+
+# ----------------------------------------------------------------------------- converters
+
+
+def export_openvino(hf_dir: Path, task: str, weight_format: str, out: Path) -> None:
+    from optimum.intel import OVModelForCausalLM, OVModelForFeatureExtraction, OVWeightQuantizationConfig
+
+    cls = OVModelForCausalLM if task == "text-generation" else OVModelForFeatureExtraction
+    kwargs: dict = {"export": True, "compile": False}
+    if weight_format == "int8":
+        kwargs["quantization_config"] = OVWeightQuantizationConfig(bits=8)
+    else:
+        kwargs["load_in_8bit"] = False
+    model = cls.from_pretrained(str(hf_dir), **kwargs)
+    if weight_format == "fp16":
+        model.half()
+    model.save_pretrained(str(out))
+
+
+def convert_gguf(gguf_path: Path, task: str, out: Path) -> None:
+    """GGUF (quantised) -> HF safetensors checkpoint plus a tokenizer that loads correctly."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model_cls = AutoModelForCausalLM if task == "text-generation" else AutoModel
+    model = model_cls.from_pretrained(directory, gguf_file=filename)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    _repair_gguf_tokenizer(gguf_path, out, tokenizer)
+
+
+def _gguf_field(reader, key: str):
+    """A scalar or string value from a GGUF header, or None."""
+    import gguf
+
+    field = reader.fields.get(key)
+    if field is None or not field.data:
+        return None
+    value = field.parts[field.data[0]]
+    if field.types and field.types[0] == gguf.GGUFValueType.STRING:
+        return bytes(value).decode("utf-8")
+    return value.tolist()[0]
+
+
+def _repair_gguf_tokenizer(gguf_path: Path, out: Path, original) -> None:
+    """Rewrite the tokenizer config transformers derives from GGUF metadata.
+
+    transformers 5.x labels a GGUF byte-level BPE tokenizer with a Llama/CodeLlama tokenizer
+    class; reloading it through that class rebuilds the normaliser and pre-tokeniser and
+    mangles text (spaces become token 0), and it adds a BOS the GGUF says not to add. The
+    tokenizer.json itself is right, so we load it as a plain fast tokenizer with the special
+    tokens and chat template read from the GGUF header, then check that it encodes exactly as
+    the in-memory tokenizer did.
+    """
+    import gguf
+    from transformers import AutoTokenizer
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    vocab = [bytes(tokens.parts[i]).decode("utf-8", errors="replace") for i in tokens.data]
+
+    def token(key: str) -> str | None:
+        index = _gguf_field(reader, key)
+        return vocab[int(index)] if index is not None and 0 <= int(index) < len(vocab) else None
+
+    tokenizer_json = json.loads((out / "tokenizer.json").read_text())
+    if not _gguf_field(reader, "tokenizer.ggml.add_bos_token"):
+        tokenizer_json["post_processor"] = None
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer_json, ensure_ascii=False))
+
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": token("tokenizer.ggml.bos_token_id"),
+        "eos_token": token("tokenizer.ggml.eos_token_id"),
+        "unk_token": token("tokenizer.ggml.unknown_token_id"),
+        "pad_token": token("tokenizer.ggml.padding_token_id") or token("tokenizer.ggml.eos_token_id"),
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": int(_gguf_field(reader, f"{_gguf_field(reader, 'general.architecture')}.context_length") or 2048),
+    }
+    template = _gguf_field(reader, "tokenizer.chat_template")
+    if template:
+        config["chat_template"] = template
+    (out / "chat_template.jinja").unlink(missing_ok=True)
+    (out / "special_tokens_map.json").unlink(missing_ok=True)
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
+
+    repaired = AutoTokenizer.from_pretrained(str(out))
+    probe = "Hello world! The capital of France is Paris.\n  Indented code: x = 1"
+    expected = original(probe, add_special_tokens=False)["input_ids"]
+    got = repaired(probe, add_special_tokens=False)["input_ids"]
+    if expected != got or repaired.decode(got) != probe:
+        raise SourceError(f"tokenizer converted from {gguf_path.name} does not round-trip text")

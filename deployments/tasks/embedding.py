@@ -1,0 +1,193 @@
+"""embedding: /v1/embeddings with @serve.batch across concurrent requests.
+
+Batches are counted in inputs, not requests (``batch_size_fn``): 32 one-sentence requests
+and one 32-sentence request both make one engine call of 32. A request with more inputs
+than ``max_batch_size`` is split into chunks that batch independently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+
+from serve_app.config import ModelAppArgs
+from serve_app.errors import ContextLengthExceededError, InvalidRequestError
+from serve_app.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EngineStats
+
+from ..engines.base import EmbeddingEngine
+from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
+
+logger = logging.getLogger("ray.serve")
+
+TASK = "embedding"
+
+
+def _count_inputs(chunks: list[list[list[int]]]) -> int:
+    return sum(len(chunk) for chunk in chunks)
+
+
+class EmbeddingTask:
+    task = TASK
+
+    def __init__(
+        self,
+        model_id: str,
+        tokenizer,
+        engine: EmbeddingEngine,
+        *,
+        max_input_tokens: int,
+        supports_dimensions: bool,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+    ):
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.max_input_tokens = max_input_tokens
+        self.supports_dimensions = supports_dimensions
+        self.max_batch_size = max_batch_size
+        self._encode_batch.set_max_batch_size(max_batch_size)
+        self._encode_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._prefix, self._suffix = special_token_wrapper(tokenizer)
+        self._vocab_size = len(tokenizer)
+        self._requests = 0
+        self._inputs = 0
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
+        dims = self._check_dimensions(request.dimensions)
+        token_lists = [self._tokenize(item, i) for i, item in enumerate(request.inputs())]
+        chunks = [token_lists[i : i + self.max_batch_size] for i in range(0, len(token_lists), self.max_batch_size)]
+        parts = await asyncio.gather(*(self._encode_batch(chunk) for chunk in chunks))
+        vectors = np.concatenate(parts, axis=0)
+        if dims is not None and dims < vectors.shape[1]:
+            vectors = vectors[:, :dims]
+            if self.engine.spec.normalize:
+                vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
+        self._requests += 1
+        self._inputs += len(token_lists)
+        tokens = sum(len(ids) for ids in token_lists)
+        return EmbeddingResponse(
+            data=[
+                EmbeddingData(index=i, embedding=_encode(vector, request.encoding_format))
+                for i, vector in enumerate(vectors)
+            ],
+            model=self.model_id,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_inputs)
+    async def _encode_batch(self, chunks: list[list[list[int]]]) -> list[np.ndarray]:
+        flat = [ids for chunk in chunks for ids in chunk]
+        vectors = await asyncio.to_thread(self.engine.encode, flat)
+        out, start = [], 0
+        for chunk in chunks:
+            out.append(vectors[start : start + len(chunk)])
+            start += len(chunk)
+        return out
+
+    def stats(self) -> EngineStats:
+        return EngineStats(finished_requests_total=self._requests)
+
+    def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None
+
+    # ------------------------------------------------------------------ validation
+
+    def _check_dimensions(self, dims: int | None) -> int | None:
+        if dims is None or dims == self.engine.dimensions:
+            return None
+        if not self.supports_dimensions:
+            raise InvalidRequestError(
+                f"Model '{self.model_id}' does not support the dimensions parameter "
+                f"(its vectors have {self.engine.dimensions} dimensions).",
+                param="dimensions",
+            )
+        if dims > self.engine.dimensions:
+            raise InvalidRequestError(
+                f"dimensions must be at most {self.engine.dimensions} for model '{self.model_id}'.",
+                param="dimensions",
+            )
+        return dims
+
+    def _tokenize(self, item: str | list[int], index: int) -> list[int]:
+        if isinstance(item, str):
+            ids = self.tokenizer(item, add_special_tokens=True, truncation=False)["input_ids"]
+        else:
+            bad = [t for t in item if t >= self._vocab_size]
+            if bad:
+                raise InvalidRequestError(
+                    f"input[{index}] has token id {bad[0]}, outside the vocabulary (size {self._vocab_size})",
+                    param="input",
+                )
+            # Token ids stand for the text's tokens, as with OpenAI: add the model's special
+            # tokens so that ids and the text they encode give the same vector.
+            ids = self._prefix + list(item) + self._suffix
+        if len(ids) > self.max_input_tokens:
+            raise ContextLengthExceededError(
+                f"input[{index}] has {len(ids)} tokens; model '{self.model_id}' accepts at most "
+                f"{self.max_input_tokens} tokens per input.",
+                param="input",
+            )
+        return ids
+
+
+def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+    if encoding_format == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
+    return vector.tolist()
+
+
+def special_token_wrapper(tokenizer) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer puts before and after a text, e.g. [CLS] / [SEP]."""
+    probe = "hello"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    wrapped = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(wrapped) - len(plain) + 1):
+        if wrapped[start : start + len(plain)] == plain:
+            return wrapped[:start], wrapped[start + len(plain) :]
+    return [], []
+
+
+def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared.hf_dir), use_fast=True)
+    spec = PoolingSpec.from_model_dir(Path(prepared.hf_dir))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if backend.backend == "openvino":
+        engine = OpenVINOEncoder(
+            prepared.openvino_dir, spec, pad_id, num_threads=args.num_threads, device=backend.device.upper()
+        )
+    else:
+        engine = TorchEncoder(
+            prepared.hf_dir, spec, pad_id, device=backend.device, dtype=backend.dtype, num_threads=args.num_threads
+        )
+    limit = args.max_input_tokens or spec.max_seq_length or _max_positions(Path(prepared.hf_dir))
+    logger.info(
+        "%s: %s encoder on %s, %d dims, %s pooling, inputs up to %d tokens",
+        model_id, engine.name, engine.device, engine.dimensions, spec.mode, limit,
+    )
+    return EmbeddingTask(
+        model_id,
+        tokenizer,
+        engine,
+        max_input_tokens=limit,
+        supports_dimensions=args.supports_dimensions,
+        max_batch_size=args.effective_max_batch_size,
+        batch_wait_timeout_s=args.effective_batch_wait_timeout_s,
+    )
+
+
+def _max_positions(hf_dir: Path) -> int:
+    import json
+
+    config = json.loads((hf_dir / "config.json").read_text())
+    return int(config.get("max_position_embeddings") or 512)

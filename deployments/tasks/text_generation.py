@@ -1,0 +1,392 @@
+"""text-generation: /v1/chat/completions and /v1/completions over a GenerationEngine.
+
+Owns everything textual: chat templates, tokenisation, context-length checks, sampling
+defaults, incremental detokenisation, stop strings, n > 1, usage counts, and the shape of
+responses and stream chunks. Engines only see token ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from serve_app.config import ModelAppArgs
+from serve_app.errors import ContextLengthExceededError, InvalidRequestError
+from serve_app.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatMessageOut,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    EngineStats,
+    SamplingFields,
+    Usage,
+    new_id,
+    now,
+)
+
+from ..engines.base import GenerationEngine, SamplingParams
+from ..text_stream import TextEvent, generate_text
+
+logger = logging.getLogger("ray.serve")
+
+TASK = "text-generation"
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """One generated sequence: which prompt, which of its n samples, its output index."""
+
+    index: int
+    prompt_index: int
+    sample: int
+
+
+class TextGenerationTask:
+    task = TASK
+
+    def __init__(
+        self,
+        model_id: str,
+        tokenizer,
+        engine: GenerationEngine,
+        *,
+        max_model_len: int,
+        default_max_tokens: int | None,
+    ):
+        if not tokenizer.is_fast:
+            raise ValueError(f"{model_id}: a fast (tokenizers) tokenizer is required")
+        self.model_id = model_id
+        self.tokenizer = tokenizer
+        self.engine = engine
+        self.max_model_len = max_model_len
+        self.default_max_tokens = default_max_tokens
+        self._backend_tokenizer = tokenizer.backend_tokenizer
+        self._vocab_size = len(tokenizer)
+
+    # ------------------------------------------------------------------ public API
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        prompt_ids = self._chat_prompt_ids(request)
+        choices, texts, finishes, completion_tokens = await self._collect([prompt_ids], request, "messages")
+        return ChatCompletionResponse(
+            id=new_id("chatcmpl"),
+            created=now(),
+            model=self.model_id,
+            choices=[
+                ChatChoice(index=c.index, message=ChatMessageOut(content=texts[c.index]), finish_reason=finishes[c.index])
+                for c in choices
+            ],
+            usage=_usage(len(prompt_ids), completion_tokens),
+        )
+
+    async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
+        prompt_ids = self._chat_prompt_ids(request)
+        choices = self._choices(1, request.n)
+        params = [self._sampling(request, len(prompt_ids), "messages", c) for c in choices]
+        chunk_id, created = new_id("chatcmpl"), now()
+
+        def chunk(choice: int, delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
+            return ChatCompletionChunk(
+                id=chunk_id,
+                created=created,
+                model=self.model_id,
+                choices=[ChatChunkChoice(index=choice, delta=delta, finish_reason=finish)],
+            )
+
+        for c in choices:  # OpenAI opens every choice with a role-only delta
+            yield chunk(c.index, ChatDelta(role="assistant", content=""))
+        completion_tokens = 0
+        async for choice, event in self._run(choices, [prompt_ids], params, request.stop):
+            if event.text:
+                yield chunk(choice.index, ChatDelta(content=event.text))
+            if event.finish_reason is not None:
+                completion_tokens += event.completion_tokens
+                yield chunk(choice.index, ChatDelta(), event.finish_reason)
+        if request.include_usage_in_stream:
+            yield ChatCompletionChunk(
+                id=chunk_id, created=created, model=self.model_id, choices=[],
+                usage=_usage(len(prompt_ids), completion_tokens),
+            )
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse:
+        prompts = self._completion_prompt_ids(request)
+        choices, texts, finishes, completion_tokens = await self._collect(prompts, request, "prompt")
+        prefixes = self._echo_prefixes(request, prompts)
+        return CompletionResponse(
+            id=new_id("cmpl"),
+            created=now(),
+            model=self.model_id,
+            choices=[
+                CompletionChoice(
+                    index=c.index, text=prefixes[c.prompt_index] + texts[c.index], finish_reason=finishes[c.index]
+                )
+                for c in choices
+            ],
+            usage=_usage(sum(len(p) for p in prompts), completion_tokens),
+        )
+
+    async def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
+        prompts = self._completion_prompt_ids(request)
+        choices = self._choices(len(prompts), request.n)
+        params = [self._sampling(request, len(prompts[c.prompt_index]), "prompt", c) for c in choices]
+        prefixes = self._echo_prefixes(request, prompts)
+        chunk_id, created = new_id("cmpl"), now()
+
+        def chunk(choice: int, text: str, finish: str | None = None) -> CompletionResponse:
+            return CompletionResponse(
+                id=chunk_id, created=created, model=self.model_id,
+                choices=[CompletionChoice(index=choice, text=text, finish_reason=finish)],
+            )
+
+        for c in choices:
+            if prefixes[c.prompt_index]:
+                yield chunk(c.index, prefixes[c.prompt_index])
+        completion_tokens = 0
+        async for choice, event in self._run(choices, prompts, params, request.stop):
+            if event.finish_reason is not None:
+                completion_tokens += event.completion_tokens
+                yield chunk(choice.index, event.text, event.finish_reason)
+            elif event.text:
+                yield chunk(choice.index, event.text)
+        if request.include_usage_in_stream:
+            yield CompletionResponse(
+                id=chunk_id, created=created, model=self.model_id, choices=[],
+                usage=_usage(sum(len(p) for p in prompts), completion_tokens),
+            )
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def check_health(self) -> None:
+        self.engine.check_health()
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()
+
+    # ------------------------------------------------------------------ prompts
+
+    def _chat_prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
+        if not self.tokenizer.chat_template:
+            raise InvalidRequestError(
+                f"Model '{self.model_id}' has no chat template; use /v1/completions instead.",
+                param="messages",
+                code="chat_template_missing",
+            )
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in request.messages]
+        try:
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as exc:  # jinja raises TemplateError for e.g. bad role order
+            raise InvalidRequestError(f"The messages do not fit the model's chat template: {exc}", param="messages") from exc
+        # The template already contains any BOS the model wants.
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    def _completion_prompt_ids(self, request: CompletionRequest) -> list[list[int]]:
+        out = []
+        for prompt in request.prompts():
+            if isinstance(prompt, str):
+                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+                if not ids:
+                    raise InvalidRequestError("prompt must not be empty", param="prompt")
+            else:
+                bad = [t for t in prompt if t >= self._vocab_size]
+                if bad:
+                    raise InvalidRequestError(
+                        f"prompt token id {bad[0]} is outside the vocabulary (size {self._vocab_size})",
+                        param="prompt",
+                    )
+                ids = list(prompt)
+            out.append(ids)
+        return out
+
+    def _echo_prefixes(self, request: CompletionRequest, prompts: list[list[int]]) -> list[str]:
+        if not request.echo:
+            return [""] * len(prompts)
+        originals = request.prompts()
+        return [
+            original if isinstance(original, str) else self.tokenizer.decode(ids, skip_special_tokens=True)
+            for original, ids in zip(originals, prompts, strict=True)
+        ]
+
+    # ------------------------------------------------------------------ sampling
+
+    @staticmethod
+    def _choices(num_prompts: int, n: int) -> list[_Choice]:
+        # OpenAI numbers choices prompt-major: prompt 0's n samples first.
+        return [_Choice(p * n + s, p, s) for p in range(num_prompts) for s in range(n)]
+
+    def _sampling(self, request: SamplingFields, prompt_len: int, param: str, choice: _Choice) -> SamplingParams:
+        requested = request.requested_max_tokens if isinstance(request, ChatCompletionRequest) else request.max_tokens
+        room = self.max_model_len - prompt_len
+        if requested is not None and prompt_len + requested > self.max_model_len:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                f"requested {prompt_len + requested} tokens ({prompt_len} in the {param}, {requested} "
+                f"in the completion). Please reduce the length of the {param} or completion.",
+                param=param,
+            )
+        if room < 1:
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
+                f"{param} resulted in {prompt_len} tokens. Please reduce the length of the {param}.",
+                param=param,
+            )
+        max_tokens = requested if requested is not None else min(room, self.default_max_tokens or room)
+        seed = request.seed
+        if seed is not None and choice.sample:
+            # Distinct but reproducible samples for n > 1 with a fixed seed.
+            seed = (seed + choice.sample) % 2**63
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=seed,
+            presence_penalty=request.presence_penalty,
+            frequency_penalty=request.frequency_penalty,
+        )
+
+    # ------------------------------------------------------------------ running sequences
+
+    async def _collect(self, prompts: list[list[int]], request: SamplingFields, param: str):
+        choices = self._choices(len(prompts), request.n)
+        params = [self._sampling(request, len(prompts[c.prompt_index]), param, c) for c in choices]
+        texts = [""] * len(choices)
+        finishes: list[str] = ["stop"] * len(choices)
+        completion_tokens = 0
+        async for choice, event in self._run(choices, prompts, params, request.stop):
+            texts[choice.index] += event.text
+            if event.finish_reason is not None:
+                finishes[choice.index] = event.finish_reason
+                completion_tokens += event.completion_tokens
+        return choices, texts, finishes, completion_tokens
+
+    async def _run(
+        self, choices: list[_Choice], prompts: list[list[int]], params: list[SamplingParams], stop
+    ) -> AsyncIterator[tuple[_Choice, TextEvent]]:
+        """Run every choice concurrently, yielding events as they arrive.
+
+        Closing this generator (client gone) closes every sequence, which cancels it in the
+        engine.
+        """
+        if len(choices) == 1:  # the common case needs no fan-in machinery
+            events = generate_text(self.engine, self._backend_tokenizer, prompts[0], params[0], stop)
+            try:
+                async for event in events:
+                    yield choices[0], event
+            finally:
+                await events.aclose()
+            return
+
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+
+        async def pump(choice: _Choice, sampling: SamplingParams) -> None:
+            events = generate_text(self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling, stop)
+            try:
+                async for event in events:
+                    await queue.put((choice, event))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+                await queue.put(exc)
+                return
+            finally:
+                await events.aclose()
+            await queue.put(done)
+
+        tasks = [asyncio.create_task(pump(c, p)) for c, p in zip(choices, params, strict=True)]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                item = await queue.get()
+                if item is done:
+                    remaining -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_tokenizer(hf_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(hf_dir), use_fast=True)
+
+
+def eos_token_ids(hf_dir: Path, tokenizer) -> list[int]:
+    """Every token that ends a turn: generation_config's eos list plus the tokenizer's."""
+    ids: set[int] = set()
+    generation_config = hf_dir / "generation_config.json"
+    if generation_config.exists():
+        eos = json.loads(generation_config.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+def context_length(hf_dir: Path, args: ModelAppArgs) -> int:
+    if args.max_model_len:
+        return args.max_model_len
+    config = json.loads((hf_dir / "config.json").read_text())
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return 2048
+
+
+def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGenerationTask:
+    tokenizer = load_tokenizer(prepared.hf_dir)
+    eos = eos_token_ids(prepared.hf_dir, tokenizer)
+    max_model_len = context_length(prepared.hf_dir, args)
+    if backend.backend == "openvino":
+        from ..engines.openvino_genai import OpenVINOGenerationEngine
+
+        engine = OpenVINOGenerationEngine(
+            prepared.openvino_dir,
+            eos_token_ids=eos,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            kv_cache_gb=args.kv_cache_gb,
+            num_threads=args.num_threads,
+            device=backend.device.upper(),
+        )
+    else:
+        from ..engines.transformers_generation import TransformersGenerationEngine
+
+        engine = TransformersGenerationEngine(
+            prepared.hf_dir,
+            eos_token_ids=eos,
+            device=backend.device,
+            dtype=backend.dtype,
+            max_batch_size=args.effective_max_batch_size,
+            batch_wait_timeout_s=args.effective_batch_wait_timeout_s,
+            num_threads=args.num_threads,
+        )
+    logger.info("%s: %s engine on %s, context %d tokens", model_id, engine.name, engine.device, max_model_len)
+    return TextGenerationTask(
+        model_id, tokenizer, engine, max_model_len=max_model_len, default_max_tokens=args.default_max_tokens
+    )
+

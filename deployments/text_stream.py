@@ -1,0 +1,126 @@
+"""From engine token deltas to client text: incremental detokenisation and stop strings.
+
+Shared by every generation engine, so stop strings behave the same on OpenVINO and
+transformers. Stop strings are matched on text, not tokens (a stop string can start or end
+inside a token); text that might be the beginning of a stop string is held back until the
+next delta settles it, so a client never sees any part of a stop string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from tokenizers import Tokenizer
+
+from .engines.base import GenerationEngine, SamplingParams
+
+# Prompt tokens given to the decoder as left context: enough for tokenizers whose first
+# token's leading space depends on what precedes it (SentencePiece/Metaspace).
+_CONTEXT_TOKENS = 4
+
+
+class IncrementalDetokenizer:
+    """Text for each delta, emitting only complete characters (the vLLM/TGI offset method).
+
+    Decoding a short window of recent tokens, rather than the whole sequence, keeps each step
+    cheap; the window starts a few prompt tokens back because a token's leading space can
+    depend on what precedes it (SentencePiece/Metaspace). Text ending in U+FFFD is a
+    multi-byte character cut in half: it is held back until the next token completes it,
+    and `flush` releases whatever is left when the sequence ends.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]):
+        self._tokenizer = tokenizer
+        self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
+        self._prefix_offset = 0
+        self._read_offset = len(self._ids)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
+
+    def feed(self, token_ids: Sequence[int]) -> str:
+        self._ids.extend(token_ids)
+        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        text = self._decode(self._ids[self._prefix_offset :])
+        if len(text) > len(prefix) and not text.endswith("\ufffd"):
+            self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
+            return text[len(prefix) :]
+        return ""
+
+    def flush(self) -> str:
+        prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
+        text = self._decode(self._ids[self._prefix_offset :])
+        self._prefix_offset = self._read_offset = len(self._ids)
+        return text[len(prefix) :]
+
+
+class StopStringMatcher:
+    def __init__(self, stops: Sequence[str]):
+        self._stops = [s for s in stops if s]
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text that is safe to emit now, whether a stop string was reached)."""
+        buffer = self._held + text
+        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return buffer[: min(hits)], True
+        keep = self._longest_partial_suffix(buffer)
+        self._held = buffer[len(buffer) - keep :] if keep else ""
+        return buffer[: len(buffer) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+    def _longest_partial_suffix(self, buffer: str) -> int:
+        best = 0
+        for stop in self._stops:
+            for length in range(min(len(stop) - 1, len(buffer)), best, -1):
+                if buffer.endswith(stop[:length]):
+                    best = length
+                    break
+        return best
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    text: str
+    completion_tokens: int  # cumulative for this sequence
+    finish_reason: str | None = None
+
+
+async def generate_text(
+    engine: GenerationEngine,
+    tokenizer: Tokenizer,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    stop: Sequence[str] | None,
+) -> AsyncIterator[TextEvent]:
+    """One sequence as text events; the last one carries finish_reason."""
+    detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
+    matcher = StopStringMatcher(stop) if stop else None
+    tokens = 0
+    deltas = engine.generate(prompt_ids, params)
+    try:
+        async for delta in deltas:
+            tokens += len(delta.token_ids)
+            text = detokenizer.feed(delta.token_ids)
+            if delta.finish_reason is not None:
+                text += detokenizer.flush()
+            if matcher is not None:
+                text, stopped = matcher.feed(text)
+                if stopped:
+                    yield TextEvent(text, tokens, "stop")
+                    return  # closing `deltas` below cancels the sequence in the engine
+                if delta.finish_reason is not None:
+                    text += matcher.flush()
+            if delta.finish_reason is not None:
+                yield TextEvent(text, tokens, delta.finish_reason)
+                return
+            if text:
+                yield TextEvent(text, tokens)
+    finally:
+        await deltas.aclose()

@@ -1,0 +1,1 @@
+"""Hardware detection and backend selection."""

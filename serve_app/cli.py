@@ -1,0 +1,67 @@
+"""`hfserve serve | discover | hardware | status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .launcher import serve_forever
+
+    return serve_forever(Path(args.config) if args.config else None, host=args.host, port=args.port)
+
+
+def _discover(_: argparse.Namespace) -> int:
+    from deployments import tasks
+
+    for name, module in sorted(tasks.registry().items()):
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<18} {summary}")
+    return 0
+
+
+def _hardware(_: argparse.Namespace) -> int:
+    from hardware.detect import detect
+    from hardware.select import select_backend
+
+    report = detect()
+    choice = select_backend("auto", report)
+    print(json.dumps({"report": report.as_dict(), "auto_backend": choice.__dict__}, indent=2))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .launcher import _get_json
+
+    code, body = _get_json(f"{args.url.rstrip('/')}/status")
+    print(json.dumps(body, indent=2))
+    return 0 if code == 200 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hfserve", description="OpenAI-compatible HF model server on Ray Serve")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start a local Ray cluster and serve a config until Ctrl-C")
+    serve.add_argument("--config", help="serve_config.yaml to deploy (default HF_SERVER_CONFIG or ./serve_config.yaml)")
+    serve.add_argument("--host", help="bind address (HF_SERVER_HOST)")
+    serve.add_argument("--port", type=int, help="HTTP port (HF_SERVER_PORT)")
+    serve.set_defaults(func=_serve)
+
+    commands.add_parser("discover", help="list the tasks this server can serve").set_defaults(func=_discover)
+    commands.add_parser("hardware", help="show this node's hardware and the backend auto picks").set_defaults(
+        func=_hardware
+    )
+    status = commands.add_parser("status", help="show a running server's /status")
+    status.add_argument("--url", default="http://127.0.0.1:8000")
+    status.set_defaults(func=_status)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

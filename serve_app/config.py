@@ -1,0 +1,246 @@
+"""Typed configuration: application args from serve_config.yaml and HF_SERVER_* overrides.
+
+This is the only module that reads the environment. Everything else receives the resolved
+pydantic objects, so a typo in YAML or in an environment variable fails where it is read,
+naming the field.
+
+Precedence, highest first: HF_SERVER_* environment variables, the application ``args`` in
+serve_config.yaml, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+Task = Literal["text-generation", "embedding"]
+Backend = Literal["auto", "openvino", "transformers"]
+
+# The deployment names the builders create; serve_config.yaml refers to them under
+# `deployments:`, and the ingress recognises model applications by MODEL_DEPLOYMENT_NAME.
+INGRESS_DEPLOYMENT_NAME = "Ingress"
+MODEL_DEPLOYMENT_NAME = "ModelServer"
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class StrictModel(BaseModel):
+    """Config models reject unknown keys so that a typo fails at deploy time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnvOverrides(BaseSettings):
+    """HF_SERVER_* environment variables. Unset means "keep the config file's value"."""
+
+    model_config = SettingsConfigDict(env_prefix="HF_SERVER_", extra="ignore", frozen=True)
+
+    host: str | None = Field(None, description="HTTP bind address of the Serve proxy.")
+    port: int | None = Field(None, ge=1, le=65535, description="HTTP port of the Serve proxy.")
+    log_level: LogLevel | None = Field(None, description="Log level of every replica.")
+    log_format: Literal["json", "text"] | None = Field(None, description="Replica log encoding.")
+    config: Path | None = Field(None, description="Path of the serve_config.yaml to deploy.")
+    workers: int | None = Field(None, ge=1, le=64, description="Number of ingress replicas.")
+    cache_dir: Path | None = Field(None, description="Where converted models are cached.")
+    enable_batching: bool | None = Field(None, description="Batch embedding requests.")
+    batch_max_size: int | None = Field(None, ge=1, le=4096, description="Inputs per batch.")
+    batch_timeout_ms: float | None = Field(
+        None, ge=0, le=10_000, description="How long a batch waits to fill, in milliseconds."
+    )
+    max_request_body_bytes: int | None = Field(
+        None, ge=1024, description="Largest accepted request body; larger bodies get a 413."
+    )
+    dashboard_port: int | None = Field(None, ge=1, le=65535, description="Ray dashboard port.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+
+def read_env() -> EnvOverrides:
+    """Read HF_SERVER_* now (never at import time, so tests and replicas see their own env)."""
+    return EnvOverrides()
+
+
+def default_cache_dir() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "hfserve"
+
+
+class IngressArgs(StrictModel):
+    """`args` of the ingress application (serve_app.app:build_ingress_app)."""
+
+    max_request_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes (413 above)."
+    )
+    workers: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Ingress replicas (HF_SERVER_WORKERS). Unset keeps the deployment's own "
+        "num_replicas from serve_config.yaml, or 1.",
+    )
+    model_info_ttl_s: float = Field(
+        2.0, gt=0, le=300, description="How long the ingress reuses a model's status before asking again."
+    )
+    readiness_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="How long /ready waits for each model's answer."
+    )
+
+    def with_env(self, env: EnvOverrides) -> IngressArgs:
+        updates: dict[str, Any] = {}
+        if env.max_request_body_bytes is not None:
+            updates["max_request_body_bytes"] = env.max_request_body_bytes
+        if env.workers is not None:
+            updates["workers"] = env.workers
+        return self.model_copy(update=updates)
+
+
+class ModelAppArgs(StrictModel):
+    """`args` of one model application (serve_app.app:build_model_app).
+
+    The application's name in serve_config.yaml is the model id clients send.
+    """
+
+    source: str = Field(
+        ...,
+        min_length=1,
+        description="Where the weights come from: a local HF directory, an HF hub id "
+        "('org/name' or 'hub:org/name'), or 'package:<package>/<file>' for a file shipped "
+        "inside an installed Python package (GGUF files are converted once and cached).",
+    )
+    task: Task = Field(..., description="What the model serves: text-generation or embedding.")
+    backend: Backend = Field(
+        "auto",
+        description="Engine family. auto picks OpenVINO on CPU nodes where it is installed, "
+        "else transformers.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    owned_by: str = Field("hfserve", description="The owned_by field of /v1/models.")
+    cache_dir: Path | None = Field(
+        None, description="Conversion cache (default HF_SERVER_CACHE_DIR or ~/.cache/hfserve)."
+    )
+    num_threads: int | None = Field(
+        None, ge=1, le=1024, description="Inference threads per replica (default: all cores)."
+    )
+    # --- generation ---
+    max_model_len: int | None = Field(
+        None, ge=16, description="Context length; defaults to the model's max_position_embeddings."
+    )
+    default_max_tokens: int | None = Field(
+        None, ge=1, description="max_tokens when a request sets none (default: the rest of the context)."
+    )
+    max_num_seqs: int = Field(64, ge=1, le=4096, description="Sequences decoded together.")
+    max_num_batched_tokens: int = Field(
+        256, ge=16, le=65536, description="Tokens per engine step (prefill chunks plus decodes)."
+    )
+    kv_cache_gb: float = Field(1.0, gt=0, le=1024, description="KV-cache size of the OpenVINO engine.")
+    weight_format: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="Weights of the exported OpenVINO IR (int8 = NNCF weight compression)."
+    )
+    # --- batching (@serve.batch): embeddings, and transformers generation ---
+    enable_batching: bool = Field(True, description="Batch concurrent requests (HF_SERVER_ENABLE_BATCHING).")
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="@serve.batch max_batch_size, in inputs "
+        "(default HF_SERVER_BATCH_MAX_SIZE or 32).",
+    )
+    batch_wait_timeout_s: float | None = Field(
+        None, ge=0, le=10, description="@serve.batch batch_wait_timeout_s "
+        "(default HF_SERVER_BATCH_TIMEOUT_MS / 1000 or 0.005).",
+    )
+    # --- embeddings ---
+    supports_dimensions: bool = Field(
+        False, description="Matryoshka model: `dimensions` truncates and re-normalises vectors."
+    )
+    max_input_tokens: int | None = Field(
+        None, ge=1, description="Longest embedding input; defaults to the sentence-transformers "
+        "max_seq_length or the model's max_position_embeddings.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("source must not be blank")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _generation_fields_make_sense(self) -> ModelAppArgs:
+        if self.default_max_tokens and self.max_model_len and self.default_max_tokens >= self.max_model_len:
+            raise ValueError("default_max_tokens must be smaller than max_model_len")
+        return self
+
+    def with_env(self, env: EnvOverrides) -> ModelAppArgs:
+        updates: dict[str, Any] = {}
+        if env.enable_batching is not None:
+            updates["enable_batching"] = env.enable_batching
+        if env.batch_max_size is not None:
+            updates["max_batch_size"] = env.batch_max_size
+        if env.batch_timeout_ms is not None:
+            updates["batch_wait_timeout_s"] = env.batch_timeout_ms / 1000.0
+        if env.cache_dir is not None:
+            updates["cache_dir"] = env.cache_dir
+        return self.model_copy(update=updates)
+
+    @property
+    def effective_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+    @property
+    def effective_max_batch_size(self) -> int:
+        if not self.enable_batching:
+            return 1
+        return self.max_batch_size or 32
+
+    @property
+    def effective_batch_wait_timeout_s(self) -> float:
+        if not self.enable_batching:
+            return 0.0
+        return 0.005 if self.batch_wait_timeout_s is None else self.batch_wait_timeout_s
+
+
+class DeployConfigError(ValueError):
+    """serve_config.yaml is not something we can deploy; the message names the field."""
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DeployConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise DeployConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or "applications" not in data:
+        raise DeployConfigError(f"{path} must be a Ray Serve config with an 'applications' list")
+    return data
+
+
+def validate_app_args(import_path: str, args: dict[str, Any] | None, app_name: str) -> BaseModel:
+    """Validate one application's args with the model its builder takes.
+
+    Ray validates them again when the builder runs on the cluster; doing it here too turns a
+    typo into an immediate error at `hfserve serve` instead of a DEPLOY_FAILED status later.
+    """
+    builders: dict[str, type[BaseModel]] = {
+        "serve_app.app:build_ingress_app": IngressArgs,
+        "serve_app.app:build_model_app": ModelAppArgs,
+    }
+    model = builders.get(import_path)
+    if model is None:
+        raise DeployConfigError(f"application '{app_name}': unknown import_path '{import_path}'")
+    if model is ModelAppArgs and not re.match(MODEL_ID_PATTERN, app_name):
+        raise DeployConfigError(
+            f"application name '{app_name}' is not a valid model id (letters, digits, . _ : -)"
+        )
+    try:
+        return model.model_validate(args or {})
+    except Exception as exc:  # pydantic.ValidationError names every bad field
+        raise DeployConfigError(f"application '{app_name}' has invalid args:\n{exc}") from exc

@@ -1,0 +1,209 @@
+"""Errors that carry their HTTP meaning, and the one place that renders them.
+
+Model replicas raise these too; they cross the DeploymentHandle pickled inside Ray's
+RayTaskError, and `as_api_error` recovers the original. Every response body is the OpenAI
+shape ``{"error": {"message", "type", "param", "code"}}``. A 500 gets a fixed public message
+while the full traceback goes to the server log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger("ray.serve")
+
+INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request."
+
+
+class APIError(Exception):
+    status_code: int = 500
+    error_type: str = "internal_error"
+    default_code: str | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = dict(headers or {})
+
+    def __reduce__(self):
+        # Keep keyword-only fields when Ray pickles the exception across processes.
+        return (_rebuild_api_error, (type(self), self.message, self.param, self.code, self.headers))
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def _rebuild_api_error(cls, message, param, code, headers):
+    return cls(message, param=param, code=code, headers=headers)
+
+
+class InvalidRequestError(APIError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    default_code = "context_length_exceeded"
+
+
+class ModelNotFoundError(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "model_not_found"
+
+    def __init__(self, model: str, **kwargs: Any):
+        kwargs.setdefault("param", "model")
+        super().__init__(f"The model '{model}' does not exist.", **kwargs)
+
+
+class NotFoundError(APIError):
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class MethodNotAllowedError(APIError):
+    status_code = 405
+    error_type = "invalid_request_error"
+    default_code = "method_not_allowed"
+
+
+class RequestTooLargeError(APIError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    default_code = "request_too_large"
+
+
+class ServiceUnavailableError(APIError):
+    status_code = 503
+    error_type = "service_unavailable"
+    default_code = "model_not_ready"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, **kwargs: Any):
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers.setdefault("Retry-After", str(retry_after_s))
+        super().__init__(message, headers=headers, **kwargs)
+
+
+class InternalServerError(APIError):
+    status_code = 500
+    error_type = "internal_error"
+
+
+def as_api_error(exc: BaseException) -> APIError | None:
+    """The APIError behind `exc`, unwrapping Ray's RayTaskError if a replica raised it."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, APIError):
+            # A RayTaskError(APIError) is an instance of APIError but its attributes belong
+            # to the wrapper; the original is on `.cause`.
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, APIError):
+                return cause
+            if hasattr(exc, "message"):
+                return exc
+        exc = getattr(exc, "cause", None) or exc.__cause__
+        seen += 1
+    return None
+
+
+def validation_error_to_api_error(errors: list[dict[str, Any]]) -> InvalidRequestError:
+    """Render pydantic/FastAPI validation errors as one 400 naming the first bad param."""
+    first = errors[0] if errors else {"msg": "Invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(
+            "We could not parse the JSON body of your request. The body must be valid JSON.",
+            code="invalid_json",
+        )
+    loc = [part for part in first.get("loc", ()) if part != "body"]
+    # FastAPI adds the union member name (e.g. 'str', 'list[int]') to the location of
+    # union fields; drop those so the param is the user's field path.
+    param = _format_param(loc)
+    message = str(first.get("msg", "Invalid request"))
+    message = message.removeprefix("Value error, ")
+    if first.get("type") == "missing" and not param:
+        message = "The request body is missing or empty."
+    return InvalidRequestError(
+        f"{param}: {message}" if param else message, param=param or None, code="invalid_value"
+    )
+
+
+_UNION_TAG_NAMES = frozenset({"str", "int", "float", "bool", "bytes", "none"})
+_UNION_TAG_PREFIXES = ("list[", "dict[", "tuple[", "set[", "literal[", "function-", "constrained-")
+
+
+def _format_param(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in _UNION_TAG_NAMES or str(part).startswith(_UNION_TAG_PREFIXES):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def error_response(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """The single place where exceptions become HTTP responses."""
+
+    @app.exception_handler(APIError)
+    async def _api(request: Request, exc: APIError) -> JSONResponse:
+        return render_exception(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error_to_api_error(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return error_response(NotFoundError(str(exc.detail)))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowedError(str(exc.detail)))
+        err = APIError(str(exc.detail))
+        err.status_code = exc.status_code
+        err.error_type = "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        return error_response(err)
+
+    # Reached only by bugs: Starlette sends this body, then re-raises for the server log.
+    @app.exception_handler(Exception)
+    async def _any(request: Request, exc: Exception) -> JSONResponse:
+        return render_exception(exc, request.url.path)
+
+
+def render_exception(exc: BaseException, where: str = "") -> JSONResponse:
+    api_error = as_api_error(exc)
+    if api_error is not None:
+        if api_error.status_code >= 500:
+            logger.warning("%s failed with %s: %s", where, type(api_error).__name__, api_error.message)
+        return error_response(api_error)
+    logger.exception("unhandled error in %s", where, exc_info=exc)
+    return error_response(InternalServerError(INTERNAL_ERROR_MESSAGE))

@@ -1,0 +1,247 @@
+"""`hfserve serve`: a local Ray cluster with the dashboard, the config deployed, and a clean
+shutdown that leaves no Ray process behind.
+
+The deploy itself is what `serve run serve_config.yaml` does (ServeDeploySchema ->
+serve_start -> deploy_apps), so the same file behaves the same under `serve deploy` on a
+cluster. Before deploying, each model is prepared (converted and cached) in a child process
+that prints its progress, so the first start shows what it is doing and later starts hit
+the cache.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import (
+    DeployConfigError,
+    EnvOverrides,
+    ModelAppArgs,
+    load_yaml,
+    read_env,
+    validate_app_args,
+)
+
+Say = Callable[[str], None]
+
+
+def _say(message: str) -> None:
+    print(f"[hfserve] {message}", flush=True)
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    config: dict[str, Any]  # the Serve config with HF_SERVER_* overrides applied
+    models: dict[str, ModelAppArgs]  # model applications by name (= model id)
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
+    """Read serve_config.yaml, apply the environment, validate every application's args."""
+    config = load_yaml(config_path)
+    http = dict(config.get("http_options") or {})
+    if env.host is not None:
+        http["host"] = env.host
+    if env.port is not None:
+        http["port"] = env.port
+    http.setdefault("host", "127.0.0.1")
+    http.setdefault("port", 8000)
+    config["http_options"] = http
+    if env.log_level is not None or env.log_format is not None:
+        logging_config = dict(config.get("logging_config") or {})
+        if env.log_level is not None:
+            logging_config["log_level"] = env.log_level
+        if env.log_format is not None:
+            logging_config["encoding"] = env.log_format.upper()
+        config["logging_config"] = logging_config
+    models: dict[str, ModelAppArgs] = {}
+    for app in config.get("applications") or []:
+        name = app.get("name")
+        if not name:
+            raise DeployConfigError("every application needs a name")
+        validated = validate_app_args(app.get("import_path", ""), app.get("args"), name)
+        if isinstance(validated, ModelAppArgs):
+            models[name] = validated.with_env(env)
+    # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except Exception as exc:
+        raise DeployConfigError(f"{config_path} is not a valid Ray Serve config:\n{exc}") from exc
+    return DeployPlan(config=config, models=models, host=http["host"], port=int(http["port"]))
+
+
+def _prepare_in_child(name: str, args: ModelAppArgs) -> str:
+    """Runs in a spawned process so torch/transformers memory is freed afterwards."""
+    from deployments.sources import prepare_model
+    from hardware.detect import detect
+    from hardware.select import select_backend
+
+    choice = select_backend(args.backend, detect())
+    prepared = prepare_model(
+        args.source,
+        args.task,
+        revision=args.revision,
+        use_openvino=choice.backend == "openvino",
+        weight_format=args.weight_format,
+        cache_dir=args.effective_cache_dir,
+        progress=lambda message: _say(f"{name}: {message}"),
+    )
+    return f"{choice.backend} on {choice.device} ({choice.reason}); files in {prepared.openvino_dir or prepared.hf_dir}"
+
+
+def prepare_models(models: dict[str, ModelAppArgs], say: Say = _say) -> None:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        for index, (name, args) in enumerate(models.items(), start=1):
+            started = time.monotonic()
+            say(f"[{index}/{len(models)}] {name}: preparing {args.source}")
+            summary = pool.submit(_prepare_in_child, name, args).result()
+            say(f"[{index}/{len(models)}] {name}: {summary} ({time.monotonic() - started:.1f}s)")
+
+
+def start_cluster(plan: DeployPlan, env: EnvOverrides) -> str:
+    """Start a local Ray cluster with the dashboard and deploy the plan; returns the dashboard URL."""
+    import ray
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    context = ray.init(
+        include_dashboard=True,
+        dashboard_host="127.0.0.1" if plan.host in ("127.0.0.1", "localhost") else "0.0.0.0",
+        dashboard_port=env.dashboard_port or 8265,
+        namespace="serve",
+        log_to_driver=(env.log_level == "DEBUG"),
+        configure_logging=True,
+        logging_level="WARNING",
+    )
+    schema = ServeDeploySchema.model_validate(plan.config)
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        grpc_options=None,
+        global_logging_config=schema.logging_config,
+    )
+    client.deploy_apps(schema, _blocking=False)
+    return f"http://{context.dashboard_url}" if context.dashboard_url else "(dashboard unavailable)"
+
+
+def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own server
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {}
+
+
+def wait_until_ready(plan: DeployPlan, timeout_s: float = 1800.0, say: Say = _say) -> float:
+    """Poll /ready, reporting each model's status as it changes; fail fast on DEPLOY_FAILED."""
+    from ray import serve
+
+    started = time.monotonic()
+    last: dict[str, str] = {}
+    while time.monotonic() - started < timeout_s:
+        failed = {
+            name: app.message
+            for name, app in serve.status().applications.items()
+            if str(getattr(app.status, "value", app.status)) == "DEPLOY_FAILED"
+        }
+        if failed:
+            details = "\n".join(f"  {name}: {message}" for name, message in failed.items())
+            raise RuntimeError(f"deployment failed:\n{details}")
+        try:
+            code, body = _get_json(f"{plan.base_url}/ready", timeout=5)
+        except (OSError, ValueError):
+            code, body = 0, {}
+        models = body.get("models") or {}
+        for model, status in sorted(models.items()):
+            if last.get(model) != status:
+                say(f"{model}: {status} ({time.monotonic() - started:.1f}s)")
+        last = dict(models)
+        if code == 200:
+            return time.monotonic() - started
+        time.sleep(1.0)
+    raise TimeoutError(f"not ready after {timeout_s:.0f}s")
+
+
+def shutdown_cluster() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        if ray.is_initialized():
+            serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: Any) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def serve_forever(config_path: Path | None = None, *, host: str | None = None, port: int | None = None) -> int:
+    env = read_env()
+    # Command-line flags beat HF_SERVER_HOST / HF_SERVER_PORT.
+    env = env.model_copy(update={k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    path = Path(config_path or env.config or "serve_config.yaml")
+    try:
+        plan = plan_deploy(path, env)
+    except DeployConfigError as exc:
+        _say(f"error: {exc}")
+        return 2
+    prepare_models(plan.models)
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _say("starting a local Ray cluster")
+        dashboard = start_cluster(plan, env)
+        # Ray installs its own handlers during init; ours must win so shutdown is clean.
+        for sig in previous:
+            signal.signal(sig, _raise_stop)
+        took = wait_until_ready(plan)
+        _say(f"ready in {took:.1f}s")
+        _say(f"OpenAI base URL: {plan.base_url}/v1")
+        _say(f"Ray dashboard:   {dashboard}")
+        _say("press Ctrl-C to stop")
+        while True:
+            time.sleep(3600)
+    except _Stop as stop:
+        _say(f"received {stop}, shutting down")
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        _say(f"error: {exc}")
+        return 1
+    finally:
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        shutdown_cluster()
+        _say("stopped; no Ray processes left running")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve_forever())

@@ -1,0 +1,241 @@
+"""Which models exist, whether they are ready, and how the ingress reaches them.
+
+Model applications are discovered from Serve itself (every application whose deployments
+include a ModelServer), so `serve deploy` of a config with one more model makes it routable
+without touching the ingress. Each model's own `info()` supplies its task and load time.
+The directory refreshes in the background; the request path only reads a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .config import MODEL_DEPLOYMENT_NAME
+from .errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from .protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EngineStats,
+    ModelCard,
+    ModelInfo,
+)
+
+logger = logging.getLogger("ray.serve")
+
+ENDPOINT_TASKS = {"chat": "text-generation", "complete": "text-generation", "embed": "embedding"}
+
+
+class ModelClient(Protocol):
+    """The ingress's view of a model application (a DeploymentHandle in production)."""
+
+    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse: ...
+
+    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]: ...
+
+    async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
+
+    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]: ...
+
+    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
+
+    async def info(self) -> ModelInfo: ...
+
+    async def stats(self) -> EngineStats: ...
+
+
+@dataclass
+class ModelEntry:
+    id: str
+    status: str  # ready | loading | failed | unavailable
+    message: str = ""
+    info: ModelInfo | None = None
+    client: ModelClient | None = None
+    first_seen: int = field(default_factory=lambda: int(time.time()))
+
+    def card(self) -> ModelCard:
+        return ModelCard(
+            id=self.id,
+            created=self.info.created if self.info else self.first_seen,
+            owned_by=self.info.owned_by if self.info else "hfserve",
+            task=self.info.task if self.info else None,
+            status=self.status,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class AppState:
+    """One model application as Serve reports it."""
+
+    name: str
+    status: str  # Serve's ApplicationStatus: RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, ...
+    message: str = ""
+
+
+_SERVE_TO_MODEL_STATUS = {
+    "RUNNING": "ready",
+    "DEPLOYING": "loading",
+    "NOT_STARTED": "loading",
+    "DEPLOY_FAILED": "failed",
+    "UNHEALTHY": "unavailable",
+    "DELETING": "unavailable",
+}
+
+
+class ModelDirectory:
+    def __init__(
+        self,
+        list_apps: Callable[[], Awaitable[list[AppState]]],
+        connect: Callable[[str], Awaitable[ModelClient]],
+        *,
+        ttl_s: float = 2.0,
+        info_timeout_s: float = 2.0,
+    ):
+        self._list_apps = list_apps
+        self._connect = connect
+        self._ttl_s = ttl_s
+        self._info_timeout_s = info_timeout_s
+        self._entries: dict[str, ModelEntry] = {}
+        self._refreshed_at = 0.0
+        self._refresh_lock = asyncio.Lock()
+        self._background: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ request path
+
+    async def client_for(self, model: str, endpoint: str) -> ModelClient:
+        entry = self._entries.get(model)
+        if entry is None:
+            await self.refresh(max_age_s=0.5)  # a model deployed a moment ago
+            entry = self._entries.get(model)
+        if entry is None:
+            raise ModelNotFoundError(model)
+        if entry.status != "ready" or entry.client is None:
+            raise ServiceUnavailableError(
+                f"The model '{model}' is {entry.status}{': ' + entry.message if entry.message else ''}."
+            )
+        task = entry.info.task if entry.info else None
+        if task is not None and task != ENDPOINT_TASKS[endpoint]:
+            raise InvalidRequestError(
+                f"Model '{model}' is a {task} model and does not support this endpoint.",
+                param="model",
+                code="model_not_supported",
+            )
+        return entry.client
+
+    def cards(self) -> list[ModelCard]:
+        return [entry.card() for entry in sorted(self._entries.values(), key=lambda e: e.id)]
+
+    def card(self, model: str) -> ModelCard:
+        entry = self._entries.get(model)
+        if entry is None:
+            raise ModelNotFoundError(model)
+        return entry.card()
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    # ------------------------------------------------------------------ refresh
+
+    def start(self) -> None:
+        if self._background is None:
+            self._background = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def stop(self) -> None:
+        if self._background is not None:
+            self._background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._background
+            self._background = None
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh(max_age_s=self._ttl_s / 2)
+            except Exception:  # noqa: BLE001 - keep serving the last known state
+                logger.exception("model directory refresh failed")
+            await asyncio.sleep(self._ttl_s)
+
+    async def refresh(self, max_age_s: float = 0.0) -> None:
+        async with self._refresh_lock:
+            if time.monotonic() - self._refreshed_at < max_age_s:
+                return
+            apps = await self._list_apps()
+            entries = {app.name: self._entries.get(app.name) or ModelEntry(app.name, "loading") for app in apps}
+            await asyncio.gather(*(self._update(entries[app.name], app) for app in apps))
+            self._entries = entries
+            self._refreshed_at = time.monotonic()
+
+    async def _update(self, entry: ModelEntry, app: AppState) -> None:
+        status = _SERVE_TO_MODEL_STATUS.get(app.status, "unavailable")
+        entry.message = app.message if status != "ready" else ""
+        if status != "ready":
+            entry.status = status
+            return
+        try:
+            if entry.client is None:
+                entry.client = await self._connect(app.name)
+            entry.info = await asyncio.wait_for(entry.client.info(), self._info_timeout_s)
+            entry.status = "ready"
+        except Exception as exc:  # noqa: BLE001 - a replica that cannot answer is not ready
+            entry.status = "unavailable"
+            entry.message = f"no answer from the model: {type(exc).__name__}"
+
+
+# ----------------------------------------------------------------------------- Ray Serve
+
+
+class ServeModelClient:
+    """ModelClient over a DeploymentHandle to a model application."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+        self._streaming = handle.options(stream=True)
+
+    async def chat(self, request):
+        return await self._handle.chat.remote(request)
+
+    def chat_stream(self, request):
+        return self._streaming.chat_stream.remote(request)
+
+    async def complete(self, request):
+        return await self._handle.complete.remote(request)
+
+    def complete_stream(self, request):
+        return self._streaming.complete_stream.remote(request)
+
+    async def embed(self, request):
+        return await self._handle.embed.remote(request)
+
+    async def info(self):
+        return await self._handle.info.remote()
+
+    async def stats(self):
+        return await self._handle.stats.remote()
+
+
+async def list_serve_model_apps() -> list[AppState]:
+    from ray import serve
+
+    status = await asyncio.to_thread(serve.status)
+    return [
+        AppState(name, app.status.value if hasattr(app.status, "value") else str(app.status), app.message or "")
+        for name, app in status.applications.items()
+        if MODEL_DEPLOYMENT_NAME in app.deployments
+    ]
+
+
+async def connect_serve_model(name: str) -> ServeModelClient:
+    from ray import serve
+
+    # get_app_handle asks the controller synchronously; keep that off the event loop.
+    return ServeModelClient(await asyncio.to_thread(serve.get_app_handle, name))

@@ -1,0 +1,120 @@
+"""One real Ray Serve deployment for the whole integration package, built with the same
+launcher code `hfserve serve` uses, over tiny random models built at test time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from serve_app.config import EnvOverrides
+from serve_app.launcher import DeployPlan, plan_deploy, prepare_models, shutdown_cluster, start_cluster, wait_until_ready
+from tests.conftest import free_port
+from tests.tiny_models import build_tiny_bert, build_tiny_llama
+
+LLAMA_CONTEXT = 512
+MAX_BODY = 65536
+
+
+@dataclass(frozen=True)
+class Server:
+    base_url: str
+    plan: DeployPlan
+    models: dict[str, Path]
+
+    def openai(self, **kwargs):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.base_url}/v1", api_key="not-needed", max_retries=0, **kwargs)
+
+    def async_openai(self, **kwargs):
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(base_url=f"{self.base_url}/v1", api_key="not-needed", max_retries=0, **kwargs)
+
+    def http(self, **kwargs) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=60, **kwargs)
+
+
+def _model_app(name: str, args: dict, num_cpus: float, **deployment) -> dict:
+    return {
+        "name": name,
+        "route_prefix": None,
+        "import_path": "serve_app.app:build_model_app",
+        "args": args,
+        "deployments": [{"name": "ModelServer", "ray_actor_options": {"num_cpus": num_cpus}, **deployment}],
+    }
+
+
+def write_config(path: Path, models: dict[str, Path], cache_dir: Path) -> Path:
+    common = {"cache_dir": str(cache_dir), "num_threads": 2}
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": False},
+        "applications": [
+            {
+                "name": "ingress",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_ingress_app",
+                "args": {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0},
+                "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
+            },
+            _model_app(
+                "tiny-llama",
+                {"source": str(models["llama"]), "task": "text-generation", "backend": "openvino",
+                 "max_num_seqs": 16, "max_num_batched_tokens": 128, **common},
+                0.2,
+                max_ongoing_requests=64,
+            ),
+            _model_app(
+                "tiny-llama-hf",
+                {"source": str(models["llama"]), "task": "text-generation", "backend": "transformers",
+                 "max_batch_size": 8, "batch_wait_timeout_s": 0.02, **common},
+                0.2,
+                max_ongoing_requests=64,
+            ),
+            _model_app(
+                "tiny-bert",
+                {"source": str(models["bert"]), "task": "embedding", "backend": "openvino",
+                 "supports_dimensions": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.02, **common},
+                0.2,
+                max_ongoing_requests=64,
+            ),
+            _model_app(
+                "tiny-bert-torch",
+                {"source": str(models["bert_plain"]), "task": "embedding", "backend": "transformers", **common},
+                0.2,
+            ),
+        ],
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="package")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "llama": build_tiny_llama(root / "tiny-llama", max_position_embeddings=LLAMA_CONTEXT),
+        "bert": build_tiny_bert(root / "tiny-bert"),
+        "bert_plain": build_tiny_bert(root / "tiny-bert-plain", sentence_transformers_layout=False, seed=1),
+    }
+
+
+@pytest.fixture(scope="package")
+def server(tiny_models, tmp_path_factory) -> Server:
+    work = tmp_path_factory.mktemp("serve")
+    config = write_config(work / "serve_config.yaml", tiny_models, work / "cache")
+    env = EnvOverrides(port=free_port(), dashboard_port=free_port())
+    plan = plan_deploy(config, env)
+    prepare_models(plan.models, say=lambda message: print(message, flush=True))
+    try:
+        start_cluster(plan, env)
+        wait_until_ready(plan, timeout_s=600, say=lambda message: print(message, flush=True))
+        yield Server(plan.base_url, plan, tiny_models)
+    finally:
+        shutdown_cluster()

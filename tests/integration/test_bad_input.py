@@ -1,0 +1,159 @@
+"""Every bad input is a clear 4xx in the OpenAI error shape, never a 500, and leaves the
+server exactly as it was: the same request afterwards gives the same answer and no
+sequence is left running in the engine."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import LLAMA_CONTEXT, MAX_BODY
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+EMBEDDINGS = "/v1/embeddings"
+MSG = [{"role": "user", "content": "hello"}]
+LONG_TEXT = "Paris " * (LLAMA_CONTEXT + 10)
+
+CASES = [
+    # (id, path, body, status, param, code)
+    ("unknown model", CHAT, {"model": "nope", "messages": MSG}, 404, "model", "model_not_found"),
+    ("unknown embedding model", EMBEDDINGS, {"model": "nope", "input": "x"}, 404, "model", "model_not_found"),
+    ("missing model", CHAT, {"messages": MSG}, 400, "model", None),
+    ("empty messages", CHAT, {"model": "tiny-llama", "messages": []}, 400, "messages", None),
+    ("messages not a list", CHAT, {"model": "tiny-llama", "messages": "hello"}, 400, "messages", None),
+    ("bad role", CHAT, {"model": "tiny-llama", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0].role", None),
+    ("content wrong type", CHAT, {"model": "tiny-llama", "messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content", None),
+    ("temperature below 0", CHAT, {"model": "tiny-llama", "messages": MSG, "temperature": -0.5}, 400, "temperature", None),
+    ("temperature above 2", CHAT, {"model": "tiny-llama", "messages": MSG, "temperature": 2.5}, 400, "temperature", None),
+    ("temperature not a number", CHAT, {"model": "tiny-llama", "messages": MSG, "temperature": "hot"}, 400, "temperature", None),
+    ("max_tokens 0", CHAT, {"model": "tiny-llama", "messages": MSG, "max_tokens": 0}, 400, "max_tokens", None),
+    ("max_completion_tokens 0", CHAT, {"model": "tiny-llama", "messages": MSG, "max_completion_tokens": 0}, 400, "max_completion_tokens", None),
+    ("n 0", CHAT, {"model": "tiny-llama", "messages": MSG, "n": 0}, 400, "n", None),
+    ("n too large", CHAT, {"model": "tiny-llama", "messages": MSG, "n": 1000}, 400, "n", None),
+    ("top_p 0", CHAT, {"model": "tiny-llama", "messages": MSG, "top_p": 0}, 400, "top_p", None),
+    ("presence_penalty 3", CHAT, {"model": "tiny-llama", "messages": MSG, "presence_penalty": 3}, 400, "presence_penalty", None),
+    ("too many stops", CHAT, {"model": "tiny-llama", "messages": MSG, "stop": ["a"] * 17}, 400, "stop", None),
+    ("empty stop", CHAT, {"model": "tiny-llama", "messages": MSG, "stop": [""]}, 400, "stop", None),
+    ("negative seed", CHAT, {"model": "tiny-llama", "messages": MSG, "seed": -1}, 400, "seed", None),
+    ("stream_options without stream", CHAT, {"model": "tiny-llama", "messages": MSG, "stream_options": {"include_usage": True}}, 400, "stream_options", None),
+    ("tools", CHAT, {"model": "tiny-llama", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", None),
+    ("logprobs", CHAT, {"model": "tiny-llama", "messages": MSG, "logprobs": True}, 400, "logprobs", None),
+    ("json response_format", CHAT, {"model": "tiny-llama", "messages": MSG, "response_format": {"type": "json_object"}}, 400, "response_format", None),
+    ("chat on embedding model", CHAT, {"model": "tiny-bert", "messages": MSG}, 400, "model", "model_not_supported"),
+    ("chat prompt over context", CHAT, {"model": "tiny-llama", "messages": [{"role": "user", "content": LONG_TEXT}]}, 400, "messages", "context_length_exceeded"),
+    ("chat stream over context", CHAT, {"model": "tiny-llama", "messages": [{"role": "user", "content": LONG_TEXT}], "stream": True}, 400, "messages", "context_length_exceeded"),
+    ("prompt + max_tokens over context", CHAT, {"model": "tiny-llama", "messages": MSG, "max_tokens": LLAMA_CONTEXT}, 400, "messages", "context_length_exceeded"),
+    ("hf engine over context", CHAT, {"model": "tiny-llama-hf", "messages": [{"role": "user", "content": LONG_TEXT}]}, 400, "messages", "context_length_exceeded"),
+    ("completion over context", COMPLETIONS, {"model": "tiny-llama", "prompt": LONG_TEXT}, 400, "prompt", "context_length_exceeded"),
+    ("completion empty prompt list", COMPLETIONS, {"model": "tiny-llama", "prompt": []}, 400, "prompt", None),
+    ("completion token out of vocab", COMPLETIONS, {"model": "tiny-llama", "prompt": [1, 2, 999999]}, 400, "prompt", None),
+    ("completion negative token", COMPLETIONS, {"model": "tiny-llama", "prompt": [1, -2]}, 400, "prompt", None),
+    ("completion empty string", COMPLETIONS, {"model": "tiny-llama", "prompt": ""}, 400, "prompt", None),
+    ("suffix", COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "suffix": "y"}, 400, "suffix", None),
+    ("embeddings of chat model", EMBEDDINGS, {"model": "tiny-llama", "input": "x"}, 400, "model", "model_not_supported"),
+    ("embeddings empty string", EMBEDDINGS, {"model": "tiny-bert", "input": ""}, 400, "input", None),
+    ("embeddings empty list", EMBEDDINGS, {"model": "tiny-bert", "input": []}, 400, "input", None),
+    ("embeddings bad encoding", EMBEDDINGS, {"model": "tiny-bert", "input": "x", "encoding_format": "hex"}, 400, "encoding_format", None),
+    ("embeddings dimensions 0", EMBEDDINGS, {"model": "tiny-bert", "input": "x", "dimensions": 0}, 400, "dimensions", None),
+    ("embeddings dimensions too big", EMBEDDINGS, {"model": "tiny-bert", "input": "x", "dimensions": 4096}, 400, "dimensions", None),
+    ("embeddings input too long", EMBEDDINGS, {"model": "tiny-bert", "input": "fox " * 200}, 400, "input", "context_length_exceeded"),
+    ("embeddings token out of vocab", EMBEDDINGS, {"model": "tiny-bert", "input": [[5, 100000]]}, 400, "input", None),
+]
+
+
+def assert_openai_error(response: httpx.Response, status: int, param: str | None, code: str | None) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) >= {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    assert error["type"] == ("invalid_request_error" if status < 500 else error["type"])
+    assert error["param"] == param
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+@pytest.fixture(scope="module")
+def baseline(server):
+    body = {"model": "tiny-llama", "messages": MSG, "max_tokens": 8, "temperature": 0}
+    with server.http() as http:
+        return http.post(CHAT, json=body).json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_request_is_a_clear_4xx(server, case):
+    _, path, body, status, param, code = case
+    with server.http() as http:
+        response = http.post(path, json=body)
+    assert_openai_error(response, status, param, code)
+
+
+def test_invalid_json_is_400(server):
+    with server.http() as http:
+        for raw in [b"{bad", b"", b"[1, 2]", b'"just a string"', b"\xff\xfe"]:
+            response = http.post(CHAT, content=raw, headers={"content-type": "application/json"})
+            assert response.status_code == 400, raw
+            assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_body_over_limit_is_413(server):
+    big = {"model": "tiny-llama", "messages": [{"role": "user", "content": "x" * (MAX_BODY + 1)}]}
+    with server.http() as http:
+        response = http.post(CHAT, json=big)
+        assert_openai_error(response, 413, None, "request_too_large")
+
+        def chunks():  # no Content-Length: the limit must hold for streamed bodies too
+            payload = json.dumps(big).encode()
+            for i in range(0, len(payload), 8192):
+                yield payload[i : i + 8192]
+
+        streamed = http.post(CHAT, content=chunks(), headers={"content-type": "application/json"})
+        assert_openai_error(streamed, 413, None, "request_too_large")
+
+
+def test_unknown_route_and_method(server):
+    with server.http() as http:
+        assert_openai_error(http.get("/v1/nothing"), 404, None, "not_found")
+        assert_openai_error(http.get(CHAT), 405, None, "method_not_allowed")
+
+
+def test_unknown_fields_are_accepted(server):
+    with server.http() as http:
+        response = http.post(
+            CHAT, json={"model": "tiny-llama", "messages": MSG, "max_tokens": 2, "some_future_field": {"a": 1}}
+        )
+    assert response.status_code == 200
+
+
+def test_openai_client_error_types(server):
+    client = server.openai()
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=MSG)
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model="tiny-llama", messages=MSG, temperature=-1)
+    assert error.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as error:
+        client.embeddings.create(model="tiny-llama", input="x")
+    assert error.value.body["param"] == "model"
+
+
+def test_nothing_lost_after_bad_input(server, baseline):
+    """After every bad request above, the server answers exactly as before and no sequence
+    is stuck in an engine."""
+    with server.http() as http:
+        for _, path, body, *_ in CASES:
+            http.post(path, json=body)
+        again = http.post(CHAT, json={"model": "tiny-llama", "messages": MSG, "max_tokens": 8, "temperature": 0})
+        status = http.get("/status").json()
+    assert again.status_code == 200
+    assert again.json()["choices"][0]["message"]["content"] == baseline
+    engines = {m["id"]: m["engine"] for m in status["models"]}
+    assert engines["tiny-llama"]["running_requests"] == 0
+    assert engines["tiny-llama-hf"]["running_requests"] == 0
+    assert all(m["status"] == "ready" for m in status["models"])
