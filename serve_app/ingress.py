@@ -75,11 +75,11 @@ def create_app(directory: ModelDirectory, args: IngressArgs) -> FastAPI:
 
     @app.get("/v1/models")
     async def list_models():
-        return json_response(ModelList(data=directory.cards()))
+        return json_response(ModelList(data=await directory.cards()))
 
     @app.get("/v1/models/{model_id}")
     async def get_model(model_id: str):
-        return json_response(directory.card(model_id))
+        return json_response(await directory.card(model_id))
 
     @app.get("/health")
     async def health():
@@ -88,7 +88,7 @@ def create_app(directory: ModelDirectory, args: IngressArgs) -> FastAPI:
     @app.get("/ready")
     async def ready():
         await directory.refresh(max_age_s=0.5)
-        models = {card.id: card.status for card in directory.cards()}
+        models = {card.id: card.status for card in await directory.cards()}
         waiting = sorted(model for model, status in models.items() if status != "ready")
         if models and not waiting:
             return {"status": "ready", "models": models}

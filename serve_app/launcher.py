@@ -79,12 +79,22 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
         if isinstance(validated, ModelAppArgs):
             models[name] = validated.with_env(env)
     # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).
+    from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import ServeDeploySchema
 
     try:
         ServeDeploySchema.model_validate(config)
     except Exception as exc:
         raise DeployConfigError(f"{config_path} is not a valid Ray Serve config:\n{exc}") from exc
+    # Ray accepts unknown autoscaling keys silently; a typo there would quietly mean "no limit".
+    for app in config["applications"]:
+        for deployment in app.get("deployments") or []:
+            unknown = set(deployment.get("autoscaling_config") or {}) - set(AutoscalingConfig.model_fields)
+            if unknown:
+                raise DeployConfigError(
+                    f"application '{app['name']}', deployment '{deployment.get('name')}': unknown "
+                    f"autoscaling_config keys {sorted(unknown)}"
+                )
     return DeployPlan(config=config, models=models, host=http["host"], port=int(http["port"]))
 
 

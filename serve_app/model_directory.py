@@ -100,13 +100,15 @@ class ModelDirectory:
         *,
         ttl_s: float = 2.0,
         info_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        self._clock = clock
         self._list_apps = list_apps
         self._connect = connect
         self._ttl_s = ttl_s
         self._info_timeout_s = info_timeout_s
         self._entries: dict[str, ModelEntry] = {}
-        self._refreshed_at = 0.0
+        self._refreshed_at = float("-inf")
         self._refresh_lock = asyncio.Lock()
         self._background: asyncio.Task | None = None
 
@@ -115,7 +117,9 @@ class ModelDirectory:
     async def client_for(self, model: str, endpoint: str) -> ModelClient:
         entry = self._entries.get(model)
         if entry is None:
-            await self.refresh(max_age_s=0.5)  # a model deployed a moment ago
+            # A model deployed a moment ago. The short max age bounds how often a stream of
+            # requests for a model that does not exist can make us ask Serve again.
+            await self.refresh(max_age_s=0.1)
             entry = self._entries.get(model)
         if entry is None:
             raise ModelNotFoundError(model)
@@ -132,10 +136,12 @@ class ModelDirectory:
             )
         return entry.client
 
-    def cards(self) -> list[ModelCard]:
+    async def cards(self) -> list[ModelCard]:
+        await self.refresh(max_age_s=self._ttl_s)  # usually a no-op: the background loop keeps it fresh
         return [entry.card() for entry in sorted(self._entries.values(), key=lambda e: e.id)]
 
-    def card(self, model: str) -> ModelCard:
+    async def card(self, model: str) -> ModelCard:
+        await self.refresh(max_age_s=self._ttl_s)
         entry = self._entries.get(model)
         if entry is None:
             raise ModelNotFoundError(model)
@@ -167,13 +173,13 @@ class ModelDirectory:
 
     async def refresh(self, max_age_s: float = 0.0) -> None:
         async with self._refresh_lock:
-            if time.monotonic() - self._refreshed_at < max_age_s:
+            if self._clock() - self._refreshed_at < max_age_s:
                 return
             apps = await self._list_apps()
             entries = {app.name: self._entries.get(app.name) or ModelEntry(app.name, "loading") for app in apps}
             await asyncio.gather(*(self._update(entries[app.name], app) for app in apps))
             self._entries = entries
-            self._refreshed_at = time.monotonic()
+            self._refreshed_at = self._clock()
 
     async def _update(self, entry: ModelEntry, app: AppState) -> None:
         status = _SERVE_TO_MODEL_STATUS.get(app.status, "unavailable")

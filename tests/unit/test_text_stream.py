@@ -1,0 +1,125 @@
+"""Detokenisation and stop strings, shared by every generation engine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+from deployments.engines.base import SamplingParams, TokenDelta
+from deployments.text_stream import IncrementalDetokenizer, StopStringMatcher, generate_text
+
+
+def test_stop_matcher_holds_back_possible_prefixes():
+    matcher = StopStringMatcher(["STOP"])
+    assert matcher.feed("hello ST") == ("hello ", False)
+    assert matcher.feed("ill going") == ("STill going", False)
+    assert matcher.feed(" S") == (" ", False)
+    assert matcher.feed("TOP and more") == ("", True)
+
+
+def test_stop_matcher_picks_the_earliest_of_several_stops():
+    matcher = StopStringMatcher(["world", "lo w"])
+    assert matcher.feed("hello world") == ("hel", True)
+
+
+def test_stop_matcher_flush_releases_held_text():
+    matcher = StopStringMatcher(["\n\n"])
+    assert matcher.feed("line\n") == ("line", False)
+    assert matcher.flush() == "\n"
+
+
+@pytest.fixture(scope="module")
+def byte_tokenizer() -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    # A byte-level vocabulary: token id == byte value.
+    tokenizer.add_tokens([])
+    from tokenizers import trainers
+
+    trainer = trainers.BpeTrainer(vocab_size=256, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["x"], trainer)
+    return tokenizer
+
+
+def _ids(tokenizer: Tokenizer, text: str) -> list[int]:
+    return tokenizer.encode(text).ids
+
+
+def test_detokenizer_holds_back_half_characters(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "héllo 😀!")
+    detok = IncrementalDetokenizer(byte_tokenizer, [])
+    pieces = [detok.feed([i]) for i in ids]
+    assert "".join(pieces) + detok.flush() == "héllo 😀!"
+    assert all("\ufffd" not in piece for piece in pieces)
+    emoji_start = pieces.index("") if "" in pieces else None
+    assert emoji_start is not None  # some tokens produced no text until the character completed
+
+
+def test_detokenizer_flush_releases_an_unfinished_character(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "ok😀")[:-1]  # the emoji cut short
+    detok = IncrementalDetokenizer(byte_tokenizer, [])
+    text = "".join(detok.feed([i]) for i in ids)
+    assert text == "ok"
+    assert detok.flush() == "\ufffd"
+
+
+class ScriptedEngine:
+    """Yields a fixed token script; records whether the consumer closed it early."""
+
+    name = "scripted"
+    device = "cpu"
+
+    def __init__(self, script: list[list[int]], finish: str = "length"):
+        self.script = script
+        self.finish = finish
+        self.closed_early = False
+
+    async def generate(self, prompt_ids, params):
+        finished = False
+        try:
+            for i, ids in enumerate(self.script):
+                last = i == len(self.script) - 1
+                if last:
+                    finished = True
+                yield TokenDelta(ids, self.finish if last else None)
+        finally:
+            if not finished:
+                self.closed_early = True
+
+
+def _run(engine, tokenizer, stop):
+    async def collect():
+        return [e async for e in generate_text(engine, tokenizer, [], SamplingParams(max_tokens=100), stop)]
+
+    return asyncio.run(collect())
+
+
+def test_generate_text_counts_tokens_and_finishes(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "hello world")
+    engine = ScriptedEngine([[i] for i in ids])
+    events = _run(engine, byte_tokenizer, None)
+    assert "".join(e.text for e in events) == "hello world"
+    assert events[-1].finish_reason == "length"
+    assert events[-1].completion_tokens == len(ids)
+    assert not engine.closed_early
+
+
+def test_generate_text_stop_string_cancels_the_engine(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "hello world and more text")
+    engine = ScriptedEngine([[i] for i in ids])
+    events = _run(engine, byte_tokenizer, ["wor"])
+    assert "".join(e.text for e in events) == "hello "
+    assert events[-1].finish_reason == "stop"
+    assert events[-1].completion_tokens == len(_ids(byte_tokenizer, "hello wor"))
+    assert engine.closed_early  # the rest of the sequence was never generated
+
+
+def test_generate_text_flushes_held_back_text_at_the_end(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "abc wo")
+    engine = ScriptedEngine([[i] for i in ids], finish="stop")
+    events = _run(engine, byte_tokenizer, ["world"])
+    assert "".join(e.text for e in events) == "abc wo"
+    assert events[-1].finish_reason == "stop"
