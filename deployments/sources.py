@@ -207,7 +207,11 @@ def prepare_model(
 
 
 def export_openvino(hf_dir: Path, task: str, weight_format: str, out: Path) -> None:
-    from optimum.intel import OVModelForCausalLM, OVModelForFeatureExtraction, OVWeightQuantizationConfig
+    from optimum.intel import (
+        OVModelForCausalLM,
+        OVModelForFeatureExtraction,
+        OVWeightQuantizationConfig,
+    )
 
     cls = OVModelForCausalLM if task == "text-generation" else OVModelForFeatureExtraction
     kwargs: dict = {"export": True, "compile": False}

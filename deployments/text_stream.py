@@ -8,7 +8,7 @@ next delta settles it, so a client never sees any part of a stop string.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer
@@ -98,29 +98,39 @@ async def generate_text(
     prompt_ids: list[int],
     params: SamplingParams,
     stop: Sequence[str] | None,
+    chunk_tokens: Callable[[], int] = lambda: 1,
 ) -> AsyncIterator[TextEvent]:
-    """One sequence as text events; the last one carries finish_reason."""
+    """One sequence as text events; the last one carries finish_reason.
+
+    The first text goes out at once; after that an event is sent every `chunk_tokens()`
+    tokens (as vLLM's --stream-interval): each event costs a trip through Ray and HTTP,
+    and on a small machine that per-event cost competes with the engine for the cores.
+    """
     detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
     matcher = StopStringMatcher(stop) if stop else None
     tokens = 0
+    pending_text, pending_tokens, sent_first = "", 0, False
     deltas = engine.generate(prompt_ids, params)
     try:
         async for delta in deltas:
             tokens += len(delta.token_ids)
+            pending_tokens += len(delta.token_ids)
             text = detokenizer.feed(delta.token_ids)
             if delta.finish_reason is not None:
                 text += detokenizer.flush()
             if matcher is not None:
                 text, stopped = matcher.feed(text)
                 if stopped:
-                    yield TextEvent(text, tokens, "stop")
+                    yield TextEvent(pending_text + text, tokens, "stop")
                     return  # closing `deltas` below cancels the sequence in the engine
                 if delta.finish_reason is not None:
                     text += matcher.flush()
+            pending_text += text
             if delta.finish_reason is not None:
-                yield TextEvent(text, tokens, delta.finish_reason)
+                yield TextEvent(pending_text, tokens, delta.finish_reason)
                 return
-            if text:
-                yield TextEvent(text, tokens)
+            if pending_text and (not sent_first or pending_tokens >= chunk_tokens()):
+                yield TextEvent(pending_text, tokens)
+                pending_text, pending_tokens, sent_first = "", 0, True
     finally:
         await deltas.aclose()

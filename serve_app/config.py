@@ -143,6 +143,22 @@ class ModelAppArgs(StrictModel):
         256, ge=16, le=65536, description="Tokens per engine step (prefill chunks plus decodes)."
     )
     kv_cache_gb: float = Field(1.0, gt=0, le=1024, description="KV-cache size of the OpenVINO engine.")
+    stream_interval: int | Literal["auto"] = Field(
+        "auto",
+        description="Streamed tokens per chunk after the first (as vLLM's --stream-interval). 'auto' sends "
+        "every token while few sequences run and up to 8 per chunk as more share the engine, so the "
+        "serving stack's per-chunk work stays bounded as concurrency grows.",
+    )
+
+    @field_validator("stream_interval")
+    @classmethod
+    def _positive_interval(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("stream_interval must be 'auto' or between 1 and 64")
+        return value
+    enable_prefix_caching: bool = Field(
+        True, description="Reuse the KV cache of shared prompt prefixes (system prompts, chat templates)."
+    )
     weight_format: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="Weights of the exported OpenVINO IR (int8 = NNCF weight compression)."
     )

@@ -12,7 +12,13 @@ from pydantic import BaseModel
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import INTERNAL_ERROR_MESSAGE, InternalServerError, RequestTooLargeError, as_api_error, error_response
+from .errors import (
+    INTERNAL_ERROR_MESSAGE,
+    InternalServerError,
+    RequestTooLargeError,
+    as_api_error,
+    error_response,
+)
 
 logger = logging.getLogger("ray.serve")
 

@@ -32,7 +32,12 @@ CORPUS = [
 def build_tiny_llama(out: Path, *, max_position_embeddings: int = 512, seed: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -87,7 +92,15 @@ def build_tiny_llama(out: Path, *, max_position_embeddings: int = 512, seed: int
 
 def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, seed: int = 0) -> Path:
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)

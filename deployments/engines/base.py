@@ -52,6 +52,10 @@ class GenerationEngine(Protocol):
 
     def stats(self) -> EngineStats: ...
 
+    def running(self) -> int:
+        """Sequences in flight now (cheap; called while streaming)."""
+        ...
+
     def check_health(self) -> None:
         """Raise if the engine can no longer serve (Ray Serve then replaces the replica)."""
 

@@ -89,6 +89,9 @@ class TransformersGenerationEngine:
             finished_requests_total=self._finished_total,
         )
 
+    def running(self) -> int:
+        return self._running
+
     def check_health(self) -> None:
         return None
 

@@ -17,7 +17,13 @@ from ray import serve
 
 from serve_app.config import ModelAppArgs
 from serve_app.errors import ContextLengthExceededError, InvalidRequestError
-from serve_app.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EngineStats
+from serve_app.protocol import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+    EngineStats,
+)
 
 from ..engines.base import EmbeddingEngine
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
@@ -60,7 +66,7 @@ class EmbeddingTask:
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         dims = self._check_dimensions(request.dimensions)
-        token_lists = [self._tokenize(item, i) for i, item in enumerate(request.inputs())]
+        token_lists = self._tokenize_all(request.inputs())
         chunks = [token_lists[i : i + self.max_batch_size] for i in range(0, len(token_lists), self.max_batch_size)]
         parts = await asyncio.gather(*(self._encode_batch(chunk) for chunk in chunks))
         vectors = np.concatenate(parts, axis=0)
@@ -117,26 +123,32 @@ class EmbeddingTask:
             )
         return dims
 
-    def _tokenize(self, item: str | list[int], index: int) -> list[int]:
-        if isinstance(item, str):
-            ids = self.tokenizer(item, add_special_tokens=True, truncation=False)["input_ids"]
-        else:
-            bad = [t for t in item if t >= self._vocab_size]
-            if bad:
-                raise InvalidRequestError(
-                    f"input[{index}] has token id {bad[0]}, outside the vocabulary (size {self._vocab_size})",
+    def _tokenize_all(self, items: list[str | list[int]]) -> list[list[int]]:
+        texts = [item for item in items if isinstance(item, str)]
+        # One call for all strings: the Rust tokenizer encodes a batch in parallel.
+        encoded = iter(self.tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"] if texts else [])
+        out = []
+        for index, item in enumerate(items):
+            if isinstance(item, str):
+                ids = next(encoded)
+            else:
+                bad = [t for t in item if t >= self._vocab_size]
+                if bad:
+                    raise InvalidRequestError(
+                        f"input[{index}] has token id {bad[0]}, outside the vocabulary (size {self._vocab_size})",
+                        param="input",
+                    )
+                # Token ids stand for the text's tokens, as with OpenAI: add the model's special
+                # tokens so that ids and the text they encode give the same vector.
+                ids = self._prefix + list(item) + self._suffix
+            if len(ids) > self.max_input_tokens:
+                raise ContextLengthExceededError(
+                    f"input[{index}] has {len(ids)} tokens; model '{self.model_id}' accepts at most "
+                    f"{self.max_input_tokens} tokens per input.",
                     param="input",
                 )
-            # Token ids stand for the text's tokens, as with OpenAI: add the model's special
-            # tokens so that ids and the text they encode give the same vector.
-            ids = self._prefix + list(item) + self._suffix
-        if len(ids) > self.max_input_tokens:
-            raise ContextLengthExceededError(
-                f"input[{index}] has {len(ids)} tokens; model '{self.model_id}' accepts at most "
-                f"{self.max_input_tokens} tokens per input.",
-                param="input",
-            )
-        return ids
+            out.append(ids)
+        return out
 
 
 def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:

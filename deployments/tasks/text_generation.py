@@ -62,6 +62,7 @@ class TextGenerationTask:
         *,
         max_model_len: int,
         default_max_tokens: int | None,
+        stream_interval: int | str = 1,
     ):
         if not tokenizer.is_fast:
             raise ValueError(f"{model_id}: a fast (tokenizers) tokenizer is required")
@@ -70,6 +71,7 @@ class TextGenerationTask:
         self.engine = engine
         self.max_model_len = max_model_len
         self.default_max_tokens = default_max_tokens
+        self.stream_interval = stream_interval
         self._backend_tokenizer = tokenizer.backend_tokenizer
         self._vocab_size = len(tokenizer)
 
@@ -172,6 +174,12 @@ class TextGenerationTask:
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+
+    def _chunk_tokens(self) -> int:
+        if self.stream_interval != "auto":
+            return int(self.stream_interval)
+        # One token per chunk for a lone stream; up to 8 when 16 or more share the engine.
+        return max(1, min(8, self.engine.running() // 2))
 
     # ------------------------------------------------------------------ prompts
 
@@ -278,7 +286,7 @@ class TextGenerationTask:
         engine.
         """
         if len(choices) == 1:  # the common case needs no fan-in machinery
-            events = generate_text(self.engine, self._backend_tokenizer, prompts[0], params[0], stop)
+            events = generate_text(self.engine, self._backend_tokenizer, prompts[0], params[0], stop, self._chunk_tokens)
             try:
                 async for event in events:
                     yield choices[0], event
@@ -290,7 +298,9 @@ class TextGenerationTask:
         done = object()
 
         async def pump(choice: _Choice, sampling: SamplingParams) -> None:
-            events = generate_text(self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling, stop)
+            events = generate_text(
+                self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling, stop, self._chunk_tokens
+            )
             try:
                 async for event in events:
                     await queue.put((choice, event))
@@ -370,6 +380,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             kv_cache_gb=args.kv_cache_gb,
+            enable_prefix_caching=args.enable_prefix_caching,
             num_threads=args.num_threads,
             device=backend.device.upper(),
         )
@@ -387,6 +398,11 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
         )
     logger.info("%s: %s engine on %s, context %d tokens", model_id, engine.name, engine.device, max_model_len)
     return TextGenerationTask(
-        model_id, tokenizer, engine, max_model_len=max_model_len, default_max_tokens=args.default_max_tokens
+        model_id,
+        tokenizer,
+        engine,
+        max_model_len=max_model_len,
+        default_max_tokens=args.default_max_tokens,
+        stream_interval=args.stream_interval,
     )
 

@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from serve_app.config import EnvOverrides
-from serve_app.launcher import DeployPlan, plan_deploy, prepare_models, shutdown_cluster, start_cluster, wait_until_ready
+from serve_app.launcher import (
+    DeployPlan,
+    plan_deploy,
+    prepare_models,
+    shutdown_cluster,
+    start_cluster,
+    wait_until_ready,
+)
 from tests.conftest import free_port
 from tests.tiny_models import build_tiny_bert, build_tiny_llama
 

@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from serve_app.protocol import (
-    ChatCompletionChunk,
     ChatChunkChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
     CompletionRequest,

@@ -1,0 +1,1 @@
+"""Benchmarks: the raw engines in-process versus the server over HTTP, in one run."""

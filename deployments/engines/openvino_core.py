@@ -1,0 +1,137 @@
+"""The OpenVINO engine core: a process of its own that owns the ContinuousBatchingPipeline.
+
+Why a separate process: the pipeline's Python binding holds the GIL for a whole ``step()``.
+In the replica process that stalls the event loop (streaming, Ray's own threads) for every
+step, and the event loop's work in turn delays the next step, so the engine idles while
+Python runs. Here the step loop has a GIL to itself; the replica talks to it over a socket
+pair (see openvino_genai.py), one message per step carrying every sequence's new tokens.
+
+Protocol (pickled tuples over multiprocessing.connection.Connection):
+  replica -> core: ("add", id, prompt_ids, sampling dict) | ("cancel", id) | ("stop",)
+  core -> replica: ("ready", None) | ("error", text)            once, after loading
+                   ("step", [(id, token_ids, finish, ignored)], stats dict)
+                   ("failed", text)                             the pipeline broke
+The core exits when the replica closes its end (the replica died), so it never outlives it.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def _generation_config(ov_genai, sampling: dict[str, Any], eos: list[int]):
+    config = ov_genai.GenerationConfig()
+    config.max_new_tokens = sampling["max_tokens"]
+    if eos:
+        config.eos_token_id = eos[0]
+    config.stop_token_ids = set(eos) | set(sampling["stop_token_ids"])
+    if sampling["temperature"] < 1e-5:
+        config.do_sample = False
+    else:
+        config.do_sample = True
+        config.temperature = sampling["temperature"]
+        config.top_p = sampling["top_p"]
+    # The pipeline's default seed is 0 for every request, which would make every unseeded
+    # sample identical; draw one per request unless the client chose it.
+    seed = sampling["seed"]
+    config.rng_seed = seed if seed is not None else random.getrandbits(63)
+    config.presence_penalty = sampling["presence_penalty"]
+    config.frequency_penalty = sampling["frequency_penalty"]
+    return config
+
+
+def serve(conn: Connection) -> None:
+    settings = conn.recv()
+    try:
+        import numpy as np
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        scheduler = ov_genai.SchedulerConfig()
+        scheduler.cache_size = settings["kv_cache_gb"]
+        scheduler.max_num_seqs = settings["max_num_seqs"]
+        scheduler.max_num_batched_tokens = settings["max_num_batched_tokens"]
+        scheduler.dynamic_split_fuse = True
+        scheduler.enable_prefix_caching = settings["enable_prefix_caching"]
+        properties = {"INFERENCE_NUM_THREADS": settings["num_threads"]} if settings["num_threads"] else {}
+        pipe = ov_genai.ContinuousBatchingPipeline(settings["ir_dir"], scheduler, settings["device"], properties)
+    except Exception as exc:  # noqa: BLE001 - reported to the replica, which fails its constructor
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+
+    eos = settings["eos_token_ids"]
+    finish_names = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
+    done_statuses = {ov_genai.GenerationStatus.FINISHED, ov_genai.GenerationStatus.STOP, ov_genai.GenerationStatus.CANCEL}
+    ignored = ov_genai.GenerationStatus.IGNORED
+    handles: dict[int, Any] = {}
+    generated = cancelled = finished = 0
+
+    def stats() -> dict[str, Any]:
+        metrics = pipe.get_metrics()
+        return {
+            "generated_tokens_total": generated,
+            "cancelled_requests_total": cancelled,
+            "finished_requests_total": finished,
+            "waiting_requests": max(0, int(metrics.requests) - int(metrics.scheduled_requests)),
+            "kv_cache_usage": float(metrics.cache_usage) / 100.0,
+        }
+
+    while True:
+        idle = not handles
+        while idle or conn.poll():  # take every waiting message; block only when idle
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return  # the replica is gone
+            idle = False
+            kind = message[0]
+            if kind == "add":
+                _, request_id, prompt_ids, sampling = message
+                tensor = ov.Tensor(np.asarray([prompt_ids], dtype=np.int64))
+                handles[request_id] = pipe.add_request(request_id, tensor, _generation_config(ov_genai, sampling, eos))
+            elif kind == "cancel":
+                handle = handles.pop(message[1], None)
+                if handle is not None:
+                    handle.cancel()
+                    cancelled += 1
+            elif kind == "stop":
+                return
+        if not handles:
+            # Idle now: no step will report the counters (a cancellation just landed), so send them.
+            conn.send(("step", [], stats()))
+            continue
+        try:
+            pipe.step()
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            return
+        updates = []
+        for request_id, handle in list(handles.items()):
+            new_ids: list[int] = []
+            finish = None
+            while handle.can_read():
+                for output in handle.read().values():
+                    new_ids.extend(output.generated_ids)
+                    finish = finish_names.get(output.finish_reason, finish)
+            status = handle.get_status()
+            if status == ignored:
+                del handles[request_id]
+                updates.append((request_id, [], None, True))
+                continue
+            done = status in done_statuses
+            if done:
+                del handles[request_id]
+                finished += 1
+                finish = finish or "stop"
+            if new_ids or done:
+                generated += len(new_ids)
+                updates.append((request_id, new_ids, finish if done else None, False))
+        conn.send(("step", updates, stats()))
+
+
+if __name__ == "__main__":
+    serve(Connection(int(sys.argv[1])))
