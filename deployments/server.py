@@ -98,6 +98,7 @@ class ModelServer:
             embedding_dimensions=getattr(getattr(self._task, "engine", None), "dimensions", None)
             if args.task == "embedding"
             else None,
+            request_timeout_s=args.request_timeout_s,
         )
         logger.info("%s: ready in %.1fs", self.model_id, time.monotonic() - started)
 

@@ -41,6 +41,12 @@ def _status(args: argparse.Namespace) -> int:
     return 0 if code == 200 else 1
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from .keys_cli import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hfserve", description="OpenAI-compatible HF model server on Ray Serve")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -58,6 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     status = commands.add_parser("status", help="show a running server's /status")
     status.add_argument("--url", default="http://127.0.0.1:8000")
     status.set_defaults(func=_status)
+
+    keys = commands.add_parser("keys", help="manage API keys (on the store, or through --url)")
+    keys.add_argument("--url", help="a running server: go through its admin API with the admin key")
+    keys.add_argument("--json", action="store_true", help="machine-readable output")
+    verbs = keys.add_subparsers(dest="verb", required=True)
+    create = verbs.add_parser("create", help="create a key; prints it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--models", help="comma-separated model ids the key may use (default: all)")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: the server's)")
+    create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
+    create.add_argument("--admin", action="store_true", help="may use /admin, /status and /metrics")
+    create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 90m")
+    verbs.add_parser("list", help="every key, without secrets")
+    info = verbs.add_parser("info", help="one key with its usage")
+    info.add_argument("id")
+    revoke = verbs.add_parser("revoke", help="revoke a key (takes effect within 2 s)")
+    revoke.add_argument("id")
+    for sub in (create, verbs.choices["list"], info, revoke):
+        sub.add_argument("--url", default=argparse.SUPPRESS, help="as above")
+        sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
+    keys.set_defaults(func=_keys)
 
     args = parser.parse_args(argv)
     return args.func(args)

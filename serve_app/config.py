@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -57,6 +57,11 @@ class EnvOverrides(BaseSettings):
         None, ge=1024, description="Largest accepted request body; larger bodies get a 413."
     )
     dashboard_port: int | None = Field(None, ge=1, le=65535, description="Ray dashboard port.")
+    enable_auth: bool | None = Field(None, description="Require API keys (default true).")
+    api_key: SecretStr | None = Field(None, description="A static admin key (replaces the generated admin.key).")
+    state_dir: Path | None = Field(None, description="Where API keys (SQLite) and admin.key live.")
+    enable_caching: bool | None = Field(None, description="Response cache on or off.")
+    enable_circuit_breaker: bool | None = Field(None, description="Per-model circuit breakers on or off.")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -67,6 +72,10 @@ class EnvOverrides(BaseSettings):
 def read_env() -> EnvOverrides:
     """Read HF_SERVER_* now (never at import time, so tests and replicas see their own env)."""
     return EnvOverrides()
+
+
+def default_state_dir() -> Path:
+    return Path.home() / ".hfserve"
 
 
 def default_cache_dir() -> Path:
@@ -94,14 +103,58 @@ class IngressArgs(StrictModel):
     readiness_timeout_s: float = Field(
         2.0, gt=0, le=60, description="How long /ready waits for each model's answer."
     )
+    # --- API keys ---
+    enable_auth: bool = Field(True, description="Require an API key on /v1, /status and /admin (HF_SERVER_ENABLE_AUTH).")
+    state_dir: Path | None = Field(
+        None, description="API keys (SQLite) and admin.key (HF_SERVER_STATE_DIR, default ~/.hfserve)."
+    )
+    static_admin_key_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="SHA-256 of a static admin key. Set from HF_SERVER_API_KEY by the builder; the key "
+        "itself never travels in application args.",
+    )
+    public_metrics: bool = Field(False, description="Serve /metrics without an admin key.")
+    key_cache_ttl_s: float = Field(
+        1.0, gt=0, le=60, description="How long a replica trusts a key lookup; bounds revocation delay."
+    )
+    # --- rate limits (per key, sliding 60 s window; keys may override) ---
+    default_rpm: int = Field(600, ge=1, le=10_000_000, description="Requests per minute for keys without their own.")
+    default_tpm: int = Field(
+        1_000_000, ge=1, le=10_000_000_000, description="Tokens per minute for keys without their own."
+    )
+    default_token_reservation: int = Field(
+        256, ge=1, le=1_000_000,
+        description="Completion tokens reserved at admission when a request sets no max_tokens.",
+    )
+    # --- response cache ---
+    enable_caching: bool = Field(True, description="Cache deterministic responses (HF_SERVER_ENABLE_CACHING).")
+    cache_ttl_seconds: float = Field(3600, gt=0, le=30 * 86400, description="Lifetime of a cached response.")
+    cache_max_size: int = Field(1000, ge=1, le=10_000_000, description="Most cached entries (LRU).")
+    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Most cached bytes (LRU).")
+    cache_scope: Literal["key", "global"] = Field(
+        "key", description="'key': each API key sees only its own entries; 'global' shares them."
+    )
+    # --- circuit breakers ---
+    enable_circuit_breaker: bool = Field(True, description="Per-model breakers (HF_SERVER_ENABLE_CIRCUIT_BREAKER).")
+    circuit_breaker_threshold: int = Field(5, ge=1, le=1000, description="Consecutive failures that open it.")
+    circuit_breaker_timeout_seconds: float = Field(60, gt=0, le=3600, description="How long it stays open.")
 
     def with_env(self, env: EnvOverrides) -> IngressArgs:
+        import hashlib
+
         updates: dict[str, Any] = {}
-        if env.max_request_body_bytes is not None:
-            updates["max_request_body_bytes"] = env.max_request_body_bytes
-        if env.workers is not None:
-            updates["workers"] = env.workers
+        for name in ("max_request_body_bytes", "workers", "enable_auth", "state_dir", "enable_caching", "enable_circuit_breaker"):
+            value = getattr(env, name)
+            if value is not None:
+                updates[name] = value
+        if env.api_key is not None:
+            updates["static_admin_key_sha256"] = hashlib.sha256(env.api_key.get_secret_value().encode()).hexdigest()
         return self.model_copy(update=updates)
+
+    @property
+    def effective_state_dir(self) -> Path:
+        return Path(self.state_dir).expanduser() if self.state_dir else default_state_dir()
 
 
 class ModelAppArgs(StrictModel):
@@ -125,6 +178,9 @@ class ModelAppArgs(StrictModel):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     owned_by: str = Field("hfserve", description="The owned_by field of /v1/models.")
+    request_timeout_s: float = Field(
+        300, gt=0, le=86400, description="A call to the model taking longer is cancelled and answered with 504."
+    )
     cache_dir: Path | None = Field(
         None, description="Conversion cache (default HF_SERVER_CACHE_DIR or ~/.cache/hfserve)."
     )

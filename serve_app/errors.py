@@ -42,8 +42,8 @@ class APIError(Exception):
         self.headers = dict(headers or {})
 
     def __reduce__(self):
-        # Keep keyword-only fields when Ray pickles the exception across processes.
-        return (_rebuild_api_error, (type(self), self.message, self.param, self.code, self.headers))
+        # Keep every field when Ray pickles the exception across processes.
+        return (_rebuild_api_error, (type(self), self.message, self.param, self.code, self.headers, self.error_type))
 
     def body(self) -> dict[str, Any]:
         return {
@@ -56,8 +56,12 @@ class APIError(Exception):
         }
 
 
-def _rebuild_api_error(cls, message, param, code, headers):
-    return cls(message, param=param, code=code, headers=headers)
+def _rebuild_api_error(cls, message, param, code, headers, error_type=None):
+    error = APIError.__new__(cls)
+    APIError.__init__(error, message, param=param, code=code, headers=headers)
+    if error_type is not None:
+        error.error_type = error_type
+    return error
 
 
 class InvalidRequestError(APIError):
@@ -76,7 +80,9 @@ class ModelNotFoundError(APIError):
 
     def __init__(self, model: str, **kwargs: Any):
         kwargs.setdefault("param", "model")
-        super().__init__(f"The model '{model}' does not exist.", **kwargs)
+        # The same words whether the model is missing or outside the key's list, so a key
+        # cannot probe which models exist.
+        super().__init__(f"The model '{model}' does not exist or you do not have access to it.", **kwargs)
 
 
 class NotFoundError(APIError):
@@ -106,6 +112,40 @@ class ServiceUnavailableError(APIError):
         headers = dict(kwargs.pop("headers", None) or {})
         headers.setdefault("Retry-After", str(retry_after_s))
         super().__init__(message, headers=headers, **kwargs)
+
+
+class AuthenticationError(APIError):
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class PermissionDeniedError(APIError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    default_code = "insufficient_permissions"
+
+
+class RateLimitError(APIError):
+    """429. `kind` is OpenAI's error type for rate limits: "requests" or "tokens"."""
+
+    status_code = 429
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str = "requests", retry_after_s: float = 1.0, **kwargs):
+        import math
+
+        headers = dict(kwargs.pop("headers", None) or {})
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
+        super().__init__(message, headers=headers, **kwargs)
+        self.error_type = kind
+
+
+class GatewayTimeoutError(APIError):
+    status_code = 504
+    error_type = "timeout"
+    default_code = "timeout"
 
 
 class InternalServerError(APIError):

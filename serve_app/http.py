@@ -73,6 +73,9 @@ async def sse_response(chunks: Any) -> StreamingResponse:
             # On client disconnect Starlette cancels this generator; cancelling the model
             # call stops generation there and frees the engine's KV cache.
             _cancel(chunks)
+            close = getattr(iterator, "aclose", None)
+            if close is not None:
+                await close()
 
     return StreamingResponse(
         events(),

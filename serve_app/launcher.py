@@ -26,6 +26,7 @@ from typing import Any
 from .config import (
     DeployConfigError,
     EnvOverrides,
+    IngressArgs,
     ModelAppArgs,
     load_yaml,
     read_env,
@@ -43,6 +44,7 @@ def _say(message: str) -> None:
 class DeployPlan:
     config: dict[str, Any]  # the Serve config with HF_SERVER_* overrides applied
     models: dict[str, ModelAppArgs]  # model applications by name (= model id)
+    ingresses: list[IngressArgs]  # the ingress applications' args, environment applied
     host: str
     port: int
 
@@ -71,6 +73,7 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
             logging_config["encoding"] = env.log_format.upper()
         config["logging_config"] = logging_config
     models: dict[str, ModelAppArgs] = {}
+    ingresses: list[IngressArgs] = []
     for app in config.get("applications") or []:
         name = app.get("name")
         if not name:
@@ -78,6 +81,8 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
         validated = validate_app_args(app.get("import_path", ""), app.get("args"), name)
         if isinstance(validated, ModelAppArgs):
             models[name] = validated.with_env(env)
+        elif isinstance(validated, IngressArgs):
+            ingresses.append(validated.with_env(env))
     # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).
     from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import ServeDeploySchema
@@ -95,7 +100,7 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
                     f"application '{app['name']}', deployment '{deployment.get('name')}': unknown "
                     f"autoscaling_config keys {sorted(unknown)}"
                 )
-    return DeployPlan(config=config, models=models, host=http["host"], port=int(http["port"]))
+    return DeployPlan(config=config, models=models, ingresses=ingresses, host=http["host"], port=int(http["port"]))
 
 
 def _prepare_in_child(name: str, args: ModelAppArgs) -> str:
@@ -125,6 +130,29 @@ def prepare_models(models: dict[str, ModelAppArgs], say: Say = _say) -> None:
             say(f"[{index}/{len(models)}] {name}: preparing {args.source}")
             summary = pool.submit(_prepare_in_child, name, args).result()
             say(f"[{index}/{len(models)}] {name}: {summary} ({time.monotonic() - started:.1f}s)")
+
+
+def bootstrap_admin_key(plan: DeployPlan, say: Say = _say) -> None:
+    """First start with API keys on and no admin key: create one in <state_dir>/admin.key."""
+    from .auth import ADMIN_KEY_FILE, KeyStore, ensure_admin_key
+
+    for args in plan.ingresses:
+        if not args.enable_auth:
+            say("API keys are OFF (enable_auth: false): every endpoint is open")
+            continue
+        state_dir = args.effective_state_dir
+        store = KeyStore(state_dir / "keys.db")
+        try:
+            created = ensure_admin_key(store, state_dir, static_admin=args.static_admin_key_sha256 is not None)
+        finally:
+            store.close()
+        if created:
+            say(f"created an admin API key in {created} (mode 0600)")
+        if args.static_admin_key_sha256:
+            say("API keys are on; the admin key is HF_SERVER_API_KEY")
+        else:
+            say(f"API keys are on; admin key: {state_dir / ADMIN_KEY_FILE}")
+            say(f"  try: curl -H \"Authorization: Bearer $(cat {state_dir / ADMIN_KEY_FILE})\" {plan.base_url}/v1/models")
 
 
 def start_cluster(plan: DeployPlan, env: EnvOverrides) -> str:
@@ -224,6 +252,7 @@ def serve_forever(config_path: Path | None = None, *, host: str | None = None, p
         _say(f"error: {exc}")
         return 2
     prepare_models(plan.models)
+    bootstrap_admin_key(plan)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         _say("starting a local Ray cluster")

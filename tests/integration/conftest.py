@@ -13,6 +13,7 @@ import yaml
 from serve_app.config import EnvOverrides
 from serve_app.launcher import (
     DeployPlan,
+    bootstrap_admin_key,
     plan_deploy,
     prepare_models,
     shutdown_cluster,
@@ -24,6 +25,7 @@ from tests.tiny_models import build_tiny_bert, build_tiny_llama
 
 LLAMA_CONTEXT = 512
 MAX_BODY = 65536
+GATEWAY_PREFIX = "/gw"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,18 @@ class Server:
     base_url: str
     plan: DeployPlan
     models: dict[str, Path]
+    state_dir: Path
+
+    @property
+    def gateway_url(self) -> str:
+        return self.base_url + GATEWAY_PREFIX
+
+    def admin_key(self) -> str:
+        from serve_app.auth import read_admin_key_file
+
+        key = read_admin_key_file(self.state_dir)
+        assert key
+        return key
 
     def openai(self, **kwargs):
         from openai import OpenAI
@@ -56,8 +70,10 @@ def _model_app(name: str, args: dict, num_cpus: float, **deployment) -> dict:
     }
 
 
-def write_config(path: Path, models: dict[str, Path], cache_dir: Path) -> Path:
+def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir: Path) -> Path:
     common = {"cache_dir": str(cache_dir), "num_threads": 2}
+    # Both ingress applications share the one state actor, so they share its settings.
+    shared_state = {"state_dir": str(state_dir), "circuit_breaker_threshold": 2, "circuit_breaker_timeout_seconds": 4}
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": 8000},
@@ -67,7 +83,17 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path) -> Path:
                 "name": "ingress",
                 "route_prefix": "/",
                 "import_path": "serve_app.app:build_ingress_app",
-                "args": {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0},
+                # The serving-core tests: no keys, no cache (they measure the engines).
+                "args": {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0, "enable_auth": False,
+                         "enable_caching": False, **shared_state},
+                "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
+            },
+            {
+                "name": "gateway",
+                "route_prefix": GATEWAY_PREFIX,
+                "import_path": "serve_app.app:build_ingress_app",
+                # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
+                "args": {"model_info_ttl_s": 1.0, "workers": 2, **shared_state},
                 "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
             },
             _model_app(
@@ -82,7 +108,8 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path) -> Path:
                 {"source": str(models["llama"]), "task": "text-generation", "backend": "transformers",
                  "max_batch_size": 8, "batch_wait_timeout_s": 0.02, **common},
                 0.2,
-                max_ongoing_requests=64,
+                max_ongoing_requests=2,
+                max_queued_requests=2,  # backpressure: the rest get a fast 503
             ),
             _model_app(
                 "tiny-bert",
@@ -95,6 +122,11 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path) -> Path:
                 "tiny-bert-torch",
                 {"source": str(models["bert_plain"]), "task": "embedding", "backend": "transformers", **common},
                 0.2,
+            ),
+            _model_app(  # the one the breaker test kills
+                "tiny-bert-fragile",
+                {"source": str(models["bert"]), "task": "embedding", "backend": "openvino", "request_timeout_s": 2, **common},
+                0.1,
             ),
         ],
     }
@@ -115,13 +147,15 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="package")
 def server(tiny_models, tmp_path_factory) -> Server:
     work = tmp_path_factory.mktemp("serve")
-    config = write_config(work / "serve_config.yaml", tiny_models, work / "cache")
+    state_dir = work / "state"
+    config = write_config(work / "serve_config.yaml", tiny_models, work / "cache", state_dir)
     env = EnvOverrides(port=free_port(), dashboard_port=free_port())
     plan = plan_deploy(config, env)
     prepare_models(plan.models, say=lambda message: print(message, flush=True))
+    bootstrap_admin_key(plan, say=lambda message: print(message, flush=True))
     try:
         start_cluster(plan, env)
         wait_until_ready(plan, timeout_s=600, say=lambda message: print(message, flush=True))
-        yield Server(plan.base_url, plan, tiny_models)
+        yield Server(plan.base_url, plan, tiny_models, state_dir)
     finally:
         shutdown_cluster()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
-from serve_app.errors import ContextLengthExceededError
+import numpy as np
+
+from serve_app.errors import ContextLengthExceededError, InternalServerError
 from serve_app.model_directory import AppState
 from serve_app.protocol import (
     ChatChoice,
@@ -23,17 +26,29 @@ from serve_app.protocol import (
 
 
 class FakeModel:
-    """Echoes the last user message; 'TOO LONG' raises the context-length error."""
+    """Echoes the last user message word by word. 'TOO LONG' raises the context-length
+    error; `fail` makes every call a model-side 500. Counts calls."""
 
     def __init__(self, model_id: str, task: str):
         self.model_id = model_id
         self.task = task
         self.cancelled = 0
-        self.info_calls = 0
+        self.calls = 0
+        self.embedded: list[str] = []
+        self.fail = False
+        self.created = 123
 
     def _check(self, request):
+        self.calls += 1
+        if self.fail:
+            raise InternalServerError("engine broke")
         if request.messages[-1].text() == "TOO LONG":
             raise ContextLengthExceededError("too long", param="messages")
+
+    @staticmethod
+    def _usage(text: str) -> Usage:
+        words = len(text.split())
+        return Usage(prompt_tokens=3, completion_tokens=words, total_tokens=3 + words)
 
     async def chat(self, request):
         self._check(request)
@@ -41,11 +56,12 @@ class FakeModel:
         return ChatCompletionResponse(
             id="chatcmpl-1", created=1, model=self.model_id,
             choices=[ChatChoice(index=0, message=ChatMessageOut(content=text), finish_reason="stop")],
-            usage=Usage(prompt_tokens=3, completion_tokens=len(text.split()), total_tokens=3 + len(text.split())),
+            usage=self._usage(text),
         )
 
     def chat_stream(self, request):
         model = self
+        options = request.stream_options
 
         class Stream:
             def __init__(self):
@@ -53,14 +69,24 @@ class FakeModel:
 
             async def _run(self):
                 model._check(request)
-                yield ChatCompletionChunk(id="c", created=1, model=model.model_id,
-                                          choices=[ChatChunkChoice(index=0, delta=ChatDelta(role="assistant", content=""))])
-                for word in request.messages[-1].text().split():
+                words = request.messages[-1].text().split()
+                continuous = bool(options and options.continuous_usage_stats)
+
+                def usage(n):
+                    return Usage(prompt_tokens=3, completion_tokens=n, total_tokens=3 + n) if continuous else None
+
+                def chunk(delta, finish=None, n=0):
+                    return ChatCompletionChunk(id="c", created=1, model=model.model_id, usage=usage(n),
+                                               choices=[ChatChunkChoice(index=0, delta=delta, finish_reason=finish)])
+
+                yield chunk(ChatDelta(role="assistant", content=""))
+                for i, word in enumerate(words):
                     await asyncio.sleep(0)
-                    yield ChatCompletionChunk(id="c", created=1, model=model.model_id,
-                                              choices=[ChatChunkChoice(index=0, delta=ChatDelta(content=word))])
-                yield ChatCompletionChunk(id="c", created=1, model=model.model_id,
-                                          choices=[ChatChunkChoice(index=0, delta=ChatDelta(), finish_reason="stop")])
+                    yield chunk(ChatDelta(content=(" " if i else "") + word), n=i + 1)
+                yield chunk(ChatDelta(), "stop", len(words))
+                if options and options.include_usage:
+                    yield ChatCompletionChunk(id="c", created=1, model=model.model_id, choices=[],
+                                              usage=Usage(prompt_tokens=3, completion_tokens=len(words), total_tokens=3 + len(words)))
 
             def __aiter__(self):
                 return self._gen
@@ -71,16 +97,23 @@ class FakeModel:
         return Stream()
 
     async def embed(self, request):
-        return EmbeddingResponse(
-            data=[EmbeddingData(index=i, embedding=[1.0, 0.0]) for i, _ in enumerate(request.inputs())],
-            model=self.model_id,
-            usage=EmbeddingUsage(prompt_tokens=1, total_tokens=1),
-        )
+        self.calls += 1
+        if self.fail:
+            raise InternalServerError("engine broke")
+        inputs = request.inputs()
+        self.embedded.extend(i for i in inputs if isinstance(i, str))
+        vectors = [np.array([float(len(str(i))), 1.0], dtype=np.float32) for i in inputs]
+        data = [
+            EmbeddingData(index=i, embedding=base64.b64encode(v.tobytes()).decode() if request.encoding_format == "base64" else v.tolist())
+            for i, v in enumerate(vectors)
+        ]
+        tokens = [len(str(i).split()) + 2 for i in inputs]
+        return EmbeddingResponse(data=data, model=self.model_id,
+                                 usage=EmbeddingUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens), input_tokens=tokens))
 
     async def info(self):
-        self.info_calls += 1
-        return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=123, backend="fake",
-                         device="cpu", source="fake")
+        return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=self.created, backend="fake",
+                         device="cpu", source="fake", request_timeout_s=5.0)
 
     async def stats(self):
         return EngineStats()
@@ -100,3 +133,22 @@ class FakeServe:
 
     async def connect(self, name):
         return self.models[name]
+
+
+def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
+    """The real ingress app and gateway over the fakes and an in-process state core."""
+    import time
+
+    from serve_app.config import IngressArgs
+    from serve_app.gateway import Gateway
+    from serve_app.ingress import create_app, state_settings
+    from serve_app.model_directory import ModelDirectory
+    from serve_app.state import StateClient, StateCore
+
+    clock = ingress_args.pop("clock", time.monotonic)
+    state_clock = ingress_args.pop("state_clock", time.monotonic)
+    args = IngressArgs(state_dir=tmp_path, **ingress_args)
+    core = StateCore(state_settings(args), clock=state_clock)
+    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60, clock=clock)
+    gateway = Gateway(args, StateClient.local(core), directory)
+    return create_app(gateway, args), gateway, core

@@ -8,10 +8,8 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.config import IngressArgs
-from serve_app.ingress import create_app
-from serve_app.model_directory import AppState, ModelDirectory
-from tests.unit.fakes import FakeModel, FakeServe
+from serve_app.model_directory import AppState
+from tests.unit.fakes import FakeModel, FakeServe, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
 
@@ -22,9 +20,9 @@ def fake_serve():
 
 
 @pytest.fixture
-def client(fake_serve):
-    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60)
-    with TestClient(create_app(directory, IngressArgs(max_request_body_bytes=2048))) as test_client:
+def client(fake_serve, tmp_path):
+    app, _, _ = make_app(tmp_path, fake_serve, max_request_body_bytes=2048, enable_auth=False, enable_caching=False)
+    with TestClient(app) as test_client:
         yield test_client
 
 
@@ -42,7 +40,7 @@ def test_stream_is_sse_ending_with_done(client, fake_serve):
         events = [line for line in response.iter_lines() if line]
     assert events[-1] == "data: [DONE]"
     words = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
-    assert words == ["", "hello", "big", "world", None]
+    assert words == ["", "hello", " big", " world", None]
     assert fake_serve.models["chat-model"].cancelled == 1  # always released when the stream ends
 
 
@@ -57,7 +55,8 @@ def test_unknown_model_is_404(client):
     response = client.post("/v1/chat/completions", json={"model": "ghost", "messages": MSG})
     assert response.status_code == 404
     assert response.json()["error"] == {
-        "message": "The model 'ghost' does not exist.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"
+        "message": "The model 'ghost' does not exist or you do not have access to it.",
+        "type": "invalid_request_error", "param": "model", "code": "model_not_found",
     }
 
 
@@ -88,12 +87,12 @@ def test_models_and_health(client):
     assert client.get("/ready").status_code == 200
 
 
-def test_ready_names_models_that_are_not_ready(fake_serve):
+def test_ready_names_models_that_are_not_ready(fake_serve, tmp_path):
     fake_serve.states["embed-model"] = AppState("embed-model", "DEPLOYING")
     fake_serve.states["broken"] = AppState("broken", "DEPLOY_FAILED", "ImportError: no module")
     fake_serve.models["broken"] = FakeModel("broken", "embedding")
-    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60)
-    with TestClient(create_app(directory, IngressArgs())) as client:
+    app, _, _ = make_app(tmp_path, fake_serve, enable_auth=False)
+    with TestClient(app) as client:
         response = client.get("/ready")
         assert response.status_code == 503
         body = response.json()
@@ -106,10 +105,10 @@ def test_ready_names_models_that_are_not_ready(fake_serve):
         assert "loading" in refused.json()["error"]["message"]
 
 
-def test_a_model_deployed_later_is_found_without_waiting_for_the_refresh(fake_serve):
+def test_a_model_deployed_later_is_found_without_waiting_for_the_refresh(fake_serve, tmp_path):
     now = [1000.0]
-    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=3600, clock=lambda: now[0])
-    with TestClient(create_app(directory, IngressArgs())) as client:
+    app, _, _ = make_app(tmp_path, fake_serve, enable_auth=False, clock=lambda: now[0])
+    with TestClient(app) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["chat-model", "embed-model"]
         now[0] += 0.2
         fake_serve.models["late"] = FakeModel("late", "text-generation")
@@ -118,13 +117,13 @@ def test_a_model_deployed_later_is_found_without_waiting_for_the_refresh(fake_se
         assert response.status_code == 200
 
 
-def test_unhandled_errors_are_a_generic_500(fake_serve):
+def test_unhandled_errors_are_a_generic_500(fake_serve, tmp_path):
     async def broken_chat(request):
         raise RuntimeError("secret internal detail")
 
     fake_serve.models["chat-model"].chat = broken_chat
-    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60)
-    with TestClient(create_app(directory, IngressArgs()), raise_server_exceptions=False) as client:
+    app, _, _ = make_app(tmp_path, fake_serve, enable_auth=False)
+    with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG})
     assert response.status_code == 500
     assert "secret" not in response.text

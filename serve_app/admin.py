@@ -1,0 +1,50 @@
+"""Admin API: /admin/keys. The gateway middleware admits only admin keys to /admin."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter
+
+from .auth import KeyRecord, NewKey
+from .errors import NotFoundError, ServiceUnavailableError
+from .state import StateUnavailable
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
+
+
+def admin_router(gateway: Gateway) -> APIRouter:
+    router = APIRouter(prefix="/admin")
+
+    async def call(method: str, *args):
+        try:
+            return await gateway.state.call(method, *args, timeout_s=5.0)
+        except StateUnavailable:
+            raise ServiceUnavailableError("The key store is restarting; retry shortly.", code="state_unavailable") from None
+
+    @router.post("/keys", status_code=201)
+    async def create_key(body: NewKey) -> dict:
+        key, record = await call("create_key", body)
+        return {"key": key, **record.model_dump()}  # the only time the key is shown
+
+    @router.get("/keys")
+    async def list_keys() -> dict:
+        records: list[KeyRecord] = await call("list_keys")
+        return {"object": "list", "data": [record.model_dump() for record in records]}
+
+    @router.get("/keys/{key_id}")
+    async def get_key(key_id: str) -> dict:
+        record = await call("get_key", key_id)
+        if record is None:
+            raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
+        return record.model_dump()
+
+    @router.delete("/keys/{key_id}")
+    async def revoke_key(key_id: str) -> dict:
+        record = await call("revoke_key", key_id)
+        if record is None:
+            raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
+        return record.model_dump()
+
+    return router

@@ -1,0 +1,114 @@
+"""Response cache: LRU by entry count and bytes, plus a TTL. Pure logic, injected clock.
+
+Lives in the shared state actor. Only deterministic requests are cached (temperature 0 or a
+seed, and n = 1); the key is the SHA-256 of the canonical request plus the model's revision,
+and by default the caller's key id, so no caller can probe another's prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Fields that change how a request is delivered, not what it computes.
+_DELIVERY_FIELDS = {"stream", "stream_options", "user"}
+
+
+def is_deterministic(body: dict[str, Any]) -> bool:
+    return (body.get("temperature") == 0 or body.get("seed") is not None) and body.get("n", 1) == 1
+
+
+def canonical_key(endpoint: str, body: dict[str, Any], model_revision: str, scope: str) -> str:
+    """SHA-256 over the normalised request: defaults filled in (by pydantic), delivery-only
+    fields dropped, keys sorted."""
+    payload = {k: v for k, v in sorted(body.items()) if k not in _DELIVERY_FIELDS and v is not None}
+    text = json.dumps([endpoint, model_revision, scope, payload], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def embedding_key(model_revision: str, scope: str, dimensions: int | None, text: str) -> str:
+    payload = json.dumps(["embedding", model_revision, scope, dimensions, text], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class _Item:
+    value: bytes
+    model: str
+    stored_at: float
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hit_rate, 4),
+        }
+
+
+class ResponseCache:
+    def __init__(self, *, max_entries: int, max_bytes: int, ttl_s: float, clock: Callable[[], float]):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._items: OrderedDict[str, _Item] = OrderedDict()
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+
+    def get(self, key: str) -> bytes | None:
+        item = self._items.get(key)
+        if item is None or self._clock() - item.stored_at > self.ttl_s:
+            if item is not None:
+                self._remove(key)
+            self._misses += 1
+            return None
+        self._items.move_to_end(key)
+        self._hits += 1
+        return item.value
+
+    def get_many(self, keys: list[str]) -> list[bytes | None]:
+        return [self.get(key) for key in keys]
+
+    def put(self, key: str, value: bytes, model: str) -> None:
+        if len(value) > self.max_bytes:
+            return  # would evict everything else and still not fit
+        if key in self._items:
+            self._remove(key)
+        self._items[key] = _Item(value, model, self._clock())
+        self._bytes += len(value)
+        while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
+            oldest = next(iter(self._items))
+            self._remove(oldest)
+
+    def invalidate_model(self, model: str) -> int:
+        doomed = [key for key, item in self._items.items() if item.model == model]
+        for key in doomed:
+            self._remove(key)
+        return len(doomed)
+
+    def stats(self) -> CacheStats:
+        return CacheStats(len(self._items), self._bytes, self._hits, self._misses)
+
+    def _remove(self, key: str) -> None:
+        item = self._items.pop(key)
+        self._bytes -= len(item.value)

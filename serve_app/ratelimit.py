@@ -1,0 +1,192 @@
+"""Per-key rate limits: requests and tokens per minute in a sliding 60 s window.
+
+Pure logic with an injected clock. The authoritative windows live in the shared state actor;
+ingress replicas lease small chunks of quota from it and spend them locally, so most requests
+never wait for the actor. A lease is charged to the window when it is granted and what is
+left of it is given back when it expires, so the replicas together never admit more than the
+limit (at most one request more, from a lease granted just as an old entry leaves the
+window). Tokens are reserved at admission (prompt estimate + max_tokens) and settled from the
+real usage afterwards: the difference is charged or refunded at the time of the reservation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int
+    tpm: int
+
+
+@dataclass
+class _Entry:
+    id: int
+    at: float
+    requests: int
+    tokens: int
+
+
+@dataclass
+class SlidingWindow:
+    """Usage entries of one key over the last WINDOW_S seconds."""
+
+    entries: deque[_Entry] = field(default_factory=deque)
+    by_id: dict[int, _Entry] = field(default_factory=dict)
+
+    def _expire(self, now: float) -> None:
+        while self.entries and self.entries[0].at <= now - WINDOW_S:
+            self.by_id.pop(self.entries.popleft().id, None)
+
+    def used(self, now: float) -> tuple[int, int]:
+        self._expire(now)
+        return sum(e.requests for e in self.entries), sum(e.tokens for e in self.entries)
+
+    def reset_in(self, now: float, kind: str, limits: Limits) -> float:
+        """Seconds until the window is back to its full limit (OpenAI's reset-requests/tokens)."""
+        self._expire(now)
+        relevant = [e for e in self.entries if (e.requests if kind == "requests" else e.tokens) > 0]
+        return max(0.0, relevant[-1].at + WINDOW_S - now) if relevant else 0.0
+
+    def wait_for(self, now: float, requests: int, tokens: int, limits: Limits) -> float:
+        """Seconds until `requests` and `tokens` more would fit."""
+        used_r, used_t = self.used(now)
+        wait = 0.0
+        for kind, need, used, limit in (("r", requests, used_r, limits.rpm), ("t", tokens, used_t, limits.tpm)):
+            excess = used + need - limit
+            if excess <= 0:
+                continue
+            if need > limit:
+                return math.inf  # can never fit
+            freed = 0
+            for entry in self.entries:
+                freed += entry.requests if kind == "r" else entry.tokens
+                if freed >= excess:
+                    wait = max(wait, entry.at + WINDOW_S - now)
+                    break
+        return max(wait, 0.0)
+
+    def add(self, entry_id: int, now: float, requests: int, tokens: int) -> None:
+        entry = _Entry(entry_id, now, requests, tokens)
+        self.entries.append(entry)
+        self.by_id[entry_id] = entry
+
+    def adjust(self, entry_id: int, requests: int, tokens: int) -> None:
+        """Give back (negative) or charge more (positive) on an entry still in the window."""
+        entry = self.by_id.get(entry_id)
+        if entry is not None:
+            entry.requests = max(0, entry.requests + requests)
+            entry.tokens = max(0, entry.tokens + tokens)
+
+
+@dataclass(frozen=True)
+class Grant:
+    lease_id: int
+    requests: int
+    tokens: int
+    expires_at: float
+    limits: Limits
+    remaining_requests: int  # in the window after this grant
+    remaining_tokens: int
+    reset_requests_s: float
+    reset_tokens_s: float
+    retry_after_s: float = 0.0  # set when nothing could be granted
+
+
+class RateLimiter:
+    """The authoritative windows (one per key). Lives in the state actor."""
+
+    def __init__(self, clock: Callable[[], float], lease_s: float = 2.0):
+        self._clock = clock
+        self._lease_s = lease_s
+        self._windows: dict[str, SlidingWindow] = {}
+        self._ids = itertools.count(1)
+
+    def lease(self, key_id: str, limits: Limits, min_requests: int, min_tokens: int, want_requests: int, want_tokens: int) -> Grant:
+        """Grant between the minimum (what one request needs) and the wanted chunk; or nothing."""
+        now = self._clock()
+        window = self._windows.setdefault(key_id, SlidingWindow())
+        used_r, used_t = window.used(now)
+        free_r, free_t = limits.rpm - used_r, limits.tpm - used_t
+        if free_r < min_requests or free_t < min_tokens:
+            return Grant(
+                0, 0, 0, now, limits, max(free_r, 0), max(free_t, 0),
+                window.reset_in(now, "requests", limits), window.reset_in(now, "tokens", limits),
+                retry_after_s=window.wait_for(now, min_requests, min_tokens, limits),
+            )
+        requests = max(min_requests, min(want_requests, free_r))
+        tokens = max(min_tokens, min(want_tokens, free_t))
+        lease_id = next(self._ids)
+        window.add(lease_id, now, requests, tokens)
+        return Grant(
+            lease_id, requests, tokens, now + self._lease_s, limits, free_r - requests, free_t - tokens,
+            window.reset_in(now, "requests", limits), window.reset_in(now, "tokens", limits),
+        )
+
+    def give_back(self, key_id: str, lease_id: int, requests: int, tokens: int) -> None:
+        """Return unused quota of a lease, or (negative tokens) charge usage beyond it."""
+        window = self._windows.get(key_id)
+        if window is not None:
+            window.adjust(lease_id, -requests, -tokens)
+
+    def usage(self, key_id: str) -> tuple[int, int]:
+        window = self._windows.get(key_id)
+        return window.used(self._clock()) if window else (0, 0)
+
+
+@dataclass
+class LocalLease:
+    """What one ingress replica holds of a key's quota."""
+
+    grant: Grant
+    requests_left: int
+    tokens_left: int
+
+    @classmethod
+    def of(cls, grant: Grant) -> LocalLease:
+        return cls(grant, grant.requests, grant.tokens)
+
+    def covers(self, now: float, tokens: int) -> bool:
+        return now < self.grant.expires_at and self.requests_left >= 1 and self.tokens_left >= tokens
+
+    def take(self, tokens: int) -> None:
+        self.requests_left -= 1
+        self.tokens_left -= tokens
+
+
+def chunk_for(limit: int) -> int:
+    """Lease size: small against the limit (so other replicas are not starved), never 0."""
+    return max(1, limit // 50)
+
+
+def rate_limit_headers(limits: Limits, remaining_requests: int, remaining_tokens: int, reset_requests_s: float, reset_tokens_s: float, now_epoch: float) -> dict[str, str]:
+    """Both header families: X-RateLimit-* (requests) and OpenAI's x-ratelimit-*."""
+    return {
+        "X-RateLimit-Limit": str(limits.rpm),
+        "X-RateLimit-Remaining": str(max(0, remaining_requests)),
+        "X-RateLimit-Reset": str(int(math.ceil(now_epoch + reset_requests_s))),
+        "x-ratelimit-limit-requests": str(limits.rpm),
+        "x-ratelimit-remaining-requests": str(max(0, remaining_requests)),
+        "x-ratelimit-reset-requests": format_duration(reset_requests_s),
+        "x-ratelimit-limit-tokens": str(limits.tpm),
+        "x-ratelimit-remaining-tokens": str(max(0, remaining_tokens)),
+        "x-ratelimit-reset-tokens": format_duration(reset_tokens_s),
+    }
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's style: '6s', '1m30s', '250ms'."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{int(math.ceil(seconds * 1000))}ms"
+    whole = int(math.ceil(seconds))
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"

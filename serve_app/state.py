@@ -1,0 +1,200 @@
+"""The shared state of every ingress replica: API keys, rate-limit windows, the response
+cache and the circuit breakers, in one named, detached Ray actor.
+
+`StateCore` is plain Python (unit-tested directly); `StateActor` runs it in Ray with
+``max_restarts=-1``. What survives a restart: keys (SQLite under the state directory). What
+does not: the cache (it refills), breakers (they restart closed), and the current rate
+windows (at most one window of quota is forgotten). Ingress replicas keep local copies so
+the actor stays off most requests' critical path, and degrade to those copies while it
+restarts (see gateway.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from .auth import KeyRecord, KeyStore, KeyUsage, NewKey, ensure_admin_key
+from .breaker import CircuitBreaker, Snapshot
+from .cache import ResponseCache
+from .ratelimit import Grant, Limits, RateLimiter
+
+logger = logging.getLogger("ray.serve")
+
+STATE_ACTOR_NAME = "hfserve_state"
+STATE_NAMESPACE = "hfserve"
+
+
+class StateSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state_dir: Path
+    static_admin: bool = False
+    cache_max_entries: int = 1000
+    cache_max_bytes: int = 64 * 1024 * 1024
+    cache_ttl_s: float = 3600.0
+    breaker_threshold: int = 5
+    breaker_timeout_s: float = 60.0
+
+
+class StateCore:
+    def __init__(self, settings: StateSettings, clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self._clock = clock
+        self.store = KeyStore(settings.state_dir / "keys.db")
+        self.admin_key_path = ensure_admin_key(self.store, settings.state_dir, settings.static_admin)
+        if self.admin_key_path:
+            logger.warning("created an admin API key: %s", self.admin_key_path)
+        self.limiter = RateLimiter(clock)
+        self.cache = ResponseCache(
+            max_entries=settings.cache_max_entries,
+            max_bytes=settings.cache_max_bytes,
+            ttl_s=settings.cache_ttl_s,
+            clock=clock,
+        )
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.started = time.time()
+
+    # ------------------------------------------------------------------ keys
+
+    def find_key(self, digest: str) -> KeyRecord | None:
+        return self.store.find(digest)
+
+    def create_key(self, new: NewKey) -> tuple[str, KeyRecord]:
+        return self.store.create(new)
+
+    def list_keys(self) -> list[KeyRecord]:
+        return self.store.list()
+
+    def get_key(self, key_id: str) -> KeyRecord | None:
+        return self.store.get(key_id)
+
+    def revoke_key(self, key_id: str) -> KeyRecord | None:
+        return self.store.revoke(key_id)
+
+    def add_usage(self, usage: dict[str, KeyUsage]) -> None:
+        self.store.add_usage(usage)
+
+    # ------------------------------------------------------------------ rate limits
+
+    def lease(self, key_id: str, limits: Limits, min_requests: int, min_tokens: int, want_requests: int, want_tokens: int) -> Grant:
+        return self.limiter.lease(key_id, limits, min_requests, min_tokens, want_requests, want_tokens)
+
+    def give_back(self, returns: list[tuple[str, int, int, int]]) -> None:
+        for key_id, lease_id, requests, tokens in returns:
+            self.limiter.give_back(key_id, lease_id, requests, tokens)
+
+    # ------------------------------------------------------------------ cache
+
+    def cache_get(self, keys: list[str]) -> list[bytes | None]:
+        return self.cache.get_many(keys)
+
+    def cache_put(self, items: list[tuple[str, bytes, str]]) -> None:
+        for key, value, model in items:
+            self.cache.put(key, value, model)
+
+    def cache_invalidate(self, model: str) -> int:
+        return self.cache.invalidate_model(model)
+
+    # ------------------------------------------------------------------ breakers
+
+    def _breaker(self, model: str) -> CircuitBreaker:
+        breaker = self.breakers.get(model)
+        if breaker is None:
+            breaker = self.breakers[model] = CircuitBreaker(
+                self.settings.breaker_threshold, self.settings.breaker_timeout_s, self._clock
+            )
+        return breaker
+
+    def breaker_snapshots(self) -> dict[str, Snapshot]:
+        return {model: breaker.snapshot() for model, breaker in self.breakers.items()}
+
+    def breaker_report(self, model: str, ok: bool) -> Snapshot:
+        breaker = self._breaker(model)
+        breaker.record_success() if ok else breaker.record_failure()
+        return breaker.snapshot()
+
+    def breaker_probe(self, model: str) -> bool:
+        return self._breaker(model).allow()
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "cache": self.cache.stats().as_dict(),
+            "breakers": {m: {"state": s.state.value, "consecutive_failures": s.consecutive_failures,
+                             "retry_after_s": round(s.retry_after_s, 1)} for m, s in self.breaker_snapshots().items()},
+        }
+
+
+class StateUnavailable(Exception):
+    """The state actor did not answer in time (restarting, overloaded)."""
+
+
+class StateClient:
+    """How an ingress replica talks to the state: one awaitable call with a deadline."""
+
+    def __init__(self, call: Callable[[str, tuple], Any], timeout_s: float = 1.0):
+        self._call = call
+        self.timeout_s = timeout_s
+
+    async def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return await asyncio.wait_for(self._call(method, args), timeout_s or self.timeout_s)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise StateUnavailable(f"state.{method} timed out") from exc
+        except StateUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - actor died / restarting: the caller degrades
+            if _is_ray_actor_error(exc):
+                raise StateUnavailable(f"state.{method}: {type(exc).__name__}") from exc
+            raise
+
+    @classmethod
+    def local(cls, core: StateCore) -> StateClient:
+        """In-process (unit tests)."""
+
+        async def call(method: str, args: tuple) -> Any:
+            return getattr(core, method)(*args)
+
+        return cls(call)
+
+    @classmethod
+    def ray_actor(cls, settings: StateSettings) -> StateClient:
+        handle = get_or_create_actor(settings)
+
+        async def call(method: str, args: tuple) -> Any:
+            return await getattr(handle, method).remote(*args)
+
+        return cls(call)
+
+
+def _is_ray_actor_error(exc: BaseException) -> bool:
+    from ray import exceptions
+
+    return isinstance(exc, exceptions.RayActorError | exceptions.ActorUnavailableError | exceptions.ActorDiedError)
+
+
+def get_or_create_actor(settings: StateSettings):
+    """The one state actor of the cluster: named, detached, restarted forever, on the head
+    node (where the state directory with the SQLite key store lives)."""
+    import ray
+
+    actor_class = ray.remote(StateCore)
+    return actor_class.options(
+        name=STATE_ACTOR_NAME,
+        namespace=STATE_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=0,
+        num_cpus=0,
+        resources={"node:__internal_head__": 0.001},
+    ).remote(settings)
