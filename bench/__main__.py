@@ -13,60 +13,16 @@ import datetime
 import json
 import os
 import platform
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
+from . import http_load, raw, server
 
-from . import http_load, raw
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = server.ROOT
 
 
 def say(message: str) -> None:
     print(f"[bench] {message}", flush=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(config: Path) -> tuple[subprocess.Popen, str, float, Path]:
-    port = free_port()
-    log_path = ROOT / "bench" / "results" / "server.log"
-    env = {**os.environ, "HF_SERVER_PORT": str(port), "HF_SERVER_DASHBOARD_PORT": str(free_port()), "PYTHONUNBUFFERED": "1"}
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.cli", "serve", "--config", str(config)],
-        cwd=ROOT, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited; see {log_path}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                return process, base, time.monotonic() - started, log_path
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() - started > 900:
-            raise RuntimeError("server not ready after 900 s")
-        time.sleep(0.5)
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
 
 
 def ratio(a: float, b: float) -> float:
@@ -77,6 +33,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--rounds", type=int, default=6, help="requests per client in each chat measurement")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each embedding measurement")
+    parser.add_argument("--latency-requests", type=int, default=300, help="sequential requests per latency p50")
     parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
     args = parser.parse_args()
     results: dict = {
@@ -90,18 +47,26 @@ def main() -> int:
     say("raw OpenVINO encoder, in-process")
     raw_embed = raw.embedding_engine_runs([1, 32], args.seconds, say)
 
-    say("starting the server (hfserve serve)")
-    process, base, ready_s, log_path = start_server(Path(args.config))
+    say("starting the server (hfserve serve: the default config, plus a gateway-less ingress at /plain)")
+    running = server.start(server.with_plain_ingress(Path(args.config)))
+    base, auth, ready_s = running.base, running.headers, running.ready_s
     say(f"ready in {ready_s:.1f}s")
     try:
         say("server: chat c=1, c=16 (streaming)")
-        http_chat = {c: asyncio.run(http_load.chat_run(base, c, args.rounds)) for c in (1, 16)}
-        http_burst = asyncio.run(http_load.chat_run(base, 16, args.rounds, steady=False))
+        http_chat = {c: asyncio.run(http_load.chat_run(base, c, args.rounds, headers=auth)) for c in (1, 16)}
+        http_burst = asyncio.run(http_load.chat_run(base, 16, args.rounds, steady=False, headers=auth))
         say("server: embeddings c=32 x 1 input, c=4 x 32 inputs")
-        http_embed_single = asyncio.run(http_load.embedding_run(base, 32, 1, args.seconds))
-        http_embed_batch = asyncio.run(http_load.embedding_run(base, 4, 32, args.seconds))
+        http_embed_single = asyncio.run(http_load.embedding_run(base, 32, 1, args.seconds, headers=auth))
+        http_embed_batch = asyncio.run(http_load.embedding_run(base, 4, 32, args.seconds, headers=auth))
+        say("server: gateway latencies at c=1 (cache miss with and without the gateway, cache hit, no-ops)")
+        miss_on, miss_off = asyncio.run(http_load.paired_latency_p50(
+            (base, auth, http_load.embed_unique), (base + server.PLAIN_PREFIX, {}, http_load.embed_unique),
+            args.latency_requests))
+        hit, post_noop = asyncio.run(http_load.paired_latency_p50(
+            (base, auth, http_load.chat_cached), (base, auth, http_load.rejected_post), args.latency_requests))
+        noop = asyncio.run(http_load.latency_p50(base, args.latency_requests, http_load.health, auth))
     finally:
-        stop_server(process)
+        running.stop()
 
     results["raw"] = {
         "chat": {str(c): r.as_dict() for c, r in raw_chat.items()},
@@ -113,12 +78,21 @@ def main() -> int:
         "chat": {str(c): r.as_dict() for c, r in http_chat.items()},
         "chat_burst16": http_burst.as_dict(),
         "embeddings": {"c32x1": http_embed_single.as_dict(), "c4x32": http_embed_batch.as_dict()},
+        "gateway_p50_ms": {
+            "embed_miss_gateway_on": round(miss_on, 2),
+            "embed_miss_gateway_off": round(miss_off, 2),
+            "chat_cache_hit": round(hit, 2),
+            "noop_post_rejected": round(post_noop, 2),
+            "noop_get_health": round(noop, 2),
+        },
     }
     targets = {
         "chat_c16_tokens_ratio": (ratio(http_chat[16].tokens_per_s, raw_chat[16].tokens_per_s), ">=", 0.8),
         "chat_ttft_p50_c16_over_c1": (ratio(http_chat[16].ttft_p50_ms, http_chat[1].ttft_p50_ms), "<=", 3.0),
         "embed_c4x32_vs_raw_batch32": (ratio(http_embed_batch.inputs_per_s, raw_embed[32].inputs_per_s), ">=", 0.85),
         "ready_s_warm": (round(ready_s, 1), "<=", 90.0),
+        "gateway_overhead_ms_p50": (round(miss_on - miss_off, 2), "<=", 3.0),
+        "cache_hit_over_noop_p50": (ratio(hit, post_noop), "<=", 1.5),
     }
     results["ratios"] = {
         **{name: value for name, (value, _, _) in targets.items()},
@@ -153,6 +127,9 @@ def main() -> int:
     print(f"| embeddings inputs/s, c=4 x 32 | {raw_embed[32].inputs_per_s:.0f} (batch 32) | {http_embed_batch.inputs_per_s:.0f} | "
           f"{ratio(http_embed_batch.inputs_per_s, raw_embed[32].inputs_per_s)} |")
     print(f"| hfserve serve to ready (warm cache), s | | {ready_s:.1f} | |")
+    print(f"| p50 ms, c=1: embedding miss, gateway on / off | | {miss_on:.1f} / {miss_off:.1f} | +{miss_on - miss_off:.1f} ms |")
+    print(f"| p50 ms, c=1: chat cache hit / POST no-op (same route, refused) | | {hit:.1f} / {post_noop:.1f} | {ratio(hit, post_noop)} |")
+    print(f"| p50 ms, c=1: GET /health (no body to fetch) | | {noop:.1f} | {ratio(hit, noop)} |")
     print()
     for name, (value, op, bound) in targets.items():
         print(f"{'PASS' if results['targets_met'][name] else 'MISS'} {name} = {value} (target {op} {bound})")

@@ -17,6 +17,11 @@ from .workload import CHAT_MODEL, EMBED_MODEL, NEW_TOKENS, chat_messages, senten
 CONTENT_MARK = re.compile(rb'"content":"[^"]')
 
 
+# Throughput runs measure the engine path: they skip the response cache (the same prompts
+# repeat), exactly as a client sending Cache-Control: no-cache would.
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
 async def _stream_chat(client: httpx.AsyncClient, i: int) -> tuple[float, int]:
     """One streamed chat request: (time to first content, completion tokens).
 
@@ -29,7 +34,7 @@ async def _stream_chat(client: httpx.AsyncClient, i: int) -> tuple[float, int]:
     }
     started = time.perf_counter()
     first, tail = None, b""
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+    async with client.stream("POST", "/v1/chat/completions", json=body, headers=NO_CACHE) as response:
         response.raise_for_status()
         async for data in response.aiter_bytes():
             if first is None and CONTENT_MARK.search(data):
@@ -40,9 +45,9 @@ async def _stream_chat(client: httpx.AsyncClient, i: int) -> tuple[float, int]:
     return first or 0.0, tokens
 
 
-async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = True) -> GenerationRun:
+async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = True, headers: dict | None = None) -> GenerationRun:
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits, headers=headers) as client:
         warm = time.perf_counter()
         await asyncio.gather(*(_stream_chat(client, i) for i in range(concurrency)))  # warm-up
         stagger = (time.perf_counter() - warm) / concurrency if steady else 0.0
@@ -51,14 +56,15 @@ async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = 
 
 
 async def embedding_run(
-    base_url: str, concurrency: int, inputs_per_request: int, seconds: float, encoding_format: str = "base64"
+    base_url: str, concurrency: int, inputs_per_request: int, seconds: float, encoding_format: str = "base64",
+    headers: dict | None = None,
 ) -> EmbeddingRun:
     """base64 by default: it is what the official openai client requests (and decodes with
     numpy) unless the caller asks for floats."""
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     latencies: list[float] = []
     counter = iter(range(10**9))
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits, headers={**(headers or {}), **NO_CACHE}) as client:
 
         async def worker(i: int, until: float | None) -> None:
             while True:
@@ -86,3 +92,66 @@ async def embedding_run(
         await asyncio.gather(*(worker(i, started + seconds) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
     return EmbeddingRun(concurrency, inputs_per_request, len(latencies), elapsed, percentile(latencies, 0.5) * 1e3)
+
+
+async def paired_latency_p50(a: tuple, b: tuple, requests: int) -> tuple[float, float]:
+    """p50s in ms of two kinds of request, each (base_url, headers, send), sent alternately
+    to the same server, so that the machine's noise falls on both alike."""
+    async with httpx.AsyncClient(base_url=a[0], timeout=60, headers=a[1]) as client_a, \
+            httpx.AsyncClient(base_url=b[0], timeout=60, headers=b[1]) as client_b:
+        sides = {"a": (client_a, a[2]), "b": (client_b, b[2])}
+        for i in range(5):  # warm-up
+            for client, send in sides.values():
+                await send(client, -1 - i)
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        for i in range(requests):
+            for name in ("a", "b") if i % 2 else ("b", "a"):
+                client, send = sides[name]
+                started = time.perf_counter()
+                response = await send(client, i)
+                times[name].append(time.perf_counter() - started)
+                response.raise_for_status()
+    return percentile(times["a"], 0.5) * 1e3, percentile(times["b"], 0.5) * 1e3
+
+
+async def latency_p50(base_url: str, requests: int, send, headers: dict | None = None) -> float:
+    """p50 in ms of `requests` sequential calls of `send(client, i)` (concurrency 1)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=60, headers=headers) as client:
+        for i in range(5):  # warm-up
+            await send(client, -1 - i)
+        times = []
+        for i in range(requests):
+            started = time.perf_counter()
+            response = await send(client, i)
+            times.append(time.perf_counter() - started)
+            response.raise_for_status()
+    return percentile(times, 0.5) * 1e3
+
+
+async def embed_unique(client: httpx.AsyncClient, i: int):
+    """A cache miss every time: a new single input (the gateway's full path, then the model)."""
+    return await client.post("/v1/embeddings", json={"model": EMBED_MODEL, "input": f"unique input number {i} {time.time()}"})
+
+
+async def chat_cached(client: httpx.AsyncClient, i: int):
+    """The same deterministic request every time: after the first, a cache hit."""
+    return await client.post("/v1/chat/completions", json={
+        "model": CHAT_MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "temperature": 0,
+    })
+
+
+async def health(client: httpx.AsyncClient, i: int):
+    """A GET no-op through the same proxy and ingress (no request body to fetch)."""
+    return await client.get("/health")
+
+
+async def rejected_post(client: httpx.AsyncClient, i: int):
+    """A POST no-op through the same route as chat: authenticated, body read and validated,
+    then refused (n=0) before any model, cache or breaker work. Ray Serve fetches a POST's
+    body from the proxy in a second round trip, so this is the floor for a chat request."""
+    response = await client.post("/v1/chat/completions", json={
+        "model": CHAT_MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16, "temperature": 0, "n": 0,
+    })
+    if response.status_code != 400:
+        response.raise_for_status()
+    return httpx.Response(200, request=response.request)

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -307,31 +308,103 @@ def reservation(body: Any, endpoint: str, default_completion: int) -> int:
 
 
 class CacheClient:
-    def __init__(self, state: StateClient, enabled: bool, global_scope: bool):
+    """The replica's side of the shared response cache.
+
+    It knows which keys the shared cache holds (synced every ~100 ms as key changes), so a
+    miss costs no call to the state actor; and it keeps its own small LRU of values, so a
+    repeated hit costs none either. Cached responses never change under their key (the key
+    includes the model's load revision), so a copy is as good as the original until its TTL.
+    """
+
+    def __init__(self, state: StateClient, args: IngressArgs, clock: Callable[[], float] = time.monotonic):
         self._state = state
-        self.enabled = enabled
-        self._global = global_scope
+        self.enabled = args.enable_caching
+        self._global = args.cache_scope == "global"
+        self._ttl_s = args.cache_ttl_seconds
+        self._clock = clock
+        self._max_entries = min(args.cache_max_size, 1000)
+        self._max_bytes = min(args.cache_max_bytes, 16 * 1024 * 1024)
+        self._local: OrderedDict[str, tuple[bytes, float]] = OrderedDict()  # key -> (value, expires_at)
+        self._local_bytes = 0
         self._pending: list[tuple[str, bytes, str]] = []
+        self.known: set[str] = set()
+        self.version = -1
+        self.local_hits = 0
+        self.local_misses = 0  # misses answered here, without asking the actor
 
     def scope(self, caller: Caller) -> str:
         return "global" if self._global else caller.cache_scope
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        try:
-            return await self._state.call("cache_get", keys, timeout_s=0.5)
-        except StateUnavailable:
-            return [None] * len(keys)
+        out: list[bytes | None] = [None] * len(keys)
+        remote = []
+        for i, key in enumerate(keys):
+            value = self._local_get(key)
+            if value is not None:
+                out[i] = value
+                self.local_hits += 1
+            elif key in self.known:
+                remote.append(i)
+            else:
+                self.local_misses += 1
+        if remote:
+            try:
+                found = await self._state.call("cache_get", [keys[i] for i in remote], timeout_s=0.5)
+            except StateUnavailable:
+                found = [None] * len(remote)
+            for i, item in zip(remote, found, strict=True):
+                if item is not None:
+                    out[i] = item[0]
+                    self._local_put(keys[i], item[0], item[1])
+        return out
 
     def put(self, key: str, value: bytes, model: str) -> None:
         self._pending.append((key, value, model))
+        self._local_put(key, value, self._ttl_s)
+        self.known.add(key)
+
+    def apply(self, changes) -> None:
+        if not changes.complete:
+            self.known = set(changes.added)
+        else:
+            self.known.update(changes.added)
+            self.known.difference_update(changes.removed)
+        self.version = changes.version
+
+    def take_local_counts(self) -> tuple[int, int]:
+        counts = (self.local_hits, self.local_misses)
+        self.local_hits = self.local_misses = 0
+        return counts
 
     async def flush(self) -> None:
         if self._pending:
             items, self._pending = self._pending, []
             with contextlib.suppress(StateUnavailable):
                 await self._state.call("cache_put", items)
+
+    def _local_get(self, key: str) -> bytes | None:
+        item = self._local.get(key)
+        if item is None:
+            return None
+        if self._clock() >= item[1]:
+            self._local_drop(key)
+            return None
+        self._local.move_to_end(key)
+        return item[0]
+
+    def _local_put(self, key: str, value: bytes, ttl_s: float) -> None:
+        if len(value) > self._max_bytes or ttl_s <= 0:
+            return
+        if key in self._local:
+            self._local_drop(key)
+        self._local[key] = (value, self._clock() + ttl_s)
+        self._local_bytes += len(value)
+        while len(self._local) > self._max_entries or self._local_bytes > self._max_bytes:
+            self._local_drop(next(iter(self._local)))
+
+    def _local_drop(self, key: str) -> None:
+        value, _ = self._local.pop(key)
+        self._local_bytes -= len(value)
 
 
 class Breakers:
@@ -372,10 +445,6 @@ class Breakers:
         with contextlib.suppress(StateUnavailable):
             self.snapshots[model] = await self._state.call("breaker_report", model, ok)
 
-    async def refresh(self) -> None:
-        if self.enabled:
-            with contextlib.suppress(StateUnavailable):
-                self.snapshots = await self._state.call("breaker_snapshots", timeout_s=0.5)
 
     def status_of(self, model: str) -> str | None:
         snapshot = self.snapshots.get(model)
@@ -454,7 +523,7 @@ class Gateway:
         self.directory = directory
         self.authenticator = Authenticator(state, args)
         self.quota = Quota(state)
-        self.cache = CacheClient(state, args.enable_caching, args.cache_scope == "global")
+        self.cache = CacheClient(state, args)
         self.breakers = Breakers(state, args.enable_circuit_breaker)
         self.usage = UsageRecorder(state)
         self._background: list[asyncio.Task] = []
@@ -464,7 +533,7 @@ class Gateway:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._background = [
-            loop.create_task(self._every(0.1, self.breakers.refresh)),
+            loop.create_task(self._every(0.1, self.sync)),
             loop.create_task(self._every(0.25, self.quota.flush)),
             loop.create_task(self._every(0.25, self.cache.flush)),
             loop.create_task(self._every(1.0, self.usage.flush)),
@@ -477,6 +546,15 @@ class Gateway:
         for flush in (self.quota.flush, self.cache.flush, self.usage.flush):
             with contextlib.suppress(Exception):
                 await flush()
+
+    async def sync(self) -> None:
+        """Breaker states and the cache's key changes, in one call to the state actor."""
+        try:
+            result = await self.state.call("sync", self.cache.version, *self.cache.take_local_counts(), timeout_s=0.5)
+        except StateUnavailable:
+            return
+        self.breakers.snapshots = result["breakers"]
+        self.cache.apply(result["cache"])
 
     @staticmethod
     async def _every(period_s: float, job) -> None:

@@ -102,6 +102,14 @@ class StateCore:
     def cache_invalidate(self, model: str) -> int:
         return self.cache.invalidate_model(model)
 
+    # ------------------------------------------------------------------ what replicas poll
+
+    def sync(self, cache_version: int, local_hits: int = 0, local_misses: int = 0) -> dict[str, Any]:
+        """One call every ~100 ms per ingress replica: breaker states and cache key changes
+        out; the hits and misses the replica answered by itself in."""
+        self.cache.count_local(local_hits, local_misses)
+        return {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version)}
+
     # ------------------------------------------------------------------ breakers
 
     def _breaker(self, model: str) -> CircuitBreaker:

@@ -74,3 +74,25 @@ def test_canonical_key_ignores_delivery_and_order():
     assert canonical_key("chat", a, "rev1", "key_1") != canonical_key("complete", a, "rev1", "key_1")
     assert canonical_key("chat", a, "r", "s") != canonical_key("chat", {**a, "max_tokens": 5}, "r", "s")
     assert embedding_key("r", "s", None, "x") != embedding_key("r", "s", 8, "x")
+
+
+def test_key_changes_let_replicas_skip_the_actor_on_misses():
+    cache = ResponseCache(max_entries=2, max_bytes=100, ttl_s=100, clock=Clock(), log_size=3)
+    cache.put("a", b"1", "m")
+    cache.put("b", b"2", "m")
+    changes = cache.changes_since(0)
+    assert (changes.added, changes.removed, changes.complete) == (["a", "b"], [], True)
+    cache.put("c", b"3", "m")  # evicts a
+    later = cache.changes_since(changes.version)
+    assert set(later.added) == {"c"} and later.removed == ["a"] and later.complete
+    assert cache.changes_since(cache.version).added == []
+    stale = cache.changes_since(0)  # the log (3 entries) no longer reaches back to 0
+    assert not stale.complete and set(stale.added) == {"b", "c"}
+
+
+def test_values_come_with_their_remaining_lifetime():
+    clock = Clock()
+    cache = ResponseCache(max_entries=10, max_bytes=100, ttl_s=10, clock=clock)
+    cache.put("a", b"1", "m")
+    clock.now = 4
+    assert cache.get_many(["a", "b"]) == [(b"1", 6), None]

@@ -269,6 +269,7 @@ def test_cache_stats_in_status(gw):
     client.post("/v1/chat/completions", json=CHAT, headers=admin)
     client.portal.call(gateway.cache.flush)
     client.post("/v1/chat/completions", json=CHAT, headers=admin)
+    client.portal.call(gateway.sync)  # replicas report the lookups they answered themselves
     cache = client.get("/status", headers=admin).json()["cache"]
     assert cache["entries"] == 1 and cache["hits"] == 1 and cache["misses"] == 1 and cache["hit_rate"] == 0.5
 
@@ -293,7 +294,7 @@ def test_breaker_opens_rejects_and_recovers(gw, serve):
     assert statuses["chat-model"] == "circuit_open"
     assert client.get("/status", headers=admin).json()["models"][0]["circuit_breaker"]["state"] in ("open",)
     core._clock.now += 31  # the breaker's timeout passes: HALF_OPEN
-    client.portal.call(gateway.breakers.refresh)
+    client.portal.call(gateway.sync)
     model.fail = False
     assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 200  # the probe
     assert gateway.breakers.status_of("chat-model") is None  # closed again
