@@ -4,17 +4,17 @@ CLOSED -> OPEN after `threshold` consecutive failures (model-side 5xx, timeouts,
 death; client errors do not count). OPEN rejects until `timeout_s` has passed, then the
 breaker is HALF_OPEN and lets exactly one probe through: success closes it, failure opens it
 again. The authoritative breakers live in the shared state actor; ingress replicas keep a copy
-refreshed every ~100 ms and ask the actor for the single probe.
+refreshed every 250 ms and ask the actor for the single probe.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class State(str, Enum):
+class State(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"

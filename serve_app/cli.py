@@ -34,11 +34,10 @@ def _hardware(_: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .launcher import _get_json
+    from .keys_cli import AdminApi
 
-    code, body = _get_json(f"{args.url.rstrip('/')}/status")
-    print(json.dumps(body, indent=2))
-    return 0 if code == 200 else 1
+    print(json.dumps(AdminApi(args.url)("GET", "/status"), indent=2))
+    return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("hardware", help="show this node's hardware and the backend auto picks").set_defaults(
         func=_hardware
     )
-    status = commands.add_parser("status", help="show a running server's /status")
+    status = commands.add_parser("status", help="show a running server's /status (uses the admin key)")
     status.add_argument("--url", default="http://127.0.0.1:8000")
     status.set_defaults(func=_status)
 

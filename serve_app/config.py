@@ -98,7 +98,8 @@ class IngressArgs(StrictModel):
         "num_replicas from serve_config.yaml, or 1.",
     )
     model_info_ttl_s: float = Field(
-        2.0, gt=0, le=300, description="How long the ingress reuses a model's status before asking again."
+        5.0, gt=0, le=300, description="How often the ingress asks Serve and the models for their status "
+        "(/ready and requests for an unknown model ask at once).",
     )
     readiness_timeout_s: float = Field(
         2.0, gt=0, le=60, description="How long /ready waits for each model's answer."

@@ -6,8 +6,8 @@
 
 Each step is a small class over the shared state actor (state.py) with a local copy that
 keeps the actor off most requests' critical path: key lookups are cached for
-`key_cache_ttl_s`, quota is leased in chunks, breaker states are polled every 100 ms, usage
-and settlements are flushed in batches. When the actor is restarting, every step degrades to
+`key_cache_ttl_s`, quota is leased in chunks, breaker states and the cache's keys are synced
+every 250 ms (every second when idle), usage and settlements are flushed in batches. When the actor is restarting, every step degrades to
 its local copy instead of failing the request.
 """
 
@@ -310,7 +310,7 @@ def reservation(body: Any, endpoint: str, default_completion: int) -> int:
 class CacheClient:
     """The replica's side of the shared response cache.
 
-    It knows which keys the shared cache holds (synced every ~100 ms as key changes), so a
+    It knows which keys the shared cache holds (synced every 250 ms as key changes), so a
     miss costs no call to the state actor; and it keeps its own small LRU of values, so a
     repeated hit costs none either. Cached responses never change under their key (the key
     includes the model's load revision), so a copy is as good as the original until its TTL.
@@ -527,13 +527,14 @@ class Gateway:
         self.breakers = Breakers(state, args.enable_circuit_breaker)
         self.usage = UsageRecorder(state)
         self._background: list[asyncio.Task] = []
+        self._last_request = float("-inf")
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._background = [
-            loop.create_task(self._every(0.1, self.sync)),
+            loop.create_task(self._every(self._sync_period, self.sync)),
             loop.create_task(self._every(0.25, self.quota.flush)),
             loop.create_task(self._every(0.25, self.cache.flush)),
             loop.create_task(self._every(1.0, self.usage.flush)),
@@ -556,18 +557,24 @@ class Gateway:
         self.breakers.snapshots = result["breakers"]
         self.cache.apply(result["cache"])
 
+    def _sync_period(self) -> float:
+        # 250 ms while requests flow (breakers and cache keys stay fresh); once a second when
+        # idle, so an idle server leaves the cores to others.
+        return 0.25 if time.monotonic() - self._last_request < 5.0 else 1.0
+
     @staticmethod
-    async def _every(period_s: float, job) -> None:
+    async def _every(period_s: float | Callable[[], float], job) -> None:
         while True:
             try:
                 await job()
             except Exception:  # noqa: BLE001 - a background job must not die
                 logger.exception("gateway background job failed")
-            await asyncio.sleep(period_s)
+            await asyncio.sleep(period_s() if callable(period_s) else period_s)
 
     # ------------------------------------------------------------------ model access
 
     async def model(self, caller: Caller, model: str, endpoint: str) -> ModelEntry:
+        self._last_request = time.monotonic()
         if not caller.may_use(model):
             raise ModelNotFoundError(model)
         try:
@@ -647,7 +654,8 @@ class Gateway:
 
             async def __anext__(self):
                 while True:
-                    chunk = await asyncio.wait_for(self._iterator.__anext__(), timeout)
+                    async with asyncio.timeout(timeout):  # per chunk; no task per call, unlike wait_for
+                        chunk = await self._iterator.__anext__()
                     if chunk.usage is not None:
                         totals.usage = chunk.usage
                     for choice in chunk.choices:

@@ -34,7 +34,9 @@ def _state_dir():
     return IngressArgs().with_env(read_env()).effective_state_dir
 
 
-class _Api:
+class AdminApi:
+    """A running server's admin endpoints, authenticated with HF_SERVER_API_KEY or admin.key."""
+
     def __init__(self, url: str):
         env = read_env()
         key = env.api_key.get_secret_value() if env.api_key else read_admin_key_file(_state_dir())
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> Any:
     if args.url:
-        api = _Api(args.url)
+        api = AdminApi(args.url)
         if args.verb == "create":
             return api("POST", "/admin/keys", _new_key(args).model_dump(exclude_none=True))
         if args.verb == "list":

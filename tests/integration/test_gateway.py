@@ -199,7 +199,13 @@ def test_killed_replica_trips_the_breaker_and_recovery_closes_it(server):
         assert response.json()["error"]["code"] == "model_unavailable"
         assert int(response.headers["retry-after"]) >= 1
         assert {status for status, _ in statuses} <= {200, 503, 504}
-        card = http.get("/v1/models/tiny-bert-fragile", headers=headers).json()
+        # Every replica shows it once its next sync lands (within a second even when idle).
+        deadline = time.monotonic() + 3
+        while True:
+            card = http.get("/v1/models/tiny-bert-fragile", headers=headers).json()
+            if card["status"] in ("circuit_open", "circuit_half_open") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert card["status"] in ("circuit_open", "circuit_half_open")
         # Serve replaces the replica; after the breaker's timeout a probe closes it again.
         deadline = time.monotonic() + 120
