@@ -37,6 +37,8 @@ class FakeModel:
         self.embedded: list[str] = []
         self.fail = False
         self.created = 123
+        self.delay_s = 0.0
+        self.request_timeout_s = 5.0
 
     def _check(self, request):
         self.calls += 1
@@ -52,6 +54,8 @@ class FakeModel:
 
     async def chat(self, request):
         self._check(request)
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         text = request.messages[-1].text()
         return ChatCompletionResponse(
             id="chatcmpl-1", created=1, model=self.model_id,
@@ -113,7 +117,7 @@ class FakeModel:
 
     async def info(self):
         return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=self.created, backend="fake",
-                         device="cpu", source="fake", request_timeout_s=5.0)
+                         device="cpu", source="fake", request_timeout_s=self.request_timeout_s)
 
     async def stats(self):
         return EngineStats()

@@ -138,6 +138,17 @@ def test_bad_key_requests_are_400_and_store_nothing(gw, fields):
     assert len(core.store.list()) == before
 
 
+def test_expired_key_is_401(gw):
+    import time
+
+    from serve_app.auth import NewKey
+
+    client, _, core, _ = gw
+    key, _ = core.store.create(NewKey(name="old", expires_in_s=60), now=time.time() - 120)
+    response = client.post("/v1/chat/completions", json=CHAT, headers=bearer(key))
+    assert response.status_code == 401 and "expired" in response.json()["error"]["message"]
+
+
 def test_static_admin_key(serve, tmp_path):
     static = "hf_" + "s" * 43
     app, *_ = make_app(tmp_path, serve, static_admin_key_sha256=hashlib.sha256(static.encode()).hexdigest())
@@ -223,6 +234,30 @@ def test_deterministic_requests_are_cached_per_key(gw, serve):
     assert bypass.headers["x-cache"] == "MISS" and model.calls == calls + 2
     sampled = client.post("/v1/chat/completions", json={**CHAT, "temperature": 0.8}, headers=bearer(alice))
     assert "x-cache" not in sampled.headers
+
+
+def test_global_cache_scope_shares_entries(serve, tmp_path):
+    app, gateway, core = make_app(tmp_path, serve, cache_scope="global")
+    with TestClient(app) as client:
+        admin = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+        alice, _ = new_key(client, admin, name="alice")
+        bob, _ = new_key(client, admin, name="bob")
+        assert client.post("/v1/chat/completions", json=CHAT, headers=bearer(alice)).headers["x-cache"] == "MISS"
+        assert client.post("/v1/chat/completions", json=CHAT, headers=bearer(bob)).headers["x-cache"] == "HIT"
+
+
+def test_a_hung_model_call_is_a_504_and_a_failure(gw, serve):
+    client, gateway, core, admin = gw
+    model = serve.models["chat-model"]
+    model.delay_s, model.request_timeout_s = 1.0, 0.1
+    client.portal.call(gateway.directory.refresh)  # pick up the model's new timeout
+    assert gateway.directory._entries["chat-model"].info.request_timeout_s == 0.1
+    response = client.post("/v1/chat/completions", json={**CHAT, "temperature": 1}, headers=admin)
+    assert response.status_code == 504
+    assert response.json()["error"] == {
+        "message": "The model 'chat-model' did not answer within 0.1s.", "type": "timeout", "param": None, "code": "timeout"
+    }
+    assert core.breaker_snapshots()["chat-model"].consecutive_failures == 1
 
 
 def test_stream_is_replayed_from_the_cache(gw):
