@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from hardware.detect import detect
-from hardware.select import select_backend
+from hardware.select import BackendChoice, select_backend
 from serve_app.config import MODEL_DEPLOYMENT_NAME, ModelAppArgs
 from serve_app.errors import InvalidRequestError, validation_error_to_api_error
 from serve_app.protocol import (
@@ -38,7 +38,7 @@ from serve_app.protocol import (
 )
 
 from . import tasks
-from .sources import prepare_model
+from .sources import PreparedModel, prepare_model
 
 logger = logging.getLogger("ray.serve")
 
@@ -49,6 +49,23 @@ TASK_METHODS: dict[str, frozenset[str]] = {
     "text-generation": frozenset({"chat", "complete"}),
     "embedding": frozenset({"embed"}),
 }
+
+
+def prepare_for_this_node(args: ModelAppArgs, progress: Callable[[str], None]) -> tuple[BackendChoice, PreparedModel]:
+    """The backend this node runs the model on, and the model's files for it (converted and
+    cached on first use). Replicas call it, and `hfserve serve` before deploying."""
+    choice = select_backend(args.backend, detect())
+    progress(f"preparing {args.source} for {choice.backend} on {choice.device} ({choice.reason})")
+    prepared = prepare_model(
+        args.source,
+        args.task,
+        revision=args.revision,
+        use_openvino=choice.backend == "openvino",
+        weight_format=args.weight_format,
+        cache_dir=args.effective_cache_dir,
+        progress=progress,
+    )
+    return choice, prepared
 
 
 def _parse(model: type[R], request: Any) -> R:
@@ -74,17 +91,7 @@ class ModelServer:
         started = time.monotonic()
         self.args = args
         self.model_id = serve.get_replica_context().app_name
-        choice = select_backend(args.backend, detect())
-        logger.info("%s: preparing %s (%s, %s)", self.model_id, args.source, choice.backend, choice.reason)
-        prepared = prepare_model(
-            args.source,
-            args.task,
-            revision=args.revision,
-            use_openvino=choice.backend == "openvino",
-            weight_format=args.weight_format,
-            cache_dir=args.effective_cache_dir,
-            progress=lambda message: logger.info("%s: %s", self.model_id, message),
-        )
+        choice, prepared = prepare_for_this_node(args, lambda message: logger.info("%s: %s", self.model_id, message))
         self._task = tasks.get(args.task).load(self.model_id, args, prepared, choice)
         self._info = ModelInfo(
             id=self.model_id,

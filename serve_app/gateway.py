@@ -614,23 +614,29 @@ class Gateway:
         if body.stream:
             return await self._stream(entry, body, endpoint, caller, admission, cache_key, headers, timeout)
         call = entry.client.chat(body) if endpoint == "chat" else entry.client.complete(body)
-        try:
-            response = await asyncio.wait_for(call, timeout)
-        except BaseException as exc:
-            self.quota.settle(admission, 0)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            error, failure = classify(exc, body.model, timeout)
-            if failure:
-                await self.breakers.report(body.model, ok=False)
-            raise error from None
-        await self.breakers.report(body.model, ok=True)
+        response = await self._call_model(call, body.model, timeout, admission)
         self.quota.settle(admission, response.usage.total_tokens)
         self.usage.record(caller, response.usage.prompt_tokens, response.usage.completion_tokens)
         payload = response.model_dump_json()
         if cache_key:
             self.cache.put(cache_key, payload.encode(), body.model)
         return Response(payload, media_type="application/json", headers=headers)
+
+    async def _call_model(self, call, model: str, timeout: float, admission: Admission):
+        """A whole (non-streaming) model call: its timeout, the breaker report, and on failure
+        the refund of the reserved tokens and the error the client gets."""
+        try:
+            response = await asyncio.wait_for(call, timeout)
+        except BaseException as exc:
+            self.quota.settle(admission, 0)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            error, failure = classify(exc, model, timeout)
+            if failure:
+                await self.breakers.report(model, ok=False)
+            raise error from None
+        await self.breakers.report(model, ok=True)
+        return response
 
     async def _stream(self, entry: ModelEntry, body, endpoint: str, caller: Caller, admission: Admission,
                       cache_key: str | None, headers: dict[str, str], timeout: float) -> Response:
@@ -740,18 +746,7 @@ class Gateway:
                 self.quota.settle(admission, 0)
                 raise
             sub = body.model_copy(update={"input": [inputs[i] for i in missing], "encoding_format": "base64"})
-            timeout = entry.info.request_timeout_s
-            try:
-                response = await asyncio.wait_for(entry.client.embed(sub), timeout)
-            except BaseException as exc:
-                self.quota.settle(admission, 0)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-                error, failure = classify(exc, body.model, timeout)
-                if failure:
-                    await self.breakers.report(body.model, ok=False)
-                raise error from None
-            await self.breakers.report(body.model, ok=True)
+            response = await self._call_model(entry.client.embed(sub), body.model, entry.info.request_timeout_s, admission)
             per_input = response.usage.input_tokens or [0] * len(missing)
             for i, data, count in zip(missing, response.data, per_input, strict=True):
                 vector = np.frombuffer(base64.b64decode(data.embedding), dtype="<f4")

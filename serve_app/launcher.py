@@ -105,20 +105,9 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
 
 def _prepare_in_child(name: str, args: ModelAppArgs) -> str:
     """Runs in a spawned process so torch/transformers memory is freed afterwards."""
-    from deployments.sources import prepare_model
-    from hardware.detect import detect
-    from hardware.select import select_backend
+    from deployments.server import prepare_for_this_node
 
-    choice = select_backend(args.backend, detect())
-    prepared = prepare_model(
-        args.source,
-        args.task,
-        revision=args.revision,
-        use_openvino=choice.backend == "openvino",
-        weight_format=args.weight_format,
-        cache_dir=args.effective_cache_dir,
-        progress=lambda message: _say(f"{name}: {message}"),
-    )
+    choice, prepared = prepare_for_this_node(args, lambda message: _say(f"{name}: {message}"))
     return f"{choice.backend} on {choice.device} ({choice.reason}); files in {prepared.openvino_dir or prepared.hf_dir}"
 
 
