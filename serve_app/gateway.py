@@ -648,47 +648,11 @@ class Gateway:
         model = body.model
         gateway = self
 
-        class Chunks:
-            """The model's chunks, bookkept and trimmed to what the client asked for."""
-
-            def __init__(self) -> None:
-                self._iterator = upstream.__aiter__()
-                self.finished = False
-
-            def __aiter__(self):
-                return self
-
-            async def __anext__(self):
-                while True:
-                    async with asyncio.timeout(timeout):  # per chunk; no task per call, unlike wait_for
-                        chunk = await self._iterator.__anext__()
-                    if chunk.usage is not None:
-                        totals.usage = chunk.usage
-                    for choice in chunk.choices:
-                        text = choice.delta.content if endpoint == "chat" else choice.text
-                        totals.texts[choice.index] = totals.texts.get(choice.index, "") + (text or "")
-                        if choice.finish_reason:
-                            totals.finishes[choice.index] = choice.finish_reason
-                    if not chunk.choices:  # the usage-only chunk
-                        if client_options.include_usage:
-                            return chunk
-                        continue
-                    if not client_options.continuous_usage_stats:
-                        chunk = chunk.model_copy(update={"usage": None})
-                    return chunk
-
-            def cancel(self) -> None:
-                upstream.cancel()
-
-        chunks = Chunks()
-
         async def bookkept() -> AsyncIterator[Any]:
             outcome = "aborted"
             try:
-                async for chunk in chunks:
+                async for chunk in _trimmed_chunks(upstream, endpoint, timeout, client_options, totals):
                     yield chunk
-                outcome = "done"
-            except StopAsyncIteration:
                 outcome = "done"
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
@@ -709,7 +673,7 @@ class Gateway:
                     asyncio.get_running_loop().create_task(gateway.breakers.report(model, ok=False))
 
         # Errors before the first chunk propagate from here as real status codes.
-        response = await sse_response(_Cancellable(bookkept(), chunks.cancel))
+        response = await sse_response(_Cancellable(bookkept(), upstream.cancel))
         response.headers.update(headers)
         return response
 
@@ -767,6 +731,30 @@ class Gateway:
         )
         headers = {"x-cache": "MISS" if missing else "HIT"} if self.cache.enabled else {}
         return json_response(result, headers=headers)
+
+
+async def _trimmed_chunks(upstream, endpoint: str, timeout: float, wanted: StreamOptions, totals: _StreamTotals) -> AsyncIterator[Any]:
+    """The model's chunks, bookkept into `totals` and trimmed to what the client asked for
+    (the gateway always asks the model for usage on every chunk)."""
+    iterator = upstream.__aiter__()
+    while True:
+        try:
+            async with asyncio.timeout(timeout):  # per chunk; no task per call, unlike wait_for
+                chunk = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if chunk.usage is not None:
+            totals.usage = chunk.usage
+        for choice in chunk.choices:
+            text = choice.delta.content if endpoint == "chat" else choice.text
+            totals.texts[choice.index] = totals.texts.get(choice.index, "") + (text or "")
+            if choice.finish_reason:
+                totals.finishes[choice.index] = choice.finish_reason
+        if not chunk.choices:  # the usage-only chunk
+            if wanted.include_usage:
+                yield chunk
+            continue
+        yield chunk if wanted.continuous_usage_stats else chunk.model_copy(update={"usage": None})
 
 
 class _Cancellable:

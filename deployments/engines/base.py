@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
 from serve_app.protocol import EngineStats
+
+if TYPE_CHECKING:
+    from .encoders import PoolingSpec
 
 EngineFinish = Literal["stop", "length"]
 
@@ -66,6 +69,7 @@ class EmbeddingEngine(Protocol):
     name: str
     device: str
     dimensions: int
+    spec: PoolingSpec  # pooling and normalisation, which `dimensions` truncation must respect
 
     def encode(self, batch: list[list[int]]) -> np.ndarray:
         """Blocking: token-id lists (any lengths) -> float32 [len(batch), dimensions] after
