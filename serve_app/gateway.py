@@ -580,6 +580,10 @@ class Gateway:
         try:
             return await self.directory.entry_for(model, endpoint)
         except ServiceUnavailableError:
+            if self.directory.status_of(model) == "unavailable":
+                # Serve saw the replica die (or it stopped answering): a failure for the
+                # breaker, as a failed call would have been. A model still loading is not.
+                await self.breakers.report(model, ok=False)
             self.breakers.raise_if_open(model)  # the breaker's answer says how long to wait
             raise
 

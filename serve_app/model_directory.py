@@ -150,6 +150,10 @@ class ModelDirectory:
             raise ModelNotFoundError(model)
         return entry.card()
 
+    def status_of(self, model: str) -> str | None:
+        entry = self._entries.get(model)
+        return entry.status if entry else None
+
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
 

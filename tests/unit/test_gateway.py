@@ -333,3 +333,22 @@ def test_breaker_opens_rejects_and_recovers(gw, serve):
     model.fail = False
     assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 200  # the probe
     assert gateway.breakers.status_of("chat-model") is None  # closed again
+
+
+def test_a_model_serve_reports_unavailable_counts_as_a_failure(gw, serve):
+    from serve_app.model_directory import AppState
+
+    client, gateway, core, admin = gw
+    body = {**CHAT, "temperature": 1}
+    serve.states["chat-model"] = AppState("chat-model", "UNHEALTHY", "replica died")
+    client.portal.call(gateway.directory.refresh)
+    first = client.post("/v1/chat/completions", json=body, headers=admin)
+    assert first.status_code == 503 and "unavailable" in first.json()["error"]["message"]
+    second = client.post("/v1/chat/completions", json=body, headers=admin)  # threshold 2: now open
+    assert second.status_code == 503 and "circuit breaker" in second.json()["error"]["message"]
+    assert int(second.headers["retry-after"]) == 30
+    serve.states["embed-model"] = AppState("embed-model", "DEPLOYING")  # loading is not a failure
+    client.portal.call(gateway.directory.refresh)
+    for _ in range(3):
+        assert client.post("/v1/embeddings", json={"model": "embed-model", "input": "x"}, headers=admin).status_code == 503
+    assert "embed-model" not in core.breaker_snapshots()
