@@ -33,18 +33,18 @@ def admin_router(gateway: Gateway) -> APIRouter:
         records: list[KeyRecord] = await call("list_keys")
         return {"object": "list", "data": [record.model_dump() for record in records]}
 
-    @router.get("/keys/{key_id}")
-    async def get_key(key_id: str) -> dict:
-        record = await call("get_key", key_id)
+    async def one_key(method: str, key_id: str) -> dict:
+        record: KeyRecord | None = await call(method, key_id)
         if record is None:
             raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
         return record.model_dump()
 
+    @router.get("/keys/{key_id}")
+    async def get_key(key_id: str) -> dict:
+        return await one_key("get_key", key_id)
+
     @router.delete("/keys/{key_id}")
     async def revoke_key(key_id: str) -> dict:
-        record = await call("revoke_key", key_id)
-        if record is None:
-            raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
-        return record.model_dump()
+        return await one_key("revoke_key", key_id)
 
     return router

@@ -27,6 +27,7 @@ from serve_app.protocol import (
 
 from ..engines.base import EmbeddingEngine
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
+from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
 
@@ -132,12 +133,7 @@ class EmbeddingTask:
             if isinstance(item, str):
                 ids = next(encoded)
             else:
-                bad = [t for t in item if t >= self._vocab_size]
-                if bad:
-                    raise InvalidRequestError(
-                        f"input[{index}] has token id {bad[0]}, outside the vocabulary (size {self._vocab_size})",
-                        param="input",
-                    )
+                check_in_vocabulary(item, self._vocab_size, where=f"input[{index}]", param="input")
                 # Token ids stand for the text's tokens, as with OpenAI: add the model's special
                 # tokens so that ids and the text they encode give the same vector.
                 ids = self._prefix + list(item) + self._suffix

@@ -36,6 +36,7 @@ from serve_app.protocol import (
 
 from ..engines.base import GenerationEngine, SamplingParams
 from ..text_stream import TextEvent, generate_text
+from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
 
@@ -202,12 +203,7 @@ class TextGenerationTask:
                 if not ids:
                     raise InvalidRequestError("prompt must not be empty", param="prompt")
             else:
-                bad = [t for t in prompt if t >= self._vocab_size]
-                if bad:
-                    raise InvalidRequestError(
-                        f"prompt token id {bad[0]} is outside the vocabulary (size {self._vocab_size})",
-                        param="prompt",
-                    )
+                check_in_vocabulary(prompt, self._vocab_size, where="prompt", param="prompt")
                 ids = list(prompt)
             out.append(ids)
         return out
