@@ -4,6 +4,7 @@ that disconnects cancels its generation in the engine."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -41,9 +42,15 @@ def test_client_disconnect_cancels_generation(server, model):
     with httpx.Client(base_url=server.base_url, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             assert response.status_code == 200
-            lines = response.iter_lines()
+            # The first chunk is the role-only delta; wait for three that carry text, so at
+            # least three tokens were generated before the disconnect.
+            deltas = (
+                json.loads(line[len("data: ") :])["choices"][0]["delta"]
+                for line in response.iter_lines()
+                if line.startswith("data: {")
+            )
             for _ in range(3):
-                next(line for line in lines if line.startswith("data: "))
+                next(delta for delta in deltas if delta.get("content"))
         # Leaving both blocks closes the connection mid-stream.
     after = wait_for(lambda: (s := engine_stats(server, model))["running_requests"] == 0 and s)
     generated = after["generated_tokens_total"] - before["generated_tokens_total"]
