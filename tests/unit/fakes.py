@@ -1,4 +1,4 @@
-"""Deterministic fakes for unit tests of the ingress (never used in integration tests)."""
+"""Deterministic fakes for unit tests: a hand-moved clock and a fake ingress (never used in integration tests)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ from serve_app.protocol import (
     ModelInfo,
     Usage,
 )
+
+
+class Clock:
+    """A clock the test moves by hand: pass it wherever the code takes `clock=time.monotonic`."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class FakeModel:

@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from serve_app.breaker import CircuitBreaker, State
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from tests.unit.fakes import Clock
 
 
 def test_opens_after_consecutive_failures_only():

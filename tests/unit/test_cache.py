@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from serve_app.cache import ResponseCache, canonical_key, embedding_key, is_deterministic
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
+from tests.unit.fakes import Clock
 
 
 def test_lru_by_entries():

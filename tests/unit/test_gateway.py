@@ -12,18 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.auth import read_admin_key_file
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
 CHAT = {"model": "chat-model", "messages": MSG, "temperature": 0}
-
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -35,7 +27,7 @@ def serve():
 def gw(serve, tmp_path):
     """(client, gateway, state core, admin headers) with API keys on."""
     app, gateway, core = make_app(tmp_path, serve, key_cache_ttl_s=0.001, circuit_breaker_threshold=2,
-                                  circuit_breaker_timeout_seconds=30, state_clock=Clock())
+                                  circuit_breaker_timeout_seconds=30, state_clock=Clock(1000.0))
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
         yield client, gateway, core, admin

@@ -13,18 +13,11 @@ from serve_app.ratelimit import (
     format_duration,
     rate_limit_headers,
 )
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.fakes import Clock
 
 
 def test_requests_are_limited_over_a_sliding_minute():
-    clock = Clock()
+    clock = Clock(1000.0)
     limiter = RateLimiter(clock)
     limits = Limits(rpm=3, tpm=10_000)
     grants = []
@@ -41,7 +34,7 @@ def test_requests_are_limited_over_a_sliding_minute():
 
 
 def test_tokens_are_limited_and_settlement_refunds():
-    clock = Clock()
+    clock = Clock(1000.0)
     limiter = RateLimiter(clock)
     limits = Limits(rpm=100, tpm=1000)
     first = limiter.lease("k", limits, 1, 800, 1, 800)
@@ -53,7 +46,7 @@ def test_tokens_are_limited_and_settlement_refunds():
 
 
 def test_extra_usage_is_charged():
-    clock = Clock()
+    clock = Clock(1000.0)
     limiter = RateLimiter(clock)
     grant = limiter.lease("k", Limits(10, 1000), 1, 100, 1, 100)
     limiter.give_back("k", grant.lease_id, 0, -150)  # used 250 against a reservation of 100
@@ -61,7 +54,7 @@ def test_extra_usage_is_charged():
 
 
 def test_leases_grant_chunks_but_never_past_the_limit():
-    clock = Clock()
+    clock = Clock(1000.0)
     limiter = RateLimiter(clock)
     limits = Limits(rpm=10, tpm=10_000)
     grant = limiter.lease("k", limits, 1, 1, 8, 1)
@@ -73,7 +66,7 @@ def test_leases_grant_chunks_but_never_past_the_limit():
 
 
 def test_two_replicas_leasing_never_exceed_the_limit():
-    clock = Clock()
+    clock = Clock(1000.0)
     limiter = RateLimiter(clock)
     limits = Limits(rpm=10, tpm=10**6)
     replicas = [None, None]
@@ -93,13 +86,13 @@ def test_two_replicas_leasing_never_exceed_the_limit():
 
 
 def test_a_request_bigger_than_the_limit_can_never_fit():
-    limiter = RateLimiter(Clock())
+    limiter = RateLimiter(Clock(1000.0))
     refused = limiter.lease("k", Limits(10, 100), 1, 500, 1, 500)
     assert refused.requests == 0 and math.isinf(refused.retry_after_s)
 
 
 def test_windows_are_per_key():
-    limiter = RateLimiter(Clock())
+    limiter = RateLimiter(Clock(1000.0))
     limits = Limits(1, 100)
     assert limiter.lease("a", limits, 1, 1, 1, 1).requests == 1
     assert limiter.lease("b", limits, 1, 1, 1, 1).requests == 1
@@ -107,7 +100,7 @@ def test_windows_are_per_key():
 
 
 def test_local_lease_expires():
-    limiter = RateLimiter(Clock(), lease_s=2.0)
+    limiter = RateLimiter(Clock(1000.0), lease_s=2.0)
     lease = LocalLease.of(limiter.lease("k", Limits(100, 1000), 1, 1, 5, 50))
     assert lease.covers(1000.0, 10)
     assert not lease.covers(1002.0, 10)
