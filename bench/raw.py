@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from deployments.engines.base import SamplingParams
+from contract import tasks
+from contract.config import ModelAppArgs
+from contract.engine import SamplingParams
 from deployments.engines.encoders import OpenVINOEncoder, PoolingSpec
 from deployments.engines.openvino_genai import OpenVINOGenerationEngine
+from deployments.model_files import eos_token_ids, load_tokenizer
 from deployments.sources import prepare_model
-from deployments.tasks.text_generation import eos_token_ids, load_tokenizer
-from serve_app.config import ModelAppArgs
 
 from .stats import EmbeddingRun, GenerationRun, closed_loop, generation_run, percentile
 from .workload import CHAT_SOURCE, EMBED_SOURCE, NEW_TOKENS, chat_messages, sentences
@@ -22,7 +23,7 @@ def _args(source: str, task: str) -> ModelAppArgs:
 
 def chat_engine_runs(concurrency_levels: list[int], rounds: int, say, steady: bool = True) -> dict[int, GenerationRun]:
     args = _args(CHAT_SOURCE, "text-generation")
-    prepared = prepare_model(args.source, args.task, revision=None, use_openvino=True,
+    prepared = prepare_model(args.source, tasks.get(args.task).hf_task, revision=None, use_openvino=True,
                              weight_format=args.weight_format, cache_dir=args.effective_cache_dir, progress=say)
     tokenizer = load_tokenizer(prepared.hf_dir)
     engine = OpenVINOGenerationEngine(
@@ -62,7 +63,7 @@ def embedding_engine_runs(batch_sizes: list[int], seconds_each: float, say) -> d
     from transformers import AutoTokenizer
 
     args = _args(EMBED_SOURCE, "embedding")
-    prepared = prepare_model(args.source, args.task, revision=None, use_openvino=True,
+    prepared = prepare_model(args.source, tasks.get(args.task).hf_task, revision=None, use_openvino=True,
                              weight_format=args.weight_format, cache_dir=args.effective_cache_dir, progress=say)
     tokenizer = AutoTokenizer.from_pretrained(str(prepared.hf_dir))
     encoder = OpenVINOEncoder(prepared.openvino_dir, PoolingSpec.from_model_dir(prepared.hf_dir), tokenizer.pad_token_id,

@@ -1,14 +1,20 @@
-"""ModelServer: the Ray Serve deployment behind every model application.
+"""ModelServer: the class behind every model application.
 
 It loads one model (preparing its files first, see sources.py) with the backend chosen for
-this node, and exposes typed methods that take and return the protocol models. The ingress
-calls them through a DeploymentHandle, and so can any other Ray job:
+this node, through its task's load() from the task table, and exposes typed methods that take
+and return the protocol models. The ingress calls them through a DeploymentHandle, and so can
+any other Ray job:
 
     handle = serve.get_app_handle("smollm2-135m-instruct")
     response = await handle.chat.remote(ChatCompletionRequest(...))
     async for chunk in handle.options(stream=True).chat_stream.remote(request): ...
 
 The application's name is the model id.
+
+ModelServer is a plain class; `model_server_deployment()` makes it a Serve deployment (as
+Ray Serve LLM does with its LLMServer). Importing this module therefore loads neither Ray
+Serve nor, through it, FastAPI and Starlette: a model replica's own code has no HTTP framework
+in it (tests/unit/test_architecture.py).
 """
 
 from __future__ import annotations
@@ -19,13 +25,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from ray import serve
 
-from hardware.detect import detect
-from hardware.select import BackendChoice, select_backend
-from serve_app.config import MODEL_DEPLOYMENT_NAME, ModelAppArgs
-from serve_app.errors import InvalidRequestError, validation_error_to_api_error
-from serve_app.protocol import (
+from contract import tasks
+from contract.config import MODEL_DEPLOYMENT_NAME, ModelAppArgs
+from contract.errors import InvalidRequestError, validation_error_to_api_error
+from contract.model_api import EngineStats, ModelInfo
+from contract.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -33,22 +38,32 @@ from serve_app.protocol import (
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
-    EngineStats,
-    ModelInfo,
 )
+from hardware.detect import detect
+from hardware.select import BackendChoice, select_backend
 
-from . import tasks
 from .sources import PreparedModel, prepare_model
 
 logger = logging.getLogger("ray.serve")
 
 R = TypeVar("R", bound=BaseModel)
 
-# What each task serves; the ingress uses the same table to answer 400 without a round trip.
-TASK_METHODS: dict[str, frozenset[str]] = {
-    "text-generation": frozenset({"chat", "complete"}),
-    "embedding": frozenset({"embed"}),
+# The deployment's defaults; serve_config.yaml's `deployments:` entries override them.
+DEPLOYMENT_OPTIONS: dict[str, Any] = {
+    "name": MODEL_DEPLOYMENT_NAME,
+    "ray_actor_options": {"num_cpus": 0.5},
+    "max_ongoing_requests": 64,
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 30,
+    "graceful_shutdown_timeout_s": 10,
 }
+
+
+def model_server_deployment():
+    """ModelServer as a Serve deployment, with the defaults above."""
+    from ray import serve
+
+    return serve.deployment(**DEPLOYMENT_OPTIONS)(ModelServer)
 
 
 def prepare_for_this_node(args: ModelAppArgs, progress: Callable[[str], None]) -> tuple[BackendChoice, PreparedModel]:
@@ -58,7 +73,7 @@ def prepare_for_this_node(args: ModelAppArgs, progress: Callable[[str], None]) -
     progress(f"preparing {args.source} for {choice.backend} on {choice.device} ({choice.reason})")
     prepared = prepare_model(
         args.source,
-        args.task,
+        tasks.get(args.task).hf_task,
         revision=args.revision,
         use_openvino=choice.backend == "openvino",
         weight_format=args.weight_format,
@@ -78,21 +93,20 @@ def _parse(model: type[R], request: Any) -> R:
         raise validation_error_to_api_error(exc.errors()) from None
 
 
-@serve.deployment(
-    name=MODEL_DEPLOYMENT_NAME,
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=64,
-    health_check_period_s=10,
-    health_check_timeout_s=30,
-    graceful_shutdown_timeout_s=10,
-)
+def _this_application() -> str:
+    from ray import serve
+
+    return serve.get_replica_context().app_name
+
+
 class ModelServer:
     def __init__(self, args: ModelAppArgs):
         started = time.monotonic()
         self.args = args
-        self.model_id = serve.get_replica_context().app_name
+        self.model_id = _this_application()
+        self._spec = tasks.get(args.task)
         choice, prepared = prepare_for_this_node(args, lambda message: logger.info("%s: %s", self.model_id, message))
-        self._task = tasks.get(args.task).load(self.model_id, args, prepared, choice)
+        self._task = self._spec.load(self.model_id, args, prepared, choice)
         self._info = ModelInfo(
             id=self.model_id,
             task=args.task,
@@ -102,10 +116,9 @@ class ModelServer:
             device=choice.device,
             source=args.source,
             max_model_len=getattr(self._task, "max_model_len", None),
-            embedding_dimensions=getattr(getattr(self._task, "engine", None), "dimensions", None)
-            if args.task == "embedding"
-            else None,
+            embedding_dimensions=getattr(self._task, "embedding_dimensions", None),
             request_timeout_s=args.request_timeout_s,
+            endpoints=list(self._spec.endpoints),
         )
         logger.info("%s: ready in %.1fs", self.model_id, time.monotonic() - started)
 
@@ -147,8 +160,8 @@ class ModelServer:
         if task is not None:
             task.shutdown()
 
-    def _serving(self, method: str):
-        if method not in TASK_METHODS[self.args.task]:
+    def _serving(self, endpoint: str):
+        if endpoint not in self._spec.endpoints:
             raise InvalidRequestError(
                 f"Model '{self.model_id}' is a {self.args.task} model and does not support this endpoint.",
                 param="model",

@@ -147,7 +147,17 @@ class PreparedModel:
     openvino_dir: Path | None = None
 
 
-def resolve_hf_dir(source: ModelSource, task: str, cache_dir: Path, progress: Progress) -> Path:
+# What a task's weights load as (TaskSpec.hf_task, named as transformers' pipelines and
+# optimum's exporters name them): the transformers class for GGUF conversion, and the
+# optimum-intel class for the OpenVINO export.
+MODEL_CLASSES = {
+    "text-generation": ("AutoModelForCausalLM", "OVModelForCausalLM"),
+    "feature-extraction": ("AutoModel", "OVModelForFeatureExtraction"),
+    "text-classification": ("AutoModelForSequenceClassification", "OVModelForSequenceClassification"),
+}
+
+
+def resolve_hf_dir(source: ModelSource, hf_task: str, cache_dir: Path, progress: Progress) -> Path:
     if source.kind == "hub":
         from huggingface_hub import snapshot_download
 
@@ -157,11 +167,11 @@ def resolve_hf_dir(source: ModelSource, task: str, cache_dir: Path, progress: Pr
     if path.is_dir():
         return path
     if source.is_gguf:
-        key = cache_key(source, task, _versions("transformers", "gguf", "tokenizers"))
+        key = cache_key(source, hf_task, _versions("transformers", "gguf", "tokenizers"))
         return _cached(
             cache_dir,
             f"{_safe_name(source)}-hf-{key}",
-            lambda out: convert_gguf(path, task, out),
+            lambda out: convert_gguf(path, hf_task, out),
             progress,
             f"converting {path.name} from GGUF to an HF checkpoint",
         )
@@ -169,15 +179,15 @@ def resolve_hf_dir(source: ModelSource, task: str, cache_dir: Path, progress: Pr
 
 
 def prepare_openvino_ir(
-    hf_dir: Path, source: ModelSource, task: str, weight_format: str, cache_dir: Path, progress: Progress
+    hf_dir: Path, source: ModelSource, hf_task: str, weight_format: str, cache_dir: Path, progress: Progress
 ) -> Path:
     key = cache_key(
-        source, task, weight_format, _versions("optimum-intel", "openvino", "transformers")
+        source, hf_task, weight_format, _versions("optimum-intel", "openvino", "transformers")
     )
     return _cached(
         cache_dir,
         f"{_safe_name(source)}-ov-{key}",
-        lambda out: export_openvino(hf_dir, task, weight_format, out),
+        lambda out: export_openvino(hf_dir, hf_task, weight_format, out),
         progress,
         f"exporting {hf_dir.name} to OpenVINO IR ({weight_format})",
     )
@@ -185,7 +195,7 @@ def prepare_openvino_ir(
 
 def prepare_model(
     source_text: str,
-    task: str,
+    hf_task: str,
     *,
     revision: str | None,
     use_openvino: bool,
@@ -196,24 +206,23 @@ def prepare_model(
     """Everything a replica needs on local disk; converting once, then reusing the cache."""
     progress = progress or (lambda msg: logger.info(msg))
     source = parse_source(source_text, revision)
-    hf_dir = resolve_hf_dir(source, task, cache_dir, progress)
+    if hf_task not in MODEL_CLASSES:
+        raise SourceError(f"cannot load weights as {hf_task!r}; known: {', '.join(MODEL_CLASSES)}")
+    hf_dir = resolve_hf_dir(source, hf_task, cache_dir, progress)
     ov_dir = None
     if use_openvino:
-        ov_dir = prepare_openvino_ir(hf_dir, source, task, weight_format, cache_dir, progress)
+        ov_dir = prepare_openvino_ir(hf_dir, source, hf_task, weight_format, cache_dir, progress)
     return PreparedModel(hf_dir=hf_dir, openvino_dir=ov_dir)
 
 
 # ----------------------------------------------------------------------------- converters
 
 
-def export_openvino(hf_dir: Path, task: str, weight_format: str, out: Path) -> None:
-    from optimum.intel import (
-        OVModelForCausalLM,
-        OVModelForFeatureExtraction,
-        OVWeightQuantizationConfig,
-    )
+def export_openvino(hf_dir: Path, hf_task: str, weight_format: str, out: Path) -> None:
+    import optimum.intel
+    from optimum.intel import OVWeightQuantizationConfig
 
-    cls = OVModelForCausalLM if task == "text-generation" else OVModelForFeatureExtraction
+    cls = getattr(optimum.intel, MODEL_CLASSES[hf_task][1])
     kwargs: dict = {"export": True, "compile": False}
     if weight_format == "int8":
         kwargs["quantization_config"] = OVWeightQuantizationConfig(bits=8)
@@ -225,13 +234,13 @@ def export_openvino(hf_dir: Path, task: str, weight_format: str, out: Path) -> N
     model.save_pretrained(str(out))
 
 
-def convert_gguf(gguf_path: Path, task: str, out: Path) -> None:
+def convert_gguf(gguf_path: Path, hf_task: str, out: Path) -> None:
     """GGUF (quantised) -> HF safetensors checkpoint plus a tokenizer that loads correctly."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+    import transformers
 
     directory, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    model_cls = AutoModelForCausalLM if task == "text-generation" else AutoModel
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model_cls = getattr(transformers, MODEL_CLASSES[hf_task][0])
     model = model_cls.from_pretrained(directory, gguf_file=filename)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))

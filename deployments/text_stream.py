@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from .engines.base import GenerationEngine, SamplingParams
+from contract.engine import GenerationEngine, SamplingParams
 
 # Prompt tokens given to the decoder as left context: enough for tokenizers whose first
 # token's leading space depends on what precedes it (SentencePiece/Metaspace).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from serve_app.errors import InvalidRequestError
+from contract.errors import InvalidRequestError
 
 
 def check_in_vocabulary(ids: Sequence[int], vocab_size: int, *, where: str, param: str) -> None:

@@ -9,7 +9,7 @@ import sys
 import ray
 from ray import serve
 
-from serve_app.protocol import ChatCompletionRequest, EmbeddingRequest
+from contract.protocol import ChatCompletionRequest, EmbeddingRequest
 
 ray.init(address=sys.argv[1] if len(sys.argv) > 1 else "auto", log_to_driver=False)
 

@@ -46,7 +46,7 @@ class HardwareReport:
 _INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "amx_tile", "fma", "neon", "asimd")
 
 
-def _cpu_info() -> CpuInfo:
+def cpu_info() -> CpuInfo:
     vendor, model, flags = platform.machine(), platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
@@ -100,7 +100,7 @@ def detect() -> HardwareReport:
             errors["onnxruntime"] = str(exc)
     return HardwareReport(
         hostname=platform.node(),
-        cpu=_cpu_info(),
+        cpu=cpu_info(),
         cuda_devices=cuda,
         rocm=rocm,
         mps=mps,

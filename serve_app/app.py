@@ -1,8 +1,9 @@
 """Application builders named by serve_config.yaml (`import_path`).
 
 Ray validates each application's `args` into the pydantic model annotated on the builder,
-so a typo in serve_config.yaml fails the deploy naming the field. HF_SERVER_* overrides
-are applied here, where the application is built.
+so a typo in serve_config.yaml fails the deploy naming the field (a model's task and its
+task's fields included, see contract/tasks.py). HF_SERVER_* overrides are applied here, where
+the application is built.
 
 No `from __future__ import annotations` here: Ray inspects the annotation at runtime and
 needs the class, not a string.
@@ -10,9 +11,9 @@ needs the class, not a string.
 
 from ray.serve import Application
 
-from deployments.server import ModelServer
+from contract.config import IngressArgs, ModelAppArgs, read_env
+from deployments.server import model_server_deployment
 
-from .config import IngressArgs, ModelAppArgs, read_env
 from .ingress import Ingress
 
 
@@ -25,4 +26,4 @@ def build_ingress_app(args: IngressArgs) -> Application:
 
 
 def build_model_app(args: ModelAppArgs) -> Application:
-    return ModelServer.bind(args.with_env(read_env()))
+    return model_server_deployment().bind(args.with_env(read_env()))

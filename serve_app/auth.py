@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from contract.config import MODEL_ID_PATTERN
+
 KEY_PREFIX = "hf_"
 MAX_KEY_LENGTH = 128
 _KEY_BODY = re.compile(r"^[A-Za-z0-9_-]{16,120}$")
@@ -97,8 +99,6 @@ class NewKey(BaseModel):
     @field_validator("models")
     @classmethod
     def _model_ids(cls, value: list[str] | None) -> list[str] | None:
-        from .config import MODEL_ID_PATTERN
-
         if value is not None:
             bad = [m for m in value if not re.match(MODEL_ID_PATTERN, m)]
             if bad:

@@ -15,11 +15,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _discover(_: argparse.Namespace) -> int:
-    from deployments import tasks
+    from contract import tasks
+    from contract.endpoints import ENDPOINTS
 
-    for name, module in sorted(tasks.registry().items()):
-        summary = (module.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<18} {summary}")
+    for name, spec in tasks.registry().items():
+        paths = ", ".join(ENDPOINTS[endpoint].path for endpoint in spec.endpoints)
+        print(f"{name:<18} {paths:<40} {spec.summary}")
     return 0
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from contract.config import IngressArgs, read_env
+
 from .auth import KeyStore, NewKey, parse_duration, read_admin_key_file
-from .config import IngressArgs, read_env
 
 
 def _new_key(args: argparse.Namespace) -> NewKey:

@@ -19,88 +19,18 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import (
-    DeployConfigError,
-    EnvOverrides,
-    IngressArgs,
-    ModelAppArgs,
-    load_yaml,
-    read_env,
-    validate_app_args,
-)
+from contract.config import EnvOverrides, ModelAppArgs, read_env
+
+from .deploy_plan import DeployConfigError, DeployPlan, plan_deploy
 
 Say = Callable[[str], None]
 
 
 def _say(message: str) -> None:
     print(f"[hfserve] {message}", flush=True)
-
-
-@dataclass(frozen=True)
-class DeployPlan:
-    config: dict[str, Any]  # the Serve config with HF_SERVER_* overrides applied
-    models: dict[str, ModelAppArgs]  # model applications by name (= model id)
-    ingresses: list[IngressArgs]  # the ingress applications' args, environment applied
-    host: str
-    port: int
-
-    @property
-    def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
-
-
-def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
-    """Read serve_config.yaml, apply the environment, validate every application's args."""
-    config = load_yaml(config_path)
-    http = dict(config.get("http_options") or {})
-    if env.host is not None:
-        http["host"] = env.host
-    if env.port is not None:
-        http["port"] = env.port
-    http.setdefault("host", "127.0.0.1")
-    http.setdefault("port", 8000)
-    config["http_options"] = http
-    if env.log_level is not None or env.log_format is not None:
-        logging_config = dict(config.get("logging_config") or {})
-        if env.log_level is not None:
-            logging_config["log_level"] = env.log_level
-        if env.log_format is not None:
-            logging_config["encoding"] = env.log_format.upper()
-        config["logging_config"] = logging_config
-    models: dict[str, ModelAppArgs] = {}
-    ingresses: list[IngressArgs] = []
-    for app in config.get("applications") or []:
-        name = app.get("name")
-        if not name:
-            raise DeployConfigError("every application needs a name")
-        validated = validate_app_args(app.get("import_path", ""), app.get("args"), name)
-        if isinstance(validated, ModelAppArgs):
-            models[name] = validated.with_env(env)
-        elif isinstance(validated, IngressArgs):
-            ingresses.append(validated.with_env(env))
-    # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).
-    from ray.serve.config import AutoscalingConfig
-    from ray.serve.schema import ServeDeploySchema
-
-    try:
-        ServeDeploySchema.model_validate(config)
-    except Exception as exc:
-        raise DeployConfigError(f"{config_path} is not a valid Ray Serve config:\n{exc}") from exc
-    # Ray accepts unknown autoscaling keys silently; a typo there would quietly mean "no limit".
-    for app in config["applications"]:
-        for deployment in app.get("deployments") or []:
-            unknown = set(deployment.get("autoscaling_config") or {}) - set(AutoscalingConfig.model_fields)
-            if unknown:
-                raise DeployConfigError(
-                    f"application '{app['name']}', deployment '{deployment.get('name')}': unknown "
-                    f"autoscaling_config keys {sorted(unknown)}"
-                )
-    return DeployPlan(config=config, models=models, ingresses=ingresses, host=http["host"], port=int(http["port"]))
 
 
 def _prepare_in_child(name: str, args: ModelAppArgs) -> str:
@@ -147,7 +77,7 @@ def bootstrap_admin_key(plan: DeployPlan, say: Say = _say) -> None:
 def start_cluster(plan: DeployPlan, env: EnvOverrides) -> str:
     """Start a local Ray cluster with the dashboard and deploy the plan; returns the dashboard URL."""
     import ray
-    from ray.serve._private import api as serve_api
+    from ray.serve._private import api as serve_api  # see below: no public API applies a config
     from ray.serve.schema import ServeDeploySchema
 
     context = ray.init(
@@ -160,6 +90,12 @@ def start_cluster(plan: DeployPlan, env: EnvOverrides) -> str:
         logging_level="WARNING",
     )
     schema = ServeDeploySchema.model_validate(plan.config)
+    # Ray 2.60 has no public Python API that applies a whole ServeDeploySchema (per-app args,
+    # per-deployment overrides). `serve run config.yaml` does exactly these two calls
+    # (ray/serve/scripts.py: _private_api.serve_start, then client.deploy_apps); the public
+    # serve.start() returns no client, and the REST API that `serve deploy` uses authenticates
+    # through private helpers too. Doing what `serve run` does keeps `hfserve serve` and
+    # `serve run`/`serve deploy` of the same file equivalent.
     client = serve_api.serve_start(
         http_options=schema.http_options.model_dump(),
         proxy_location=schema.proxy_location,

@@ -12,46 +12,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from .config import MODEL_DEPLOYMENT_NAME
-from .errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from .protocol import (
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    EmbeddingRequest,
-    EmbeddingResponse,
-    EngineStats,
-    ModelCard,
-    ModelInfo,
-)
+from contract.config import MODEL_DEPLOYMENT_NAME
+from contract.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
+from contract.model_api import ModelClient, ModelInfo
+from contract.protocol import ModelCard
 
 logger = logging.getLogger("ray.serve")
-
-ENDPOINT_TASKS = {"chat": "text-generation", "complete": "text-generation", "embed": "embedding"}
-
-
-class ModelClient(Protocol):
-    """The ingress's view of a model application (a DeploymentHandle in production)."""
-
-    async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse: ...
-
-    def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]: ...
-
-    async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
-
-    def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]: ...
-
-    async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
-
-    async def info(self) -> ModelInfo: ...
-
-    async def stats(self) -> EngineStats: ...
 
 
 @dataclass
@@ -130,10 +100,9 @@ class ModelDirectory:
             raise ServiceUnavailableError(
                 f"The model '{model}' is {entry.status}{': ' + entry.message if entry.message else ''}."
             )
-        task = entry.info.task if entry.info else None
-        if task is not None and task != ENDPOINT_TASKS[endpoint]:
+        if entry.info is not None and endpoint not in entry.info.endpoints:
             raise InvalidRequestError(
-                f"Model '{model}' is a {task} model and does not support this endpoint.",
+                f"Model '{model}' is a {entry.info.task} model and does not support this endpoint.",
                 param="model",
                 code="model_not_supported",
             )

@@ -43,94 +43,117 @@ def _generation_config(ov_genai, sampling: dict[str, Any], eos: list[int]):
     return config
 
 
-def serve(conn: Connection) -> None:
-    settings = conn.recv()
-    try:
+def _pipeline(settings: dict[str, Any]):
+    import openvino_genai as ov_genai
+
+    scheduler = ov_genai.SchedulerConfig()
+    scheduler.cache_size = settings["kv_cache_gb"]
+    scheduler.max_num_seqs = settings["max_num_seqs"]
+    scheduler.max_num_batched_tokens = settings["max_num_batched_tokens"]
+    scheduler.dynamic_split_fuse = True
+    scheduler.enable_prefix_caching = settings["enable_prefix_caching"]
+    properties = {"INFERENCE_NUM_THREADS": settings["num_threads"]} if settings["num_threads"] else {}
+    return ov_genai.ContinuousBatchingPipeline(settings["ir_dir"], scheduler, settings["device"], properties)
+
+
+class EngineCore:
+    """The pipeline and the sequences in it: messages from the replica in, step updates out."""
+
+    def __init__(self, pipe, eos_token_ids: list[int]):
         import numpy as np
         import openvino as ov
         import openvino_genai as ov_genai
 
-        scheduler = ov_genai.SchedulerConfig()
-        scheduler.cache_size = settings["kv_cache_gb"]
-        scheduler.max_num_seqs = settings["max_num_seqs"]
-        scheduler.max_num_batched_tokens = settings["max_num_batched_tokens"]
-        scheduler.dynamic_split_fuse = True
-        scheduler.enable_prefix_caching = settings["enable_prefix_caching"]
-        properties = {"INFERENCE_NUM_THREADS": settings["num_threads"]} if settings["num_threads"] else {}
-        pipe = ov_genai.ContinuousBatchingPipeline(settings["ir_dir"], scheduler, settings["device"], properties)
-    except Exception as exc:  # noqa: BLE001 - reported to the replica, which fails its constructor
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    conn.send(("ready", None))
+        self._np, self._ov, self._ov_genai = np, ov, ov_genai
+        self._pipe = pipe
+        self._eos = eos_token_ids
+        self._finish_names = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
+        self._done = {ov_genai.GenerationStatus.FINISHED, ov_genai.GenerationStatus.STOP, ov_genai.GenerationStatus.CANCEL}
+        self._ignored = ov_genai.GenerationStatus.IGNORED
+        self.handles: dict[int, Any] = {}
+        self.generated = self.cancelled = self.finished = 0
 
-    eos = settings["eos_token_ids"]
-    finish_names = {ov_genai.GenerationFinishReason.STOP: "stop", ov_genai.GenerationFinishReason.LENGTH: "length"}
-    done_statuses = {ov_genai.GenerationStatus.FINISHED, ov_genai.GenerationStatus.STOP, ov_genai.GenerationStatus.CANCEL}
-    ignored = ov_genai.GenerationStatus.IGNORED
-    handles: dict[int, Any] = {}
-    generated = cancelled = finished = 0
+    def apply(self, message: tuple) -> bool:
+        """One message from the replica; False when it says stop."""
+        kind = message[0]
+        if kind == "add":
+            _, request_id, prompt_ids, sampling = message
+            tensor = self._ov.Tensor(self._np.asarray([prompt_ids], dtype=self._np.int64))
+            config = _generation_config(self._ov_genai, sampling, self._eos)
+            self.handles[request_id] = self._pipe.add_request(request_id, tensor, config)
+        elif kind == "cancel":
+            handle = self.handles.pop(message[1], None)
+            if handle is not None:
+                handle.cancel()
+                self.cancelled += 1
+        return kind != "stop"
 
-    def stats() -> dict[str, Any]:
-        metrics = pipe.get_metrics()
-        return {
-            "generated_tokens_total": generated,
-            "cancelled_requests_total": cancelled,
-            "finished_requests_total": finished,
-            "waiting_requests": max(0, int(metrics.requests) - int(metrics.scheduled_requests)),
-            "kv_cache_usage": float(metrics.cache_usage) / 100.0,
-        }
-
-    while True:
-        idle = not handles
-        while idle or conn.poll():  # take every waiting message; block only when idle
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return  # the replica is gone
-            idle = False
-            kind = message[0]
-            if kind == "add":
-                _, request_id, prompt_ids, sampling = message
-                tensor = ov.Tensor(np.asarray([prompt_ids], dtype=np.int64))
-                handles[request_id] = pipe.add_request(request_id, tensor, _generation_config(ov_genai, sampling, eos))
-            elif kind == "cancel":
-                handle = handles.pop(message[1], None)
-                if handle is not None:
-                    handle.cancel()
-                    cancelled += 1
-            elif kind == "stop":
-                return
-        if not handles:
-            # Idle now: no step will report the counters (a cancellation just landed), so send them.
-            conn.send(("step", [], stats()))
-            continue
-        try:
-            pipe.step()
-        except Exception as exc:  # noqa: BLE001
-            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-            return
+    def step(self) -> list[tuple[int, list[int], str | None, bool]]:
+        """One engine step: (id, new token ids, finish reason when done, ignored) per sequence
+        that moved."""
+        self._pipe.step()
         updates = []
-        for request_id, handle in list(handles.items()):
+        for request_id, handle in list(self.handles.items()):
             new_ids: list[int] = []
             finish = None
             while handle.can_read():
                 for output in handle.read().values():
                     new_ids.extend(output.generated_ids)
-                    finish = finish_names.get(output.finish_reason, finish)
+                    finish = self._finish_names.get(output.finish_reason, finish)
             status = handle.get_status()
-            if status == ignored:
-                del handles[request_id]
+            if status == self._ignored:
+                del self.handles[request_id]
                 updates.append((request_id, [], None, True))
                 continue
-            done = status in done_statuses
+            done = status in self._done
             if done:
-                del handles[request_id]
-                finished += 1
+                del self.handles[request_id]
+                self.finished += 1
                 finish = finish or "stop"
             if new_ids or done:
-                generated += len(new_ids)
+                self.generated += len(new_ids)
                 updates.append((request_id, new_ids, finish if done else None, False))
-        conn.send(("step", updates, stats()))
+        return updates
+
+    def stats(self) -> dict[str, Any]:
+        metrics = self._pipe.get_metrics()
+        return {
+            "generated_tokens_total": self.generated,
+            "cancelled_requests_total": self.cancelled,
+            "finished_requests_total": self.finished,
+            "waiting_requests": max(0, int(metrics.requests) - int(metrics.scheduled_requests)),
+            "kv_cache_usage": float(metrics.cache_usage) / 100.0,
+        }
+
+
+def serve(conn: Connection) -> None:
+    settings = conn.recv()
+    try:
+        core = EngineCore(_pipeline(settings), settings["eos_token_ids"])
+    except Exception as exc:  # noqa: BLE001 - reported to the replica, which fails its constructor
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", None))
+    while True:
+        idle = not core.handles
+        while idle or conn.poll():  # take every waiting message; block only when idle
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                return  # the replica is gone
+            if not core.apply(message):
+                return
+            idle = False
+        if not core.handles:
+            # Idle now: no step will report the counters (a cancellation just landed), so send them.
+            conn.send(("step", [], core.stats()))
+            continue
+        try:
+            updates = core.step()
+        except Exception as exc:  # noqa: BLE001
+            conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+            return
+        conn.send(("step", updates, core.stats()))
 
 
 if __name__ == "__main__":

@@ -29,10 +29,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from serve_app.errors import ContextLengthExceededError, InternalServerError
-from serve_app.protocol import EngineStats
-
-from .base import SamplingParams, TokenDelta
+from contract.engine import SamplingParams, TokenDelta
+from contract.errors import ContextLengthExceededError, InternalServerError
+from contract.model_api import EngineStats
 
 logger = logging.getLogger("ray.serve")
 

@@ -21,9 +21,8 @@ from pathlib import Path
 
 from ray import serve
 
-from serve_app.protocol import EngineStats
-
-from .base import SamplingParams, TokenDelta
+from contract.engine import SamplingParams, TokenDelta
+from contract.model_api import EngineStats
 
 logger = logging.getLogger("ray.serve")
 

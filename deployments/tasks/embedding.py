@@ -8,30 +8,25 @@ than ``max_batch_size`` is split into chunks that batch independently.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from pathlib import Path
 
 import numpy as np
 from ray import serve
 
-from serve_app.config import ModelAppArgs
-from serve_app.errors import ContextLengthExceededError, InvalidRequestError
-from serve_app.protocol import (
-    EmbeddingData,
-    EmbeddingRequest,
-    EmbeddingResponse,
-    EmbeddingUsage,
-    EngineStats,
-)
+from contract.config import ModelAppArgs
+from contract.engine import EmbeddingEngine
+from contract.errors import ContextLengthExceededError, InvalidRequestError
+from contract.model_api import EngineStats
+from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from contract.tasks import TaskSpec
+from contract.vectors import encode_vector
 
-from ..engines.base import EmbeddingEngine
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
+from ..model_files import context_length, load_tokenizer
 from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
-
-TASK = "embedding"
 
 
 def _count_inputs(chunks: list[list[list[int]]]) -> int:
@@ -39,7 +34,7 @@ def _count_inputs(chunks: list[list[list[int]]]) -> int:
 
 
 class EmbeddingTask:
-    task = TASK
+    max_model_len = None  # ModelInfo reports the vectors' size instead
 
     def __init__(
         self,
@@ -55,6 +50,7 @@ class EmbeddingTask:
         self.model_id = model_id
         self.tokenizer = tokenizer
         self.engine = engine
+        self.embedding_dimensions = engine.dimensions
         self.max_input_tokens = max_input_tokens
         self.supports_dimensions = supports_dimensions
         self.max_batch_size = max_batch_size
@@ -80,7 +76,7 @@ class EmbeddingTask:
         tokens = sum(len(ids) for ids in token_lists)
         return EmbeddingResponse(
             data=[
-                EmbeddingData(index=i, embedding=_encode(vector, request.encoding_format))
+                EmbeddingData(index=i, embedding=encode_vector(vector, request.encoding_format))
                 for i, vector in enumerate(vectors)
             ],
             model=self.model_id,
@@ -147,12 +143,6 @@ class EmbeddingTask:
         return out
 
 
-def _encode(vector: np.ndarray, encoding_format: str) -> list[float] | str:
-    if encoding_format == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
-
-
 def special_token_wrapper(tokenizer) -> tuple[list[int], list[int]]:
     """The special tokens the tokenizer puts before and after a text, e.g. [CLS] / [SEP]."""
     probe = "hello"
@@ -165,9 +155,7 @@ def special_token_wrapper(tokenizer) -> tuple[list[int], list[int]]:
 
 
 def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(prepared.hf_dir), use_fast=True)
+    tokenizer = load_tokenizer(prepared.hf_dir)
     spec = PoolingSpec.from_model_dir(Path(prepared.hf_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if backend.backend == "openvino":
@@ -178,7 +166,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
         engine = TorchEncoder(
             prepared.hf_dir, spec, pad_id, device=backend.device, dtype=backend.dtype, num_threads=args.num_threads
         )
-    limit = args.max_input_tokens or spec.max_seq_length or _max_positions(Path(prepared.hf_dir))
+    limit = args.max_input_tokens or spec.max_seq_length or context_length(prepared.hf_dir, default=512)
     logger.info(
         "%s: %s encoder on %s, %d dims, %s pooling, inputs up to %d tokens",
         model_id, engine.name, engine.device, engine.dimensions, spec.mode, limit,
@@ -194,8 +182,10 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
     )
 
 
-def _max_positions(hf_dir: Path) -> int:
-    import json
-
-    config = json.loads((hf_dir / "config.json").read_text())
-    return int(config.get("max_position_embeddings") or 512)
+TASK = TaskSpec(
+    name="embedding",
+    summary="sentence embeddings (/v1/embeddings), batched across requests with @serve.batch",
+    endpoints=("embed",),
+    load=load,
+    fields=frozenset({"supports_dimensions", "max_input_tokens"}),
+)

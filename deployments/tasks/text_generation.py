@@ -7,16 +7,14 @@ responses and stream chunks. Engines only see token ids.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
-from serve_app.config import ModelAppArgs
-from serve_app.errors import ContextLengthExceededError, InvalidRequestError
-from serve_app.protocol import (
+from contract.config import ModelAppArgs
+from contract.engine import GenerationEngine, SamplingParams
+from contract.errors import ContextLengthExceededError, InvalidRequestError
+from contract.model_api import EngineStats
+from contract.protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -27,33 +25,23 @@ from serve_app.protocol import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
-    EngineStats,
     SamplingFields,
     Usage,
     new_id,
     now,
 )
+from contract.tasks import TaskSpec
 
-from ..engines.base import GenerationEngine, SamplingParams
+from ..choices import Choice, choices_for, run_concurrently
+from ..model_files import context_length, eos_token_ids, load_tokenizer
 from ..text_stream import TextEvent, generate_text
 from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
 
-TASK = "text-generation"
-
-
-@dataclass(frozen=True)
-class _Choice:
-    """One generated sequence: which prompt, which of its n samples, its output index."""
-
-    index: int
-    prompt_index: int
-    sample: int
-
 
 class TextGenerationTask:
-    task = TASK
+    embedding_dimensions = None
 
     def __init__(
         self,
@@ -94,7 +82,7 @@ class TextGenerationTask:
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
         prompt_ids = self._chat_prompt_ids(request)
-        choices = self._choices(1, request.n)
+        choices = choices_for(1, request.n)
         params = [self._sampling(request, len(prompt_ids), "messages", c) for c in choices]
         chunk_id, created = new_id("chatcmpl"), now()
         usage = _StreamUsage(len(prompt_ids), request)
@@ -138,7 +126,7 @@ class TextGenerationTask:
 
     async def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]:
         prompts = self._completion_prompt_ids(request)
-        choices = self._choices(len(prompts), request.n)
+        choices = choices_for(len(prompts), request.n)
         params = [self._sampling(request, len(prompts[c.prompt_index]), "prompt", c) for c in choices]
         prefixes = self._echo_prefixes(request, prompts)
         chunk_id, created = new_id("cmpl"), now()
@@ -219,13 +207,8 @@ class TextGenerationTask:
 
     # ------------------------------------------------------------------ sampling
 
-    @staticmethod
-    def _choices(num_prompts: int, n: int) -> list[_Choice]:
-        # OpenAI numbers choices prompt-major: prompt 0's n samples first.
-        return [_Choice(p * n + s, p, s) for p in range(num_prompts) for s in range(n)]
-
-    def _sampling(self, request: SamplingFields, prompt_len: int, param: str, choice: _Choice) -> SamplingParams:
-        requested = request.requested_max_tokens if isinstance(request, ChatCompletionRequest) else request.max_tokens
+    def _sampling(self, request: SamplingFields, prompt_len: int, param: str, choice: Choice) -> SamplingParams:
+        requested = request.requested_max_tokens
         room = self.max_model_len - prompt_len
         if requested is not None and prompt_len + requested > self.max_model_len:
             raise ContextLengthExceededError(
@@ -257,7 +240,7 @@ class TextGenerationTask:
     # ------------------------------------------------------------------ running sequences
 
     async def _collect(self, prompts: list[list[int]], request: SamplingFields, param: str):
-        choices = self._choices(len(prompts), request.n)
+        choices = choices_for(len(prompts), request.n)
         params = [self._sampling(request, len(prompts[c.prompt_index]), param, c) for c in choices]
         texts = [""] * len(choices)
         finishes: list[str] = ["stop"] * len(choices)
@@ -269,55 +252,18 @@ class TextGenerationTask:
                 completion_tokens += event.completion_tokens
         return choices, texts, finishes, completion_tokens
 
-    async def _run(
-        self, choices: list[_Choice], prompts: list[list[int]], params: list[SamplingParams], stop
-    ) -> AsyncIterator[tuple[_Choice, TextEvent]]:
-        """Run every choice concurrently, yielding events as they arrive.
+    def _run(
+        self, choices: list[Choice], prompts: list[list[int]], params: list[SamplingParams], stop
+    ) -> AsyncIterator[tuple[Choice, TextEvent]]:
+        sampling = {choice.index: p for choice, p in zip(choices, params, strict=True)}
 
-        Closing this generator (client gone) closes every sequence, which cancels it in the
-        engine.
-        """
-        if len(choices) == 1:  # the common case needs no fan-in machinery
-            events = generate_text(self.engine, self._backend_tokenizer, prompts[0], params[0], stop, self._chunk_tokens)
-            try:
-                async for event in events:
-                    yield choices[0], event
-            finally:
-                await events.aclose()
-            return
-
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-
-        async def pump(choice: _Choice, sampling: SamplingParams) -> None:
-            events = generate_text(
-                self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling, stop, self._chunk_tokens
+        def start(choice: Choice) -> AsyncIterator[TextEvent]:
+            return generate_text(
+                self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling[choice.index], stop,
+                self._chunk_tokens,
             )
-            try:
-                async for event in events:
-                    await queue.put((choice, event))
-            except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
-                await queue.put(exc)
-                return
-            finally:
-                await events.aclose()
-            await queue.put(done)
 
-        tasks = [asyncio.create_task(pump(c, p)) for c, p in zip(choices, params, strict=True)]
-        try:
-            remaining = len(tasks)
-            while remaining:
-                item = await queue.get()
-                if item is done:
-                    remaining -= 1
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    yield item
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return run_concurrently(choices, start)
 
 
 class _StreamUsage:
@@ -350,38 +296,10 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
 # ----------------------------------------------------------------------------- loading
 
 
-def load_tokenizer(hf_dir: Path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(hf_dir), use_fast=True)
-
-
-def eos_token_ids(hf_dir: Path, tokenizer) -> list[int]:
-    """Every token that ends a turn: generation_config's eos list plus the tokenizer's."""
-    ids: set[int] = set()
-    generation_config = hf_dir / "generation_config.json"
-    if generation_config.exists():
-        eos = json.loads(generation_config.read_text()).get("eos_token_id")
-        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return sorted(ids)
-
-
-def context_length(hf_dir: Path, args: ModelAppArgs) -> int:
-    if args.max_model_len:
-        return args.max_model_len
-    config = json.loads((hf_dir / "config.json").read_text())
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return 2048
-
-
 def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGenerationTask:
     tokenizer = load_tokenizer(prepared.hf_dir)
     eos = eos_token_ids(prepared.hf_dir, tokenizer)
-    max_model_len = context_length(prepared.hf_dir, args)
+    max_model_len = args.max_model_len or context_length(prepared.hf_dir, default=2048)
     if backend.backend == "openvino":
         from ..engines.openvino_genai import OpenVINOGenerationEngine
 
@@ -417,3 +335,22 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
         stream_interval=args.stream_interval,
     )
 
+
+
+def _check_args(args: ModelAppArgs) -> None:
+    if args.default_max_tokens and args.max_model_len and args.default_max_tokens >= args.max_model_len:
+        raise ValueError("default_max_tokens must be smaller than max_model_len")
+
+
+TASK = TaskSpec(
+    name="text-generation",
+    summary="chat and text completions (/v1/chat/completions, /v1/completions), streamed or whole",
+    endpoints=("chat", "complete"),
+    load=load,
+    hf_task="text-generation",
+    fields=frozenset({
+        "max_model_len", "default_max_tokens", "max_num_seqs", "max_num_batched_tokens", "kv_cache_gb",
+        "stream_interval", "enable_prefix_caching",
+    }),
+    check=_check_args,
+)

@@ -10,11 +10,10 @@ import httpx
 import pytest
 import yaml
 
-from serve_app.config import EnvOverrides
+from contract.config import EnvOverrides
+from serve_app.deploy_plan import DeployPlan, plan_deploy
 from serve_app.launcher import (
-    DeployPlan,
     bootstrap_admin_key,
-    plan_deploy,
     prepare_models,
     shutdown_cluster,
     start_cluster,

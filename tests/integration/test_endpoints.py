@@ -7,8 +7,8 @@ import time
 import pytest
 from ray import serve
 
-from deployments.server import ModelServer
-from serve_app.config import ModelAppArgs
+from contract.config import ModelAppArgs
+from deployments.server import model_server_deployment
 
 
 def test_model_card(server):
@@ -50,7 +50,7 @@ def unschedulable_model(server):
     """A model application that can never start (it asks for more CPUs than exist)."""
     args = ModelAppArgs(source=str(server.models["bert"]), task="embedding", backend="openvino")
     target = serve.RunTarget(
-        ModelServer.options(ray_actor_options={"num_cpus": 64}).bind(args), name="tiny-late", route_prefix=None
+        model_server_deployment().options(ray_actor_options={"num_cpus": 64}).bind(args), name="tiny-late", route_prefix=None
     )
     serve.run_many([target], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     yield "tiny-late"

@@ -17,7 +17,7 @@ DRIVER = textwrap.dedent(
     import json, sys
     import ray
     from ray import serve
-    from serve_app.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
+    from contract.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                     EmbeddingRequest, EmbeddingResponse)
 
     ray.init(address=sys.argv[1], log_to_driver=False)

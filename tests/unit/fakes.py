@@ -7,9 +7,10 @@ import base64
 
 import numpy as np
 
-from serve_app.errors import ContextLengthExceededError, InternalServerError
-from serve_app.model_directory import AppState
-from serve_app.protocol import (
+from contract import tasks
+from contract.errors import ContextLengthExceededError, InternalServerError
+from contract.model_api import EngineStats, ModelInfo
+from contract.protocol import (
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -19,10 +20,9 @@ from serve_app.protocol import (
     EmbeddingData,
     EmbeddingResponse,
     EmbeddingUsage,
-    EngineStats,
-    ModelInfo,
     Usage,
 )
+from serve_app.model_directory import AppState
 
 
 class Clock:
@@ -127,7 +127,8 @@ class FakeModel:
 
     async def info(self):
         return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=self.created, backend="fake",
-                         device="cpu", source="fake", request_timeout_s=self.request_timeout_s)
+                         device="cpu", source="fake", request_timeout_s=self.request_timeout_s,
+                         endpoints=list(tasks.get(self.task).endpoints))
 
     async def stats(self):
         return EngineStats()
@@ -153,7 +154,7 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     """The real ingress app and gateway over the fakes and an in-process state core."""
     import time
 
-    from serve_app.config import IngressArgs
+    from contract.config import IngressArgs
     from serve_app.gateway import Gateway
     from serve_app.ingress import create_app, state_settings
     from serve_app.model_directory import ModelDirectory

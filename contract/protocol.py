@@ -103,6 +103,11 @@ class SamplingFields(OpenAIRequest):
     def include_usage_in_stream(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The completion budget the client asked for (None: the rest of the context)."""
+        return self.max_tokens
+
 
 class StreamOptions(OpenAIRequest):
     include_usage: bool = False
@@ -180,7 +185,7 @@ class ChatCompletionRequest(SamplingFields):
 
     @property
     def requested_max_tokens(self) -> int | None:
-        # max_completion_tokens is the newer name; it wins when both are sent.
+        # Chat's newer name is max_completion_tokens; it wins when both are sent.
         return self.max_completion_tokens or self.max_tokens
 
 
@@ -352,39 +357,12 @@ class ModelList(OpenAIResponse):
     data: list[ModelCard]
 
 
-class ModelInfo(BaseModel):
-    """What a model replica reports about itself (crosses the handle; not a wire format)."""
-
-    id: str
-    task: str
-    owned_by: str
-    created: int
-    backend: str
-    device: str
-    source: str
-    max_model_len: int | None = None
-    embedding_dimensions: int | None = None
-    request_timeout_s: float = 300.0
-
-    @property
-    def revision(self) -> str:
-        """Changes whenever the model is (re)loaded: cached responses of an older load never match."""
-        return f"{self.source}@{self.created}"
-
-
-class EngineStats(BaseModel):
-    running_requests: int = 0
-    waiting_requests: int = 0
-    generated_tokens_total: int = 0
-    cancelled_requests_total: int = 0
-    finished_requests_total: int = 0
-    kv_cache_usage: float | None = None
-
-
 # ----------------------------------------------------------------------------- errors
 
 
 class ErrorDetail(BaseModel):
+    """The body of every error response (errors.APIError.body)."""
+
     message: str
     type: str
     param: str | None = None

@@ -11,16 +11,15 @@ serve_config.yaml, the defaults below.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import tasks
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Task = Literal["text-generation", "embedding"]
 Backend = Literal["auto", "openvino", "transformers"]
 
 # The deployment names the builders create; serve_config.yaml refers to them under
@@ -171,7 +170,11 @@ class ModelAppArgs(StrictModel):
         "('org/name' or 'hub:org/name'), or 'package:<package>/<file>' for a file shipped "
         "inside an installed Python package (GGUF files are converted once and cached).",
     )
-    task: Task = Field(..., description="What the model serves: text-generation or embedding.")
+    task: str = Field(
+        ...,
+        description="What the model serves: a task from the task table (`hfserve discover` lists them: "
+        "text-generation, embedding, and any installed plug-in).",
+    )
     backend: Backend = Field(
         "auto",
         description="Engine family. auto picks OpenVINO on CPU nodes where it is installed, "
@@ -206,13 +209,6 @@ class ModelAppArgs(StrictModel):
         "every token while few sequences run and up to 8 per chunk as more share the engine, so the "
         "serving stack's per-chunk work stays bounded as concurrency grows.",
     )
-
-    @field_validator("stream_interval")
-    @classmethod
-    def _positive_interval(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 1 <= value <= 64:
-            raise ValueError("stream_interval must be 'auto' or between 1 and 64")
-        return value
     enable_prefix_caching: bool = Field(
         True, description="Reuse the KV cache of shared prompt prefixes (system prompts, chat templates)."
     )
@@ -238,6 +234,13 @@ class ModelAppArgs(StrictModel):
         "max_seq_length or the model's max_position_embeddings.",
     )
 
+    @field_validator("stream_interval")
+    @classmethod
+    def _positive_interval(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("stream_interval must be 'auto' or between 1 and 64")
+        return value
+
     @field_validator("source")
     @classmethod
     def _source_not_blank(cls, value: str) -> str:
@@ -245,10 +248,17 @@ class ModelAppArgs(StrictModel):
             raise ValueError("source must not be blank")
         return value.strip()
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        known = tasks.task_names()
+        if value not in known:
+            raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(known)}")
+        return value
+
     @model_validator(mode="after")
-    def _generation_fields_make_sense(self) -> ModelAppArgs:
-        if self.default_max_tokens and self.max_model_len and self.default_max_tokens >= self.max_model_len:
-            raise ValueError("default_max_tokens must be smaller than max_model_len")
+    def _fits_its_task(self) -> ModelAppArgs:
+        tasks.check_args(self)  # the task's own rules, and no other task's fields
         return self
 
     def with_env(self, env: EnvOverrides) -> ModelAppArgs:
@@ -278,42 +288,3 @@ class ModelAppArgs(StrictModel):
         if not self.enable_batching:
             return 0.0
         return 0.005 if self.batch_wait_timeout_s is None else self.batch_wait_timeout_s
-
-
-class DeployConfigError(ValueError):
-    """serve_config.yaml is not something we can deploy; the message names the field."""
-
-
-def load_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError as exc:
-        raise DeployConfigError(f"config file not found: {path}") from exc
-    except yaml.YAMLError as exc:
-        raise DeployConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict) or "applications" not in data:
-        raise DeployConfigError(f"{path} must be a Ray Serve config with an 'applications' list")
-    return data
-
-
-def validate_app_args(import_path: str, args: dict[str, Any] | None, app_name: str) -> BaseModel:
-    """Validate one application's args with the model its builder takes.
-
-    Ray validates them again when the builder runs on the cluster; doing it here too turns a
-    typo into an immediate error at `hfserve serve` instead of a DEPLOY_FAILED status later.
-    """
-    builders: dict[str, type[BaseModel]] = {
-        "serve_app.app:build_ingress_app": IngressArgs,
-        "serve_app.app:build_model_app": ModelAppArgs,
-    }
-    model = builders.get(import_path)
-    if model is None:
-        raise DeployConfigError(f"application '{app_name}': unknown import_path '{import_path}'")
-    if model is ModelAppArgs and not re.match(MODEL_ID_PATTERN, app_name):
-        raise DeployConfigError(
-            f"application name '{app_name}' is not a valid model id (letters, digits, . _ : -)"
-        )
-    try:
-        return model.model_validate(args or {})
-    except Exception as exc:  # pydantic.ValidationError names every bad field
-        raise DeployConfigError(f"application '{app_name}' has invalid args:\n{exc}") from exc

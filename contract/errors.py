@@ -1,23 +1,19 @@
-"""Errors that carry their HTTP meaning, and the one place that renders them.
+"""Errors that carry their HTTP meaning: status, OpenAI error type, param and code.
 
 Model replicas raise these too; they cross the DeploymentHandle pickled inside Ray's
 RayTaskError, and `as_api_error` recovers the original. Every response body is the OpenAI
-shape ``{"error": {"message", "type", "param", "code"}}``. A 500 gets a fixed public message
-while the full traceback goes to the server log.
+shape ``{"error": {"message", "type", "param", "code"}}`` (`protocol.ErrorResponse`). The HTTP
+layer renders them in one place (serve_app/http/errors.py); nothing here knows about HTTP
+frameworks, so model replicas import this module without loading one.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-logger = logging.getLogger("ray.serve")
+from .protocol import ErrorDetail, ErrorResponse
 
 INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request."
 
@@ -34,31 +30,31 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = dict(headers or {})
+        # Top-level fields beside "error" (e.g. /ready's per-model states).
+        self.extra = dict(extra or {})
 
     def __reduce__(self):
         # Keep every field when Ray pickles the exception across processes.
-        return (_rebuild_api_error, (type(self), self.message, self.param, self.code, self.headers, self.error_type))
+        return (
+            _rebuild_api_error,
+            (type(self), self.message, self.param, self.code, self.headers, self.error_type, self.extra),
+        )
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        detail = ErrorDetail(message=self.message, type=self.error_type, param=self.param, code=self.code)
+        return {**ErrorResponse(error=detail).model_dump(), **self.extra}
 
 
-def _rebuild_api_error(cls, message, param, code, headers, error_type=None):
+def _rebuild_api_error(cls, message, param, code, headers, error_type=None, extra=None):
     error = APIError.__new__(cls)
-    APIError.__init__(error, message, param=param, code=code, headers=headers)
+    APIError.__init__(error, message, param=param, code=code, headers=headers, extra=extra)
     if error_type is not None:
         error.error_type = error_type
     return error
@@ -133,8 +129,6 @@ class RateLimitError(APIError):
     default_code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, kind: str = "requests", retry_after_s: float = 1.0, **kwargs):
-        import math
-
         headers = dict(kwargs.pop("headers", None) or {})
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
         headers["retry-after-ms"] = str(max(1, math.ceil(retry_after_s * 1000)))
@@ -205,45 +199,3 @@ def _format_param(loc: list[Any]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
-
-
-def error_response(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """The single place where exceptions become HTTP responses."""
-
-    @app.exception_handler(APIError)
-    async def _api(request: Request, exc: APIError) -> JSONResponse:
-        return render_exception(exc, request.url.path)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error_to_api_error(list(exc.errors())))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return error_response(NotFoundError(str(exc.detail)))
-        if exc.status_code == 405:
-            return error_response(MethodNotAllowedError(str(exc.detail)))
-        err = APIError(str(exc.detail))
-        err.status_code = exc.status_code
-        err.error_type = "invalid_request_error" if exc.status_code < 500 else "internal_error"
-        return error_response(err)
-
-    # Reached only by bugs: Starlette sends this body, then re-raises for the server log.
-    @app.exception_handler(Exception)
-    async def _any(request: Request, exc: Exception) -> JSONResponse:
-        return render_exception(exc, request.url.path)
-
-
-def render_exception(exc: BaseException, where: str = "") -> JSONResponse:
-    api_error = as_api_error(exc)
-    if api_error is not None:
-        if api_error.status_code >= 500:
-            logger.warning("%s failed with %s: %s", where, type(api_error).__name__, api_error.message)
-        return error_response(api_error)
-    logger.exception("unhandled error in %s", where, exc_info=exc)
-    return error_response(InternalServerError(INTERNAL_ERROR_MESSAGE))

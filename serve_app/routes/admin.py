@@ -1,17 +1,14 @@
-"""Admin API: /admin/keys. The gateway middleware admits only admin keys to /admin."""
+"""Admin API: /admin/keys. The auth middleware admits only admin keys to /admin."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from fastapi import APIRouter
 
-from .auth import KeyRecord, NewKey
-from .errors import NotFoundError, ServiceUnavailableError
-from .state import StateUnavailable
+from contract.errors import NotFoundError, ServiceUnavailableError
 
-if TYPE_CHECKING:
-    from .gateway import Gateway
+from ..auth import KeyRecord, NewKey
+from ..gateway import Gateway
+from ..state import StateUnavailable
 
 
 def admin_router(gateway: Gateway) -> APIRouter:

@@ -1,0 +1,117 @@
+"""The task table: one TaskSpec per task, found through the `hfserve.tasks` entry points.
+
+A task turns requests of some endpoints into engine calls for one kind of model. Its module
+defines ``TASK = TaskSpec(...)``: its name, the endpoints it serves (and through the endpoint
+table, the handle methods behind them), the ModelAppArgs fields it reads, its own checks of
+those args, and its load(). The module is named in the `hfserve.tasks` entry-point group:
+the built-in tasks (deployments/tasks/) in this project's pyproject.toml, a plug-in in its
+own package's metadata. Adding a task is adding a module and that one line.
+
+Everything else reads this table: config validation (ModelAppArgs.task and its fields),
+ModelServer (what to load, which methods to serve), the model directory (through the
+endpoints each model reports in ModelInfo) and `hfserve discover`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+from .endpoints import ENDPOINTS
+from .model_api import ServingTask
+
+logger = logging.getLogger("ray.serve")
+
+ENTRY_POINT_GROUP = "hfserve.tasks"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    summary: str  # one line, for `hfserve discover`
+    endpoints: tuple[str, ...]  # names in contract.endpoints.ENDPOINTS
+    # load(model_id, args: ModelAppArgs, prepared: deployments.sources.PreparedModel,
+    #      backend: hardware.select.BackendChoice) -> ServingTask. Runs in the model replica.
+    load: Callable[[str, Any, Any, Any], ServingTask]
+    # What its weights load as, in transformers' pipeline names: text-generation,
+    # feature-extraction or text-classification (deployments/sources.py picks the classes).
+    hf_task: str = "feature-extraction"
+    # ModelAppArgs fields only this task (among others) reads; setting one on a model of a
+    # task that does not read it is a config error rather than a silent no-op.
+    fields: frozenset[str] = frozenset()
+    # Extra rules over the args (e.g. default_max_tokens < max_model_len); raises ValueError.
+    check: Callable[[Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [name for name in self.endpoints if name not in ENDPOINTS]
+        if unknown or not self.endpoints:
+            raise ValueError(f"task {self.name!r}: endpoints must be some of {sorted(ENDPOINTS)}, got {unknown or '()'}")
+
+    @property
+    def handle_methods(self) -> tuple[str, ...]:
+        return tuple(method for endpoint in self.endpoints for method in ENDPOINTS[endpoint].methods)
+
+
+class UnknownTaskError(ValueError):
+    pass
+
+
+def task_names() -> list[str]:
+    """The registered names, without importing any task module."""
+    return sorted(entry_points(group=ENTRY_POINT_GROUP).names)
+
+
+@functools.cache
+def _load() -> tuple[dict[str, TaskSpec], dict[str, str]]:
+    specs: dict[str, TaskSpec] = {}
+    broken: dict[str, str] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            spec = entry.load()
+        except Exception as exc:  # noqa: BLE001 - one broken plug-in must not hide the others
+            broken[entry.name] = f"{entry.value} failed to import: {type(exc).__name__}: {exc}"
+            logger.warning("task %s: %s", entry.name, broken[entry.name])
+            continue
+        if not isinstance(spec, TaskSpec) or spec.name != entry.name:
+            broken[entry.name] = f"{entry.value} is not a TaskSpec named {entry.name!r}"
+        elif entry.name in specs and specs[entry.name] is not spec:
+            broken[entry.name] = f"two packages register task {entry.name!r}"
+        else:
+            specs[entry.name] = spec
+    for name in broken:
+        specs.pop(name, None)
+    return dict(sorted(specs.items())), broken
+
+
+def registry() -> dict[str, TaskSpec]:
+    """Every task that loaded, by name."""
+    return _load()[0]
+
+
+def get(name: str) -> TaskSpec:
+    specs, broken = _load()
+    if name in broken:
+        raise UnknownTaskError(f"task {name!r} is registered but unusable: {broken[name]}")
+    if name not in specs:
+        raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(specs)}")
+    return specs[name]
+
+
+def refresh() -> None:
+    """Forget what was found (after installing a plug-in into a running interpreter)."""
+    _load.cache_clear()
+
+
+def check_args(args: Any) -> None:
+    """A model's args against its task: no field of another task, then the task's own rules."""
+    spec = get(args.task)
+    others = set().union(*(other.fields for other in registry().values())) - spec.fields
+    foreign = sorted(args.model_fields_set & others)
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: not used by {spec.name} models")
+    if spec.check is not None:
+        spec.check(args)

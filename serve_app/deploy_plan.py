@@ -1,0 +1,118 @@
+"""What `hfserve serve` (and the test harness) deploys: serve_config.yaml read, HF_SERVER_*
+overrides applied, and every application's args validated before anything starts, so a typo
+fails at once naming the field instead of as a DEPLOY_FAILED status later.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from contract.config import MODEL_ID_PATTERN, EnvOverrides, IngressArgs, ModelAppArgs
+
+
+class DeployConfigError(ValueError):
+    """serve_config.yaml is not something we can deploy; the message names the field."""
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise DeployConfigError(f"config file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise DeployConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or "applications" not in data:
+        raise DeployConfigError(f"{path} must be a Ray Serve config with an 'applications' list")
+    return data
+
+
+def validate_app_args(import_path: str, args: dict[str, Any] | None, app_name: str) -> BaseModel:
+    """Validate one application's args with the model its builder takes.
+
+    Ray validates them again when the builder runs on the cluster; doing it here too turns a
+    typo into an immediate error at `hfserve serve` instead of a DEPLOY_FAILED status later.
+    """
+    builders: dict[str, type[BaseModel]] = {
+        "serve_app.app:build_ingress_app": IngressArgs,
+        "serve_app.app:build_model_app": ModelAppArgs,
+    }
+    model = builders.get(import_path)
+    if model is None:
+        raise DeployConfigError(f"application '{app_name}': unknown import_path '{import_path}'")
+    if model is ModelAppArgs and not re.match(MODEL_ID_PATTERN, app_name):
+        raise DeployConfigError(
+            f"application name '{app_name}' is not a valid model id (letters, digits, . _ : -)"
+        )
+    try:
+        return model.model_validate(args or {})
+    except Exception as exc:  # pydantic.ValidationError names every bad field
+        raise DeployConfigError(f"application '{app_name}' has invalid args:\n{exc}") from exc
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    config: dict[str, Any]  # the Serve config with HF_SERVER_* overrides applied
+    models: dict[str, ModelAppArgs]  # model applications by name (= model id)
+    ingresses: list[IngressArgs]  # the ingress applications' args, environment applied
+    host: str
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+
+def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
+    """Read serve_config.yaml, apply the environment, validate every application's args."""
+    config = load_yaml(config_path)
+    http = dict(config.get("http_options") or {})
+    if env.host is not None:
+        http["host"] = env.host
+    if env.port is not None:
+        http["port"] = env.port
+    http.setdefault("host", "127.0.0.1")
+    http.setdefault("port", 8000)
+    config["http_options"] = http
+    if env.log_level is not None or env.log_format is not None:
+        logging_config = dict(config.get("logging_config") or {})
+        if env.log_level is not None:
+            logging_config["log_level"] = env.log_level
+        if env.log_format is not None:
+            logging_config["encoding"] = env.log_format.upper()
+        config["logging_config"] = logging_config
+    models: dict[str, ModelAppArgs] = {}
+    ingresses: list[IngressArgs] = []
+    for app in config.get("applications") or []:
+        name = app.get("name")
+        if not name:
+            raise DeployConfigError("every application needs a name")
+        validated = validate_app_args(app.get("import_path", ""), app.get("args"), name)
+        if isinstance(validated, ModelAppArgs):
+            models[name] = validated.with_env(env)
+        elif isinstance(validated, IngressArgs):
+            ingresses.append(validated.with_env(env))
+    # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).
+    from ray.serve.config import AutoscalingConfig
+    from ray.serve.schema import ServeDeploySchema
+
+    try:
+        ServeDeploySchema.model_validate(config)
+    except Exception as exc:
+        raise DeployConfigError(f"{config_path} is not a valid Ray Serve config:\n{exc}") from exc
+    # Ray accepts unknown autoscaling keys silently; a typo there would quietly mean "no limit".
+    for app in config["applications"]:
+        for deployment in app.get("deployments") or []:
+            unknown = set(deployment.get("autoscaling_config") or {}) - set(AutoscalingConfig.model_fields)
+            if unknown:
+                raise DeployConfigError(
+                    f"application '{app['name']}', deployment '{deployment.get('name')}': unknown "
+                    f"autoscaling_config keys {sorted(unknown)}"
+                )
+    return DeployPlan(config=config, models=models, ingresses=ingresses, host=http["host"], port=int(http["port"]))

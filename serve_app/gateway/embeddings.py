@@ -1,0 +1,82 @@
+"""The gateway's flow for /v1/embeddings: the cache works per input string, so a request whose
+inputs were partly seen before sends only the new ones to the model.
+
+Cached entries hold the input's token count and its float32 vector; the model is always asked
+for base64 (the cheapest to carry across the handle) and the answer is re-encoded in the
+format the client asked for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
+from contract.vectors import decode_base64_vector, encode_vector
+
+from ..cache import embedding_key
+from ..model_directory import ModelEntry
+from .callers import Caller
+from .reply import Reply
+
+if TYPE_CHECKING:
+    from .orchestrator import Gateway
+
+
+def reservation(request: EmbeddingRequest) -> int:
+    """Tokens reserved at admission: about four characters per token, plus the special tokens."""
+    return sum(len(item) // 4 + 2 if isinstance(item, str) else len(item) for item in request.inputs())
+
+
+async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: EmbeddingRequest, no_cache: bool) -> Reply:
+    assert entry.client is not None and entry.info is not None
+    cache = gateway.cache
+    admission = await gateway.quota.admit(caller, reservation(request))
+    inputs = request.inputs()
+    scope = cache.scope(caller)
+    keys = [
+        embedding_key(entry.info.revision, scope, request.dimensions, item) if isinstance(item, str) and cache.enabled else None
+        for item in inputs
+    ]
+    lookup = [key for key in keys if key is not None]
+    found: dict[str, bytes] = {}
+    if lookup and not no_cache:
+        for key, value in zip(lookup, await cache.get_many(lookup), strict=True):
+            if value is not None:
+                found[key] = value
+    missing = [i for i, key in enumerate(keys) if key is None or key not in found]
+    vectors: dict[int, np.ndarray] = {}
+    tokens: list[int] = [0] * len(inputs)
+    for i, key in enumerate(keys):
+        if key is not None and key in found:
+            tokens[i], vectors[i] = _unpack(found[key])
+    computed_tokens = 0
+    if missing:
+        await gateway.admit_to_model(request.model, admission)
+        sub = request.model_copy(update={"input": [inputs[i] for i in missing], "encoding_format": "base64"})
+        response = await gateway.call_model(entry.client.embed(sub), request.model, entry.info.request_timeout_s, admission)
+        per_input = response.usage.input_tokens or [0] * len(missing)
+        for i, data, count in zip(missing, response.data, per_input, strict=True):
+            vector = decode_base64_vector(data.embedding)
+            vectors[i], tokens[i] = vector, count
+            if keys[i] is not None:
+                cache.put(keys[i], _pack(count, vector), request.model)
+        computed_tokens = response.usage.prompt_tokens
+    gateway.quota.settle(admission, computed_tokens)
+    total = sum(tokens)
+    gateway.usage.record(caller, total, 0)
+    result = EmbeddingResponse(
+        data=[EmbeddingData(index=i, embedding=encode_vector(vectors[i], request.encoding_format)) for i in range(len(inputs))],
+        model=request.model,
+        usage=EmbeddingUsage(prompt_tokens=total, total_tokens=total),
+    )
+    return Reply(result, admission.headers, ("MISS" if missing else "HIT") if cache.enabled else None)
+
+
+def _pack(tokens: int, vector: np.ndarray) -> bytes:
+    return int(tokens).to_bytes(4, "little") + vector.astype("<f4").tobytes()
+
+
+def _unpack(value: bytes) -> tuple[int, np.ndarray]:
+    return int.from_bytes(value[:4], "little"), np.frombuffer(value[4:], dtype="<f4")

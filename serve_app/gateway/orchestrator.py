@@ -1,0 +1,238 @@
+"""The gateway's flow for each request, between the parsed request and the model:
+
+  model access -> rate limit (reserve tokens) -> response cache -> circuit breaker
+  -> the model call, with its timeout -> breaker report, cache store, token settlement, usage.
+
+HTTP-free: `chat`, `complete` and `embed` take the caller and a protocol request and return a
+Reply (a protocol object or a chunk stream, plus rate-limit and cache facts); the routes shape
+JSON or SSE. The parts each keep a local copy of the shared state actor's data, so the actor
+is off most requests' critical path: key lookups are cached for `key_cache_ttl_s`, quota is
+leased in chunks, breaker states and the cache's keys are synced every 250 ms (every second
+when idle), usage and settlements are flushed in batches. While the actor restarts, each part
+degrades to its local copy instead of failing the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from contract.config import IngressArgs
+from contract.endpoints import EMBED
+from contract.errors import APIError, ModelNotFoundError, ServiceUnavailableError
+from contract.protocol import CompletionRequest, EmbeddingRequest, SamplingFields, StreamOptions
+
+from ..cache import canonical_key, is_deterministic
+from ..model_directory import ModelDirectory, ModelEntry
+from ..state import StateClient, StateUnavailable
+from .breakers import Breakers
+from .cache_client import CacheClient
+from .callers import Authenticator, Caller
+from .embeddings import embed
+from .failures import classify
+from .generation import (
+    CHAT_SPEC,
+    COMPLETE_SPEC,
+    GenerationSpec,
+    StreamTotals,
+    replayed,
+    trimmed_chunks,
+)
+from .quota import Admission, Quota
+from .reply import ChunkStream, Reply
+from .usage import UsageRecorder
+
+logger = logging.getLogger("ray.serve")
+
+
+class Gateway:
+    def __init__(self, args: IngressArgs, state: StateClient, directory: ModelDirectory):
+        self.args = args
+        self.state = state
+        self.directory = directory
+        self.authenticator = Authenticator(state, args)
+        self.quota = Quota(state)
+        self.cache = CacheClient(state, args)
+        self.breakers = Breakers(state, args.enable_circuit_breaker)
+        self.usage = UsageRecorder(state)
+        self._background: list[asyncio.Task] = []
+        self._last_request = float("-inf")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._every(self._sync_period, self.sync)),
+            loop.create_task(self._every(0.25, self.quota.flush)),
+            loop.create_task(self._every(0.25, self.cache.flush)),
+            loop.create_task(self._every(1.0, self.usage.flush)),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for flush in (self.quota.flush, self.cache.flush, self.usage.flush):
+            with contextlib.suppress(Exception):
+                await flush()
+
+    async def sync(self) -> None:
+        """Breaker states and the cache's key changes, in one call to the state actor."""
+        try:
+            result = await self.state.call("sync", self.cache.version, *self.cache.take_local_counts(), timeout_s=0.5)
+        except StateUnavailable:
+            return
+        self.breakers.snapshots = result["breakers"]
+        self.cache.apply(result["cache"])
+
+    def _sync_period(self) -> float:
+        # 250 ms while requests flow (breakers and cache keys stay fresh); once a second when
+        # idle, so an idle server leaves the cores to others.
+        return 0.25 if time.monotonic() - self._last_request < 5.0 else 1.0
+
+    @staticmethod
+    async def _every(period_s: float | Callable[[], float], job) -> None:
+        while True:
+            try:
+                await job()
+            except Exception:  # noqa: BLE001 - a background job must not die
+                logger.exception("gateway background job failed")
+            await asyncio.sleep(period_s() if callable(period_s) else period_s)
+
+    # ------------------------------------------------------------------ model access
+
+    async def model(self, caller: Caller, model: str, endpoint: str) -> ModelEntry:
+        self._last_request = time.monotonic()
+        if not caller.may_use(model):
+            raise ModelNotFoundError(model)
+        try:
+            return await self.directory.entry_for(model, endpoint)
+        except ServiceUnavailableError:
+            if self.directory.status_of(model) == "unavailable":
+                # Serve saw the replica die (or it stopped answering): a failure for the
+                # breaker, as a failed call would have been. A model still loading is not.
+                await self.breakers.report(model, ok=False)
+            self.breakers.raise_if_open(model)  # the breaker's answer says how long to wait
+            raise
+
+    def model_status(self, entry_status: str, model: str) -> str:
+        return self.breakers.status_of(model) or entry_status
+
+    # ------------------------------------------------------------------ the endpoints
+
+    async def chat(self, caller: Caller, request: SamplingFields, *, no_cache: bool = False) -> Reply:
+        return await self._generate(CHAT_SPEC, caller, request, no_cache)
+
+    async def complete(self, caller: Caller, request: CompletionRequest, *, no_cache: bool = False) -> Reply:
+        return await self._generate(COMPLETE_SPEC, caller, request, no_cache)
+
+    async def embed(self, caller: Caller, request: EmbeddingRequest, *, no_cache: bool = False) -> Reply:
+        entry = await self.model(caller, request.model, EMBED.name)
+        return await embed(self, entry, caller, request, no_cache)
+
+    async def call_model(self, call, model: str, timeout_s: float, admission: Admission):
+        """A whole (non-streaming) model call: its timeout, the breaker report, and on failure
+        the refund of the reserved tokens and the error the client gets."""
+        try:
+            response = await asyncio.wait_for(call, timeout_s)
+        except BaseException as exc:
+            self.quota.settle(admission, 0)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            error, failure = classify(exc, model, timeout_s)
+            if failure:
+                await self.breakers.report(model, ok=False)
+            raise error from None
+        await self.breakers.report(model, ok=True)
+        return response
+
+    async def admit_to_model(self, model: str, admission: Admission) -> None:
+        """The breaker's word before a model call; a refusal refunds the reservation."""
+        try:
+            await self.breakers.admit(model)
+        except APIError:
+            self.quota.settle(admission, 0)
+            raise
+
+    # ------------------------------------------------------------------ generation
+
+    async def _generate(self, spec: GenerationSpec, caller: Caller, request: SamplingFields, no_cache: bool) -> Reply:
+        entry = await self.model(caller, request.model, spec.endpoint.name)
+        assert entry.client is not None and entry.info is not None
+        admission = await self.quota.admit(caller, spec.reservation(request, self.args.default_token_reservation))
+        cache_key = None
+        if self.cache.enabled and is_deterministic(request.model_dump(include={"temperature", "seed", "n"})):
+            cache_key = canonical_key(spec.endpoint.name, request.model_dump(mode="json"), entry.info.revision,
+                                      self.cache.scope(caller))
+            if not no_cache:
+                (hit,) = await self.cache.get_many([cache_key])
+                if hit is not None:
+                    return self._from_cache(spec, caller, request, admission, hit)
+        await self.admit_to_model(request.model, admission)
+        cache = "MISS" if cache_key else None
+        timeout = entry.info.request_timeout_s
+        if request.stream:
+            stream = self._stream(spec, entry, caller, request, admission, cache_key, timeout)
+            return Reply(stream, admission.headers, cache)
+        call = getattr(entry.client, spec.endpoint.method)(request)
+        response = await self.call_model(call, request.model, timeout, admission)
+        self.quota.settle(admission, response.usage.total_tokens)
+        self.usage.record(caller, response.usage.prompt_tokens, response.usage.completion_tokens)
+        if cache_key:
+            self.cache.put(cache_key, response.model_dump_json().encode(), request.model)
+        return Reply(response, admission.headers, cache)
+
+    def _from_cache(self, spec: GenerationSpec, caller: Caller, request: SamplingFields, admission: Admission,
+                    hit: bytes) -> Reply:
+        self.quota.settle(admission, 0)  # a hit burns no compute: refund the tokens
+        stored = spec.from_cache(hit)
+        usage = stored.usage
+        self.usage.record(caller, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+        if request.stream:
+            chunks = spec.replay(stored, request.stream_options or StreamOptions())
+            return Reply(ChunkStream(replayed(chunks)), admission.headers, "HIT")
+        return Reply(stored, admission.headers, "HIT")
+
+    def _stream(self, spec: GenerationSpec, entry: ModelEntry, caller: Caller, request: SamplingFields,
+                admission: Admission, cache_key: str | None, timeout_s: float) -> ChunkStream:
+        client_options = request.stream_options or StreamOptions()
+        # Ask for usage on every chunk: it settles the tokens of streams a client aborts.
+        internal = request.model_copy(update={"stream_options": StreamOptions(include_usage=True, continuous_usage_stats=True)})
+        upstream = getattr(entry.client, spec.endpoint.stream_method)(internal)
+        totals = StreamTotals()
+        model = request.model
+
+        async def bookkept() -> AsyncIterator[Any]:
+            outcome = "aborted"
+            try:
+                async for chunk in trimmed_chunks(upstream, spec, timeout_s, client_options, totals):
+                    yield chunk
+                outcome = "done"
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                    error, failure = classify(exc, model, timeout_s)
+                    outcome = "failed" if failure else "client_error"
+                    raise error from None
+                raise
+            finally:
+                self._settle_stream(spec, caller, admission, model, totals, outcome, cache_key)
+
+        return ChunkStream(bookkept(), upstream.cancel)
+
+    def _settle_stream(self, spec: GenerationSpec, caller: Caller, admission: Admission, model: str,
+                       totals: StreamTotals, outcome: str, cache_key: str | None) -> None:
+        usage = totals.usage
+        self.quota.settle(admission, usage.total_tokens if usage else 0)
+        if usage:
+            self.usage.record(caller, usage.prompt_tokens, usage.completion_tokens)
+        if outcome == "done":
+            asyncio.get_running_loop().create_task(self.breakers.report(model, ok=True))
+            if cache_key and usage:
+                self.cache.put(cache_key, spec.assemble(model, totals).model_dump_json().encode(), model)
+        elif outcome == "failed":
+            asyncio.get_running_loop().create_task(self.breakers.report(model, ok=False))

@@ -1,0 +1,43 @@
+"""What the gateway answers: a protocol object or a stream of chunks, with the facts the HTTP
+layer turns into headers (the caller's rate-limit state, whether the cache answered)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel
+
+
+class ChunkStream:
+    """The chunks of a streamed answer, and how to stop producing them when the client leaves."""
+
+    def __init__(self, chunks: AsyncIterator[BaseModel], cancel: Callable[[], None] | None = None):
+        self._chunks = chunks
+        self._cancel = cancel
+
+    def __aiter__(self) -> AsyncIterator[BaseModel]:
+        return self._chunks
+
+    def cancel(self) -> None:
+        if self._cancel is not None:
+            self._cancel()
+
+
+@dataclass
+class Reply:
+    result: BaseModel | ChunkStream
+    ratelimit_headers: dict[str, str] = field(default_factory=dict)
+    cache: Literal["HIT", "MISS"] | None = None  # None: not looked up (not cacheable, or caching off)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = dict(self.ratelimit_headers)
+        if self.cache is not None:
+            headers["x-cache"] = self.cache
+        return headers
+
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.result, ChunkStream)
