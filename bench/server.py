@@ -50,6 +50,11 @@ class RunningServer:
     base: str
     ready_s: float
     headers: dict[str, str]  # the bench key's Authorization header
+    state_dir: Path  # the key store and admin.key
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {(self.state_dir / 'admin.key').read_text().strip()}"}
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGINT)  # as Ctrl-C in a terminal
@@ -87,7 +92,7 @@ def start(config: Path, *, log_name: str = "server.log") -> RunningServer:
             raise RuntimeError(f"server exited; see {log_path}")
         try:
             if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
-                return RunningServer(process, base, time.monotonic() - started, {"Authorization": f"Bearer {key}"})
+                return RunningServer(process, base, time.monotonic() - started, {"Authorization": f"Bearer {key}"}, state_dir)
         except httpx.HTTPError:
             pass
         if time.monotonic() - started > 900:

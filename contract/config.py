@@ -11,6 +11,7 @@ serve_config.yaml, the defaults below.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,7 +27,13 @@ Backend = Literal["auto", "openvino", "transformers"]
 # `deployments:`, and the ingress recognises model applications by MODEL_DEPLOYMENT_NAME.
 INGRESS_DEPLOYMENT_NAME = "Ingress"
 MODEL_DEPLOYMENT_NAME = "ModelServer"
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # anchored for JSON Schema
+_MODEL_ID = re.compile(MODEL_ID_PATTERN.strip("^$"))
+
+
+def valid_model_id(name: str) -> bool:
+    # fullmatch, not match: Python's `$` also matches before a trailing newline.
+    return _MODEL_ID.fullmatch(name) is not None
 
 
 class StrictModel(BaseModel):
@@ -88,6 +95,14 @@ class IngressArgs(StrictModel):
 
     max_request_body_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Largest accepted request body in bytes (413 above)."
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024,
+        description="Largest total size of a request's header names and values (431 above).",
+    )
+    max_header_count: int = Field(100, ge=8, le=10_000, description="Most headers in a request (431 above).")
+    max_embedding_inputs: int = Field(
+        2048, ge=1, le=2048, description="Most inputs in one /v1/embeddings request (400 above; OpenAI's limit, 2048, is the most).",
     )
     workers: int | None = Field(
         None,

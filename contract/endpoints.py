@@ -1,5 +1,5 @@
-"""The endpoint table: each OpenAI endpoint's route, request model and the typed handle
-methods of a model application behind it.
+"""The endpoint table: each OpenAI endpoint's route, request and response models (and what
+its streamed events carry), and the typed handle methods of a model application behind it.
 
 Tasks name the endpoints they serve (contract/tasks.py); the ingress routes, the gateway and
 ModelServer look the rest up here, so an endpoint is described once.
@@ -11,7 +11,15 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from .protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from .protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    EmbeddingRequest,
+    EmbeddingResponse,
+)
 
 
 @dataclass(frozen=True)
@@ -19,16 +27,20 @@ class Endpoint:
     name: str
     path: str
     request: type[BaseModel]
+    response: type[BaseModel]
     method: str  # the handle method that returns a whole response
     stream_method: str | None = None  # the handle method that streams chunks, if any
+    chunk: type[BaseModel] | None = None  # what each streamed event carries
 
     @property
     def methods(self) -> tuple[str, ...]:
         return (self.method, self.stream_method) if self.stream_method else (self.method,)
 
 
-CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest, "chat", "chat_stream")
-COMPLETE = Endpoint("complete", "/v1/completions", CompletionRequest, "complete", "complete_stream")
-EMBED = Endpoint("embed", "/v1/embeddings", EmbeddingRequest, "embed")
+CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest, ChatCompletionResponse, "chat", "chat_stream",
+                ChatCompletionChunk)
+COMPLETE = Endpoint("complete", "/v1/completions", CompletionRequest, CompletionResponse, "complete", "complete_stream",
+                    CompletionResponse)
+EMBED = Endpoint("embed", "/v1/embeddings", EmbeddingRequest, EmbeddingResponse, "embed")
 
 ENDPOINTS: dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in (CHAT, COMPLETE, EMBED)}

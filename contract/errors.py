@@ -99,6 +99,12 @@ class RequestTooLargeError(APIError):
     default_code = "request_too_large"
 
 
+class RequestHeadersTooLargeError(APIError):
+    status_code = 431
+    error_type = "invalid_request_error"
+    default_code = "request_header_fields_too_large"
+
+
 class ServiceUnavailableError(APIError):
     status_code = 503
     error_type = "service_unavailable"
@@ -166,13 +172,15 @@ def as_api_error(exc: BaseException) -> APIError | None:
 
 def validation_error_to_api_error(errors: list[dict[str, Any]]) -> InvalidRequestError:
     """Render pydantic/FastAPI validation errors as one 400 naming the first bad param."""
-    first = errors[0] if errors else {"msg": "Invalid request", "loc": ()}
+    first = _most_telling(errors) if errors else {"msg": "Invalid request", "loc": ()}
     if first.get("type") == "json_invalid":
         return InvalidRequestError(
             "We could not parse the JSON body of your request. The body must be valid JSON.",
             code="invalid_json",
         )
-    loc = [part for part in first.get("loc", ()) if part != "body"]
+    loc = list(first.get("loc", ()))
+    if loc and loc[0] in ("body", "query", "path", "header"):  # where FastAPI found it, not the name
+        loc = loc[1:]
     # FastAPI adds the union member name (e.g. 'str', 'list[int]') to the location of
     # union fields; drop those so the param is the user's field path.
     param = _format_param(loc)
@@ -183,6 +191,16 @@ def validation_error_to_api_error(errors: list[dict[str, Any]]) -> InvalidReques
     return InvalidRequestError(
         f"{param}: {message}" if param else message, param=param or None, code="invalid_value"
     )
+
+
+def _most_telling(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """For a field that takes several forms (str, or a list of str, ...), pydantic reports one
+    error per form; the form the input had fails on a rule ("at least 1 character"), the others
+    only on their type. Report the rule."""
+    for error in errors:
+        if not str(error.get("type", "")).endswith("_type"):
+            return error
+    return errors[0]
 
 
 _UNION_TAG_NAMES = frozenset({"str", "int", "float", "bool", "bytes", "none"})

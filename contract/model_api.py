@@ -40,6 +40,8 @@ class ModelInfo(BaseModel):
     # The endpoints this model serves (its task's, from the task table): the ingress refuses
     # the others with a 400 without calling the model.
     endpoints: list[str] = []
+    # Which replica answered: the ingress tells a replacement replica from the one it replaced.
+    replica_id: str = ""
 
     @property
     def revision(self) -> str:

@@ -11,22 +11,19 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationInfo,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
+
+from .schema_rules import STREAM_OPTIONS_NEED_STREAM, best_of_is_n, exactly, integer, with_rules
 
 MAX_STOP_SEQUENCES = 16
 MAX_N = 16
+MAX_EMBEDDING_INPUTS = 2048
 
 
 class OpenAIRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: types are taken as JSON Schema states them (no "5" for 5, no 0 for false), so
+    # the OpenAPI document describes exactly what is accepted; numbers still accept integers.
+    model_config = ConfigDict(extra="allow", strict=True)
 
     def unknown_fields(self) -> list[str]:
         return sorted((self.model_extra or {}).keys())
@@ -47,23 +44,33 @@ def now() -> int:
 # ----------------------------------------------------------------------------- shared
 
 
+NonEmptyText = Annotated[str, Field(min_length=1)]
+
+
 class SamplingFields(OpenAIRequest):
     """Sampling parameters shared by /v1/chat/completions and /v1/completions."""
 
+    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM))
+
     model: str = Field(..., min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: integer(ge=1) | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
-    stop: str | list[str] | None = None
+    n: integer(ge=1, le=MAX_N) = 1
+    # Any non-negative integer; engines get it reduced to 63 bits (the same seed, the same draw).
+    seed: integer(ge=0) | None = None
+    stop: Annotated[
+        str | list[str] | None,
+        exactly({"anyOf": [{"type": "string", "minLength": 1},
+                           {"type": "array", "items": {"type": "string", "minLength": 1}, "maxItems": MAX_STOP_SEQUENCES}]}),
+    ] = None
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    logprobs: Any = None
-    logit_bias: dict[str, float] | None = None
+    logprobs: Annotated[Any, exactly({"enum": [False, 0]})] = None
+    logit_bias: Annotated[dict[str, float] | None, exactly({"type": "object", "maxProperties": 0})] = None
 
     @field_validator("stop")
     @classmethod
@@ -129,24 +136,16 @@ FinishReason = Literal["stop", "length"]
 
 
 class TextContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextContentPart] | None = None
+    content: str | Annotated[list[TextContentPart], Field(min_length=1)]  # every role needs content
     name: str | None = None
-
-    @model_validator(mode="after")
-    def _content_required(self) -> ChatMessage:
-        if self.content is None:
-            raise ValueError(f"{self.role} messages need content")
-        if isinstance(self.content, list) and not self.content:
-            raise ValueError("content must not be an empty list")
-        return self
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -157,10 +156,12 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    response_format: dict[str, Any] | None = None
+    max_completion_tokens: integer(ge=1) | None = None
+    tools: Annotated[list[Any] | None, exactly({"type": "array", "maxItems": 0})] = None
+    tool_choice: Annotated[Any, exactly({"enum": ["none"]})] = None
+    response_format: Annotated[
+        dict[str, Any] | None, exactly({"type": "object", "properties": {"type": {"enum": ["text", None]}}})
+    ] = None
 
     @field_validator("tools")
     @classmethod
@@ -238,16 +239,18 @@ class ChatCompletionChunk(OpenAIResponse):
 
 # ----------------------------------------------------------------------------- completions
 
-TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+TokenIds = Annotated[list[integer(ge=0)], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[
+    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM, *best_of_is_n(MAX_N)))
+
+    prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds | Annotated[
         list[TokenIds], Field(min_length=1)
     ]
     echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
+    suffix: Annotated[str | None, exactly({"type": "string", "maxLength": 0})] = None
+    best_of: Annotated[integer() | None, exactly({"type": "integer", "minimum": 1, "maximum": MAX_N})] = None
 
     @field_validator("suffix")
     @classmethod
@@ -294,20 +297,14 @@ class CompletionResponse(OpenAIResponse):
 
 class EmbeddingRequest(OpenAIRequest):
     model: str = Field(..., min_length=1)
-    input: str | Annotated[list[str], Field(min_length=1)] | TokenIds | Annotated[
-        list[TokenIds], Field(min_length=1)
+    # At most MAX_EMBEDDING_INPUTS inputs (OpenAI's limit); the ingress may be set lower
+    # (IngressArgs.max_embedding_inputs), which its OpenAPI document then shows.
+    input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] | TokenIds | Annotated[
+        list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
     ]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: integer(ge=1) | None = None
     user: str | None = None
-
-    @field_validator("input")
-    @classmethod
-    def _no_empty_strings(cls, value: Any) -> Any:
-        items = [value] if isinstance(value, str) else value
-        if any(isinstance(item, str) and item == "" for item in items):
-            raise ValueError("input strings must not be empty")
-        return value
 
     def inputs(self) -> list[str | list[int]]:
         i = self.input

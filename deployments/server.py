@@ -39,9 +39,11 @@ from contract.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
+from contract.text import replace_lone_surrogates
 from hardware.detect import detect
 from hardware.select import BackendChoice, select_backend
 
+from .logs import quiet_client_errors
 from .sources import PreparedModel, prepare_model
 
 logger = logging.getLogger("ray.serve")
@@ -53,7 +55,9 @@ DEPLOYMENT_OPTIONS: dict[str, Any] = {
     "name": MODEL_DEPLOYMENT_NAME,
     "ray_actor_options": {"num_cpus": 0.5},
     "max_ongoing_requests": 64,
-    "health_check_period_s": 10,
+    # A replica whose engine died is found within this and replaced: shorter than Serve's
+    # default 10 s because the check itself is a few attribute reads.
+    "health_check_period_s": 5,
     "health_check_timeout_s": 30,
     "graceful_shutdown_timeout_s": 10,
 }
@@ -88,22 +92,25 @@ def _parse(model: type[R], request: Any) -> R:
     if isinstance(request, model):
         return request
     try:
-        return model.model_validate(request)
+        return model.model_validate(replace_lone_surrogates(request))
     except ValidationError as exc:
         raise validation_error_to_api_error(exc.errors()) from None
 
 
-def _this_application() -> str:
+def _this_replica() -> tuple[str, str]:
+    """(application name = model id, this replica's unique id)."""
     from ray import serve
 
-    return serve.get_replica_context().app_name
+    context = serve.get_replica_context()
+    return context.app_name, context.replica_tag
 
 
 class ModelServer:
     def __init__(self, args: ModelAppArgs):
         started = time.monotonic()
+        quiet_client_errors()
         self.args = args
-        self.model_id = _this_application()
+        self.model_id, replica_id = _this_replica()
         self._spec = tasks.get(args.task)
         choice, prepared = prepare_for_this_node(args, lambda message: logger.info("%s: %s", self.model_id, message))
         self._task = self._spec.load(self.model_id, args, prepared, choice)
@@ -119,6 +126,7 @@ class ModelServer:
             embedding_dimensions=getattr(self._task, "embedding_dimensions", None),
             request_timeout_s=args.request_timeout_s,
             endpoints=list(self._spec.endpoints),
+            replica_id=replica_id,
         )
         logger.info("%s: ready in %.1fs", self.model_id, time.monotonic() - started)
 

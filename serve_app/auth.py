@@ -8,6 +8,7 @@ can manage them while the server runs (SQLite in WAL mode lets both write).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
 import json
@@ -18,15 +19,21 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from contract.config import MODEL_ID_PATTERN
+from contract.config import MODEL_ID_PATTERN, valid_model_id
+from contract.errors import ServiceUnavailableError
+from contract.schema_rules import integer
 
 KEY_PREFIX = "hf_"
 MAX_KEY_LENGTH = 128
-_KEY_BODY = re.compile(r"^[A-Za-z0-9_-]{16,120}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,63}$")
+_KEY_BODY = re.compile(r"[A-Za-z0-9_-]{16,120}")
+# Anchored for JSON Schema (the OpenAPI document), matched whole with fullmatch here: Python's
+# `$` would also accept a trailing newline that the schema refuses.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN.strip("^$"))
 ADMIN_KEY_FILE = "admin.key"
 
 
@@ -40,7 +47,7 @@ def hash_key(key: str) -> str:
 
 def well_formed(key: str) -> bool:
     """Shape check before any lookup: prefix, length, urlsafe characters."""
-    return len(key) <= MAX_KEY_LENGTH and key.startswith(KEY_PREFIX) and bool(_KEY_BODY.match(key[len(KEY_PREFIX) :]))
+    return len(key) <= MAX_KEY_LENGTH and key.startswith(KEY_PREFIX) and bool(_KEY_BODY.fullmatch(key[len(KEY_PREFIX) :]))
 
 
 def digests_equal(a: str, b: str) -> bool:
@@ -80,19 +87,24 @@ class KeyRecord(BaseModel):
 class NewKey(BaseModel):
     """What POST /admin/keys and `hfserve keys create` accept."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(..., description="Letters, digits, space and . _ @ : - (1-64 characters).")
-    models: list[str] | None = Field(None, min_length=1, max_length=256, description="Allowed model ids; omit for all.")
-    rpm: int | None = Field(None, ge=1, le=10_000_000, description="Requests per minute; omit for the default.")
-    tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="Tokens per minute; omit for the default.")
+    name: str = Field(
+        ..., description="Letters, digits, space and . _ @ : - (1-64 characters).",
+        json_schema_extra={"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 64},
+    )
+    models: list[Annotated[str, Field(json_schema_extra={"pattern": MODEL_ID_PATTERN})]] | None = Field(
+        None, min_length=1, max_length=256, description="Allowed model ids; omit for all."
+    )
+    rpm: integer(ge=1, le=10_000_000) | None = Field(None, description="Requests per minute; omit for the default.")
+    tpm: integer(ge=1, le=10_000_000_000) | None = Field(None, description="Tokens per minute; omit for the default.")
     admin: bool = Field(False, description="May use /admin, /status and /metrics.")
-    expires_in_s: int | None = Field(None, ge=60, le=10 * 365 * 86400, description="Lifetime in seconds.")
+    expires_in_s: integer(ge=60, le=10 * 365 * 86400) | None = Field(None, description="Lifetime in seconds.")
 
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not _NAME.fullmatch(value):
             raise ValueError("name must be 1-64 characters: letters, digits, space and . _ @ : -")
         return value
 
@@ -100,7 +112,7 @@ class NewKey(BaseModel):
     @classmethod
     def _model_ids(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
-            bad = [m for m in value if not re.match(MODEL_ID_PATTERN, m)]
+            bad = [m for m in value if not valid_model_id(m)]
             if bad:
                 raise ValueError(f"not a valid model id: {bad[0]!r}")
         return value
@@ -140,19 +152,48 @@ def _record(row: tuple) -> tuple[KeyRecord, str]:
     return record, digest
 
 
+class KeyStoreWriteError(ServiceUnavailableError):
+    """The key store cannot be written (disk full, read-only file system): key writes get a 503
+    saying so, while lookups, and so serving, go on."""
+
+    def __init__(self, cause: sqlite3.Error):
+        super().__init__(f"The key store cannot be written ({cause}); try again once the disk has room "
+                         f"or is writable.", code="key_store_unavailable", retry_after_s=30)
+
+
 class KeyStore:
+    """The SQLite key store (WAL mode, so the CLI can write while the server runs).
+
+    On a read-only file system (a read-only volume, or a disk the kernel remounted read-only)
+    it opens the existing database read-only: lookups, and so serving, go on, and every write
+    is a KeyStoreWriteError, as on a full disk.
+    """
+
     def __init__(self, path: Path):
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = self._open_writable(path)
+            self.read_only = False
+        except OSError as exc:
+            if exc.errno != errno.EROFS or not path.exists():
+                raise
+            # immutable: SQLite needs no -shm/-wal files (it could not create them here).
+            self._db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, check_same_thread=False)
+            self.read_only = True
+
+    @staticmethod
+    def _open_writable(path: Path) -> sqlite3.Connection:
         if not path.parent.exists():
             path.parent.mkdir(parents=True, mode=0o700)
-        self.path = path
         # Create the file private before SQLite opens it: SQLite gives its -wal and -shm
         # files the database file's permissions.
         os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         os.chmod(path, 0o600)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=10, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
+        db = sqlite3.connect(str(path), check_same_thread=False, timeout=10, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(_SCHEMA)
+        return db
 
     def create(self, new: NewKey, now: float | None = None) -> tuple[str, KeyRecord]:
         """Returns the key (shown once, never stored) and its record."""
@@ -160,20 +201,20 @@ class KeyStore:
         key, key_id = generate_key(), "key_" + secrets.token_hex(8)
         expires = now + new.expires_in_s if new.expires_in_s else None
         models = json.dumps(new.models) if new.models is not None else None
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO api_keys (id, key_sha256, name, created_at, expires_at, allowed_models, rpm, tpm, admin) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (key_id, hash_key(key), new.name, now, expires, models, new.rpm, new.tpm, int(new.admin)),
-            )
+        self._write(
+            "INSERT INTO api_keys (id, key_sha256, name, created_at, expires_at, allowed_models, rpm, tpm, admin) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(key_id, hash_key(key), new.name, now, expires, models, new.rpm, new.tpm, int(new.admin))],
+        )
         record = self.get(key_id)
         assert record is not None
         return key, record
 
-    def get(self, key_id: str) -> KeyRecord | None:
+    def get(self, key_id: str, include_revoked: bool = True) -> KeyRecord | None:
         with self._lock:
             row = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
-        return _record(row)[0] if row else None
+        record = _record(row)[0] if row else None
+        return None if record is None or (record.revoked_at is not None and not include_revoked) else record
 
     def find(self, digest: str) -> KeyRecord | None:
         with self._lock:
@@ -183,24 +224,36 @@ class KeyStore:
         record, stored = _record(row)
         return record if digests_equal(stored, digest) else None
 
-    def list(self) -> list[KeyRecord]:
+    def list(self, include_revoked: bool = True) -> list[KeyRecord]:
         with self._lock:
             rows = self._db.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY created_at").fetchall()
-        return [_record(row)[0] for row in rows]
+        records = [_record(row)[0] for row in rows]
+        return records if include_revoked else [record for record in records if record.revoked_at is None]
 
     def revoke(self, key_id: str, now: float | None = None) -> KeyRecord | None:
+        """The key's final record when this revoked it; None when there is no such key or it
+        was revoked already. A revoked key stays in the store (its usage is history) but is
+        gone from the admin API, and presenting it is a 401 that says it was revoked."""
+        if self.get(key_id, include_revoked=False) is None:
+            return None
         now = time.time() if now is None else now
-        with self._lock:
-            self._db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
+        self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [(now, key_id)])
         return self.get(key_id)
 
     def add_usage(self, usage: dict[str, KeyUsage]) -> None:
+        self._write(
+            "UPDATE api_keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, "
+            "completion_tokens = completion_tokens + ?, last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
+            [(u.requests, u.prompt_tokens, u.completion_tokens, u.last_used_at or 0, key_id) for key_id, u in usage.items()],
+        )
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """One write statement (all rows or none): a full or read-only disk is a KeyStoreWriteError."""
         with self._lock:
-            self._db.executemany(
-                "UPDATE api_keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, "
-                "completion_tokens = completion_tokens + ?, last_used_at = MAX(COALESCE(last_used_at, 0), ?) WHERE id = ?",
-                [(u.requests, u.prompt_tokens, u.completion_tokens, u.last_used_at or 0, key_id) for key_id, u in usage.items()],
-            )
+            try:
+                self._db.executemany(sql, rows)
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+                raise KeyStoreWriteError(exc) from None
 
     def has_active_admin(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now

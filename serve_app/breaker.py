@@ -3,7 +3,12 @@
 CLOSED -> OPEN after `threshold` consecutive failures (model-side 5xx, timeouts, replica
 death; client errors do not count). OPEN rejects until `timeout_s` has passed, then the
 breaker is HALF_OPEN and lets exactly one probe through: success closes it, failure opens it
-again. The authoritative breakers live in the shared state actor; ingress replicas keep a copy
+again. As in Envoy's outlier detection and resilience4j:
+- failures reported while OPEN (requests already in flight when it opened) are counted but do
+  not restart the open time;
+- a replacement replica that Serve reports healthy (`replaced()`) ends the open time at once:
+  the next request is the probe, instead of every caller waiting out a fault that is gone.
+The authoritative breakers live in the shared state actor; ingress replicas keep a copy
 refreshed every 250 ms and ask the actor for the single probe.
 """
 
@@ -60,9 +65,17 @@ class CircuitBreaker:
     def record_failure(self) -> None:
         state = self._current()
         self._failures += 1
+        if state is State.OPEN:
+            return  # a late report of the same fault: the open time stands
         if state is State.HALF_OPEN or self._failures >= self.threshold:
             self._state = State.OPEN
             self._opened_at = self._clock()
+            self._probe_out = False
+
+    def replaced(self) -> None:
+        """The model has a new healthy replica: an OPEN breaker lets the next request probe."""
+        if self._current() is State.OPEN:
+            self._state = State.HALF_OPEN
             self._probe_out = False
 
     def _current(self) -> State:

@@ -76,12 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
     create.add_argument("--admin", action="store_true", help="may use /admin, /status and /metrics")
     create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 90m")
-    verbs.add_parser("list", help="every key, without secrets")
+    listing = verbs.add_parser("list", help="every active or expired key, without secrets")
+    listing.add_argument("--all", action="store_true", help="revoked keys too")
     info = verbs.add_parser("info", help="one key with its usage")
     info.add_argument("id")
     revoke = verbs.add_parser("revoke", help="revoke a key (takes effect within 2 s)")
     revoke.add_argument("id")
-    for sub in (create, verbs.choices["list"], info, revoke):
+    for sub in (create, listing, info, revoke):
         sub.add_argument("--url", default=argparse.SUPPRESS, help="as above")
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     keys.set_defaults(func=_keys)

@@ -5,7 +5,6 @@ fails at once naming the field instead of as a DEPLOY_FAILED status later.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from contract.config import MODEL_ID_PATTERN, EnvOverrides, IngressArgs, ModelAppArgs
+from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, valid_model_id
 
 
 class DeployConfigError(ValueError):
@@ -45,7 +44,7 @@ def validate_app_args(import_path: str, args: dict[str, Any] | None, app_name: s
     model = builders.get(import_path)
     if model is None:
         raise DeployConfigError(f"application '{app_name}': unknown import_path '{import_path}'")
-    if model is ModelAppArgs and not re.match(MODEL_ID_PATTERN, app_name):
+    if model is ModelAppArgs and not valid_model_id(app_name):
         raise DeployConfigError(
             f"application name '{app_name}' is not a valid model id (letters, digits, . _ : -)"
         )

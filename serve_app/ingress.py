@@ -18,6 +18,7 @@ from contract.config import INGRESS_DEPLOYMENT_NAME, IngressArgs
 from .gateway import Gateway
 from .http.errors import install_error_handlers
 from .http.middleware import build_middleware
+from .http.openapi import install_openapi
 from .model_directory import ModelDirectory, connect_serve_model, list_serve_model_apps
 from .routes.admin import admin_router
 from .routes.openai_api import openai_router
@@ -38,8 +39,8 @@ def create_app(gateway: Gateway, args: IngressArgs) -> FastAPI:
 
     app = FastAPI(title="hfserve", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     install_error_handlers(app)
-    build_middleware(app, max_request_body_bytes=args.max_request_body_bytes,
-                     authenticator=gateway.authenticator, quota=gateway.quota)
+    install_openapi(app, args)
+    build_middleware(app, args, authenticator=gateway.authenticator, quota=gateway.quota)
     app.include_router(openai_router(gateway))
     app.include_router(operations_router(gateway, started=time.time()))
     app.include_router(admin_router(gateway))
@@ -62,6 +63,7 @@ class Ingress:
             ttl_s=args.model_info_ttl_s,
             info_timeout_s=args.readiness_timeout_s,
             on_reload=lambda model: _quietly(state.call("cache_invalidate", model)),
+            on_new_replica=lambda model: _quietly(state.call("breaker_replaced", model)),
         )
         self.gateway = Gateway(args, state, directory)
 

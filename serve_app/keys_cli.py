@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> Any:
         if args.verb == "create":
             return api("POST", "/admin/keys", _new_key(args).model_dump(exclude_none=True))
         if args.verb == "list":
-            return api("GET", "/admin/keys")["data"]
+            return api("GET", "/admin/keys" + ("?include_revoked=true" if args.all else ""))["data"]
         return api("GET" if args.verb == "info" else "DELETE", f"/admin/keys/{args.id}")
     store = KeyStore(_state_dir() / "keys.db")
     try:
@@ -90,8 +90,8 @@ def _run(args: argparse.Namespace) -> Any:
             key, record = store.create(_new_key(args))
             return {"key": key, **record.model_dump()}
         if args.verb == "list":
-            return [record.model_dump() for record in store.list()]
-        record = store.get(args.id) if args.verb == "info" else store.revoke(args.id)
+            return [record.model_dump() for record in store.list(include_revoked=args.all)]
+        record = store.get(args.id, include_revoked=False) if args.verb == "info" else store.revoke(args.id)
         return record.model_dump() if record else None
     finally:
         store.close()

@@ -32,6 +32,8 @@ class ModelEntry:
     info: ModelInfo | None = None
     client: ModelClient | None = None
     first_seen: int = field(default_factory=lambda: int(time.time()))
+    # Replica ids seen answering info(), oldest first (bounded): a new one is a replacement.
+    replicas: dict[str, None] = field(default_factory=dict)
 
     def card(self) -> ModelCard:
         return ModelCard(
@@ -51,6 +53,9 @@ class AppState:
     status: str  # Serve's ApplicationStatus: RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, ...
     message: str = ""
 
+
+RECOVERING_POLL_S = 0.5  # how often to look while a model is loading or unavailable
+_MAX_REPLICAS_REMEMBERED = 64
 
 _SERVE_TO_MODEL_STATUS = {
     "RUNNING": "ready",
@@ -72,8 +77,10 @@ class ModelDirectory:
         info_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         on_reload: Callable[[str], Awaitable[Any]] | None = None,
+        on_new_replica: Callable[[str], Awaitable[Any]] | None = None,
     ):
         self._on_reload = on_reload
+        self._on_new_replica = on_new_replica
         self._clock = clock
         self._list_apps = list_apps
         self._connect = connect
@@ -142,10 +149,16 @@ class ModelDirectory:
     async def _refresh_forever(self) -> None:
         while True:
             try:
-                await self.refresh(max_age_s=self._ttl_s / 2)
+                await self.refresh(max_age_s=min(self._ttl_s / 2, RECOVERING_POLL_S / 2))
             except Exception:  # noqa: BLE001 - keep serving the last known state
                 logger.exception("model directory refresh failed")
-            await asyncio.sleep(self._ttl_s)
+            await asyncio.sleep(self._poll_period())
+
+    def _poll_period(self) -> float:
+        # While a model loads or has lost its replica, look often: its replacement is noticed
+        # (and its breaker let probe) within RECOVERING_POLL_S of Serve reporting it healthy.
+        recovering = any(entry.status in ("loading", "unavailable") for entry in self._entries.values())
+        return min(self._ttl_s, RECOVERING_POLL_S) if recovering else self._ttl_s
 
     async def refresh(self, max_age_s: float = 0.0) -> None:
         async with self._refresh_lock:
@@ -169,11 +182,23 @@ class ModelDirectory:
             info = await asyncio.wait_for(entry.client.info(), self._info_timeout_s)
             if entry.info is not None and info.created != entry.info.created and self._on_reload is not None:
                 await self._on_reload(entry.id)  # a reloaded model: drop what its old load answered
+            await self._note_replica(entry, info.replica_id)
             entry.info = info
             entry.status = "ready"
         except Exception as exc:  # noqa: BLE001 - a replica that cannot answer is not ready
             entry.status = "unavailable"
             entry.message = f"no answer from the model: {type(exc).__name__}"
+
+
+    async def _note_replica(self, entry: ModelEntry, replica_id: str) -> None:
+        if not replica_id or replica_id in entry.replicas:
+            return
+        if entry.replicas and self._on_new_replica is not None:
+            # A healthy replica this ingress has not seen: a replacement or a scale-up.
+            await self._on_new_replica(entry.id)
+        entry.replicas[replica_id] = None
+        while len(entry.replicas) > _MAX_REPLICAS_REMEMBERED:
+            entry.replicas.pop(next(iter(entry.replicas)))
 
 
 # ----------------------------------------------------------------------------- Ray Serve

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from .auth import KeyRecord, KeyStore, KeyUsage, NewKey, ensure_admin_key
+from .auth import KeyRecord, KeyStore, KeyStoreWriteError, KeyUsage, NewKey, ensure_admin_key
 from .breaker import CircuitBreaker, Snapshot
 from .cache import ResponseCache
 from .ratelimit import Grant, Limits, RateLimiter
@@ -48,9 +48,15 @@ class StateCore:
         self.settings = settings
         self._clock = clock
         self.store = KeyStore(settings.state_dir / "keys.db")
-        self.admin_key_path = ensure_admin_key(self.store, settings.state_dir, settings.static_admin)
+        self.admin_key_path = None
+        try:
+            self.admin_key_path = ensure_admin_key(self.store, settings.state_dir, settings.static_admin)
+        except KeyStoreWriteError as exc:  # serve with the keys there are; writes say why they fail
+            logger.error("could not create an admin API key: %s", exc.message)
         if self.admin_key_path:
             logger.warning("created an admin API key: %s", self.admin_key_path)
+        if self.store.read_only:
+            logger.warning("the key store %s is on a read-only file system: keys are served, not written", self.store.path)
         self.limiter = RateLimiter(clock)
         self.cache = ResponseCache(
             max_entries=settings.cache_max_entries,
@@ -69,11 +75,11 @@ class StateCore:
     def create_key(self, new: NewKey) -> tuple[str, KeyRecord]:
         return self.store.create(new)
 
-    def list_keys(self) -> list[KeyRecord]:
-        return self.store.list()
+    def list_keys(self, include_revoked: bool = False) -> list[KeyRecord]:
+        return self.store.list(include_revoked)
 
     def get_key(self, key_id: str) -> KeyRecord | None:
-        return self.store.get(key_id)
+        return self.store.get(key_id, include_revoked=False)
 
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         return self.store.revoke(key_id)
@@ -130,6 +136,12 @@ class StateCore:
 
     def breaker_probe(self, model: str) -> bool:
         return self._breaker(model).allow()
+
+    def breaker_replaced(self, model: str) -> None:
+        """An ingress saw a new healthy replica of `model` (see ModelDirectory)."""
+        breaker = self.breakers.get(model)
+        if breaker is not None:
+            breaker.replaced()
 
     # ------------------------------------------------------------------ status
 

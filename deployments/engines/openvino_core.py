@@ -9,8 +9,11 @@ pair (see openvino_genai.py), one message per step carrying every sequence's new
 Protocol (pickled tuples over multiprocessing.connection.Connection):
   replica -> core: ("add", id, prompt_ids, sampling dict) | ("cancel", id) | ("stop",)
   core -> replica: ("ready", None) | ("error", text)            once, after loading
-                   ("step", [(id, token_ids, finish, ignored)], stats dict)
+                   ("step", [(id, token_ids, finish, refusal)], stats dict)
                    ("failed", text)                             the pipeline broke
+A refusal ends one sequence without failing the core: None, or ("context", text) when the
+prompt does not fit the KV cache, or ("invalid", text) when the pipeline refused the
+request's settings (one caller's bad request must never take the engine down for everyone).
 The core exits when the replica closes its end (the replica died), so it never outlives it.
 """
 
@@ -71,6 +74,7 @@ class EngineCore:
         self._done = {ov_genai.GenerationStatus.FINISHED, ov_genai.GenerationStatus.STOP, ov_genai.GenerationStatus.CANCEL}
         self._ignored = ov_genai.GenerationStatus.IGNORED
         self.handles: dict[int, Any] = {}
+        self.refused: list[tuple[int, list[int], None, tuple[str, str]]] = []  # sent with the next step
         self.generated = self.cancelled = self.finished = 0
 
     def apply(self, message: tuple) -> bool:
@@ -78,9 +82,12 @@ class EngineCore:
         kind = message[0]
         if kind == "add":
             _, request_id, prompt_ids, sampling = message
-            tensor = self._ov.Tensor(self._np.asarray([prompt_ids], dtype=self._np.int64))
-            config = _generation_config(self._ov_genai, sampling, self._eos)
-            self.handles[request_id] = self._pipe.add_request(request_id, tensor, config)
+            try:
+                tensor = self._ov.Tensor(self._np.asarray([prompt_ids], dtype=self._np.int64))
+                config = _generation_config(self._ov_genai, sampling, self._eos)
+                self.handles[request_id] = self._pipe.add_request(request_id, tensor, config)
+            except Exception as exc:  # noqa: BLE001 - this request's settings, not the engine
+                self.refused.append((request_id, [], None, ("invalid", f"{type(exc).__name__}: {exc}")))
         elif kind == "cancel":
             handle = self.handles.pop(message[1], None)
             if handle is not None:
@@ -88,11 +95,15 @@ class EngineCore:
                 self.cancelled += 1
         return kind != "stop"
 
-    def step(self) -> list[tuple[int, list[int], str | None, bool]]:
-        """One engine step: (id, new token ids, finish reason when done, ignored) per sequence
+    def take_refused(self) -> list:
+        refused, self.refused = self.refused, []
+        return refused
+
+    def step(self) -> list[tuple[int, list[int], str | None, tuple[str, str] | None]]:
+        """One engine step: (id, new token ids, finish reason when done, refusal) per sequence
         that moved."""
         self._pipe.step()
-        updates = []
+        updates = self.take_refused()
         for request_id, handle in list(self.handles.items()):
             new_ids: list[int] = []
             finish = None
@@ -103,7 +114,7 @@ class EngineCore:
             status = handle.get_status()
             if status == self._ignored:
                 del self.handles[request_id]
-                updates.append((request_id, [], None, True))
+                updates.append((request_id, [], None, ("context", "the prompt does not fit in the engine's KV cache")))
                 continue
             done = status in self._done
             if done:
@@ -112,7 +123,7 @@ class EngineCore:
                 finish = finish or "stop"
             if new_ids or done:
                 self.generated += len(new_ids)
-                updates.append((request_id, new_ids, finish if done else None, False))
+                updates.append((request_id, new_ids, finish if done else None, None))
         return updates
 
     def stats(self) -> dict[str, Any]:
@@ -145,8 +156,9 @@ def serve(conn: Connection) -> None:
                 return
             idle = False
         if not core.handles:
-            # Idle now: no step will report the counters (a cancellation just landed), so send them.
-            conn.send(("step", [], core.stats()))
+            # Idle now: no step will report refusals or the counters (a cancellation just
+            # landed), so send them.
+            conn.send(("step", core.take_refused(), core.stats()))
             continue
         try:
             updates = core.step()

@@ -17,6 +17,7 @@ tokenizer in the task (openvino_tokenizers cannot convert every tokenizer we ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -30,14 +31,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from contract.engine import SamplingParams, TokenDelta
-from contract.errors import ContextLengthExceededError, InternalServerError
+from contract.errors import ContextLengthExceededError, InvalidRequestError, ServiceUnavailableError
 from contract.model_api import EngineStats
 
 logger = logging.getLogger("ray.serve")
 
 
-class EngineDeadError(InternalServerError):
-    """The engine core failed or exited; the health check fails and Serve replaces the replica."""
+class EngineDeadError(ServiceUnavailableError):
+    """The engine core failed or exited: a 503 the breaker counts; the health check fails and
+    Serve replaces the replica."""
+
+    def __init__(self, message: str):
+        super().__init__(message, code="model_unavailable", retry_after_s=5)
 
 
 @dataclass
@@ -114,7 +119,8 @@ class OpenVINOGenerationEngine:
             self._active.pop(request_id, None)
             if not seq.finished and self._error is None:
                 # The consumer left early (client disconnect, stop string): free the KV cache.
-                self._send(("cancel", request_id))
+                with contextlib.suppress(EngineDeadError):  # a dead core has no cache to free
+                    self._send(("cancel", request_id))
 
     def stats(self) -> EngineStats:
         return EngineStats(running_requests=len(self._active), **self._stats)
@@ -140,7 +146,10 @@ class OpenVINOGenerationEngine:
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
-            self._conn.send(message)
+            try:
+                self._conn.send(message)
+            except OSError as exc:  # the core is gone; the reader thread may not have seen it yet
+                raise EngineDeadError(f"generation engine failed: {type(exc).__name__}") from None
 
     def _raise_if_dead(self) -> None:
         if self._error is not None:
@@ -156,13 +165,15 @@ class OpenVINOGenerationEngine:
             if message[0] == "step":
                 _, updates, self._stats = message
                 deliveries = []
-                for request_id, token_ids, finish, ignored in updates:
+                for request_id, token_ids, finish, refusal in updates:
                     seq = self._active.get(request_id)
                     if seq is None:
                         continue  # cancelled while this step ran
-                    if ignored:
+                    if refusal is not None:
                         seq.finished = True
-                        item = ContextLengthExceededError("the prompt does not fit in the engine's KV cache")
+                        kind, text = refusal
+                        item = ContextLengthExceededError(text) if kind == "context" else InvalidRequestError(
+                            f"the generation engine refused this request's settings: {text}")
                     else:
                         seq.finished = finish is not None
                         item = TokenDelta(token_ids, finish)

@@ -39,6 +39,8 @@ from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
 
+MIN_TOP_P = 1e-6
+
 
 class TextGenerationTask:
     embedding_dimensions = None
@@ -225,13 +227,15 @@ class TextGenerationTask:
             )
         max_tokens = requested if requested is not None else min(room, self.default_max_tokens or room)
         seed = request.seed
-        if seed is not None and choice.sample:
-            # Distinct but reproducible samples for n > 1 with a fixed seed.
+        if seed is not None:
+            # Distinct but reproducible samples for n > 1 with a fixed seed; 63 bits for engines.
             seed = (seed + choice.sample) % 2**63
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=request.temperature,
-            top_p=request.top_p,
+            # Engines keep top_p in float32, where a tiny positive top_p (5e-324) is 0 and
+            # refused; below MIN_TOP_P the nucleus is the most likely token either way.
+            top_p=max(request.top_p, MIN_TOP_P),
             seed=seed,
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,

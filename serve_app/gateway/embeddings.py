@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from contract.errors import InvalidRequestError
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.vectors import decode_base64_vector, encode_vector
 
@@ -31,9 +32,14 @@ def reservation(request: EmbeddingRequest) -> int:
 
 async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: EmbeddingRequest, no_cache: bool) -> Reply:
     assert entry.client is not None and entry.info is not None
-    cache = gateway.cache
-    admission = await gateway.quota.admit(caller, reservation(request))
     inputs = request.inputs()
+    if len(inputs) > gateway.args.max_embedding_inputs:
+        raise InvalidRequestError(
+            f"input has {len(inputs)} items; at most {gateway.args.max_embedding_inputs} are allowed per request.",
+            param="input",
+        )
+    cache = gateway.cache
+    admission = await gateway.quota.admit(caller, reservation(request), too_large_param="input")
     scope = cache.scope(caller)
     keys = [
         embedding_key(entry.info.revision, scope, request.dimensions, item) if isinstance(item, str) and cache.enabled else None

@@ -36,5 +36,9 @@ def classify(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError
         return ServiceUnavailableError(
             f"The model '{model}' replica is unavailable; retry shortly.", code="model_unavailable", retry_after_s=2
         ), True
-    logger.error("model call to %s failed", model, exc_info=exc)
+    if isinstance(exc, ray_exceptions.RayTaskError):
+        # Raised inside the replica, which logged the traceback (with this request's id).
+        logger.error("model call to %s failed in the replica: %s", model, type(exc.cause).__name__)
+    else:
+        logger.error("model call to %s failed", model, exc_info=exc)
     return InternalServerError(INTERNAL_ERROR_MESSAGE), True

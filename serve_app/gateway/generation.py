@@ -46,6 +46,7 @@ class StreamTotals:
 class GenerationSpec:
     endpoint: Endpoint
     id_prefix: str
+    prompt_param: str  # the request field that holds the prompt ("messages" or "prompt")
     response: type[ChatCompletionResponse] | type[CompletionResponse]
     # (number of prompts, their estimated tokens: about four characters per token)
     prompt_estimate: Callable[[Any], tuple[int, int]]
@@ -53,17 +54,23 @@ class GenerationSpec:
     assemble: Callable[[str, StreamTotals], BaseModel]  # (model, totals) -> the whole response
     replay: Callable[[Any, StreamOptions], Iterator[BaseModel]]  # a stored response as chunks
 
-    def reservation(self, request: SamplingFields, default_completion: int) -> int:
+    def reservation(self, request: SamplingFields, default_completion: int) -> tuple[int, str]:
         """Tokens reserved at admission: the prompt estimate plus the completion budget of every
-        choice. Settlement corrects it from the real usage."""
+        choice (settlement corrects it from the real usage); and the field that makes most of
+        it, which a request too large for its key's limit is told to shrink."""
         prompts, prompt_tokens = self.prompt_estimate(request)
-        completion = request.requested_max_tokens or default_completion
-        return prompt_tokens + completion * request.n * prompts
+        completion = (request.requested_max_tokens or default_completion) * request.n * prompts
+        return prompt_tokens + completion, max_tokens_param(request) if completion >= prompt_tokens else self.prompt_param
 
     def from_cache(self, stored: bytes) -> BaseModel:
         """A cached response, with a fresh id and time as every response has its own."""
         response = self.response.model_validate_json(stored)
         return response.model_copy(update={"id": new_id(self.id_prefix), "created": now()})
+
+
+def max_tokens_param(request: SamplingFields) -> str:
+    """The field that set the completion budget (chat's newer name wins when both are sent)."""
+    return "max_completion_tokens" if getattr(request, "max_completion_tokens", None) else "max_tokens"
 
 
 def _totals_usage(totals: StreamTotals) -> Usage:
@@ -104,6 +111,7 @@ def _chat_replay(stored: ChatCompletionResponse, options: StreamOptions) -> Iter
 CHAT_SPEC = GenerationSpec(
     endpoint=CHAT,
     id_prefix="chatcmpl",
+    prompt_param="messages",
     response=ChatCompletionResponse,
     prompt_estimate=_chat_estimate,
     chunk_text=lambda choice: choice.delta.content,
@@ -142,6 +150,7 @@ def _completion_replay(stored: CompletionResponse, options: StreamOptions) -> It
 COMPLETE_SPEC = GenerationSpec(
     endpoint=COMPLETE,
     id_prefix="cmpl",
+    prompt_param="prompt",
     response=CompletionResponse,
     prompt_estimate=_completion_estimate,
     chunk_text=lambda choice: choice.text,

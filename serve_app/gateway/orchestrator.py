@@ -164,7 +164,8 @@ class Gateway:
     async def _generate(self, spec: GenerationSpec, caller: Caller, request: SamplingFields, no_cache: bool) -> Reply:
         entry = await self.model(caller, request.model, spec.endpoint.name)
         assert entry.client is not None and entry.info is not None
-        admission = await self.quota.admit(caller, spec.reservation(request, self.args.default_token_reservation))
+        tokens, param = spec.reservation(request, self.args.default_token_reservation)
+        admission = await self.quota.admit(caller, tokens, too_large_param=param)
         cache_key = None
         if self.cache.enabled and is_deterministic(request.model_dump(include={"temperature", "seed", "n"})):
             cache_key = canonical_key(spec.endpoint.name, request.model_dump(mode="json"), entry.info.revision,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from contract.errors import RateLimitError
+from contract.errors import InvalidRequestError, RateLimitError
 
 from ..ratelimit import Grant, LocalLease, chunk_for, rate_limit_headers
 from ..state import StateClient, StateUnavailable
@@ -40,9 +40,14 @@ class Quota:
         self._locks: dict[str, asyncio.Lock] = {}
         self._returns: list[tuple[str, int, int, int]] = []
 
-    async def admit(self, caller: Caller, tokens: int) -> Admission:
+    async def admit(self, caller: Caller, tokens: int, too_large_param: str | None = None) -> Admission:
+        """Admit a request reserving `tokens`, or raise the 429 that says when to retry. A
+        request over the key's whole TPM could never pass: that is a 400 naming
+        `too_large_param`, not a 429."""
         if caller.limits is None or caller.key_id is None:
             return Admission(caller, 0, 0, {})
+        if tokens > caller.limits.tpm:
+            raise _too_large(tokens, caller.limits.tpm, too_large_param)
         key = caller.key_id
         lease = self._leases.get(key)
         if lease is None or not lease.covers(self._clock(), tokens):
@@ -99,19 +104,15 @@ class Quota:
             return Grant(0, 1, tokens, now + 1.0, limits, limits.rpm - 1, max(0, limits.tpm - tokens), 0.0, 0.0)
         if grant.requests == 0:
             kind = "tokens" if grant.remaining_requests >= 1 else "requests"
-            if math.isinf(grant.retry_after_s):
-                message = f"Request too large: it needs {tokens} tokens but the limit is {limits.tpm} tokens per minute."
-                retry = 60.0
-            else:
-                used = limits.rpm - grant.remaining_requests if kind == "requests" else limits.tpm - grant.remaining_tokens
-                limit = limits.rpm if kind == "requests" else limits.tpm
-                unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
-                message = f"Rate limit reached on {unit}: Limit {limit}, Used {used}, Requested {1 if kind == 'requests' else tokens}."
-                retry = max(grant.retry_after_s, 0.001)
+            if math.isinf(grant.retry_after_s):  # admit() refuses these first; the actor agrees
+                raise _too_large(tokens, limits.tpm, None)
+            used = limits.rpm - grant.remaining_requests if kind == "requests" else limits.tpm - grant.remaining_tokens
+            limit = limits.rpm if kind == "requests" else limits.tpm
+            unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
             raise RateLimitError(
-                message,
+                f"Rate limit reached on {unit}: Limit {limit}, Used {used}, Requested {1 if kind == 'requests' else tokens}.",
                 kind=kind,
-                retry_after_s=retry,
+                retry_after_s=max(grant.retry_after_s, 0.001),
                 headers=rate_limit_headers(limits, grant.remaining_requests, grant.remaining_tokens,
                                            grant.reset_requests_s, grant.reset_tokens_s, self._wall()),
             )
@@ -131,3 +132,11 @@ class Quota:
             grant.reset_tokens_s,
             self._wall(),
         )
+
+
+def _too_large(tokens: int, tpm: int, param: str | None) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Request too large: it needs {tokens} tokens but this API key's limit is {tpm} tokens per minute.",
+        param=param,
+        code="request_too_large",
+    )

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from contract.errors import (
     INTERNAL_ERROR_MESSAGE,
@@ -40,12 +41,16 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(validation_error_to_api_error(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 404:
-            return error_response(NotFoundError(str(exc.detail)))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
         if exc.status_code == 405:
-            return error_response(MethodNotAllowedError(str(exc.detail)))
-        err = APIError(str(exc.detail))
+            # Starlette names only the first route that matched the path; list every method.
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+        if exc.status_code == 404:
+            return error_response(NotFoundError(str(exc.detail), headers=headers))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowedError(str(exc.detail), headers=headers))
+        err = APIError(str(exc.detail), headers=headers)
         err.status_code = exc.status_code
         err.error_type = "invalid_request_error" if exc.status_code < 500 else "internal_error"
         return error_response(err)
@@ -54,6 +59,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _any(request: Request, exc: Exception) -> JSONResponse:
         return render_exception(exc, request.url.path)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on this path."""
+    scope = {**request.scope, "method": "__none__"}
+    methods: set[str] = set()
+    pending = list(request.app.router.routes)
+    while pending:
+        route = pending.pop()
+        included = getattr(route, "original_router", None)  # FastAPI keeps included routers whole
+        if included is not None:
+            pending.extend(included.routes)
+        elif getattr(route, "methods", None) and route.matches(scope)[0] is Match.PARTIAL:
+            methods.update(route.methods)
+    return sorted(methods)
 
 
 def render_exception(exc: BaseException, where: str = "") -> JSONResponse:

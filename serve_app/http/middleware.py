@@ -14,11 +14,42 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.errors import APIError, RequestTooLargeError
+from contract.config import IngressArgs
+from contract.errors import APIError, RequestHeadersTooLargeError, RequestTooLargeError
 
 from ..gateway.callers import Authenticator
 from ..gateway.quota import Quota
 from .errors import error_response
+
+
+class HeaderLimitMiddleware:
+    """431 for a request with too many headers, or headers too large in total.
+
+    Ray's proxy (uvicorn with httptools) sets no such limit, so it is enforced here, before
+    anything reads the headers; the proxy has still received them (docs/security.md).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_count: int):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_count = max_count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers", ())
+            if len(headers) > self.max_count:
+                await _refuse(RequestHeadersTooLargeError(f"The request has more than {self.max_count} headers."),
+                              scope, receive, send)
+                return
+            if sum(len(name) + len(value) for name, value in headers) > self.max_bytes:
+                await _refuse(RequestHeadersTooLargeError(f"The request headers exceed {self.max_bytes} bytes in total."),
+                              scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -> None:
+    await error_response(error)(scope, receive, send)
 
 
 class BodySizeLimitMiddleware:
@@ -66,8 +97,8 @@ class BodySizeLimitMiddleware:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = RequestTooLargeError(f"The request body exceeds the limit of {self.max_bytes} bytes.")
-        await error_response(error)(scope, receive, send)
+        await _refuse(RequestTooLargeError(f"The request body exceeds the limit of {self.max_bytes} bytes."),
+                      scope, receive, send)
 
 
 class AuthMiddleware:
@@ -118,14 +149,16 @@ def _with_headers(send: Send, extra: Callable[[], dict[str, str]]) -> Send:
     return sending
 
 
-def build_middleware(app: FastAPI, *, max_request_body_bytes: int, authenticator: Authenticator, quota: Quota) -> None:
+def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenticator, quota: Quota) -> None:
     """Middleware, outermost first:
 
-    1. AuthMiddleware: 401/403 before anything else runs; rate-limit headers on every response.
-    2. BodySizeLimitMiddleware: 413 for oversized bodies before anything parses them.
+    1. HeaderLimitMiddleware: 431 before anything reads the headers.
+    2. AuthMiddleware: 401/403 before anything else runs; rate-limit headers on every response.
+    3. BodySizeLimitMiddleware: 413 for oversized bodies before anything parses them.
 
     (Rate limits, the cache and the breakers need the parsed request, so they run in the
     gateway, called by the routes.) Starlette runs the middleware added last first.
     """
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=max_request_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=args.max_request_body_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator, quota=quota)
+    app.add_middleware(HeaderLimitMiddleware, max_bytes=args.max_header_bytes, max_count=args.max_header_count)

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from contract.errors import NotFoundError, ServiceUnavailableError
 
 from ..auth import KeyRecord, NewKey
 from ..gateway import Gateway
+from ..http.openapi import responses
+from ..http.requests import TextSafeRoute
 from ..state import StateUnavailable
 
 
+class CreatedKey(KeyRecord):
+    key: str  # shown this once; only its hash is stored
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyRecord]
+
+
+ADMIN_ERRORS = responses(401, 403, 431, 503)
+
+
 def admin_router(gateway: Gateway) -> APIRouter:
-    router = APIRouter(prefix="/admin")
+    router = APIRouter(prefix="/admin", route_class=TextSafeRoute)
 
     async def call(method: str, *args):
         try:
@@ -20,14 +37,15 @@ def admin_router(gateway: Gateway) -> APIRouter:
         except StateUnavailable:
             raise ServiceUnavailableError("The key store is restarting; retry shortly.", code="state_unavailable") from None
 
-    @router.post("/keys", status_code=201)
+    @router.post("/keys", status_code=201, response_model=CreatedKey, responses={**ADMIN_ERRORS, **responses(400, 413)})
     async def create_key(body: NewKey) -> dict:
         key, record = await call("create_key", body)
         return {"key": key, **record.model_dump()}  # the only time the key is shown
 
-    @router.get("/keys")
-    async def list_keys() -> dict:
-        records: list[KeyRecord] = await call("list_keys")
+    @router.get("/keys", response_model=KeyList, responses={**ADMIN_ERRORS, **responses(400)})
+    async def list_keys(include_revoked: bool = False) -> dict:
+        """Every key without its secret; revoked ones only with `include_revoked=true`."""
+        records: list[KeyRecord] = await call("list_keys", include_revoked)
         return {"object": "list", "data": [record.model_dump() for record in records]}
 
     async def one_key(method: str, key_id: str) -> dict:
@@ -36,12 +54,14 @@ def admin_router(gateway: Gateway) -> APIRouter:
             raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
         return record.model_dump()
 
-    @router.get("/keys/{key_id}")
+    @router.get("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404)})
     async def get_key(key_id: str) -> dict:
         return await one_key("get_key", key_id)
 
-    @router.delete("/keys/{key_id}")
+    @router.delete("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404)})
     async def revoke_key(key_id: str) -> dict:
+        """Revoke the key: the answer is its final record; afterwards it is gone from this API
+        (404), it stays listed with `include_revoked=true`, and using it is a 401."""
         return await one_key("revoke_key", key_id)
 
     return router

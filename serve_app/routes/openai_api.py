@@ -13,46 +13,60 @@ from contract.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
+    ModelCard,
     ModelList,
     OpenAIRequest,
 )
 
 from ..gateway import Gateway
+from ..http.openapi import responses, streamed
+from ..http.requests import TextSafeRoute
 from ..http.responses import json_response, respond
 
 logger = logging.getLogger("ray.serve")
 
 
+MAX_LOGGED_FIELDS = 8
+MAX_LOGGED_NAME = 64
+
+
 def _note_unknown_fields(body: OpenAIRequest, path: str) -> None:
+    """Log the names (never the values) of fields we ignore, truncated: a client controls them."""
     unknown = body.unknown_fields()
     if unknown:
-        logger.info("%s: ignoring unknown request fields %s", path, unknown)
+        names = [name if len(name) <= MAX_LOGGED_NAME else name[:MAX_LOGGED_NAME] + "..." for name in unknown[:MAX_LOGGED_FIELDS]]
+        more = f" and {len(unknown) - MAX_LOGGED_FIELDS} more" if len(unknown) > MAX_LOGGED_FIELDS else ""
+        logger.info("%s: ignoring unknown request fields %s%s", path, names, more)
 
 
 def _no_cache(request: Request) -> bool:
     return "no-cache" in request.headers.get("cache-control", "").lower()
 
 
+# What the model endpoints answer besides 200: every error status a request can meet.
+MODEL_CALL_ERRORS = responses(400, 401, 404, 413, 429, 431, 503, 504)
+
+
 def openai_router(gateway: Gateway) -> APIRouter:
-    router = APIRouter()
+    router = APIRouter(route_class=TextSafeRoute)
     directory = gateway.directory
 
-    @router.post(CHAT.path)
+    @router.post(CHAT.path, response_model=CHAT.response, responses={**streamed(CHAT), **MODEL_CALL_ERRORS})
     async def chat_completions(request: Request, body: ChatCompletionRequest) -> Response:
         _note_unknown_fields(body, CHAT.path)
         return await respond(await gateway.chat(request.state.caller, body, no_cache=_no_cache(request)))
 
-    @router.post(COMPLETE.path)
+    @router.post(COMPLETE.path, response_model=COMPLETE.response, responses={**streamed(COMPLETE), **MODEL_CALL_ERRORS})
     async def completions(request: Request, body: CompletionRequest) -> Response:
         _note_unknown_fields(body, COMPLETE.path)
         return await respond(await gateway.complete(request.state.caller, body, no_cache=_no_cache(request)))
 
-    @router.post(EMBED.path)
+    @router.post(EMBED.path, response_model=EMBED.response, responses=MODEL_CALL_ERRORS)
     async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
         _note_unknown_fields(body, EMBED.path)
         return await respond(await gateway.embed(request.state.caller, body, no_cache=_no_cache(request)))
 
-    @router.get("/v1/models")
+    @router.get("/v1/models", response_model=ModelList, responses=responses(401, 431))
     async def list_models(request: Request) -> Response:
         caller = request.state.caller
         cards = [
@@ -62,7 +76,7 @@ def openai_router(gateway: Gateway) -> APIRouter:
         ]
         return json_response(ModelList(data=cards))
 
-    @router.get("/v1/models/{model_id}")
+    @router.get("/v1/models/{model_id}", response_model=ModelCard, responses=responses(401, 404, 431))
     async def get_model(request: Request, model_id: str) -> Response:
         if not request.state.caller.may_use(model_id):
             raise ModelNotFoundError(model_id)

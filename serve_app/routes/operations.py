@@ -3,25 +3,46 @@
 from __future__ import annotations
 
 import time
+from typing import Any, Literal
 
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from contract.errors import ServiceUnavailableError
+from contract.protocol import ErrorResponse
 
 from ..gateway import Gateway
 from ..http.errors import error_response
+from ..http.openapi import responses
 from ..status import status_report
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    uptime_s: float
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    models: dict[str, str]
+
+
+class NotReady(ErrorResponse):
+    status: Literal["not_ready"]
+    models: dict[str, str]
+    not_ready: list[str]
 
 
 def operations_router(gateway: Gateway, started: float) -> APIRouter:
     router = APIRouter()
     directory = gateway.directory
 
-    @router.get("/health")
+    @router.get("/health", response_model=Health, responses=responses(431))
     async def health():
         return {"status": "ok", "uptime_s": round(time.time() - started, 1)}
 
-    @router.get("/ready")
+    @router.get("/ready", response_model=Ready, responses={
+        503: {"model": NotReady, "description": "Some model is not ready (or none is deployed)."}, **responses(431)})
     async def ready():
         await directory.refresh(max_age_s=0.5)
         models = {card.id: card.status for card in await directory.cards()}
@@ -37,7 +58,7 @@ def operations_router(gateway: Gateway, started: float) -> APIRouter:
             extra={"status": "not_ready", "models": models, "not_ready": waiting},
         ))
 
-    @router.get("/status")
+    @router.get("/status", response_model=dict[str, Any], responses=responses(401, 403, 431))
     async def status():
         return await status_report(gateway, time.time() - started)
 

@@ -25,6 +25,7 @@ from tests.tiny_models import build_tiny_bert, build_tiny_llama
 LLAMA_CONTEXT = 512
 MAX_BODY = 65536
 GATEWAY_PREFIX = "/gw"
+KEEP_ALIVE_S = 3
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,12 @@ def _model_app(name: str, args: dict, num_cpus: float, **deployment) -> dict:
 def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir: Path) -> Path:
     common = {"cache_dir": str(cache_dir), "num_threads": 2}
     # Both ingress applications share the one state actor, so they share its settings.
-    shared_state = {"state_dir": str(state_dir), "circuit_breaker_threshold": 2, "circuit_breaker_timeout_seconds": 4}
+    # A long breaker timeout: recovery must come from Serve's healthy replacement (the breaker
+    # goes half-open at once), not from the timeout running out.
+    shared_state = {"state_dir": str(state_dir), "circuit_breaker_threshold": 2, "circuit_breaker_timeout_seconds": 60}
     config = {
         "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": 8000},
+        "http_options": {"host": "127.0.0.1", "port": 8000, "keep_alive_timeout_s": KEEP_ALIVE_S},
         "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": False},
         "applications": [
             {

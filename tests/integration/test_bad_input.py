@@ -51,7 +51,8 @@ CASES = [
     ("completion over context", COMPLETIONS, {"model": "tiny-llama", "prompt": LONG_TEXT}, 400, "prompt", "context_length_exceeded"),
     ("completion empty prompt list", COMPLETIONS, {"model": "tiny-llama", "prompt": []}, 400, "prompt", None),
     ("completion token out of vocab", COMPLETIONS, {"model": "tiny-llama", "prompt": [1, 2, 999999]}, 400, "prompt", None),
-    ("completion negative token", COMPLETIONS, {"model": "tiny-llama", "prompt": [1, -2]}, 400, "prompt", None),
+    # The rule that failed, at the item that broke it (not "prompt: Input should be a valid string").
+    ("completion negative token", COMPLETIONS, {"model": "tiny-llama", "prompt": [1, -2]}, 400, "prompt[1]", None),
     ("completion empty string", COMPLETIONS, {"model": "tiny-llama", "prompt": ""}, 400, "prompt", None),
     ("suffix", COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "suffix": "y"}, 400, "suffix", None),
     ("embeddings of chat model", EMBEDDINGS, {"model": "tiny-llama", "input": "x"}, 400, "model", "model_not_supported"),

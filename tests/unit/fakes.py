@@ -49,6 +49,7 @@ class FakeModel:
         self.created = 123
         self.delay_s = 0.0
         self.request_timeout_s = 5.0
+        self.replica_id = "r1"  # which replica answers; a test replaces it to model a new one
 
     def _check(self, request):
         self.calls += 1
@@ -128,7 +129,7 @@ class FakeModel:
     async def info(self):
         return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=self.created, backend="fake",
                          device="cpu", source="fake", request_timeout_s=self.request_timeout_s,
-                         endpoints=list(tasks.get(self.task).endpoints))
+                         endpoints=list(tasks.get(self.task).endpoints), replica_id=self.replica_id)
 
     async def stats(self):
         return EngineStats()
@@ -164,6 +165,8 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     state_clock = ingress_args.pop("state_clock", time.monotonic)
     args = IngressArgs(state_dir=tmp_path, **ingress_args)
     core = StateCore(state_settings(args), clock=state_clock)
-    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60, clock=clock)
-    gateway = Gateway(args, StateClient.local(core), directory)
+    state = StateClient.local(core)
+    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60, clock=clock,
+                               on_new_replica=lambda model: state.call("breaker_replaced", model))
+    gateway = Gateway(args, state, directory)
     return create_app(gateway, args), gateway, core

@@ -44,3 +44,31 @@ def test_failed_probe_reopens():
     breaker.record_failure()
     snapshot = breaker.snapshot()
     assert snapshot.state is State.OPEN and snapshot.retry_after_s == 5
+
+
+def test_failures_while_open_do_not_extend_the_open_time():
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, timeout_s=10, clock=clock)
+    breaker.record_failure()
+    clock.now = 8
+    breaker.record_failure()  # a request that was in flight when it opened
+    breaker.record_failure()
+    snapshot = breaker.snapshot()
+    assert snapshot.state is State.OPEN and snapshot.retry_after_s == 2
+    assert snapshot.consecutive_failures == 3
+    clock.now = 10
+    assert breaker.snapshot().state is State.HALF_OPEN
+
+
+def test_a_replacement_replica_ends_the_open_time():
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, timeout_s=60, clock=clock)
+    breaker.replaced()  # closed: nothing to do
+    assert breaker.snapshot().state is State.CLOSED
+    breaker.record_failure()
+    clock.now = 1
+    breaker.replaced()
+    assert breaker.snapshot().state is State.HALF_OPEN
+    assert breaker.allow() is True and breaker.allow() is False  # still exactly one probe
+    breaker.record_success()
+    assert breaker.snapshot().state is State.CLOSED

@@ -93,7 +93,7 @@ def test_default_serve_config_is_valid_ray_serve_config():
 
 def test_env_overrides_apply_to_the_deploy_plan():
     plan = plan_deploy(ROOT / "serve_config.yaml", EnvOverrides(host="0.0.0.0", port=9100, log_level="DEBUG", log_format="text"))
-    assert plan.config["http_options"] == {"host": "0.0.0.0", "port": 9100}
+    assert plan.config["http_options"] == {"host": "0.0.0.0", "port": 9100, "keep_alive_timeout_s": 30}
     assert plan.config["logging_config"]["log_level"] == "DEBUG"
     assert plan.config["logging_config"]["encoding"] == "TEXT"
     assert plan.base_url == "http://127.0.0.1:9100"

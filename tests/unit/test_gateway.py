@@ -189,8 +189,9 @@ def test_tpm_limit(gw):
     limited = client.post("/v1/chat/completions", json=body, headers=bearer(key))
     # the first one used only 6 of the 80+ reserved, but the refund lands on the next flush
     assert limited.status_code in (200, 429)
+    # A budget over the key's whole TPM could never pass: a 400 naming the field, not a 429.
     huge = client.post("/v1/chat/completions", json={**body, "max_tokens": 5000}, headers=bearer(key))
-    assert huge.status_code == 429 and huge.json()["error"]["type"] == "tokens"
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "max_tokens"
     assert "too large" in huge.json()["error"]["message"]
 
 
@@ -344,3 +345,36 @@ def test_a_model_serve_reports_unavailable_counts_as_a_failure(gw, serve):
     for _ in range(3):
         assert client.post("/v1/embeddings", json={"model": "embed-model", "input": "x"}, headers=admin).status_code == 503
     assert "embed-model" not in core.breaker_snapshots()
+
+
+def test_a_replacement_replica_lets_the_breaker_probe_at_once(gw, serve):
+    from serve_app.model_directory import AppState
+
+    client, gateway, core, admin = gw
+    model = serve.models["chat-model"]
+    body = {**CHAT, "temperature": 1}
+    model.fail = True
+    assert [client.post("/v1/chat/completions", json=body, headers=admin).status_code for _ in range(2)] == [500, 500]
+    assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 503  # open, 30 s to go
+    for _ in range(3):  # late failures do not push the open time back
+        core.breaker_report("chat-model", False)
+    assert core.breaker_snapshots()["chat-model"].retry_after_s == 30
+    # Serve replaces the replica: the directory sees the old one gone, then a new healthy one.
+    serve.states["chat-model"] = AppState("chat-model", "UNHEALTHY", "replica died")
+    client.portal.call(gateway.directory.refresh)
+    model.fail, model.replica_id = False, "r2"
+    serve.states["chat-model"] = AppState("chat-model", "RUNNING")
+    client.portal.call(gateway.directory.refresh)
+    assert core.breaker_snapshots()["chat-model"].state.value == "half_open"
+    client.portal.call(gateway.sync)
+    assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 200  # the probe
+    assert gateway.breakers.status_of("chat-model") is None
+
+
+def test_a_new_ingress_does_not_mistake_known_replicas_for_replacements(serve, tmp_path):
+    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=1, circuit_breaker_timeout_seconds=30,
+                                  state_clock=Clock(1000.0))
+    core.breaker_report("chat-model", False)  # opened before this ingress started
+    with TestClient(app) as client:
+        client.portal.call(gateway.directory.refresh)
+    assert core.breaker_snapshots()["chat-model"].state.value == "open"

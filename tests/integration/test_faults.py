@@ -1,0 +1,244 @@
+"""The fault matrix (docs/operations.md) on real Ray Serve: a fault, what clients see, and how
+long until the model serves again after Serve has a healthy replacement. The faults hit a
+model application of this module's own, behind the gateway ingress (keys, breakers, two
+replicas), so that no other test is disturbed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import httpx
+import psutil
+import pytest
+import ray
+from ray import serve
+from ray.util.state import list_actors
+
+from deployments.server import model_server_deployment
+from tests.integration.test_gateway import admin, create_key
+
+APP = "tiny-llama-faults"
+RECOVERY_TARGET_S = 5.0  # first success after Serve reports the replacement healthy
+MAX_ONGOING, MAX_QUEUED = 4, 8  # small, so that a burst overflows the queue of each ingress replica
+MSG = [{"role": "user", "content": "Tell me about Paris."}]
+
+
+@pytest.fixture(scope="module")
+def faulty(server):
+    args = server.plan.models["tiny-llama"].model_copy(update={"request_timeout_s": 20})  # same files: no conversion
+    deployment = model_server_deployment().options(
+        ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED
+    )
+    serve.run(deployment.bind(args), name=APP, route_prefix=None)
+    key, _ = create_key(server, rpm=1_000_000, tpm=1_000_000_000)
+    headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=headers) as http:
+        _wait_for_success(http, 60)
+    yield headers
+    serve.delete(APP)
+
+
+def _chat(http: httpx.Client, max_tokens: int = 8) -> httpx.Response:
+    return http.post("/v1/chat/completions", json={"model": APP, "messages": MSG, "max_tokens": max_tokens, "temperature": 1})
+
+
+def _wait_for_success(http: httpx.Client, timeout_s: float) -> list[int]:
+    statuses, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = _chat(http)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            return statuses
+        time.sleep(0.1)
+    raise AssertionError(f"no success within {timeout_s}s: {statuses[-10:]}")
+
+
+def _states(replica_states) -> dict[str, int]:
+    return {str(getattr(state, "value", state)): count for state, count in replica_states.items() if count}
+
+
+def _replica() -> dict:
+    (replica,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith(f"SERVE_REPLICA::{APP}#")]
+    return replica
+
+
+@dataclass
+class ReplacementWatch:
+    """Polls Serve (off the request path) for the moment a replica other than `old` runs."""
+
+    old: str
+    healthy_at: float | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self):
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                     if a["name"].startswith(f"SERVE_REPLICA::{APP}#")}
+            app = serve.status().applications.get(APP)
+            states = _states(app.deployments["ModelServer"].replica_states) if app is not None else {}
+            if names and self.old not in names and states == {"RUNNING": len(names)}:
+                self.healthy_at = time.monotonic()
+                return
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _outage(http: httpx.Client, watch: ReplacementWatch, timeout_s: float = 120) -> tuple[list[tuple[int, str]], float]:
+    """Requests until one succeeds: (status and error code of each, seconds from Serve's healthy
+    replacement to that success)."""
+    seen, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = _chat(http)
+        if response.status_code == 200:
+            watch.stop()
+            assert watch.healthy_at is not None, "succeeded before Serve reported a replacement"
+            return seen, time.monotonic() - watch.healthy_at
+        seen.append((response.status_code, response.json()["error"].get("code")))
+        time.sleep(0.1)
+    watch.stop()
+    raise AssertionError(f"no success within {timeout_s}s: {seen[-10:]}")
+
+
+def test_model_replica_killed_mid_stream(server, faulty):
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
+        old = _replica()
+        body = {"model": APP, "messages": MSG, "max_tokens": 400, "temperature": 1, "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as stream:
+            lines = stream.iter_lines()
+            first = next(line for line in lines if line.startswith("data: {"))
+            assert json.loads(first[6:])["choices"]
+            watch = ReplacementWatch(old["name"])
+            killed = time.monotonic()
+            ray.kill(ray.get_actor(old["name"], namespace=old["namespace"]), no_restart=True)
+            rest = [line for line in lines if line.startswith("data: ")]
+            ended = time.monotonic() - killed
+        events = [json.loads(line[6:]) for line in rest if line != "data: [DONE]"]
+        assert rest[-1] == "data: [DONE]"
+        assert "error" in events[-1] and events[-1]["error"]["code"] == "model_unavailable", events[-1]
+        assert ended < 5.0
+        seen, recovered_s = _outage(http, watch)
+    assert {status for status, _ in seen} <= {503, 504}, seen
+    assert recovered_s <= RECOVERY_TARGET_S, (recovered_s, seen[-5:])
+    print(f"\nFAULT replica killed mid-stream: stream ended {ended:.2f}s after the kill with an in-band error; "
+          f"{len(seen)} requests refused ({sorted(set(seen))}); first success {recovered_s:.2f}s after the replacement was healthy")
+
+
+def test_engine_core_process_killed(server, faulty):
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
+        _wait_for_success(http, 60)
+        old = _replica()
+        replica_pid = list_actors(filters=[("name", "=", old["name"]), ("state", "=", "ALIVE")])[0].pid
+        (core,) = [p for p in psutil.Process(replica_pid).children() if "openvino_core" in " ".join(p.cmdline())]
+        watch = ReplacementWatch(old["name"])
+        os.kill(core.pid, signal.SIGKILL)
+        seen, recovered_s = _outage(http, watch)
+    assert seen, "the dead engine was not noticed"
+    assert all(status == 503 and code == "model_unavailable" for status, code in seen), seen  # never a 500
+    assert recovered_s <= RECOVERY_TARGET_S, (recovered_s, seen[-5:])
+    print(f"\nFAULT engine core killed: {len(seen)} requests got 503 model_unavailable; "
+          f"first success {recovered_s:.2f}s after the replacement was healthy")
+
+
+def test_ingress_replica_killed(server, faulty):
+    ingress = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_REPLICA::gateway#")]
+    assert len(ingress) == 2
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
+            while not stop.is_set():
+                statuses.append(_chat(http, max_tokens=4).status_code)
+
+    workers = [threading.Thread(target=traffic) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(2)
+    killed_at, before = time.monotonic(), len(statuses)
+    ray.kill(ray.get_actor(ingress[0]["name"], namespace=ingress[0]["namespace"]), no_restart=False)
+    deadline = time.monotonic() + 60
+    back_at = None
+    while time.monotonic() < deadline:
+        running = _states(serve.status().applications["gateway"].deployments["Ingress"].replica_states).get("RUNNING", 0)
+        if running == 2 and time.monotonic() - killed_at > 1:
+            back_at = time.monotonic()
+            break
+        time.sleep(0.2)
+    time.sleep(2)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    during = statuses[before:]
+    failed = [s for s in during if s != 200]
+    assert back_at is not None, "Serve did not bring the ingress replica back"
+    assert len(failed) <= 2, failed  # at most the requests in flight on the killed replica
+    assert during[-5:] == [200] * 5
+    print(f"\nFAULT ingress replica killed: {len(failed)} of {len(during)} requests failed ({failed}); "
+          f"two replicas again {back_at - killed_at:.1f}s after the kill")
+
+
+def test_a_burst_over_the_queue_gets_fast_answers_and_throughput_comes_back(server, faulty):
+    import asyncio
+
+    burst = 4 * MAX_QUEUED
+    body = {"model": APP, "messages": MSG, "max_tokens": 16, "temperature": 1}
+    long_body = {**body, "max_tokens": 200}  # long enough that the burst overlaps in the queue
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.gateway_url, timeout=120, headers=faulty,
+                                     limits=httpx.Limits(max_connections=burst + 8)) as http:
+            async def one(payload: dict = body) -> tuple[int, float]:
+                started = time.monotonic()
+                response = await http.post("/v1/chat/completions", json=payload)
+                return response.status_code, time.monotonic() - started
+
+            async def rate(seconds: float) -> list[float]:
+                """Completed requests per second, second by second, at concurrency 4."""
+                done: list[float] = []
+                start = time.monotonic()
+
+                async def loop():
+                    while time.monotonic() - start < seconds:
+                        if (await one())[0] == 200:
+                            done.append(time.monotonic() - start)
+
+                await asyncio.gather(*(loop() for _ in range(4)))
+                return [sum(1 for t in done if s <= t < s + 1) for s in range(int(seconds))]
+
+            before = await rate(4)
+            results = await asyncio.gather(*(one(long_body) for _ in range(burst)))
+            after = await rate(6)
+            return before, results, after
+
+    before, results, after = asyncio.run(run())
+    statuses = [status for status, _ in results]
+    assert set(statuses) <= {200, 429, 503}, statuses
+    assert 503 in statuses  # the queue overflowed: a fast refusal, not a hang
+    assert max(took for _, took in results) < 20 + 2  # nothing waits past request_timeout_s
+    normal = sum(before[1:]) / len(before[1:])
+    back = next((second for second, count in enumerate(after) if count >= 0.8 * normal), None)
+    assert back is not None and back < 5, (before, after)
+    print(f"\nOVERLOAD burst of {burst}: {statuses.count(200)} x 200, {statuses.count(503)} x 503, "
+          f"{statuses.count(429)} x 429, slowest {max(t for _, t in results):.1f}s; "
+          f"{normal:.1f} req/s before, {after} req/s per second after")
+
+
+def test_admin_reads_the_fault_state(server, faulty):
+    """After the faults, /status shows the model healthy with its breaker closed."""
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
+        _wait_for_success(http, 60)
+        status = http.get("/status", headers=admin(server)).json()
+    model = next(m for m in status["models"] if m["id"] == APP)
+    assert model["status"] == "ready" and model["circuit_breaker"]["state"] == "closed"

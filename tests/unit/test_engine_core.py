@@ -1,0 +1,72 @@
+"""The OpenVINO engine core's message loop with a stand-in pipeline: a request whose settings
+the pipeline refuses ends that one sequence with a refusal; the core and every other sequence
+go on (one caller's bad request must never take the engine down for everyone)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("openvino_genai")
+
+from deployments.engines.openvino_core import EngineCore  # noqa: E402
+
+SAMPLING = {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "seed": 1, "presence_penalty": 0.0,
+            "frequency_penalty": 0.0, "stop_token_ids": []}
+
+
+class FakeHandle:
+    def __init__(self):
+        self.reads = [[7], [8]]
+
+    def can_read(self):
+        return bool(self.reads)
+
+    def read(self):
+        class Output:
+            generated_ids = self.reads.pop(0)
+            finish_reason = None
+
+        return {0: Output()}
+
+    def get_status(self):
+        import openvino_genai as ov_genai
+
+        return ov_genai.GenerationStatus.RUNNING
+
+    def cancel(self):
+        pass
+
+
+class FakePipeline:
+    def __init__(self):
+        self.added = []
+
+    def add_request(self, request_id, tensor, config):
+        if config.top_p == 0.5:
+            raise RuntimeError("Check 'top_p > 0' failed")
+        self.added.append(request_id)
+        return FakeHandle()
+
+    def step(self):
+        pass
+
+    def get_metrics(self):
+        class Metrics:
+            requests = scheduled_requests = 1
+            cache_usage = 0.0
+
+        return Metrics()
+
+
+def test_a_refused_request_ends_alone_and_the_core_goes_on():
+    core = EngineCore(FakePipeline(), eos_token_ids=[2])
+    assert core.apply(("add", 1, [1, 2, 3], SAMPLING))
+    assert core.apply(("add", 2, [1, 2, 3], {**SAMPLING, "temperature": 1.0, "top_p": 0.5}))
+    assert core.apply(("add", 3, [1, 2, 3], SAMPLING))
+    updates = core.step()
+    refused = [u for u in updates if u[3] is not None]
+    assert refused == [(2, [], None, ("invalid", "RuntimeError: Check 'top_p > 0' failed"))]
+    moved = sorted((u[0], u[1]) for u in updates if u[3] is None)
+    assert moved == [(1, [7, 8]), (3, [7, 8])]
+    assert set(core.handles) == {1, 3}
+    assert core.take_refused() == []  # sent once
