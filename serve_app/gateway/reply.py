@@ -37,7 +37,3 @@ class Reply:
         if self.cache is not None:
             headers["x-cache"] = self.cache
         return headers
-
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.result, ChunkStream)

@@ -4,17 +4,15 @@ ModelServer and the ingress's endpoint check."""
 
 from __future__ import annotations
 
-import sys
 import time
 
 import pytest
 from ray import serve
 
-from contract import tasks
 from contract.config import ModelAppArgs
 from deployments.server import model_server_deployment
 from tests.conftest import ROOT
-from tests.plugins.install import install_plugin
+from tests.plugins.install import install_plugin, on_path
 
 APP = "tiny-reverse"
 
@@ -23,18 +21,15 @@ APP = "tiny-reverse"
 def reverse_model(server, tmp_path):
     site = install_plugin(ROOT / "tests/plugins/reverse_text_task.py", tmp_path / "site",
                           module="hfserve_reverse_text", task="reverse-text")
-    sys.path.insert(0, str(site))
-    tasks.refresh()
-    try:
+    with on_path(site, "hfserve_reverse_text"):
         args = ModelAppArgs(source=str(server.models["llama"]), task="reverse-text", backend="transformers")
         # The replica finds the plug-in the way an installed package is found: on its path.
         options = {"num_cpus": 0.05, "runtime_env": {"env_vars": {"PYTHONPATH": str(site)}}}
         serve.run(model_server_deployment().options(ray_actor_options=options).bind(args), name=APP, route_prefix=None)
-        yield APP
-    finally:
-        serve.delete(APP)
-        sys.path.remove(str(site))
-        tasks.refresh()
+        try:
+            yield APP
+        finally:
+            serve.delete(APP)
 
 
 def _wait_until_listed(http, model: str, timeout_s: float = 30.0) -> dict:

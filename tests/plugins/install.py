@@ -4,9 +4,13 @@ Putting the folder on sys.path (or PYTHONPATH) is then all it takes for hfserve 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+from contract import tasks
 from contract.tasks import ENTRY_POINT_GROUP
 
 
@@ -18,3 +22,17 @@ def install_plugin(module_file: Path, site: Path, *, module: str, task: str, ver
     (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n")
     (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\n{task} = {module}:TASK\n")
     return site
+
+
+@contextlib.contextmanager
+def on_path(site: Path, module: str) -> Iterator[Path]:
+    """`site` on sys.path with the task table looking again, as a fresh interpreter would see
+    it; afterwards, everything as it was."""
+    sys.path.insert(0, str(site))
+    tasks.refresh()
+    try:
+        yield site
+    finally:
+        sys.path.remove(str(site))
+        sys.modules.pop(module, None)
+        tasks.refresh()

