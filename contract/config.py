@@ -22,6 +22,9 @@ from . import tasks
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Backend = Literal["auto", "openvino", "transformers"]
+# The platforms a model may run on (hardware/report.py PLATFORMS), fastest first: `auto` is
+# this whole list, in this order.
+HARDWARE_PREFERENCE: tuple[str, ...] = ("cuda", "rocm", "mps", "openvino", "qnn", "cpu")
 
 # The deployment names the builders create; serve_config.yaml refers to them under
 # `deployments:`, and the ingress recognises model applications by MODEL_DEPLOYMENT_NAME.
@@ -195,10 +198,29 @@ class ModelAppArgs(StrictModel):
         description="Engine family. auto picks OpenVINO on CPU nodes where it is installed, "
         "else transformers.",
     )
+    hardware: tuple[str, ...] = Field(
+        ("auto",),
+        description="Where the model runs: auto, or one of cuda, rocm, mps, openvino, qnn, cpu, or a list "
+        "of them in order of preference. auto is cuda, rocm, mps, openvino, qnn, cpu: the first one "
+        "that a node has (and that has an engine) wins. A single value is strict: no fallback.",
+    )
+    num_cpus: float = Field(0.5, ge=0, le=1024, description="CPUs Ray reserves per replica.")
+    num_gpus: float | None = Field(
+        None, ge=0, le=64, description="GPUs Ray reserves per replica when the model is placed on cuda or rocm "
+        "(a fraction shares one; default 1). A placement on another platform reserves none.",
+    )
+    resources: dict[str, float] = Field(
+        {}, description="Custom Ray resources per replica, e.g. {worker_node: 0.01} to pin a model to "
+        "nodes started with --resources.",
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     owned_by: str = Field("hfserve", description="The owned_by field of /v1/models.")
     request_timeout_s: float = Field(
-        300, gt=0, le=86400, description="A call to the model taking longer is cancelled and answered with 504."
+        10, gt=0, le=86400, description="The longest the ingress waits for the model to show progress: for "
+        "the answer to a short call (up to max_batch_size embedding inputs), for each chunk of a stream, "
+        "and for each heartbeat of a long call (non-streaming generation, larger embedding requests), "
+        "which the model sends while it works. No progress for this long is a 504, so a request to a "
+        "replica that died with its node is answered, not left hanging.",
     )
     cache_dir: Path | None = Field(
         None, description="Conversion cache (default HF_SERVER_CACHE_DIR or ~/.cache/hfserve)."
@@ -255,6 +277,32 @@ class ModelAppArgs(StrictModel):
         if isinstance(value, int) and not 1 <= value <= 64:
             raise ValueError("stream_interval must be 'auto' or between 1 and 64")
         return value
+
+    @field_validator("hardware", mode="before")
+    @classmethod
+    def _hardware_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("hardware")
+    @classmethod
+    def _known_hardware(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("auto", *HARDWARE_PREFERENCE)
+        unknown = [name for name in value if name not in known]
+        if unknown or not value:
+            raise ValueError(
+                f"unknown hardware {', '.join(map(repr, unknown)) or '(empty list)'}; choose auto or from: "
+                + ", ".join(HARDWARE_PREFERENCE)
+            )
+        if "auto" in value and len(value) > 1:
+            raise ValueError("hardware 'auto' is the whole preference list; it cannot be combined with others")
+        if len(set(value)) != len(value):
+            raise ValueError(f"hardware lists a platform twice: {list(value)}")
+        return value
+
+    @property
+    def hardware_preference(self) -> tuple[str, ...]:
+        """The platforms to try, in order (auto expanded)."""
+        return HARDWARE_PREFERENCE if self.hardware == ("auto",) else self.hardware
 
     @field_validator("source")
     @classmethod

@@ -42,11 +42,15 @@ class ModelInfo(BaseModel):
     endpoints: list[str] = []
     # Which replica answered: the ingress tells a replacement replica from the one it replaced.
     replica_id: str = ""
-
-    @property
-    def revision(self) -> str:
-        """Changes whenever the model is (re)loaded: cached responses of an older load never match."""
-        return f"{self.source}@{self.created}"
+    # The model's version: the same on every replica of one configuration and set of files, so
+    # the response cache is shared by them; a new version's answers never match an old one's.
+    revision: str = ""
+    platform: str = ""  # hardware.report.PLATFORMS: where this replica runs
+    node_id: str | None = None
+    node_ip: str | None = None
+    hostname: str | None = None
+    # Embedding inputs batched per call: larger requests are called with progress heartbeats.
+    max_batch_size: int | None = None
 
 
 class EngineStats(BaseModel):
@@ -56,6 +60,23 @@ class EngineStats(BaseModel):
     cancelled_requests_total: int = 0
     finished_requests_total: int = 0
     kv_cache_usage: float | None = None
+
+
+class ReplicaRecord(BaseModel):
+    """What a model replica tells its node's hardware actor about itself on every health check;
+    /status lists every replica of every model from these."""
+
+    model: str
+    replica_id: str
+    node_id: str | None = None
+    node_ip: str | None = None
+    hostname: str | None = None
+    platform: str
+    backend: str
+    device: str
+    pid: int
+    started_at: int
+    engine: EngineStats
 
 
 class ModelClient(Protocol):
@@ -71,6 +92,11 @@ class ModelClient(Protocol):
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]: ...
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
+
+    async def call_with_progress(self, method: str, request, timeout_s: float):
+        """The answer of `method` (chat, complete, embed) for a call that may run long: raises
+        TimeoutError when the model shows no progress (its heartbeats stop) for timeout_s."""
+        ...
 
     async def info(self) -> ModelInfo: ...
 

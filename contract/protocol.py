@@ -340,6 +340,17 @@ class EmbeddingResponse(OpenAIResponse):
 ModelStatus = Literal["ready", "loading", "failed", "unavailable", "circuit_open", "circuit_half_open"]
 
 
+class ModelReplica(OpenAIResponse):
+    """Where one replica of a model runs (hfserve's extension of the model object)."""
+
+    id: str
+    node_id: str | None = None
+    node_ip: str | None = None
+    hostname: str | None = None
+    platform: str
+    device: str
+
+
 class ModelCard(OpenAIResponse):
     id: str
     object: Literal["model"] = "model"
@@ -347,6 +358,11 @@ class ModelCard(OpenAIResponse):
     owned_by: str
     task: str | None
     status: ModelStatus
+    # hfserve's extensions: where the model runs (null until a replica answered).
+    backend: str | None = None
+    device: str | None = None
+    platform: str | None = None
+    replicas: list[ModelReplica] = []
 
 
 class ModelList(OpenAIResponse):

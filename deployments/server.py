@@ -19,7 +19,9 @@ in it (tests/unit/test_architecture.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 from contract import tasks
 from contract.config import MODEL_DEPLOYMENT_NAME, ModelAppArgs
 from contract.errors import InvalidRequestError, validation_error_to_api_error
-from contract.model_api import EngineStats, ModelInfo
+from contract.model_api import EngineStats, ModelInfo, ReplicaRecord
 from contract.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -41,10 +43,12 @@ from contract.protocol import (
 )
 from contract.text import replace_lone_surrogates
 from hardware.detect import detect
+from hardware.probe import PROBE_TIMEOUT_S, node_actor
+from hardware.report import NodeReport
 from hardware.select import BackendChoice, select_backend
 
 from .logs import quiet_client_errors
-from .sources import PreparedModel, prepare_model
+from .sources import PreparedModel, prepare_model, stable_revision
 
 logger = logging.getLogger("ray.serve")
 
@@ -63,6 +67,10 @@ DEPLOYMENT_OPTIONS: dict[str, Any] = {
 }
 
 
+# The handle methods that may run long: the ingress calls them through call_with_heartbeats.
+PROGRESS_METHODS = ("chat", "complete", "embed")
+
+
 def model_server_deployment():
     """ModelServer as a Serve deployment, with the defaults above."""
     from ray import serve
@@ -70,11 +78,40 @@ def model_server_deployment():
     return serve.deployment(**DEPLOYMENT_OPTIONS)(ModelServer)
 
 
-def prepare_for_this_node(args: ModelAppArgs, progress: Callable[[str], None]) -> tuple[BackendChoice, PreparedModel]:
+def node_hardware(model_id: str) -> tuple[NodeReport, object | None]:
+    """This node's hardware report, from its hardware actor (hardware/probe.py), and the actor.
+    Without one (outside Ray, or before the supervisor reached a new node) the replica detects
+    for itself and says why."""
+    import ray
+
+    if not ray.is_initialized():
+        return detect(), None
+    node_id = ray.get_runtime_context().get_node_id()
+    actor = node_actor(node_id)
+    if actor is None:
+        logger.warning("%s: node %s has no hardware actor yet; detecting in this replica", model_id, node_id[:8])
+        return detect(node_id, ray.util.get_node_ip_address()), None
+    try:
+        return NodeReport.model_validate(ray.get(actor.report.remote(), timeout=PROBE_TIMEOUT_S)), actor
+    except Exception as exc:  # noqa: BLE001 - a restarting actor must not fail the replica
+        logger.warning("%s: the hardware actor of node %s did not answer (%s); detecting in this replica",
+                       model_id, node_id[:8], exc)
+        return detect(node_id, ray.util.get_node_ip_address()), None
+
+
+def prepare_for_this_node(
+    name: str, args: ModelAppArgs, progress: Callable[[str], None], report: NodeReport | None = None,
+    gpus_assigned: int | None = None,
+) -> tuple[BackendChoice, PreparedModel]:
     """The backend this node runs the model on, and the model's files for it (converted and
-    cached on first use). Replicas call it, and `hfserve serve` before deploying."""
-    choice = select_backend(args.backend, detect())
-    progress(f"preparing {args.source} for {choice.backend} on {choice.device} ({choice.reason})")
+    cached on first use, once per node: a file lock makes a second replica wait and reuse).
+    Replicas call it, and `hfserve serve` before deploying."""
+    choice = select_backend(name, args.hardware_preference, args.backend, report or detect(), gpus_assigned)
+    progress(f"preparing {args.source} for {choice.backend} on {choice.device} ({choice.platform}: {choice.reason})")
+    if "reserved no GPU" in choice.reason:
+        logger.warning("%s: this node has a GPU but the replica reserved none, so it runs on %s; set num_gpus in "
+                       "the model's args (a deployments[].ray_actor_options block replaces the one placement sets)",
+                       name, choice.platform)
     prepared = prepare_model(
         args.source,
         tasks.get(args.task).hf_task,
@@ -105,6 +142,12 @@ def _this_replica() -> tuple[str, str]:
     return context.app_name, context.replica_tag
 
 
+def _gpus_assigned() -> int | None:
+    import ray
+
+    return len(ray.get_gpu_ids()) if ray.is_initialized() else None
+
+
 class ModelServer:
     def __init__(self, args: ModelAppArgs):
         started = time.monotonic()
@@ -112,7 +155,10 @@ class ModelServer:
         self.args = args
         self.model_id, replica_id = _this_replica()
         self._spec = tasks.get(args.task)
-        choice, prepared = prepare_for_this_node(args, lambda message: logger.info("%s: %s", self.model_id, message))
+        report, self._node_actor = node_hardware(self.model_id)
+        choice, prepared = prepare_for_this_node(
+            self.model_id, args, lambda message: logger.info("%s: %s", self.model_id, message), report, _gpus_assigned()
+        )
         self._task = self._spec.load(self.model_id, args, prepared, choice)
         self._info = ModelInfo(
             id=self.model_id,
@@ -127,8 +173,15 @@ class ModelServer:
             request_timeout_s=args.request_timeout_s,
             endpoints=list(self._spec.endpoints),
             replica_id=replica_id,
+            revision=stable_revision(args.source, args.revision, args.task, args.weight_format),
+            platform=choice.platform,
+            node_id=report.node_id,
+            node_ip=report.node_ip,
+            hostname=report.hostname,
+            max_batch_size=args.effective_max_batch_size if "embed" in self._spec.endpoints else None,
         )
-        logger.info("%s: ready in %.1fs", self.model_id, time.monotonic() - started)
+        self._report_replica()
+        logger.info("%s: ready in %.1fs on %s (%s)", self.model_id, time.monotonic() - started, choice.platform, report.hostname)
 
     # ------------------------------------------------------------------ typed API
 
@@ -152,6 +205,24 @@ class ModelServer:
     async def embed(self, request: EmbeddingRequest | dict) -> EmbeddingResponse:
         return await self._serving("embed").embed(_parse(EmbeddingRequest, request))
 
+    async def call_with_heartbeats(self, method: str, request: Any, heartbeat_s: float = 2.0) -> AsyncIterator[Any]:
+        """A long unary call (chat, complete, embed) as a stream: None every heartbeat_s while it
+        runs, then its answer. The ingress waits request_timeout_s for each item, so a live model
+        may take as long as it needs while one that died with its node is noticed at once."""
+        if method not in PROGRESS_METHODS:
+            raise InvalidRequestError(f"'{method}' cannot be called with progress", param="method")
+        work = asyncio.ensure_future(getattr(self, method)(request))
+        try:
+            while True:
+                done, _ = await asyncio.wait({work}, timeout=max(0.05, heartbeat_s))
+                if done:
+                    yield work.result()
+                    return
+                yield None
+        finally:
+            if not work.done():
+                work.cancel()  # the caller went away: stop the work too
+
     async def info(self) -> ModelInfo:
         return self._info
 
@@ -162,8 +233,30 @@ class ModelServer:
 
     def check_health(self) -> None:
         self._task.check_health()
+        self._report_replica()
+
+    def _report_replica(self) -> None:
+        """Tell this node's hardware actor about this replica (fire and forget): /status lists
+        every replica of every model from these records."""
+        if self._node_actor is None:
+            return
+        record = ReplicaRecord(
+            model=self.model_id, replica_id=self._info.replica_id, node_id=self._info.node_id, node_ip=self._info.node_ip,
+            hostname=self._info.hostname, platform=self._info.platform, backend=self._info.backend,
+            device=self._info.device, pid=os.getpid(), started_at=self._info.created, engine=self._task.stats(),
+        )
+        try:
+            self._node_actor.put_replica.remote(record.replica_id, record.model_dump())
+        except Exception:  # noqa: BLE001 - the actor is restarting; the next health check retries
+            pass
 
     def __del__(self) -> None:
+        actor = getattr(self, "_node_actor", None)
+        if actor is not None:
+            try:
+                actor.drop_replica.remote(self._info.replica_id)
+            except Exception:  # noqa: BLE001
+                pass
         task = getattr(self, "_task", None)
         if task is not None:
             task.shutdown()

@@ -89,6 +89,22 @@ def _identity(source: ModelSource) -> str:
     return "\n".join([source.kind, str(path), *parts])
 
 
+def stable_revision(source_text: str, revision: str | None, *options: str) -> str:
+    """The model's version as every replica on every node sees it: the source, its hub revision,
+    the options that change outputs and the size of each file, but no mtimes, which differ
+    between nodes that installed the same files at different times. The response cache keys
+    entries by it, so replicas of one version share them and a new version misses."""
+    source = parse_source(source_text, revision)
+    # The source as configured, not where it resolved: venvs sit at different paths on different nodes.
+    digest = hashlib.sha256("\0".join([source_text.strip(), source.revision or "", *options]).encode())
+    if source.kind != "hub":
+        path = Path(source.location)
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        for file in files:
+            digest.update(f"\0{file.relative_to(path.parent)}:{file.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
 def _versions(*packages: str) -> str:
     out = []
     for name in packages:

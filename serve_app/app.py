@@ -5,20 +5,36 @@ so a typo in serve_config.yaml fails the deploy naming the field (a model's task
 task's fields included, see contract/tasks.py). HF_SERVER_* overrides are applied here, where
 the application is built.
 
+The builders run inside the cluster (`serve deploy`, `serve run`, `hfserve serve`), so this is
+also where the per-node hardware actors are started and a model is placed: its replicas' Ray
+actor options come from its `hardware`, `num_cpus`, `num_gpus` and `resources` args and what
+the nodes have (hardware/placement.py), and hardware or resources that no node has fail the
+deploy with a message naming them. A `deployments: - ray_actor_options:` block in the YAML
+replaces these options as a whole (Ray's rule), GPUs included: prefer the args.
+
 No `from __future__ import annotations` here: Ray inspects the annotation at runtime and
 needs the class, not a string.
 """
 
+import logging
+
+import ray
 from ray.serve import Application
 
 from contract.config import IngressArgs, ModelAppArgs, read_env
 from deployments.server import model_server_deployment
+from hardware.detect import detect
+from hardware.placement import Placement, PlacementError, place, unknown_resources
+from hardware.probe import cluster_reports, ensure_supervisor
 
 from .ingress import Ingress
+
+logger = logging.getLogger("ray.serve")
 
 
 def build_ingress_app(args: IngressArgs) -> Application:
     args = args.with_env(read_env())
+    ensure_supervisor()
     # HF_SERVER_WORKERS sets the replica count unless serve_config.yaml pins num_replicas
     # (or autoscaling) for the Ingress deployment itself; config-file options win in Ray.
     deployment = Ingress.options(num_replicas=args.workers) if args.workers else Ingress
@@ -26,4 +42,25 @@ def build_ingress_app(args: IngressArgs) -> Application:
 
 
 def build_model_app(args: ModelAppArgs) -> Application:
-    return model_server_deployment().bind(args.with_env(read_env()))
+    args = args.with_env(read_env())
+    placement = place_model(args)
+    logger.info("model from %s: planned for %s on %s", args.source, placement.platform, ", ".join(placement.nodes))
+    return model_server_deployment().options(ray_actor_options=placement.ray_actor_options).bind(args)
+
+
+def place_model(args: ModelAppArgs) -> Placement:
+    # The builder does not know the application's name; Serve's DEPLOY_FAILED message adds it.
+    model = args.source
+    if ray.is_initialized():
+        reports = cluster_reports()
+        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        missing = unknown_resources(args.resources, nodes)
+        if missing:
+            raise PlacementError(
+                f"model '{model}': no node has the resources {missing}; start a node with "
+                f"`ray start --resources '{{...}}'` or change the model's resources"
+            )
+    else:
+        reports = [detect()]
+    return place(model, args.hardware_preference, args.backend, reports,
+                 num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=args.resources)

@@ -116,9 +116,12 @@ class ResponseCache:
         self._items[key] = _Item(value, model, self._clock())
         self._bytes += len(value)
         self._record(key, True)
-        while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
-            oldest = next(iter(self._items))
-            self._remove(oldest)
+        self.trim()
+
+    def trim(self) -> None:
+        """Evict the least recently used entries until both limits hold."""
+        while self._items and (len(self._items) > self.max_entries or self._bytes > self.max_bytes):
+            self._remove(next(iter(self._items)))
 
     def invalidate_model(self, model: str) -> int:
         doomed = [key for key, item in self._items.items() if item.model == model]

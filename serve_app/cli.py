@@ -24,13 +24,14 @@ def _discover(_: argparse.Namespace) -> int:
     return 0
 
 
-def _hardware(_: argparse.Namespace) -> int:
-    from hardware.detect import detect
-    from hardware.select import select_backend
+def _hardware(args: argparse.Namespace) -> int:
+    from .hardware_cli import cluster_or_local_reports, render
 
-    report = detect()
-    choice = select_backend("auto", report)
-    print(json.dumps({"report": report.as_dict(), "auto_backend": choice.__dict__}, indent=2))
+    reports, where = cluster_or_local_reports(args.address)
+    if args.json:
+        print(json.dumps({"source": where, "nodes": [r.model_dump() for r in reports]}, indent=2))
+    else:
+        print(render(reports, where))
     return 0
 
 
@@ -58,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=_serve)
 
     commands.add_parser("discover", help="list the tasks this server can serve").set_defaults(func=_discover)
-    commands.add_parser("hardware", help="show this node's hardware and the backend auto picks").set_defaults(
-        func=_hardware
+    hardware = commands.add_parser(
+        "hardware", help="every node's hardware in a running Ray cluster (this machine's when none runs)"
     )
+    hardware.add_argument("--json", action="store_true", help="machine-readable output")
+    hardware.add_argument("--address", default="auto", help="Ray cluster address (default: RAY_ADDRESS or the local one)")
+    hardware.set_defaults(func=_hardware)
     status = commands.add_parser("status", help="show a running server's /status (uses the admin key)")
     status.add_argument("--url", default="http://127.0.0.1:8000")
     status.set_defaults(func=_status)

@@ -61,6 +61,7 @@ class DeployPlan:
     ingresses: list[IngressArgs]  # the ingress applications' args, environment applied
     host: str
     port: int
+    warnings: tuple[str, ...] = ()  # deployable, but probably not what was meant
 
     @property
     def base_url(self) -> str:
@@ -114,4 +115,14 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
                     f"application '{app['name']}', deployment '{deployment.get('name')}': unknown "
                     f"autoscaling_config keys {sorted(unknown)}"
                 )
-    return DeployPlan(config=config, models=models, ingresses=ingresses, host=http["host"], port=int(http["port"]))
+    warnings = tuple(
+        f"application '{app['name']}': deployments[].ray_actor_options replaces, as a whole, the options hfserve "
+        "derives from the model's hardware, num_cpus, num_gpus and resources (a GPU placement's num_gpus "
+        "included); set those in args instead"
+        for app in config["applications"]
+        if app.get("name") in models
+        for deployment in app.get("deployments") or []
+        if deployment.get("ray_actor_options")
+    )
+    return DeployPlan(config=config, models=models, ingresses=ingresses, host=http["host"], port=int(http["port"]),
+                      warnings=warnings)

@@ -7,6 +7,7 @@ directory start and stop with the app.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -14,12 +15,18 @@ from fastapi import FastAPI
 from ray import serve
 
 from contract.config import INGRESS_DEPLOYMENT_NAME, IngressArgs
+from hardware.probe import ensure_supervisor
 
 from .gateway import Gateway
 from .http.errors import install_error_handlers
 from .http.middleware import build_middleware
 from .http.openapi import install_openapi
-from .model_directory import ModelDirectory, connect_serve_model, list_serve_model_apps
+from .model_directory import (
+    ModelDirectory,
+    connect_serve_model,
+    list_serve_model_apps,
+    list_serve_replicas,
+)
 from .routes.admin import admin_router
 from .routes.openai_api import openai_router
 from .routes.operations import operations_router
@@ -56,7 +63,8 @@ def create_app(gateway: Gateway, args: IngressArgs) -> FastAPI:
 class Ingress:
     def __init__(self, args: IngressArgs):
         self.args = args
-        state = StateClient.ray_actor(state_settings(args))
+        state = StateClient.ray_actor(StateSettings.from_args(args))
+        self.hardware = ensure_supervisor()  # the per-node hardware actors: /status and placement
         directory = ModelDirectory(
             list_serve_model_apps,
             connect_serve_model,
@@ -64,8 +72,10 @@ class Ingress:
             info_timeout_s=args.readiness_timeout_s,
             on_reload=lambda model: _quietly(state.call("cache_invalidate", model)),
             on_new_replica=lambda model: _quietly(state.call("breaker_replaced", model)),
+            list_replicas=lambda: list_serve_replicas(self.hardware),
         )
-        self.gateway = Gateway(args, state, directory)
+        self.gateway = Gateway(args, state, directory,
+                               node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.gateway, self.args)
@@ -74,15 +84,3 @@ class Ingress:
 async def _quietly(call) -> None:
     with contextlib.suppress(StateUnavailable):
         await call
-
-
-def state_settings(args: IngressArgs) -> StateSettings:
-    return StateSettings(
-        state_dir=args.effective_state_dir,
-        static_admin=args.static_admin_key_sha256 is not None,
-        cache_max_entries=args.cache_max_size,
-        cache_max_bytes=args.cache_max_bytes,
-        cache_ttl_s=args.cache_ttl_seconds,
-        breaker_threshold=args.circuit_breaker_threshold,
-        breaker_timeout_s=args.circuit_breaker_timeout_seconds,
-    )

@@ -37,8 +37,8 @@ def _prepare_in_child(name: str, args: ModelAppArgs) -> str:
     """Runs in a spawned process so torch/transformers memory is freed afterwards."""
     from deployments.server import prepare_for_this_node
 
-    choice, prepared = prepare_for_this_node(args, lambda message: _say(f"{name}: {message}"))
-    return f"{choice.backend} on {choice.device} ({choice.reason}); files in {prepared.openvino_dir or prepared.hf_dir}"
+    choice, prepared = prepare_for_this_node(name, args, lambda message: _say(f"{name}: {message}"))
+    return f"{choice.backend} on {choice.device} ({choice.platform}); files in {prepared.openvino_dir or prepared.hf_dir}"
 
 
 def prepare_models(models: dict[str, ModelAppArgs], say: Say = _say) -> None:
@@ -176,6 +176,8 @@ def serve_forever(config_path: Path | None = None, *, host: str | None = None, p
     except DeployConfigError as exc:
         _say(f"error: {exc}")
         return 2
+    for warning in plan.warnings:
+        _say(f"warning: {warning}")
     prepare_models(plan.models)
     bootstrap_admin_key(plan)
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGINT, signal.SIGTERM)}

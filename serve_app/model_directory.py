@@ -18,8 +18,8 @@ from typing import Any
 
 from contract.config import MODEL_DEPLOYMENT_NAME
 from contract.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from contract.model_api import ModelClient, ModelInfo
-from contract.protocol import ModelCard
+from contract.model_api import ModelClient, ModelInfo, ReplicaRecord
+from contract.protocol import ModelCard, ModelReplica
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,14 +34,25 @@ class ModelEntry:
     first_seen: int = field(default_factory=lambda: int(time.time()))
     # Replica ids seen answering info(), oldest first (bounded): a new one is a replacement.
     replicas: dict[str, None] = field(default_factory=dict)
+    # Every live replica, as they report themselves to their nodes' hardware actors.
+    placed: list[ReplicaRecord] = field(default_factory=list)
 
     def card(self) -> ModelCard:
+        info = self.info
         return ModelCard(
             id=self.id,
-            created=self.info.created if self.info else self.first_seen,
-            owned_by=self.info.owned_by if self.info else "hfserve",
-            task=self.info.task if self.info else None,
+            created=info.created if info else self.first_seen,
+            owned_by=info.owned_by if info else "hfserve",
+            task=info.task if info else None,
             status=self.status,  # type: ignore[arg-type]
+            backend=info.backend if info else None,
+            device=info.device if info else None,
+            platform=info.platform or None if info else None,
+            replicas=[
+                ModelReplica(id=r.replica_id, node_id=r.node_id, node_ip=r.node_ip, hostname=r.hostname,
+                             platform=r.platform, device=r.device)
+                for r in self.placed
+            ],
         )
 
 
@@ -78,7 +89,11 @@ class ModelDirectory:
         clock: Callable[[], float] = time.monotonic,
         on_reload: Callable[[str], Awaitable[Any]] | None = None,
         on_new_replica: Callable[[str], Awaitable[Any]] | None = None,
+        list_replicas: Callable[[], Awaitable[list[ReplicaRecord]]] | None = None,
     ):
+        self._list_replicas = list_replicas
+        self._placed: dict[str, list[ReplicaRecord]] = {}
+        self._placing: asyncio.Task | None = None
         self._on_reload = on_reload
         self._on_new_replica = on_new_replica
         self._clock = clock
@@ -137,14 +152,39 @@ class ModelDirectory:
 
     def start(self) -> None:
         if self._background is None:
-            self._background = asyncio.get_running_loop().create_task(self._refresh_forever())
+            loop = asyncio.get_running_loop()
+            self._background = loop.create_task(self._refresh_forever())
+            if self._list_replicas is not None:
+                self._placing = loop.create_task(self._replicas_forever())
 
     async def stop(self) -> None:
-        if self._background is not None:
-            self._background.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._background
-            self._background = None
+        for task in (self._background, self._placing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._background = self._placing = None
+
+    async def refresh_replicas(self) -> None:
+        """Where every replica runs. Its own loop: a dead node's actor that does not answer must
+        not slow down noticing a model's recovery."""
+        assert self._list_replicas is not None
+        placed: dict[str, list[ReplicaRecord]] = {}
+        for record in await self._list_replicas():
+            placed.setdefault(record.model, []).append(record)
+        self._placed = {model: sorted(records, key=lambda r: (r.hostname or "", r.replica_id)) for model, records in placed.items()}
+        for entry in self._entries.values():
+            entry.placed = self._placed.get(entry.id, [])
+
+    async def _replicas_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh_replicas()
+            except Exception:  # noqa: BLE001 - /status shows the last known placement
+                logger.warning("could not list the replicas from the hardware actors", exc_info=True)
+            # A model that is ready but not yet placed: its replicas report within a moment.
+            unplaced = any(entry.status == "ready" and not entry.placed for entry in self._entries.values())
+            await asyncio.sleep(min(self._ttl_s, RECOVERING_POLL_S) if unplaced else self._ttl_s)
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -165,7 +205,10 @@ class ModelDirectory:
             if self._clock() - self._refreshed_at < max_age_s:
                 return
             apps = await self._list_apps()
-            entries = {app.name: self._entries.get(app.name) or ModelEntry(app.name, "loading") for app in apps}
+            entries = {
+                app.name: self._entries.get(app.name) or ModelEntry(app.name, "loading", placed=self._placed.get(app.name, []))
+                for app in apps
+            }
             await asyncio.gather(*(self._update(entries[app.name], app) for app in apps))
             self._entries = entries
             self._refreshed_at = self._clock()
@@ -180,11 +223,18 @@ class ModelDirectory:
             if entry.client is None:
                 entry.client = await self._connect(app.name)
             info = await asyncio.wait_for(entry.client.info(), self._info_timeout_s)
-            if entry.info is not None and info.created != entry.info.created and self._on_reload is not None:
-                await self._on_reload(entry.id)  # a reloaded model: drop what its old load answered
+            if entry.info is not None and info.revision != entry.info.revision and self._on_reload is not None:
+                await self._on_reload(entry.id)  # a new version of the model: drop what the old one answered
             await self._note_replica(entry, info.replica_id)
             entry.info = info
             entry.status = "ready"
+        except TimeoutError:
+            if entry.info is None:
+                entry.status, entry.message = "unavailable", "no answer from the model: TimeoutError"
+            # Else a replica too busy to answer at once (a loaded 2-core machine, a new
+            # replica starting beside it) is still the model Serve reports RUNNING: it stays
+            # ready. A dead one Serve reports itself; one lost with its node, the requests'
+            # own timeouts find.
         except Exception as exc:  # noqa: BLE001 - a replica that cannot answer is not ready
             entry.status = "unavailable"
             entry.message = f"no answer from the model: {type(exc).__name__}"
@@ -226,6 +276,22 @@ class ServeModelClient:
     async def embed(self, request):
         return await self._handle.embed.remote(request)
 
+    async def call_with_progress(self, method, request, timeout_s):
+        # Heartbeats come four times per timeout (at most every 2 s), so one late beat on a
+        # busy replica is not mistaken for a dead one.
+        stream = self._streaming.call_with_heartbeats.remote(method, request, min(2.0, timeout_s / 4))
+        try:
+            while True:
+                async with asyncio.timeout(timeout_s):
+                    item = await stream.__anext__()
+                if item is not None:
+                    return item
+        except StopAsyncIteration:
+            raise RuntimeError(f"the model ended '{method}' without an answer") from None
+        except BaseException:
+            stream.cancel()
+            raise
+
     async def info(self):
         return await self._handle.info.remote()
 
@@ -238,10 +304,24 @@ async def list_serve_model_apps() -> list[AppState]:
 
     status = await asyncio.to_thread(serve.status)
     return [
-        AppState(name, app.status.value if hasattr(app.status, "value") else str(app.status), app.message or "")
+        AppState(name, _status(app),
+                 # A replica that cannot be scheduled is explained on the deployment, not the app.
+                 app.message or (app.deployments[MODEL_DEPLOYMENT_NAME].message if app.deployments else "") or "")
         for name, app in status.applications.items()
-        if MODEL_DEPLOYMENT_NAME in app.deployments
+        # A model application whose builder failed (hardware no node has, say) has no
+        # deployments at all; it is listed as failed, with the reason, rather than hidden.
+        if MODEL_DEPLOYMENT_NAME in app.deployments or (not app.deployments and _status(app) == "DEPLOY_FAILED")
     ]
+
+
+def _status(app: Any) -> str:
+    return app.status.value if hasattr(app.status, "value") else str(app.status)
+
+
+async def list_serve_replicas(supervisor: Any) -> list[ReplicaRecord]:
+    """Every model replica of the cluster, from the per-node hardware actors' records."""
+    records = await asyncio.wait_for(supervisor.replicas.remote(), 5.0)
+    return [ReplicaRecord.model_validate(record) for record in records]
 
 
 async def connect_serve_model(name: str) -> ServeModelClient:

@@ -20,6 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from contract.config import IngressArgs
+
 from .auth import KeyRecord, KeyStore, KeyStoreWriteError, KeyUsage, NewKey, ensure_admin_key
 from .breaker import CircuitBreaker, Snapshot
 from .cache import ResponseCache
@@ -41,6 +43,18 @@ class StateSettings(BaseModel):
     cache_ttl_s: float = 3600.0
     breaker_threshold: int = 5
     breaker_timeout_s: float = 60.0
+
+    @classmethod
+    def from_args(cls, args: IngressArgs) -> StateSettings:
+        return cls(
+            state_dir=args.effective_state_dir,
+            static_admin=args.static_admin_key_sha256 is not None,
+            cache_max_entries=args.cache_max_size,
+            cache_max_bytes=args.cache_max_bytes,
+            cache_ttl_s=args.cache_ttl_seconds,
+            breaker_threshold=args.circuit_breaker_threshold,
+            breaker_timeout_s=args.circuit_breaker_timeout_seconds,
+        )
 
 
 class StateCore:
@@ -66,6 +80,30 @@ class StateCore:
         )
         self.breakers: dict[str, CircuitBreaker] = {}
         self.started = time.time()
+
+    # ------------------------------------------------------------------ settings
+
+    def configure(self, settings: StateSettings) -> list[str]:
+        """Settings of a redeployed ingress, applied to the running actor (which outlives
+        deploys). Returns the names of the settings that changed; each is logged."""
+        changed = [name for name in StateSettings.model_fields if getattr(settings, name) != getattr(self.settings, name)]
+        if not changed:
+            return []
+        if "state_dir" in changed or "static_admin" in changed:
+            self.store.close()
+            self.store = KeyStore(settings.state_dir / "keys.db")
+            try:
+                ensure_admin_key(self.store, settings.state_dir, settings.static_admin)
+            except KeyStoreWriteError as exc:
+                logger.error("could not create an admin API key: %s", exc.message)
+        self.cache.max_entries, self.cache.max_bytes = settings.cache_max_entries, settings.cache_max_bytes
+        self.cache.ttl_s = settings.cache_ttl_s
+        self.cache.trim()
+        for breaker in self.breakers.values():
+            breaker.threshold, breaker.timeout_s = settings.breaker_threshold, settings.breaker_timeout_s
+        self.settings = settings
+        logger.warning("shared state: new settings from a redeploy: %s", ", ".join(changed))
+        return changed
 
     # ------------------------------------------------------------------ keys
 
@@ -114,7 +152,7 @@ class StateCore:
         """One call every 250 ms (1 s when idle) per ingress replica: breaker states and cache key changes
         out; the hits and misses the replica answered by itself in."""
         self.cache.count_local(local_hits, local_misses)
-        return {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version)}
+        return {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version), "started": self.started}
 
     # ------------------------------------------------------------------ breakers
 
@@ -148,6 +186,7 @@ class StateCore:
     def status(self) -> dict[str, Any]:
         return {
             "uptime_s": round(time.time() - self.started, 1),
+            "settings": self.settings.model_dump(mode="json"),
             "cache": self.cache.stats().as_dict(),
             "breakers": {m: {"state": s.state.value, "consecutive_failures": s.consecutive_failures,
                              "retry_after_s": round(s.retry_after_s, 1)} for m, s in self.breaker_snapshots().items()},
@@ -204,11 +243,12 @@ def _is_ray_actor_error(exc: BaseException) -> bool:
 
 def get_or_create_actor(settings: StateSettings):
     """The one state actor of the cluster: named, detached, restarted forever, on the head
-    node (where the state directory with the SQLite key store lives)."""
+    node (where the state directory with the SQLite key store lives). An actor that already
+    runs (it outlives deploys) is given these settings: a redeploy's changes take effect."""
     import ray
 
     actor_class = ray.remote(StateCore)
-    return actor_class.options(
+    handle = actor_class.options(
         name=STATE_ACTOR_NAME,
         namespace=STATE_NAMESPACE,
         lifetime="detached",
@@ -218,3 +258,5 @@ def get_or_create_actor(settings: StateSettings):
         num_cpus=0,
         resources={"node:__internal_head__": 0.001},
     ).remote(settings)
+    # An actor that already ran gets these settings from the ingress's first sync (gateway/).
+    return handle

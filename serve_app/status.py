@@ -1,5 +1,6 @@
-"""What /status reports: every model with its state, backend, breaker and engine counters,
-the shared cache's statistics and the state actor's health."""
+"""What /status reports: every model with its state, backend, breaker and each of its replicas
+(node, platform, engine counters), every node's hardware report, the shared cache's
+statistics and the state actor's health."""
 
 from __future__ import annotations
 
@@ -25,20 +26,31 @@ async def _engine_stats(entry: ModelEntry) -> dict[str, Any] | None:
 def _model_status(gateway: Gateway, entry: ModelEntry, engine: dict[str, Any] | None, breakers: dict) -> dict[str, Any]:
     info = entry.info
     return {
-        **entry.card().model_dump(),
+        **entry.card().model_dump(exclude={"replicas"}),
         "status": gateway.model_status(entry.status, entry.id),
         "message": entry.message or None,
-        "backend": info.backend if info else None,
-        "device": info.device if info else None,
         "source": info.source if info else None,
         "max_model_len": info.max_model_len if info else None,
+        "revision": info.revision if info else None,
         "circuit_breaker": breakers.get(entry.id, {"state": "closed"}),
-        "engine": engine,
+        "engine": engine,  # live counters of the replica that answered now
+        # Every live replica with its engine counters, as it last reported (every 5 s).
+        "replicas": [record.model_dump() for record in entry.placed],
     }
+
+
+async def _nodes(gateway: Gateway) -> list[dict[str, Any]] | dict[str, str]:
+    if gateway.node_reports is None:
+        return []
+    try:
+        return await gateway.node_reports()
+    except Exception as exc:  # noqa: BLE001 - the supervisor restarting must not fail /status
+        return {"error": f"the hardware actors did not answer: {type(exc).__name__}"}
 
 
 async def status_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     entries = gateway.directory.entries()
+    nodes = asyncio.ensure_future(_nodes(gateway))
     engines = await asyncio.gather(*(_engine_stats(entry) for entry in entries))
     try:
         shared = await gateway.state.call("status")
@@ -48,6 +60,7 @@ async def status_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     return {
         "uptime_s": round(uptime_s, 1),
         "models": [_model_status(gateway, entry, engine, breakers) for entry, engine in zip(entries, engines, strict=True)],
+        "nodes": await nodes,
         "cache": shared.get("cache"),
-        "state": {"uptime_s": shared.get("uptime_s"), "error": shared.get("error")},
+        "state": {"uptime_s": shared.get("uptime_s"), "settings": shared.get("settings"), "error": shared.get("error")},
     }

@@ -1,5 +1,5 @@
 """Shared test helpers. Tiers: tests/unit (no Ray), tests/integration (real Ray Serve and
-tiny models built at test time), tests/e2e (the default config with the packaged models)."""
+tiny models built at test time), tests/cluster (two Ray nodes), tests/e2e (the default config with the packaged models)."""
 
 from __future__ import annotations
 
@@ -22,5 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+        elif "cluster" in parts:
+            item.add_marker(pytest.mark.cluster)
         elif "e2e" in parts:
             item.add_marker(pytest.mark.e2e)

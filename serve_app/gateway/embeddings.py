@@ -61,7 +61,12 @@ async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: Em
     if missing:
         await gateway.admit_to_model(request.model, admission)
         sub = request.model_copy(update={"input": [inputs[i] for i in missing], "encoding_format": "base64"})
-        response = await gateway.call_model(entry.client.embed(sub), request.model, entry.info.request_timeout_s, admission)
+        timeout = entry.info.request_timeout_s
+        if len(missing) <= (entry.info.max_batch_size or 32):  # one batch: bounded outright, the cheapest call
+            response = await gateway.call_model(entry.client.embed(sub), request.model, timeout, admission)
+        else:  # several batches: bounded by the model's progress
+            call = entry.client.call_with_progress("embed", sub, timeout)
+            response = await gateway.call_model(call, request.model, timeout, admission, bounded=False)
         per_input = response.usage.input_tokens or [0] * len(missing)
         for i, data, count in zip(missing, response.data, per_input, strict=True):
             vector = decode_base64_vector(data.embedding)

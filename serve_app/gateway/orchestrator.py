@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from contract.config import IngressArgs
@@ -28,7 +28,7 @@ from contract.protocol import CompletionRequest, EmbeddingRequest, SamplingField
 
 from ..cache import canonical_key, is_deterministic
 from ..model_directory import ModelDirectory, ModelEntry
-from ..state import StateClient, StateUnavailable
+from ..state import StateClient, StateSettings, StateUnavailable
 from .breakers import Breakers
 from .cache_client import CacheClient
 from .callers import Authenticator, Caller
@@ -50,8 +50,10 @@ logger = logging.getLogger("ray.serve")
 
 
 class Gateway:
-    def __init__(self, args: IngressArgs, state: StateClient, directory: ModelDirectory):
+    def __init__(self, args: IngressArgs, state: StateClient, directory: ModelDirectory,
+                 node_reports: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None):
         self.args = args
+        self.node_reports = node_reports  # every node's hardware report, for /status
         self.state = state
         self.directory = directory
         self.authenticator = Authenticator(state, args)
@@ -61,6 +63,8 @@ class Gateway:
         self.usage = UsageRecorder(state)
         self._background: list[asyncio.Task] = []
         self._last_request = float("-inf")
+        self.state_settings = StateSettings.from_args(args)
+        self._state_started: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -89,6 +93,12 @@ class Gateway:
             return
         self.breakers.snapshots = result["breakers"]
         self.cache.apply(result["cache"])
+        if result.get("started") != self._state_started:
+            # The state actor outlives deploys, and a restart re-creates it with the settings it
+            # was first created with: give it this deployment's settings, so a redeploy's new
+            # cache or breaker settings take effect instead of being silently ignored.
+            await self.state.call("configure", self.state_settings, timeout_s=2.0)
+            self._state_started = result.get("started")
 
     def _sync_period(self) -> float:
         # 250 ms while requests flow (breakers and cache keys stay fresh); once a second when
@@ -135,11 +145,12 @@ class Gateway:
         entry = await self.model(caller, request.model, EMBED.name)
         return await embed(self, entry, caller, request, no_cache)
 
-    async def call_model(self, call, model: str, timeout_s: float, admission: Admission):
-        """A whole (non-streaming) model call: its timeout, the breaker report, and on failure
-        the refund of the reserved tokens and the error the client gets."""
+    async def call_model(self, call, model: str, timeout_s: float, admission: Admission, *, bounded: bool = True):
+        """A whole (non-streaming) model call: its timeout (unless the call bounds itself by
+        progress: bounded=False), the breaker report, and on failure the refund of the
+        reserved tokens and the error the client gets."""
         try:
-            response = await asyncio.wait_for(call, timeout_s)
+            response = await (asyncio.wait_for(call, timeout_s) if bounded else call)
         except BaseException as exc:
             self.quota.settle(admission, 0)
             if isinstance(exc, asyncio.CancelledError):
@@ -180,8 +191,9 @@ class Gateway:
         if request.stream:
             stream = self._stream(spec, entry, caller, request, admission, cache_key, timeout)
             return Reply(stream, admission.headers, cache)
-        call = getattr(entry.client, spec.endpoint.method)(request)
-        response = await self.call_model(call, request.model, timeout, admission)
+        # A generation may run long: it is bounded by the model's progress, not a total time.
+        call = entry.client.call_with_progress(spec.endpoint.method, request, timeout)
+        response = await self.call_model(call, request.model, timeout, admission, bounded=False)
         self.quota.settle(admission, response.usage.total_tokens)
         self.usage.record(caller, response.usage.prompt_tokens, response.usage.completion_tokens)
         if cache_key:

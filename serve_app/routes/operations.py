@@ -49,8 +49,10 @@ def operations_router(gateway: Gateway, started: float) -> APIRouter:
         waiting = sorted(model for model, status in models.items() if status != "ready")
         if models and not waiting:
             return {"status": "ready", "models": models}
+        why = {entry.id: entry.message for entry in directory.entries() if entry.message}
+        # Serve's own words say why (e.g. no node has the resources a replica asks for).
         message = "No models are deployed." if not models else "Models not ready: " + ", ".join(
-            f"{m} ({models[m]})" for m in waiting
+            f"{m} ({models[m]}{': ' + why[m] if m in why else ''})" for m in waiting
         )
         # Returned rather than raised: not ready is an answer here, not a failure to log.
         return error_response(ServiceUnavailableError(

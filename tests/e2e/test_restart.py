@@ -28,8 +28,7 @@ def _config(path: Path, model_dir: Path) -> Path:
             {"name": "ingress", "route_prefix": "/", "import_path": "serve_app.app:build_ingress_app", "args": {},
              "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.1}}]},
             {"name": "tiny-bert", "route_prefix": None, "import_path": "serve_app.app:build_model_app",
-             "args": {"source": str(model_dir), "task": "embedding", "backend": "transformers"},
-             "deployments": [{"name": "ModelServer", "ray_actor_options": {"num_cpus": 0.2}}]},
+             "args": {"source": str(model_dir), "task": "embedding", "backend": "transformers", "num_cpus": 0.2}},
         ],
     }))
     return path

@@ -65,8 +65,8 @@ def _model_app(name: str, args: dict, num_cpus: float, **deployment) -> dict:
         "name": name,
         "route_prefix": None,
         "import_path": "serve_app.app:build_model_app",
-        "args": args,
-        "deployments": [{"name": "ModelServer", "ray_actor_options": {"num_cpus": num_cpus}, **deployment}],
+        "args": {**args, "num_cpus": num_cpus},
+        "deployments": [{"name": "ModelServer", **deployment}],
     }
 
 

@@ -47,6 +47,7 @@ class FakeModel:
         self.embedded: list[str] = []
         self.fail = False
         self.created = 123
+        self.version = "v1"  # what ModelInfo.revision is made of; `created` is per replica
         self.delay_s = 0.0
         self.request_timeout_s = 5.0
         self.replica_id = "r1"  # which replica answers; a test replaces it to model a new one
@@ -126,10 +127,16 @@ class FakeModel:
         return EmbeddingResponse(data=data, model=self.model_id,
                                  usage=EmbeddingUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens), input_tokens=tokens))
 
+    async def call_with_progress(self, method, request, timeout_s):
+        # A fake sends no heartbeats: a call slower than timeout_s times out, as a silent replica's would.
+        self.progress_calls = getattr(self, "progress_calls", 0) + 1
+        return await asyncio.wait_for(getattr(self, method)(request), timeout_s)
+
     async def info(self):
         return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=self.created, backend="fake",
                          device="cpu", source="fake", request_timeout_s=self.request_timeout_s,
-                         endpoints=list(tasks.get(self.task).endpoints), replica_id=self.replica_id)
+                         endpoints=list(tasks.get(self.task).endpoints), replica_id=self.replica_id,
+                         revision=f"fake@{self.version}", platform="cpu", max_batch_size=4)
 
     async def stats(self):
         return EngineStats()
@@ -157,16 +164,17 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
 
     from contract.config import IngressArgs
     from serve_app.gateway import Gateway
-    from serve_app.ingress import create_app, state_settings
+    from serve_app.ingress import create_app
     from serve_app.model_directory import ModelDirectory
-    from serve_app.state import StateClient, StateCore
+    from serve_app.state import StateClient, StateCore, StateSettings
 
     clock = ingress_args.pop("clock", time.monotonic)
     state_clock = ingress_args.pop("state_clock", time.monotonic)
     args = IngressArgs(state_dir=tmp_path, **ingress_args)
-    core = StateCore(state_settings(args), clock=state_clock)
+    core = StateCore(StateSettings.from_args(args), clock=state_clock)
     state = StateClient.local(core)
     directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60, clock=clock,
+                               on_reload=lambda model: state.call("cache_invalidate", model),
                                on_new_replica=lambda model: state.call("breaker_replaced", model))
     gateway = Gateway(args, state, directory)
     return create_app(gateway, args), gateway, core

@@ -87,7 +87,8 @@ def test_default_serve_config_is_valid_ray_serve_config():
         deployment = apps[name]["deployments"][0]
         assert deployment["name"] == "ModelServer"
         assert set(deployment["autoscaling_config"]) >= {"min_replicas", "max_replicas", "target_ongoing_requests"}
-        assert 0 < deployment["ray_actor_options"]["num_cpus"] < 1  # fractional: schedules on 2 cores
+        assert "ray_actor_options" not in deployment  # it would replace the placement's (GPUs included)
+        assert 0 < plan.models[name].num_cpus < 1  # fractional: schedules on 2 cores
     assert plan.base_url == "http://127.0.0.1:8000"
 
 
@@ -145,3 +146,13 @@ def test_validate_app_args_checks_import_path_and_model_id():
     with pytest.raises(DeployConfigError, match="not a valid model id"):
         validate_app_args("serve_app.app:build_model_app", MODEL, "bad name/with slash")
     assert isinstance(validate_app_args("serve_app.app:build_model_app", MODEL, "ok-name"), ModelAppArgs)
+
+
+def test_the_cluster_config_puts_a_proxy_on_every_node_on_every_interface_with_keys_on():
+    plan = plan_deploy(ROOT / "serve_config.cluster.yaml", EnvOverrides())
+    assert plan.config["proxy_location"] == "EveryNode"
+    assert plan.config["http_options"]["host"] == "0.0.0.0"
+    assert all(ingress.enable_auth for ingress in plan.ingresses)
+    default = plan_deploy(ROOT / "serve_config.yaml", EnvOverrides())
+    assert plan.models == default.models  # the same models, only the exposure differs
+    assert not plan.warnings and not default.warnings
