@@ -15,7 +15,6 @@ application builders call it, so they exist under `hfserve serve` and under `ser
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -174,45 +173,29 @@ class HardwareSupervisor:
         return records
 
 
-def _start_node_actor(node_id: str):
+def _detached(cls: type, name: str, **options: Any):
+    """A named, detached actor that Ray restarts, reserving no CPU; the existing one if it runs."""
     import ray
+
+    return ray.remote(cls).options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, num_cpus=0, max_restarts=-1, **options
+    ).remote()
+
+
+def _start_node_actor(node_id: str):
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    return (
-        ray.remote(NodeHardware)
-        .options(
-            name=node_actor_name(node_id),
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_concurrency=4,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            runtime_env={"env_vars": _SEE_EVERY_DEVICE},
-        )
-        .remote()
+    return _detached(
+        NodeHardware, node_actor_name(node_id), max_concurrency=4,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        runtime_env={"env_vars": _SEE_EVERY_DEVICE},
     )
 
 
 def ensure_supervisor():
     """The supervisor of the cluster (started if missing): detached, on the head node."""
-    import ray
-
-    return (
-        ray.remote(HardwareSupervisor)
-        .options(
-            name=SUPERVISOR_NAME,
-            namespace=NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=0,
-            max_restarts=-1,
-            max_concurrency=8,
-            resources={"node:__internal_head__": 0.001},
-        )
-        .remote()
-    )
+    return _detached(HardwareSupervisor, SUPERVISOR_NAME, max_concurrency=8,
+                     resources={"node:__internal_head__": 0.001})
 
 
 def cluster_reports(timeout_s: float = 60.0) -> list[NodeReport]:
@@ -231,7 +214,3 @@ def node_actor(node_id: str):
         return ray.get_actor(node_actor_name(node_id), namespace=NAMESPACE)
     except ValueError:
         return None
-
-
-def as_json(reports: list[NodeReport]) -> str:
-    return json.dumps([r.model_dump() for r in reports], indent=2)

@@ -58,6 +58,15 @@ def test_one_hardware_actor_per_node_and_status_shows_every_node(two_nodes):
     assert sorted(n["node_id"] for n in status["nodes"]) == sorted(alive)
 
 
+def test_hfserve_hardware_shows_every_node_of_the_running_cluster(two_nodes):
+    done = subprocess.run([sys.executable, "-m", "serve_app.cli", "hardware", "--json", "--address", two_nodes.cluster.address],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["source"].startswith("the Ray cluster at")
+    assert sorted(n["node_id"] for n in shown["nodes"]) == sorted(_alive_nodes())
+
+
 def test_placement_shows_each_replica_on_its_node(two_nodes):
     worker, head = _node_with("worker_node"), _node_with("head_node")
     with httpx.Client(base_url=two_nodes.head_url, headers=_admin(two_nodes), timeout=30) as http:

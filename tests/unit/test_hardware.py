@@ -152,3 +152,13 @@ def test_bad_hardware_fails_validation_saying_why(bad, says):
     with pytest.raises(ValidationError) as info:
         ModelAppArgs(source="x", task="embedding", hardware=bad)
     assert says in str(info.value)
+
+
+def test_hfserve_hardware_renders_each_platform_and_the_auto_choice():
+    from serve_app.hardware_cli import render
+
+    text = render([node("openvino", name="cpu-box", node_id="abcdef0123456789")], "the Ray cluster at x")
+    assert "1 node(s) in the Ray cluster at x" in text and "node abcdef012345" in text
+    assert "cuda      no: no cuda here" in text and "openvino  yes" in text
+    assert "auto ->   openvino (openvino on cpu)" in text
+    assert "AVX-512" in text  # the CPU's inference extensions
