@@ -53,6 +53,12 @@ class ModelInfo(BaseModel):
     max_batch_size: int | None = None
 
 
+class NotStartedInTime(TimeoutError):
+    """A model call that no replica started within request_timeout_s: it waited in Serve's queue
+    behind others (or for a replica that is gone). The model may be healthy, only busy, so it is
+    a 503 to retry, not a failure of the model."""
+
+
 class EngineStats(BaseModel):
     running_requests: int = 0
     waiting_requests: int = 0
@@ -95,7 +101,8 @@ class ModelClient(Protocol):
 
     async def call_with_progress(self, method: str, request, timeout_s: float):
         """The answer of `method` (chat, complete, embed) for a call that may run long: raises
-        TimeoutError when the model shows no progress (its heartbeats stop) for timeout_s."""
+        NotStartedInTime when no replica starts it within timeout_s, and TimeoutError when the
+        model then shows no progress (its heartbeats stop) for timeout_s."""
         ...
 
     async def info(self) -> ModelInfo: ...

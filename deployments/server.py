@@ -212,6 +212,7 @@ class ModelServer:
         if method not in PROGRESS_METHODS:
             raise InvalidRequestError(f"'{method}' cannot be called with progress", param="method")
         work = asyncio.ensure_future(getattr(self, method)(request))
+        yield None  # started: the caller stops counting queue time
         try:
             while True:
                 done, _ = await asyncio.wait({work}, timeout=max(0.05, heartbeat_s))
@@ -251,10 +252,10 @@ class ModelServer:
             pass
 
     def __del__(self) -> None:
-        actor = getattr(self, "_node_actor", None)
-        if actor is not None:
+        actor, info = getattr(self, "_node_actor", None), getattr(self, "_info", None)
+        if actor is not None and info is not None:
             try:
-                actor.drop_replica.remote(self._info.replica_id)
+                actor.drop_replica.remote(info.replica_id)
             except Exception:  # noqa: BLE001
                 pass
         task = getattr(self, "_task", None)

@@ -18,7 +18,7 @@ from typing import Any
 
 from contract.config import MODEL_DEPLOYMENT_NAME
 from contract.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from contract.model_api import ModelClient, ModelInfo, ReplicaRecord
+from contract.model_api import ModelClient, ModelInfo, NotStartedInTime, ReplicaRecord
 from contract.protocol import ModelCard, ModelReplica
 
 logger = logging.getLogger("ray.serve")
@@ -280,12 +280,19 @@ class ServeModelClient:
         # Heartbeats come four times per timeout (at most every 2 s), so one late beat on a
         # busy replica is not mistaken for a dead one.
         stream = self._streaming.call_with_heartbeats.remote(method, request, min(2.0, timeout_s / 4))
+        started = False
         try:
             while True:
-                async with asyncio.timeout(timeout_s):
-                    item = await stream.__anext__()
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        item = await stream.__anext__()
+                except TimeoutError:
+                    if not started:
+                        raise NotStartedInTime(f"no replica started '{method}' within {timeout_s:g}s") from None
+                    raise
                 if item is not None:
                     return item
+                started = True
         except StopAsyncIteration:
             raise RuntimeError(f"the model ended '{method}' without an answer") from None
         except BaseException:

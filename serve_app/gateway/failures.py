@@ -14,12 +14,18 @@ from contract.errors import (
     ServiceUnavailableError,
     as_api_error,
 )
+from contract.model_api import NotStartedInTime
 
 logger = logging.getLogger("ray.serve")
 
 
 def classify(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError, bool]:
     """(the error to return, whether it counts as a model failure for the breaker)."""
+    if isinstance(exc, NotStartedInTime):
+        return ServiceUnavailableError(
+            f"The model '{model}' did not start the request within {timeout_s:g}s: too many are queued; retry shortly.",
+            code="model_overloaded", retry_after_s=2,
+        ), False
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return GatewayTimeoutError(f"The model '{model}' did not answer within {timeout_s:g}s."), True
     api_error = as_api_error(exc)

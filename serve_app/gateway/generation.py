@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contract.endpoints import CHAT, COMPLETE, Endpoint
+from contract.model_api import NotStartedInTime
 from contract.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -168,12 +169,18 @@ async def trimmed_chunks(
     """The model's chunks, bookkept into `totals` and trimmed to what the client asked for
     (the gateway always asks the model for usage on every chunk)."""
     iterator = upstream.__aiter__()
+    first = True
     while True:
         try:
             async with asyncio.timeout(timeout_s):  # per chunk; no task per call, unlike wait_for
                 chunk = await iterator.__anext__()
         except StopAsyncIteration:
             return
+        except TimeoutError:
+            if first:  # the model sends its first chunk as it starts: this one waited in the queue
+                raise NotStartedInTime(f"no replica started the stream within {timeout_s:g}s") from None
+            raise
+        first = False
         if chunk.usage is not None:
             totals.usage = chunk.usage
         for choice in chunk.choices:

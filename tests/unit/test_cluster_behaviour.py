@@ -75,7 +75,8 @@ def test_a_caller_that_goes_away_cancels_the_work():
 
     async def run():
         stream = ModelServer.call_with_heartbeats(SimpleNamespace(embed=endless), "embed", "x", heartbeat_s=0.05)
-        assert await stream.__anext__() is None
+        assert await stream.__anext__() is None  # started
+        assert await stream.__anext__() is None  # a heartbeat: the work is running
         await stream.aclose()
         await asyncio.wait_for(cancelled.wait(), 1)
 
@@ -167,3 +168,29 @@ def test_the_gateway_gives_the_state_its_settings_after_a_restart(gw):
     core.started += 1
     client.portal.call(gateway.sync)
     assert core.settings.breaker_threshold == 2
+
+
+def test_a_call_no_replica_started_in_time_is_a_503_to_retry_not_a_model_failure(gw, serve):
+    from contract.model_api import NotStartedInTime
+
+    client, gateway, core, admin = gw
+    model = serve.models["chat-model"]
+
+    async def queued(method, request, timeout_s):
+        raise NotStartedInTime("no replica started 'chat' within 5s")
+
+    model.call_with_progress = queued
+    for _ in range(3):  # past the breaker's threshold (2): it must stay closed
+        response = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "temperature": 1},
+                               headers=admin)
+        assert response.status_code == 503 and response.json()["error"]["code"] == "model_overloaded"
+        assert int(response.headers["retry-after"]) >= 1
+    assert "chat-model" not in core.breaker_snapshots() or core.breaker_snapshots()["chat-model"].state.value == "closed"
+
+
+def test_the_replica_says_it_started_before_the_first_heartbeat():
+    async def quick(request):
+        return "done"
+
+    items = asyncio.run(_collect(ModelServer.call_with_heartbeats(SimpleNamespace(complete=quick), "complete", "x", 1.0)))
+    assert items == [None, "done"]
