@@ -223,19 +223,24 @@ class ModelDirectory:
             if entry.client is None:
                 entry.client = await self._connect(app.name)
             info = await asyncio.wait_for(entry.client.info(), self._info_timeout_s)
-            if entry.info is not None and info.revision != entry.info.revision and self._on_reload is not None:
+            reloaded = entry.info is not None and info.revision != entry.info.revision
+            # Ready before the hooks run: a request arriving while they await must not find the
+            # model still "unavailable" and report a failure that re-opens the breaker the new
+            # replica is about to set half-open.
+            entry.info, entry.status = info, "ready"
+            if reloaded and self._on_reload is not None:
                 await self._on_reload(entry.id)  # a new version of the model: drop what the old one answered
             await self._note_replica(entry, info.replica_id)
-            entry.info = info
-            entry.status = "ready"
-        except TimeoutError:
-            if entry.info is None:
-                entry.status, entry.message = "unavailable", "no answer from the model: TimeoutError"
-            # Else a replica too busy to answer at once (a loaded 2-core machine, a new
-            # replica starting beside it) is still the model Serve reports RUNNING: it stays
-            # ready. A dead one Serve reports itself; one lost with its node, the requests'
-            # own timeouts find.
-        except Exception as exc:  # noqa: BLE001 - a replica that cannot answer is not ready
+        except Exception as exc:  # noqa: BLE001 - what the failure says decides
+            if entry.info is not None and not _replica_died(exc):
+                # Busy, not gone: slow to answer on a loaded machine, or its queue full (Ray's
+                # BackPressureError), is still the model Serve reports RUNNING. A dead replica
+                # Serve reports itself; one lost with its node, the requests' own timeouts find.
+                entry.status = "ready"
+                return
+            if entry.info is None and not _replica_died(exc):  # RUNNING, but not heard from yet
+                entry.status, entry.message = "loading", f"waiting for the model's first answer ({type(exc).__name__})"
+                return
             entry.status = "unavailable"
             entry.message = f"no answer from the model: {type(exc).__name__}"
 
@@ -249,6 +254,12 @@ class ModelDirectory:
         entry.replicas[replica_id] = None
         while len(entry.replicas) > _MAX_REPLICAS_REMEMBERED:
             entry.replicas.pop(next(iter(entry.replicas)))
+
+
+def _replica_died(exc: BaseException) -> bool:
+    from ray import exceptions
+
+    return isinstance(exc, exceptions.RayActorError | exceptions.ActorUnavailableError)
 
 
 # ----------------------------------------------------------------------------- Ray Serve

@@ -4,6 +4,7 @@ proxy on every node, an ingress and a model on the head and a model pinned to th
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -33,6 +34,7 @@ class TwoNodes:
     config: dict
     work: Path
     measured: dict[str, float] = field(default_factory=dict)
+    cli_env: dict[str, str] = field(default_factory=dict)
 
     def admin_key(self) -> str:
         from serve_app.auth import read_admin_key_file
@@ -52,7 +54,7 @@ class TwoNodes:
         path = self.work / f"serve_config-{time.monotonic_ns()}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run([str(Path(sys.executable).parent / "serve"), "deploy", str(path), "-a", self.dashboard],
-                       cwd=ROOT, check=True, capture_output=True, timeout=120)
+                       cwd=ROOT, check=True, capture_output=True, timeout=120, env=self.cli_env)
 
 
 def wait_for(predicate, timeout_s: float, every_s: float = 0.2, what: str = "condition"):
@@ -104,7 +106,11 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
     nodes.worker = nodes.add_worker()
     ray.init(address=cluster.address, namespace="serve", log_to_driver=False)
     try:
-        wait_for(lambda: _dashboard_up(nodes.dashboard), 120, 1.0, "the dashboard")
+        # Ray turns token authentication on for a process's clusters once any `ray.init` in it
+        # did (as the integration tests' does): then the dashboard wants the token, and the
+        # `serve deploy` CLI presents it with RAY_AUTH_MODE=token, as an operator's would.
+        code = wait_for(lambda: _dashboard_status(nodes.dashboard), 120, 1.0, "the dashboard")
+        nodes.cli_env = {**os.environ, **({"RAY_AUTH_MODE": "token"} if code == 401 else {})}
         nodes.config = cluster_config(models, work, head_port)
         started = time.monotonic()
         nodes.deploy(nodes.config)
@@ -120,11 +126,13 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
             cluster.shutdown()
 
 
-def _dashboard_up(url: str) -> bool:
+def _dashboard_status(url: str) -> int | None:
+    """200, or 401 when it wants Ray's token (the CLI presents it; this probe does not)."""
     try:
-        return httpx.get(f"{url}/api/version", timeout=2).status_code == 200
+        code = httpx.get(f"{url}/api/version", timeout=2).status_code
     except httpx.HTTPError:
-        return False
+        return None
+    return code if code in (200, 401) else None
 
 
 def _ready(url: str) -> bool:

@@ -22,15 +22,20 @@ def _deploy(name: str, args: ModelAppArgs, **options) -> None:
     serve.run(deployment.bind(args), name=name, route_prefix=None, blocking=False)
 
 
-def _wait_ready(server, name: str, replicas: int, timeout_s: float = 180) -> dict:
+def _wait_ready(base_url: str, headers: dict, name: str, replicas: int, warm_up: dict, timeout_s: float = 180) -> dict:
+    """Until /v1/models shows the replicas and 4 requests in a row succeed (every ingress
+    replica has found the new model)."""
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(base_url=server.gateway_url, timeout=30, headers={"Authorization": f"Bearer {server.admin_key()}"}) as http:
+    path = "/v1/embeddings" if "input" in warm_up else "/v1/chat/completions"
+    streak = 0
+    with httpx.Client(base_url=base_url, timeout=60, headers=headers) as http:
         while time.monotonic() < deadline:
-            cards = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
-            card = cards.get(name)
+            card = {m["id"]: m for m in http.get("/v1/models").json()["data"]}.get(name)
             if card and card["status"] == "ready" and len(card["replicas"]) == replicas:
-                return card
-            time.sleep(0.5)
+                streak = streak + 1 if http.post(path, json=warm_up).status_code == 200 else 0
+                if streak == 4:
+                    return card
+            time.sleep(0.25)
     raise AssertionError(f"{name} did not show {replicas} ready replicas")
 
 
@@ -44,7 +49,8 @@ def two_replicas(server):
 
 
 def test_two_replicas_share_the_cache_and_both_are_listed(server, two_replicas):
-    card = _wait_ready(server, two_replicas, replicas=2)
+    admin = {"Authorization": f"Bearer {server.admin_key()}", "Cache-Control": "no-cache"}
+    card = _wait_ready(server.gateway_url, admin, two_replicas, 2, {"model": two_replicas, "input": "warm up"})
     assert len({r["id"] for r in card["replicas"]}) == 2
     assert all(r["platform"] == "cpu" and r["device"] == "cpu" and r["node_id"] for r in card["replicas"])
     key, _ = create_key(server, name="pair")
@@ -86,7 +92,8 @@ def _replicas(name: str) -> int:
 
 
 def test_autoscaling_goes_up_under_load_and_down_when_idle_without_failures(server, autoscaled):
-    _wait_ready(server, autoscaled, replicas=1)
+    _wait_ready(server.base_url, {}, autoscaled, 1, {"model": autoscaled, "messages": [{"role": "user", "content": "hi"}],
+                                                    "max_tokens": 2})
     codes: list[int] = []
     counts: list[int] = []
     # Each request takes a while (64 tokens), so 8 clients keep about 8 requests ongoing.

@@ -126,7 +126,7 @@ def test_two_replicas_of_one_version_keep_the_cache_and_a_new_version_clears_it(
 # ----------------------------------------------------------------------------- directory
 
 
-def test_a_busy_replica_stays_ready_but_one_that_never_answered_is_unavailable(gw, serve):
+def test_a_busy_replica_stays_ready_and_one_that_never_answered_is_still_loading(gw, serve):
     client, gateway, _, _ = gw
     model = serve.models["chat-model"]
     original = model.info
@@ -140,8 +140,44 @@ def test_a_busy_replica_stays_ready_but_one_that_never_answered_is_unavailable(g
     assert gateway.directory.status_of("chat-model") == "ready"
     gateway.directory._entries.pop("chat-model")
     client.portal.call(gateway.directory.refresh)
-    assert gateway.directory.status_of("chat-model") == "unavailable"
+    assert gateway.directory.status_of("chat-model") == "loading"  # a 503 to retry, not a breaker failure
     model.info = original
+    client.portal.call(gateway.directory.refresh)
+    assert gateway.directory.status_of("chat-model") == "ready"
+
+
+@pytest.mark.parametrize("error", ["BackPressureError", "TimeoutError"])
+def test_a_replica_too_busy_to_answer_is_not_a_failed_model(gw, serve, error):
+    """info() refused because the model's queue is full (as in a burst) or slow: still ready, and
+    no failure reaches the breaker."""
+    from ray.serve.exceptions import BackPressureError
+
+    client, gateway, core, _ = gw
+    client.portal.call(gateway.directory.refresh)
+    model = serve.models["chat-model"]
+
+    async def busy():
+        raise BackPressureError(num_queued_requests=8, max_queued_requests=8) if error == "BackPressureError" else TimeoutError()
+
+    model.info = busy
+    for _ in range(3):
+        client.portal.call(gateway.directory.refresh)
+    assert gateway.directory.status_of("chat-model") == "ready"
+    assert "chat-model" not in core.breaker_snapshots()
+
+
+def test_a_dead_replica_makes_the_model_unavailable(gw, serve):
+    from ray.exceptions import RayActorError
+
+    client, gateway, _, _ = gw
+    client.portal.call(gateway.directory.refresh)
+
+    async def dead():
+        raise RayActorError()
+
+    serve.models["chat-model"].info = dead
+    client.portal.call(gateway.directory.refresh)
+    assert gateway.directory.status_of("chat-model") == "unavailable"
 
 
 # ----------------------------------------------------------------------------- redeployed settings
@@ -194,3 +230,28 @@ def test_the_replica_says_it_started_before_the_first_heartbeat():
 
     items = asyncio.run(_collect(ModelServer.call_with_heartbeats(SimpleNamespace(complete=quick), "complete", "x", 1.0)))
     assert items == [None, "done"]
+
+
+def test_a_replacement_is_ready_before_the_breaker_hears_of_it(serve):
+    """A request arriving while the breaker is told of the new replica must not find the model
+    still unavailable (its failure report would re-open the breaker just set half-open)."""
+    from serve_app.model_directory import AppState, ModelDirectory
+
+    seen: list[str | None] = []
+
+    async def on_new_replica(model: str) -> None:
+        seen.append(directory.status_of(model))
+
+    directory = ModelDirectory(serve.list_apps, serve.connect, on_new_replica=on_new_replica)
+
+    async def run() -> None:
+        await directory.refresh()
+        serve.states["chat-model"] = AppState("chat-model", "UNHEALTHY", "replica died")
+        await directory.refresh()
+        assert directory.status_of("chat-model") == "unavailable"
+        serve.models["chat-model"].replica_id = "r2"
+        serve.states["chat-model"] = AppState("chat-model", "RUNNING")
+        await directory.refresh()
+
+    asyncio.run(run())
+    assert seen == ["ready"]
