@@ -9,7 +9,6 @@ The directory refreshes in the background; the request path only reads a dict.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -158,11 +157,11 @@ class ModelDirectory:
                 self._placing = loop.create_task(self._replicas_forever())
 
     async def stop(self) -> None:
-        for task in (self._background, self._placing):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        tasks = [task for task in (self._background, self._placing) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # bounded, as the gateway's: a task that missed its cancel must not hang shutdown
+            await asyncio.wait(tasks, timeout=2.0)
         self._background = self._placing = None
 
     async def refresh_replicas(self) -> None:

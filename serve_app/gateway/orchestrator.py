@@ -48,6 +48,8 @@ from .usage import UsageRecorder
 
 logger = logging.getLogger("ray.serve")
 
+STOP_WAIT_S = 2.0
+
 
 class Gateway:
     def __init__(self, args: IngressArgs, state: StateClient, directory: ModelDirectory,
@@ -64,6 +66,7 @@ class Gateway:
         self._background: list[asyncio.Task] = []
         self._last_request = float("-inf")
         self.state_settings = StateSettings.from_args(args)
+        self._stopping = False
         self._state_started: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -78,9 +81,13 @@ class Gateway:
         ]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._background:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Bounded: Python 3.11's wait_for can swallow a cancellation that lands as its inner
+        # call completes, and a job that misses its cancel must not hang the shutdown.
+        if self._background:
+            await asyncio.wait(self._background, timeout=STOP_WAIT_S)
         for flush in (self.quota.flush, self.cache.flush, self.usage.flush):
             with contextlib.suppress(Exception):
                 await flush()
@@ -105,9 +112,8 @@ class Gateway:
         # idle, so an idle server leaves the cores to others.
         return 0.25 if time.monotonic() - self._last_request < 5.0 else 1.0
 
-    @staticmethod
-    async def _every(period_s: float | Callable[[], float], job) -> None:
-        while True:
+    async def _every(self, period_s: float | Callable[[], float], job) -> None:
+        while not self._stopping:
             try:
                 await job()
             except Exception:  # noqa: BLE001 - a background job must not die
