@@ -5,6 +5,7 @@ replicas), so that no other test is disturbed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -111,14 +112,35 @@ def _outage(http: httpx.Client, watch: ReplacementWatch, timeout_s: float = 120)
     raise AssertionError(f"no success within {timeout_s}s: {seen[-10:]}")
 
 
+@contextlib.contextmanager
+def _started_stream(http: httpx.Client, body: dict, timeout_s: float = 60):
+    """A stream the model has started. The other ingress replica may not have heard from the
+    model yet when the fixture's first success went through this one (a 503 "loading" there):
+    that start-up is not the fault under test."""
+    refused, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
+        if response.status_code == 200:
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        response.read()
+        refused.append((response.status_code, response.text[:200]))
+        response.close()
+        time.sleep(0.2)
+    raise AssertionError(f"the stream never started within {timeout_s}s: {refused[-3:]}")
+
+
 def test_model_replica_killed_mid_stream(server, faulty):
     with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
         old = _replica()
         body = {"model": APP, "messages": MSG, "max_tokens": 400, "temperature": 1, "stream": True}
-        with http.stream("POST", "/v1/chat/completions", json=body) as stream:
+        with _started_stream(http, body) as stream:
             lines = stream.iter_lines()
-            first = next(line for line in lines if line.startswith("data: {"))
-            assert json.loads(first[6:])["choices"]
+            first = next((line for line in lines if line.startswith("data: {")), None)
+            assert first is not None and json.loads(first[6:])["choices"], first
             watch = ReplacementWatch(old["name"])
             killed = time.monotonic()
             ray.kill(ray.get_actor(old["name"], namespace=old["namespace"]), no_restart=True)
