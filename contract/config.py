@@ -71,6 +71,7 @@ class EnvOverrides(BaseSettings):
     state_dir: Path | None = Field(None, description="Where API keys (SQLite) and admin.key live.")
     enable_caching: bool | None = Field(None, description="Response cache on or off.")
     enable_circuit_breaker: bool | None = Field(None, description="Per-model circuit breakers on or off.")
+    enable_metrics: bool | None = Field(None, description="Record hf_server_* metrics (ingress and models).")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -157,12 +158,19 @@ class IngressArgs(StrictModel):
     enable_circuit_breaker: bool = Field(True, description="Per-model breakers (HF_SERVER_ENABLE_CIRCUIT_BREAKER).")
     circuit_breaker_threshold: int = Field(5, ge=1, le=1000, description="Consecutive failures that open it.")
     circuit_breaker_timeout_seconds: float = Field(60, gt=0, le=3600, description="How long it stays open.")
+    # --- metrics ---
+    enable_metrics: bool = Field(True, description="Record the hf_server_* metrics /metrics serves (HF_SERVER_ENABLE_METRICS).")
+    metrics_key_label: bool = Field(
+        False, description="Label hf_server_requests_total with the API key's id (never its secret): one series "
+        "per key, so only for a bounded number of keys.",
+    )
 
     def with_env(self, env: EnvOverrides) -> IngressArgs:
         import hashlib
 
         updates: dict[str, Any] = {}
-        for name in ("max_request_body_bytes", "workers", "enable_auth", "state_dir", "enable_caching", "enable_circuit_breaker"):
+        for name in ("max_request_body_bytes", "workers", "enable_auth", "state_dir", "enable_caching", "enable_circuit_breaker",
+                     "enable_metrics"):
             value = getattr(env, name)
             if value is not None:
                 updates[name] = value
@@ -254,6 +262,8 @@ class ModelAppArgs(StrictModel):
     )
     # --- batching (@serve.batch): embeddings, and transformers generation ---
     enable_batching: bool = Field(True, description="Batch concurrent requests (HF_SERVER_ENABLE_BATCHING).")
+    enable_metrics: bool = Field(True, description="Record the serving metrics: time to first token, tokens, "
+                                 "engine queue (HF_SERVER_ENABLE_METRICS).")
     max_batch_size: int | None = Field(
         None, ge=1, le=4096, description="@serve.batch max_batch_size, in inputs "
         "(default HF_SERVER_BATCH_MAX_SIZE or 32).",
@@ -328,6 +338,8 @@ class ModelAppArgs(StrictModel):
         updates: dict[str, Any] = {}
         if env.enable_batching is not None:
             updates["enable_batching"] = env.enable_batching
+        if env.enable_metrics is not None:
+            updates["enable_metrics"] = env.enable_metrics
         if env.batch_max_size is not None:
             updates["max_batch_size"] = env.batch_max_size
         if env.batch_timeout_ms is not None:

@@ -8,7 +8,7 @@ Only the small pydantic objects below and in protocol.py cross it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -83,6 +83,8 @@ class ReplicaRecord(BaseModel):
     pid: int
     started_at: int
     engine: EngineStats
+    ongoing_requests: int = 0  # calls this replica is working on (streams until their last chunk)
+    reported_at: float | None = None  # unix time of this report (/status says how old it is)
 
 
 class ModelClient(Protocol):
@@ -99,10 +101,12 @@ class ModelClient(Protocol):
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
 
-    async def call_with_progress(self, method: str, request, timeout_s: float):
+    async def call_with_progress(self, method: str, request, timeout_s: float,
+                                 on_start: Callable[[], None] | None = None):
         """The answer of `method` (chat, complete, embed) for a call that may run long: raises
         NotStartedInTime when no replica starts it within timeout_s, and TimeoutError when the
-        model then shows no progress (its heartbeats stop) for timeout_s."""
+        model then shows no progress (its heartbeats stop) for timeout_s. `on_start` hears
+        when a replica starts it."""
         ...
 
     async def info(self) -> ModelInfo: ...

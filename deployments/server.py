@@ -20,6 +20,7 @@ in it (tests/unit/test_architecture.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -46,8 +47,10 @@ from hardware.detect import detect
 from hardware.probe import PROBE_TIMEOUT_S, node_actor
 from hardware.report import NodeReport
 from hardware.select import BackendChoice, select_backend
+from observability.recorder import Recorder
 
 from .logs import quiet_client_errors
+from .serving_metrics import ReplicaMeter
 from .sources import PreparedModel, prepare_model, stable_revision
 
 logger = logging.getLogger("ray.serve")
@@ -160,6 +163,10 @@ class ModelServer:
             self.model_id, args, lambda message: logger.info("%s: %s", self.model_id, message), report, _gpus_assigned()
         )
         self._task = self._spec.load(self.model_id, args, prepared, choice)
+        self._meter = ReplicaMeter(Recorder(args.enable_metrics), self.model_id)
+        attach = getattr(self._task, "attach_meter", None)  # a plug-in task may record nothing
+        if attach is not None:
+            attach(self._meter)
         self._info = ModelInfo(
             id=self.model_id,
             task=args.task,
@@ -181,29 +188,44 @@ class ModelServer:
             max_batch_size=args.effective_max_batch_size if "embed" in self._spec.endpoints else None,
         )
         self._report_replica()
+        self._meter.loaded(time.monotonic() - started)
         logger.info("%s: ready in %.1fs on %s (%s)", self.model_id, time.monotonic() - started, choice.platform, report.hostname)
 
     # ------------------------------------------------------------------ typed API
 
     async def chat(self, request: ChatCompletionRequest | dict) -> ChatCompletionResponse:
         """A whole chat completion (request.stream is ignored; use chat_stream to stream)."""
-        return await self._serving("chat").chat(_parse(ChatCompletionRequest, request))
+        with self._in_flight():
+            return await self._serving("chat").chat(_parse(ChatCompletionRequest, request))
 
     async def chat_stream(self, request: ChatCompletionRequest | dict) -> AsyncIterator[ChatCompletionChunk]:
         task = self._serving("chat")
-        async for chunk in task.chat_stream(_parse(ChatCompletionRequest, request)):
-            yield chunk
+        with self._in_flight():
+            async for chunk in task.chat_stream(_parse(ChatCompletionRequest, request)):
+                yield chunk
 
     async def complete(self, request: CompletionRequest | dict) -> CompletionResponse:
-        return await self._serving("complete").complete(_parse(CompletionRequest, request))
+        with self._in_flight():
+            return await self._serving("complete").complete(_parse(CompletionRequest, request))
 
     async def complete_stream(self, request: CompletionRequest | dict) -> AsyncIterator[CompletionResponse]:
         task = self._serving("complete")
-        async for chunk in task.complete_stream(_parse(CompletionRequest, request)):
-            yield chunk
+        with self._in_flight():
+            async for chunk in task.complete_stream(_parse(CompletionRequest, request)):
+                yield chunk
 
     async def embed(self, request: EmbeddingRequest | dict) -> EmbeddingResponse:
-        return await self._serving("embed").embed(_parse(EmbeddingRequest, request))
+        with self._in_flight():
+            return await self._serving("embed").embed(_parse(EmbeddingRequest, request))
+
+    @contextlib.contextmanager
+    def _in_flight(self):
+        """Counts the call as ongoing (hf_server_active_requests, /status) until it ends."""
+        self._meter.started()
+        try:
+            yield
+        finally:
+            self._meter.ended()
 
     async def call_with_heartbeats(self, method: str, request: Any, heartbeat_s: float = 2.0) -> AsyncIterator[Any]:
         """A long unary call (chat, complete, embed) as a stream: None every heartbeat_s while it
@@ -235,6 +257,7 @@ class ModelServer:
     def check_health(self) -> None:
         self._task.check_health()
         self._report_replica()
+        self._meter.engine(self._task.stats())
 
     def _report_replica(self) -> None:
         """Tell this node's hardware actor about this replica (fire and forget): /status lists
@@ -245,6 +268,7 @@ class ModelServer:
             model=self.model_id, replica_id=self._info.replica_id, node_id=self._info.node_id, node_ip=self._info.node_ip,
             hostname=self._info.hostname, platform=self._info.platform, backend=self._info.backend,
             device=self._info.device, pid=os.getpid(), started_at=self._info.created, engine=self._task.stats(),
+            ongoing_requests=self._meter.active, reported_at=time.time(),
         )
         try:
             self._node_actor.put_replica.remote(record.replica_id, record.model_dump())
@@ -258,6 +282,9 @@ class ModelServer:
                 actor.drop_replica.remote(info.replica_id)
             except Exception:  # noqa: BLE001
                 pass
+        meter = getattr(self, "_meter", None)
+        if meter is not None:
+            meter.unloaded()
         task = getattr(self, "_task", None)
         if task is not None:
             task.shutdown()

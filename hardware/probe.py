@@ -23,7 +23,12 @@ import threading
 import time
 from typing import Any
 
+from observability import catalogue as m
+from observability.recorder import Recorder
+
+from . import utilization
 from .report import NodeReport
+from .utilization import open_nvml
 
 logger = logging.getLogger("ray.serve")
 
@@ -34,6 +39,7 @@ RECONCILE_PERIOD_S = 5.0  # a node that joins has its actor within this plus the
 REPORT_MAX_AGE_S = 60.0  # free memory changes; the rest does not
 REPLICA_RECORD_TTL_S = 20.0  # replicas refresh theirs on every health check (5 s)
 PROBE_TIMEOUT_S = 120.0
+UTILIZATION_PERIOD_S = 5.0
 
 # Ray hides the GPUs of an actor that reserves none by setting CUDA_VISIBLE_DEVICES (and the
 # ROCm equivalents) to nothing. The probe reserves none but must see them all.
@@ -77,6 +83,20 @@ class NodeHardware:
         self._report: NodeReport | None = None
         self._lock = threading.Lock()
         self._replicas: dict[str, tuple[float, dict[str, Any]]] = {}
+        threading.Thread(target=self._sample_utilization, name="hardware-utilization", daemon=True).start()
+
+    def _sample_utilization(self, period_s: float = UTILIZATION_PERIOD_S) -> None:
+        """hf_server_hardware_utilization for this node's devices, every period_s."""
+        import psutil
+
+        metrics, nvml = Recorder(), open_nvml()
+        while True:
+            try:
+                for device, resource, value in utilization.sample(psutil, nvml):
+                    metrics.set(m.HARDWARE_UTILIZATION, value, node=self.node_ip, device=device, resource=resource)
+            except Exception:  # noqa: BLE001 - keep sampling; a broken sample is logged once per period
+                logger.exception("hardware utilisation sample failed")
+            time.sleep(period_s)
 
     def report(self, max_age_s: float = REPORT_MAX_AGE_S) -> dict[str, Any]:
         with self._lock:

@@ -36,10 +36,9 @@ def _hardware(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .keys_cli import AdminApi
+    from .status_cli import run
 
-    print(json.dumps(AdminApi(args.url)("GET", "/status"), indent=2))
-    return 0
+    return run(args)
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -65,8 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     hardware.add_argument("--json", action="store_true", help="machine-readable output")
     hardware.add_argument("--address", default="auto", help="Ray cluster address (default: RAY_ADDRESS or the local one)")
     hardware.set_defaults(func=_hardware)
-    status = commands.add_parser("status", help="show a running server's /status (uses the admin key)")
-    status.add_argument("--url", default="http://127.0.0.1:8000")
+    status = commands.add_parser(
+        "status", help="a running server's models, replicas, nodes and cache as a table (uses the admin key)"
+    )
+    status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (or its gateway prefix)")
+    status.add_argument("--json", action="store_true", help="the raw /status JSON")
     status.set_defaults(func=_status)
 
     keys = commands.add_parser("keys", help="manage API keys (on the store, or through --url)")

@@ -16,6 +16,7 @@ from ray import serve
 
 from contract.config import INGRESS_DEPLOYMENT_NAME, IngressArgs
 from hardware.probe import ensure_supervisor
+from observability.exposition import ClusterScraper
 
 from .gateway import Gateway
 from .http.errors import install_error_handlers
@@ -33,7 +34,7 @@ from .routes.operations import operations_router
 from .state import StateClient, StateSettings, StateUnavailable
 
 
-def create_app(gateway: Gateway, args: IngressArgs) -> FastAPI:
+def create_app(gateway: Gateway, args: IngressArgs, scraper: ClusterScraper | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         gateway.directory.start()
@@ -43,13 +44,16 @@ def create_app(gateway: Gateway, args: IngressArgs) -> FastAPI:
         finally:
             await gateway.stop()
             await gateway.directory.stop()
+            if scraper is not None:
+                await scraper.close()
 
     app = FastAPI(title="hfserve", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     install_error_handlers(app)
     install_openapi(app, args)
-    build_middleware(app, args, authenticator=gateway.authenticator, quota=gateway.quota)
+    build_middleware(app, args, authenticator=gateway.authenticator, quota=gateway.quota, metrics=gateway.metrics)
     app.include_router(openai_router(gateway))
-    app.include_router(operations_router(gateway, started=time.time()))
+    app.include_router(operations_router(gateway, started=time.time(),
+                                         metrics=scraper.exposition if scraper is not None else None))
     app.include_router(admin_router(gateway))
     return app
 
@@ -78,7 +82,7 @@ class Ingress:
                                node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.gateway, self.args)
+        return create_app(self.gateway, self.args, ClusterScraper())
 
 
 async def _quietly(call) -> None:

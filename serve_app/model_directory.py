@@ -286,7 +286,7 @@ class ServeModelClient:
     async def embed(self, request):
         return await self._handle.embed.remote(request)
 
-    async def call_with_progress(self, method, request, timeout_s):
+    async def call_with_progress(self, method, request, timeout_s, on_start=None):
         # Heartbeats come four times per timeout (at most every 2 s), so one late beat on a
         # busy replica is not mistaken for a dead one.
         stream = self._streaming.call_with_heartbeats.remote(method, request, min(2.0, timeout_s / 4))
@@ -302,6 +302,8 @@ class ServeModelClient:
                     raise
                 if item is not None:
                     return item
+                if not started and on_start is not None:
+                    on_start()
                 started = True
         except StopAsyncIteration:
             raise RuntimeError(f"the model ended '{method}' without an answer") from None

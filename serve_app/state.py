@@ -21,6 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from contract.config import IngressArgs
+from observability import catalogue as m
+from observability.recorder import Recorder
 
 from .auth import KeyRecord, KeyStore, KeyStoreWriteError, KeyUsage, NewKey, ensure_admin_key
 from .breaker import CircuitBreaker, Snapshot
@@ -31,6 +33,7 @@ logger = logging.getLogger("ray.serve")
 
 STATE_ACTOR_NAME = "hfserve_state"
 STATE_NAMESPACE = "hfserve"
+GAUGE_PERIOD_S = 1.0  # how often the syncs refresh this actor's gauges
 
 
 class StateSettings(BaseModel):
@@ -80,6 +83,10 @@ class StateCore:
         )
         self.breakers: dict[str, CircuitBreaker] = {}
         self.started = time.time()
+        # Gauges of what only this actor knows (off the request path, so always recorded).
+        self.metrics = Recorder()
+        self._gauges_at = float("-inf")
+        self.record_gauges()
 
     # ------------------------------------------------------------------ settings
 
@@ -152,6 +159,8 @@ class StateCore:
         """One call every 250 ms (1 s when idle) per ingress replica: breaker states and cache key changes
         out; the hits and misses the replica answered by itself in."""
         self.cache.count_local(local_hits, local_misses)
+        if self._clock() - self._gauges_at >= GAUGE_PERIOD_S:
+            self.record_gauges()
         return {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version), "started": self.started}
 
     # ------------------------------------------------------------------ breakers
@@ -180,6 +189,19 @@ class StateCore:
         breaker = self.breakers.get(model)
         if breaker is not None:
             breaker.replaced()
+
+    # ------------------------------------------------------------------ metrics
+
+    def record_gauges(self) -> None:
+        """Breaker states, the cache's size and this actor's start time (its changes are
+        restarts: an alert in deploy/prometheus/alerts.yml)."""
+        self._gauges_at = self._clock()
+        for model, snapshot in self.breaker_snapshots().items():
+            self.metrics.set(m.BREAKER_STATE, m.BREAKER_VALUES[snapshot.state.value], model=model)
+        stats = self.cache.stats()
+        self.metrics.set(m.CACHE_ENTRIES, stats.entries)
+        self.metrics.set(m.CACHE_BYTES, stats.bytes)
+        self.metrics.set(m.STATE_STARTED, self.started)
 
     # ------------------------------------------------------------------ status
 

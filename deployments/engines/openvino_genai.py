@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -95,6 +95,7 @@ class OpenVINOGenerationEngine:
         self._ids = itertools.count()
         self._active: dict[int, _Sequence] = {}
         self._stats: dict = {}
+        self.on_step: Callable[[int], None] | None = None  # hears each step's batch size (metrics)
         self._error: str | None = None
         self._reader = threading.Thread(target=self._read_steps, name="openvino-core-reader", daemon=True)
         self._reader.start()
@@ -164,6 +165,8 @@ class OpenVINOGenerationEngine:
                 return
             if message[0] == "step":
                 _, updates, self._stats = message
+                if updates and self.on_step is not None:
+                    self.on_step(len(updates))  # sequences that advanced in this step
                 deliveries = []
                 for request_id, token_ids, finish, refusal in updates:
                     seq = self._active.get(request_id)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,7 @@ class TransformersGenerationEngine:
         self._generate_batch.set_max_batch_size(max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
         self._running = 0
+        self.on_step: Callable[[int], None] | None = None  # hears each step's batch size (metrics)
         self._generated_total = 0
         self._cancelled_total = 0
         self._finished_total = 0
@@ -108,6 +109,8 @@ class TransformersGenerationEngine:
             logits, cache, mask, positions = await asyncio.to_thread(self._prefill, jobs)
             while True:
                 next_tokens = self._sample(logits, jobs, generators)
+                if self.on_step is not None:
+                    self.on_step(sum(1 for job in jobs if not job.reported_end))  # rows still generating
                 out: list = []
                 for job, token in zip(jobs, next_tokens, strict=True):
                     out.append(self._advance(job, token))

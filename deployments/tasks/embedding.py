@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +22,11 @@ from contract.model_api import EngineStats
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.tasks import TaskSpec
 from contract.vectors import encode_vector
+from observability import catalogue as m
 
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
 from ..model_files import context_length, load_tokenizer
+from ..serving_metrics import ReplicaMeter
 from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
@@ -60,6 +63,13 @@ class EmbeddingTask:
         self._vocab_size = len(tokenizer)
         self._requests = 0
         self._inputs = 0
+        self._meter: ReplicaMeter | None = None
+        self._on_batch: Callable[[int], None] | None = None
+
+    def attach_meter(self, meter: ReplicaMeter) -> None:
+        """Record the batch sizes and the tokens embedded through `meter`."""
+        self._meter = meter
+        self._on_batch = meter.batch_observer("serve_batch")
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         dims = self._check_dimensions(request.dimensions)
@@ -74,6 +84,8 @@ class EmbeddingTask:
         self._requests += 1
         self._inputs += len(token_lists)
         tokens = sum(len(ids) for ids in token_lists)
+        if self._meter is not None:
+            self._meter.metrics.inc(m.PROMPT_TOKENS, tokens, model=self.model_id)
         return EmbeddingResponse(
             data=[
                 EmbeddingData(index=i, embedding=encode_vector(vector, request.encoding_format))
@@ -86,6 +98,8 @@ class EmbeddingTask:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_inputs)
     async def _encode_batch(self, chunks: list[list[list[int]]]) -> list[np.ndarray]:
         flat = [ids for chunk in chunks for ids in chunk]
+        if self._on_batch is not None:
+            self._on_batch(len(flat))
         vectors = await asyncio.to_thread(self.engine.encode, flat)
         out, start = [], 0
         for chunk in chunks:

@@ -34,6 +34,7 @@ from contract.tasks import TaskSpec
 
 from ..choices import Choice, choices_for, run_concurrently
 from ..model_files import context_length, eos_token_ids, load_tokenizer
+from ..serving_metrics import GenerationMeter, ReplicaMeter, metered
 from ..text_stream import TextEvent, generate_text
 from ..token_ids import check_in_vocabulary
 
@@ -65,6 +66,13 @@ class TextGenerationTask:
         self.stream_interval = stream_interval
         self._backend_tokenizer = tokenizer.backend_tokenizer
         self._vocab_size = len(tokenizer)
+        self._meter: ReplicaMeter | None = None
+
+    def attach_meter(self, meter: ReplicaMeter) -> None:
+        """Record this task's serving metrics (and the engine's step sizes) through `meter`."""
+        self._meter = meter
+        if hasattr(self.engine, "on_step"):
+            self.engine.on_step = meter.batch_observer("engine_step")
 
     # ------------------------------------------------------------------ public API
 
@@ -267,7 +275,11 @@ class TextGenerationTask:
                 self._chunk_tokens,
             )
 
-        return run_concurrently(choices, start)
+        events = run_concurrently(choices, start)
+        if self._meter is None or not self._meter.metrics.enabled:
+            return events
+        meter = GenerationMeter(self._meter.metrics, self.model_id, sum(len(p) for p in prompts))
+        return metered(events, meter, lambda event: event.completion_tokens)
 
 
 class _StreamUsage:

@@ -19,6 +19,7 @@ from ..ratelimit import Limits
 from ..state import StateClient, StateUnavailable
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
+MISSING_KEY_MESSAGE = "Missing API key"
 ADMIN_PREFIXES = ("/admin", "/status", "/metrics")
 MAX_AUTH_HEADER = 512
 
@@ -83,7 +84,7 @@ class Authenticator:
             return ANONYMOUS
         key = extract_key(authorization, api_key)
         if key is None:
-            raise AuthenticationError("Missing API key. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
+            raise AuthenticationError(f"{MISSING_KEY_MESSAGE}. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'.")
         # Never echo the key: not in errors, not in logs.
         if not well_formed(key):
             raise AuthenticationError("Incorrect API key provided.")
@@ -120,3 +121,10 @@ class Authenticator:
             self._cache.pop(next(iter(self._cache)))
         self._cache[digest] = (record, now)
         return record
+
+
+def auth_failure_reason(error: Exception) -> str:
+    """The bounded reason (catalogue.AUTH_REASONS) an authentication error counts under."""
+    if isinstance(error, PermissionDeniedError):
+        return "forbidden"
+    return "missing_key" if getattr(error, "message", "").startswith(MISSING_KEY_MESSAGE) else "invalid_key"

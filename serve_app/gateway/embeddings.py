@@ -15,6 +15,7 @@ import numpy as np
 from contract.errors import InvalidRequestError
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.vectors import decode_base64_vector, encode_vector
+from observability import catalogue as m
 
 from ..cache import embedding_key
 from ..model_directory import ModelEntry
@@ -51,6 +52,9 @@ async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: Em
         for key, value in zip(lookup, await cache.get_many(lookup), strict=True):
             if value is not None:
                 found[key] = value
+        hits = len(found)
+        gateway.metrics.inc(m.CACHE_HITS, hits, model=request.model, kind="embedding")
+        gateway.metrics.inc(m.CACHE_MISSES, len(lookup) - hits, model=request.model, kind="embedding")
     missing = [i for i, key in enumerate(keys) if key is None or key not in found]
     vectors: dict[int, np.ndarray] = {}
     tokens: list[int] = [0] * len(inputs)
@@ -65,7 +69,7 @@ async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: Em
         if len(missing) <= (entry.info.max_batch_size or 32):  # one batch: bounded outright, the cheapest call
             response = await gateway.call_model(entry.client.embed(sub), request.model, timeout, admission)
         else:  # several batches: bounded by the model's progress
-            call = entry.client.call_with_progress("embed", sub, timeout)
+            call = entry.client.call_with_progress("embed", sub, timeout, on_start=gateway.queue_timer(request.model))
             response = await gateway.call_model(call, request.model, timeout, admission, bounded=False)
         per_input = response.usage.input_tokens or [0] * len(missing)
         for i, data, count in zip(missing, response.data, per_input, strict=True):

@@ -33,6 +33,8 @@ from contract.protocol import (
     now,
 )
 
+from . import request_record
+
 
 @dataclass
 class StreamTotals:
@@ -164,11 +166,14 @@ COMPLETE_SPEC = GenerationSpec(
 
 
 async def trimmed_chunks(
-    upstream: AsyncIterator[Any], spec: GenerationSpec, timeout_s: float, wanted: StreamOptions, totals: StreamTotals
+    upstream: AsyncIterator[Any], spec: GenerationSpec, timeout_s: float, wanted: StreamOptions, totals: StreamTotals,
+    on_first: Callable[[], None] | None = None,
 ) -> AsyncIterator[Any]:
     """The model's chunks, bookkept into `totals` and trimmed to what the client asked for
-    (the gateway always asks the model for usage on every chunk)."""
+    (the gateway always asks the model for usage on every chunk). `on_first` hears of the
+    first chunk, which a replica sends as it starts the call."""
     iterator = upstream.__aiter__()
+    record = request_record.current()
     first = True
     while True:
         try:
@@ -180,11 +185,16 @@ async def trimmed_chunks(
             if first:  # the model sends its first chunk as it starts: this one waited in the queue
                 raise NotStartedInTime(f"no replica started the stream within {timeout_s:g}s") from None
             raise
+        if first and on_first is not None:
+            on_first()
         first = False
         if chunk.usage is not None:
             totals.usage = chunk.usage
         for choice in chunk.choices:
-            totals.texts[choice.index] = totals.texts.get(choice.index, "") + (spec.chunk_text(choice) or "")
+            text = spec.chunk_text(choice) or ""
+            if text and record is not None and record.ttft_s is None:
+                record.first_token()  # the access log's time to first token: the first text, not the role chunk
+            totals.texts[choice.index] = totals.texts.get(choice.index, "") + text
             if choice.finish_reason:
                 totals.finishes[choice.index] = choice.finish_reason
         if not chunk.choices:  # the usage-only chunk

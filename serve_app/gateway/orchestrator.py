@@ -25,10 +25,13 @@ from contract.config import IngressArgs
 from contract.endpoints import EMBED
 from contract.errors import APIError, ModelNotFoundError, ServiceUnavailableError
 from contract.protocol import CompletionRequest, EmbeddingRequest, SamplingFields, StreamOptions
+from observability import catalogue as m
+from observability.recorder import Recorder
 
 from ..cache import canonical_key, is_deterministic
 from ..model_directory import ModelDirectory, ModelEntry
 from ..state import StateClient, StateSettings, StateUnavailable
+from . import request_record as access_log
 from .breakers import Breakers
 from .cache_client import CacheClient
 from .callers import Authenticator, Caller
@@ -63,6 +66,7 @@ class Gateway:
         self.cache = CacheClient(state, args)
         self.breakers = Breakers(state, args.enable_circuit_breaker)
         self.usage = UsageRecorder(state)
+        self.metrics = Recorder(args.enable_metrics)
         self._background: list[asyncio.Task] = []
         self._last_request = float("-inf")
         self.state_settings = StateSettings.from_args(args)
@@ -126,6 +130,9 @@ class Gateway:
         self._last_request = time.monotonic()
         if not caller.may_use(model):
             raise ModelNotFoundError(model)
+        record = access_log.current()
+        if record is not None and self.directory.status_of(model) is not None:
+            record.model = model  # a model that exists: a bounded label, never what a client typed
         try:
             return await self.directory.entry_for(model, endpoint)
         except ServiceUnavailableError:
@@ -168,6 +175,12 @@ class Gateway:
         await self.breakers.report(model, ok=True)
         return response
 
+    def queue_timer(self, model: str) -> Callable[[], None]:
+        """Called when a replica starts a call (its first heartbeat or chunk): the time the call
+        waited in Serve's queue, as hf_server_request_queue_seconds."""
+        sent = time.monotonic()
+        return lambda: self.metrics.observe(m.REQUEST_QUEUE, time.monotonic() - sent, model=model)
+
     async def admit_to_model(self, model: str, admission: Admission) -> None:
         """The breaker's word before a model call; a refusal refunds the reservation."""
         try:
@@ -189,6 +202,7 @@ class Gateway:
                                       self.cache.scope(caller))
             if not no_cache:
                 (hit,) = await self.cache.get_many([cache_key])
+                self.metrics.inc(m.CACHE_HITS if hit is not None else m.CACHE_MISSES, model=request.model, kind="response")
                 if hit is not None:
                     return self._from_cache(spec, caller, request, admission, hit)
         await self.admit_to_model(request.model, admission)
@@ -198,7 +212,8 @@ class Gateway:
             stream = self._stream(spec, entry, caller, request, admission, cache_key, timeout)
             return Reply(stream, admission.headers, cache)
         # A generation may run long: it is bounded by the model's progress, not a total time.
-        call = entry.client.call_with_progress(spec.endpoint.method, request, timeout)
+        call = entry.client.call_with_progress(spec.endpoint.method, request, timeout,
+                                               on_start=self.queue_timer(request.model))
         response = await self.call_model(call, request.model, timeout, admission, bounded=False)
         self.quota.settle(admission, response.usage.total_tokens)
         self.usage.record(caller, response.usage.prompt_tokens, response.usage.completion_tokens)
@@ -229,7 +244,8 @@ class Gateway:
         async def bookkept() -> AsyncIterator[Any]:
             outcome = "aborted"
             try:
-                async for chunk in trimmed_chunks(upstream, spec, timeout_s, client_options, totals):
+                async for chunk in trimmed_chunks(upstream, spec, timeout_s, client_options, totals,
+                                                  on_first=self.queue_timer(model)):
                     yield chunk
                 outcome = "done"
             except BaseException as exc:

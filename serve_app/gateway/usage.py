@@ -11,6 +11,7 @@ from contract.errors import as_api_error
 
 from ..auth import KeyUsage
 from ..state import StateClient, StateUnavailable
+from . import request_record as access_log
 from .callers import Caller
 
 logger = logging.getLogger("ray.serve")
@@ -23,6 +24,9 @@ class UsageRecorder:
         self._failing = False
 
     def record(self, caller: Caller, prompt_tokens: int, completion_tokens: int) -> None:
+        request = access_log.current()
+        if request is not None:  # the access-log line reports the request's tokens
+            request.usage(prompt_tokens, completion_tokens)
         if caller.key_id is None or caller.key_id == "static-admin":
             return
         usage = self._pending.setdefault(caller.key_id, KeyUsage())

@@ -16,10 +16,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.config import IngressArgs
 from contract.errors import APIError, RequestHeadersTooLargeError, RequestTooLargeError
+from observability.recorder import Recorder
 
-from ..gateway.callers import Authenticator
+from ..gateway import request_record
+from ..gateway.callers import Authenticator, auth_failure_reason
 from ..gateway.quota import Quota
+from .access_log import AccessLogMiddleware, route_path
 from .errors import error_response
+from .request_id import RequestIdMiddleware
 
 
 class HeaderLimitMiddleware:
@@ -116,8 +120,11 @@ class AuthMiddleware:
             return
         headers = Headers(scope=scope)
         try:
-            caller = await self.authenticator.admit(_route_path(scope), headers.get("authorization"), headers.get("x-api-key"))
+            caller = await self.authenticator.admit(route_path(scope), headers.get("authorization"), headers.get("x-api-key"))
         except APIError as error:
+            record = request_record.current()
+            if record is not None:
+                record.auth_failure = auth_failure_reason(error)
             await error_response(error)(scope, receive, send)
             return
         if caller is None:  # an open path
@@ -125,13 +132,6 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, _with_headers(send, lambda: self.quota.headers_for(caller)))
-
-
-def _route_path(scope: Scope) -> str:
-    path, root = scope.get("path", ""), scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root):] or "/"
-    return path
 
 
 def _with_headers(send: Send, extra: Callable[[], dict[str, str]]) -> Send:
@@ -149,9 +149,14 @@ def _with_headers(send: Send, extra: Callable[[], dict[str, str]]) -> Send:
     return sending
 
 
-def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenticator, quota: Quota) -> None:
+def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenticator, quota: Quota,
+                     metrics: Recorder) -> None:
     """Middleware, outermost first:
 
+    -1. AccessLogMiddleware: one access-log line and the request metrics per request, every
+        refusal below included (it reads the request id the next one stores, at the end).
+    0. RequestIdMiddleware (http/request_id.py): 400 for a malformed x-request-id; the
+       request's id in `scope["state"]["request_id"]` (Ray's proxy returns it in responses).
     1. HeaderLimitMiddleware: 431 before anything reads the headers.
     2. AuthMiddleware: 401/403 before anything else runs; rate-limit headers on every response.
     3. BodySizeLimitMiddleware: 413 for oversized bodies before anything parses them.
@@ -162,3 +167,6 @@ def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenti
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=args.max_request_body_bytes)
     app.add_middleware(AuthMiddleware, authenticator=authenticator, quota=quota)
     app.add_middleware(HeaderLimitMiddleware, max_bytes=args.max_header_bytes, max_count=args.max_header_count)
+    # Serve's proxy adds X-Request-ID to every response itself: echo=False keeps it one.
+    app.add_middleware(RequestIdMiddleware, echo=False)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics, key_label=args.metrics_key_label)

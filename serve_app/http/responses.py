@@ -13,6 +13,7 @@ from starlette.responses import Response, StreamingResponse
 from contract.errors import INTERNAL_ERROR_MESSAGE, InternalServerError, as_api_error
 
 from ..gateway import ChunkStream, Reply
+from ..gateway import request_record as access_log
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,6 +32,9 @@ def _sse_event(payload: BaseModel | dict[str, Any]) -> bytes:
 
 async def respond(reply: Reply) -> Response:
     """A gateway Reply as JSON or SSE, with its rate-limit and cache headers."""
+    record = access_log.current()
+    if record is not None:
+        record.cache = reply.cache
     if isinstance(reply.result, ChunkStream):
         return await sse_response(reply.result, headers=reply.headers)
     return json_response(reply.result, headers=reply.headers)
@@ -43,6 +47,7 @@ async def sse_response(chunks: ChunkStream, headers: dict[str, str] | None = Non
     up front (bad parameters, context too long) still become a proper 4xx, not a 200 stream.
     """
     iterator = chunks.__aiter__()
+    record = access_log.current()
     try:
         first = await iterator.__anext__()
     except StopAsyncIteration:
@@ -63,6 +68,8 @@ async def sse_response(chunks: ChunkStream, headers: dict[str, str] | None = Non
             if error is None:
                 logger.exception("stream failed")
                 error = InternalServerError(INTERNAL_ERROR_MESSAGE)
+            if record is not None:
+                record.failed_in_band(error.error_type, error.code)
             yield _sse_event(error.body())
             yield SSE_DONE
         finally:

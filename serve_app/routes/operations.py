@@ -1,15 +1,19 @@
-"""Operations: /health (liveness, open), /ready (every model ready, open) and /status (admin)."""
+"""Operations: /health (liveness, open), /ready (every model ready, open), /status (admin) and
+/metrics (admin unless public_metrics; the whole cluster's hf_server_* families)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel
+from starlette.responses import Response
 
 from contract.errors import ServiceUnavailableError
 from contract.protocol import ErrorResponse
+from observability.exposition import CONTENT_TYPE
 
 from ..gateway import Gateway
 from ..http.errors import error_response
@@ -33,7 +37,8 @@ class NotReady(ErrorResponse):
     not_ready: list[str]
 
 
-def operations_router(gateway: Gateway, started: float) -> APIRouter:
+def operations_router(gateway: Gateway, started: float,
+                      metrics: Callable[[], Awaitable[bytes]] | None = None) -> APIRouter:
     router = APIRouter()
     directory = gateway.directory
 
@@ -63,5 +68,13 @@ def operations_router(gateway: Gateway, started: float) -> APIRouter:
     @router.get("/status", response_model=dict[str, Any], responses=responses(401, 403, 431))
     async def status():
         return await status_report(gateway, time.time() - started)
+
+    @router.get("/metrics", response_class=Response, responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format, the whole cluster."},
+        **responses(401, 403, 431, 503)})
+    async def cluster_metrics():
+        if metrics is None:
+            raise ServiceUnavailableError("Metrics are not collected by this server.", code="metrics_unavailable")
+        return Response(await metrics(), media_type=CONTENT_TYPE)
 
     return router

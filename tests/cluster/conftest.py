@@ -97,6 +97,8 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
     work = tmp_path_factory.mktemp("cluster")
     models = {"llama": build_tiny_llama(work / "llama"), "bert": build_tiny_bert(work / "bert")}
     head_port, worker_port, dashboard_port = free_port(), free_port(), free_port()
+    # Ray's metrics agents export every 10 s by default; /metrics tests wait for them.
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"head_node": 1}, "include_dashboard": True,
         "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,

@@ -3,6 +3,7 @@ launcher code `hfserve serve` uses, over tiny random models built at test time."
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ LLAMA_CONTEXT = 512
 MAX_BODY = 65536
 GATEWAY_PREFIX = "/gw"
 KEEP_ALIVE_S = 3
+METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                 "route_prefix": GATEWAY_PREFIX,
                 "import_path": "serve_app.app:build_ingress_app",
                 # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
-                "args": {"model_info_ttl_s": 1.0, "workers": 2, **shared_state},
+                # Requests labelled with key ids: test_metrics.py counts its own key's exactly.
+                "args": {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True, **shared_state},
                 "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
             },
             _model_app(
@@ -155,6 +158,8 @@ def server(tiny_models, tmp_path_factory) -> Server:
     plan = plan_deploy(config, env)
     prepare_models(plan.models, say=lambda message: print(message, flush=True))
     bootstrap_admin_key(plan, say=lambda message: print(message, flush=True))
+    # Ray's metrics agents export every 10 s by default; the metric tests wait for them.
+    os.environ.setdefault(METRICS_INTERVAL_ENV, str(METRICS_INTERVAL_MS))
     try:
         start_cluster(plan, env)
         wait_until_ready(plan, timeout_s=600, say=lambda message: print(message, flush=True))

@@ -127,9 +127,11 @@ class FakeModel:
         return EmbeddingResponse(data=data, model=self.model_id,
                                  usage=EmbeddingUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens), input_tokens=tokens))
 
-    async def call_with_progress(self, method, request, timeout_s):
+    async def call_with_progress(self, method, request, timeout_s, on_start=None):
         # A fake sends no heartbeats: a call slower than timeout_s times out, as a silent replica's would.
         self.progress_calls = getattr(self, "progress_calls", 0) + 1
+        if on_start is not None:
+            on_start()  # started at once: a fake has no queue
         return await asyncio.wait_for(getattr(self, method)(request), timeout_s)
 
     async def info(self):
@@ -168,6 +170,8 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     from serve_app.model_directory import ModelDirectory
     from serve_app.state import StateClient, StateCore, StateSettings
 
+    metrics_sink = ingress_args.pop("metrics_sink", None)  # (spec, value, labels) of every metric recorded
+    scraper = ingress_args.pop("scraper", None)  # what /metrics serves
     clock = ingress_args.pop("clock", time.monotonic)
     state_clock = ingress_args.pop("state_clock", time.monotonic)
     args = IngressArgs(state_dir=tmp_path, **ingress_args)
@@ -177,4 +181,8 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
                                on_reload=lambda model: state.call("cache_invalidate", model),
                                on_new_replica=lambda model: state.call("breaker_replaced", model))
     gateway = Gateway(args, state, directory)
-    return create_app(gateway, args), gateway, core
+    if metrics_sink is not None:
+        from observability.recorder import Recorder
+
+        gateway.metrics = Recorder(sink=metrics_sink)
+    return create_app(gateway, args, scraper), gateway, core

@@ -10,7 +10,7 @@ import sys
 from tests.conftest import ROOT
 
 # Each package may import only the packages before it.
-ORDER = ["contract", "hardware", "deployments", "serve_app"]
+ORDER = ["contract", "observability", "hardware", "deployments", "serve_app"]
 MAX_MODULE_LINES = 450
 
 

@@ -212,7 +212,7 @@ def test_a_call_no_replica_started_in_time_is_a_503_to_retry_not_a_model_failure
     client, gateway, core, admin = gw
     model = serve.models["chat-model"]
 
-    async def queued(method, request, timeout_s):
+    async def queued(method, request, timeout_s, on_start=None):
         raise NotStartedInTime("no replica started 'chat' within 5s")
 
     model.call_with_progress = queued

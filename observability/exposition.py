@@ -1,0 +1,178 @@
+"""The cluster-wide `/metrics`: hfserve's families gathered from every Ray node's metrics agent
+and folded into one scrape target.
+
+Every process records through `ray.util.metrics` (recorder.py); each node's metrics agent
+exports what the processes on that node recorded, one series per process, with Ray's prefix
+and per-process labels (WorkerId, NodeAddress, SessionName...). Here the series of every node
+are summed (or, for a state or a ratio, the largest taken: the spec's `combine`) over those
+labels, so N requests sent through any ingress replica on any node read as N. Like Ray's own
+metrics, values are up to Ray's report interval (`metrics_report_interval_ms`, 10 s by
+default) behind.
+
+Only lines of our families are parsed: a node's agent exports a few hundred kilobytes, most
+of them Ray's own metrics, and a scrape must stay cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from .catalogue import BY_RAY_NAME, CATALOGUE, RAY_PREFIX, MetricSpec
+
+logger = logging.getLogger("ray.serve")
+
+OUR_PREFIX = RAY_PREFIX + "hf_server_"
+# The classic text format that generate_latest writes, which every Prometheus since 2.0 reads
+# (prometheus_client's CONTENT_TYPE_LATEST names 1.0.0, which older servers do not know).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+SCRAPE_TIMEOUT_S = 3.0
+_SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
+
+
+@dataclass(frozen=True)
+class MetricsSource:
+    """One node's metrics agent."""
+
+    node: str
+    url: str
+
+
+def our_lines(text: str) -> str:
+    """The lines of hfserve's families (samples, HELP and TYPE) in an agent's exposition."""
+    return "\n".join(line for line in text.splitlines() if OUR_PREFIX in line[:64]) + "\n"
+
+
+def fold(expositions: Iterable[str]) -> dict[str, dict[SeriesKey, float]]:
+    """Every catalogue family's samples over all expositions, Ray's labels dropped and the
+    series of the many processes combined; keyed by spec name."""
+    folded: dict[str, dict[SeriesKey, float]] = defaultdict(dict)
+    for text in expositions:
+        for family in text_string_to_metric_families(our_lines(text)):
+            spec = _spec_of(family.name, family.type)
+            if spec is None:
+                continue
+            keep = set(spec.labels) | ({"le"} if spec.kind == "histogram" else set())
+            valid = {spec.ray_name.removesuffix("_total") + s if spec.kind == "counter" else spec.ray_name + s
+                     for s in _SUFFIXES[spec.kind]}
+            series = folded[spec.name]
+            for sample in family.samples:
+                if sample.name not in valid:
+                    continue  # e.g. _created: not ours to serve
+                name = sample.name.removeprefix(RAY_PREFIX)
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k in keep and v != ""))
+                key = (name, labels)
+                if key not in series:
+                    series[key] = sample.value
+                elif spec.combine == "max":
+                    series[key] = max(series[key], sample.value)
+                else:
+                    series[key] += sample.value
+    return folded
+
+
+def _spec_of(family_name: str, family_type: str) -> MetricSpec | None:
+    # prometheus_client's parser names a counter family without its _total.
+    name = family_name + "_total" if family_type == "counter" else family_name
+    spec = BY_RAY_NAME.get(name)
+    return spec if spec is not None and spec.kind == family_type else None
+
+
+class _Folded:
+    """A prometheus_client collector over folded samples: every catalogue family is listed,
+    with its help text, even before anything was recorded."""
+
+    def __init__(self, folded: dict[str, dict[SeriesKey, float]]):
+        self._folded = folded
+
+    def collect(self):
+        for spec in CATALOGUE:
+            family = Metric(spec.name.removesuffix("_total") if spec.kind == "counter" else spec.name, spec.help, spec.kind)
+            for (name, labels), value in sorted(self._folded.get(spec.name, {}).items(), key=_sample_order):
+                family.add_sample(name, dict(labels), value)
+            yield family
+
+
+def _sample_order(item: tuple[SeriesKey, float]):
+    (name, labels), _ = item
+    plain = tuple((k, v) for k, v in labels if k != "le")
+    le = dict(labels).get("le")
+    return plain, name, float(le) if le is not None else 0.0
+
+
+def render(folded: dict[str, dict[SeriesKey, float]]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Folded(folded))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+async def scrape(sources: list[MetricsSource], client: httpx.AsyncClient) -> tuple[bytes, list[str]]:
+    """The folded exposition of every source, and the nodes that did not answer (their
+    series are missing from this scrape, which Prometheus sees as a dip, not a reset)."""
+
+    async def one(source: MetricsSource) -> str | None:
+        try:
+            response = await client.get(source.url, timeout=SCRAPE_TIMEOUT_S)
+            response.raise_for_status()
+            return response.text
+        except httpx.HTTPError as exc:
+            logger.warning("metrics: node %s's agent at %s did not answer: %s", source.node, source.url, exc)
+            return None
+
+    texts = await asyncio.gather(*(one(source) for source in sources))
+    missing = [source.node for source, text in zip(sources, texts, strict=True) if text is None]
+    return render(fold(text for text in texts if text is not None)), missing
+
+
+def ray_metrics_sources() -> list[MetricsSource]:
+    """Every alive node's metrics agent (a GCS call: keep it off the event loop)."""
+    import ray
+
+    return [
+        MetricsSource(node["NodeID"], f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics")
+        for node in ray.nodes()
+        if node.get("Alive") and node.get("MetricsExportPort")
+    ]
+
+
+class ClusterScraper:
+    """What `/metrics` serves: every node's agent scraped and folded on each call. The node
+    list is a GCS call, so it is refreshed at most every `sources_ttl_s` (a new node's series
+    appear within that), in a thread."""
+
+    def __init__(self, list_sources=ray_metrics_sources, sources_ttl_s: float = 10.0, clock=None):
+        import time
+
+        self._list_sources = list_sources
+        self._ttl_s = sources_ttl_s
+        self._clock = clock or time.monotonic
+        self._sources: list[MetricsSource] = []
+        self._listed_at = float("-inf")
+        self._client: httpx.AsyncClient | None = None
+
+    async def exposition(self) -> bytes:
+        if self._clock() - self._listed_at > self._ttl_s or not self._sources:
+            self._sources = await asyncio.to_thread(self._list_sources)
+            self._listed_at = self._clock()
+        if self._client is None:
+            self._client = httpx.AsyncClient()
+        text, missing = await scrape(self._sources, self._client)
+        if missing:
+            self._listed_at = float("-inf")  # a node gone: list them again next time
+        return text
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
