@@ -160,6 +160,10 @@ class IngressArgs(StrictModel):
     circuit_breaker_timeout_seconds: float = Field(60, gt=0, le=3600, description="How long it stays open.")
     # --- metrics ---
     enable_metrics: bool = Field(True, description="Record the hf_server_* metrics /metrics serves (HF_SERVER_ENABLE_METRICS).")
+    metrics_refresh_s: float = Field(
+        10.0, ge=0.5, le=300, description="How often /metrics gathers the nodes' Ray metrics agents while it is "
+        "scraped: set it to Ray's metrics_report_interval_ms (10 s by default), how often the agents change.",
+    )
     metrics_key_label: bool = Field(
         False, description="Label hf_server_requests_total with the API key's id (never its secret): one series "
         "per key, so only for a bounded number of keys.",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -49,9 +50,16 @@ class MetricsSource:
     url: str
 
 
+# Ray's per-process labels, cut before parsing: prometheus_client's parser reads labels one
+# character at a time, and these are most of each line (they are dropped in the fold anyway).
+_RAY_LABELS = re.compile(r'(?<=[{,])(?:Component|NodeAddress|SessionName|Version|WorkerId|JobId|otel_scope_[a-z_]+)="[^"]*",?')
+
+
 def our_lines(text: str) -> str:
-    """The lines of hfserve's families (samples, HELP and TYPE) in an agent's exposition."""
-    return "\n".join(line for line in text.splitlines() if OUR_PREFIX in line[:64]) + "\n"
+    """The lines of hfserve's families (samples, HELP and TYPE) in an agent's exposition,
+    without Ray's per-process labels."""
+    lines = "\n".join(line for line in text.splitlines() if OUR_PREFIX in line[:64])
+    return _RAY_LABELS.sub("", lines).replace(",}", "}") + "\n"
 
 
 def fold(expositions: Iterable[str]) -> dict[str, dict[SeriesKey, float]]:
@@ -147,32 +155,75 @@ def ray_metrics_sources() -> list[MetricsSource]:
 
 
 class ClusterScraper:
-    """What `/metrics` serves: every node's agent scraped and folded on each call. The node
-    list is a GCS call, so it is refreshed at most every `sources_ttl_s` (a new node's series
-    appear within that), in a thread."""
+    """What `/metrics` serves: the fold of every node's agent, kept fresh in the background.
 
-    def __init__(self, list_sources=ray_metrics_sources, sources_ttl_s: float = 10.0, clock=None):
+    A node's agent changes what it exports only once per Ray report interval
+    (`metrics_report_interval_ms`, 10 s by default), and producing its exposition is not cheap
+    (the head's is most of a megabyte of Ray's own metrics: a quarter of a second on a busy
+    small machine). So the agents are gathered once per `refresh_s` (set it to Ray's
+    interval) by a background task that runs while someone scrapes, and a scrape answers with
+    the latest fold at once: data as fresh as Ray's export allows, at the cost of one gather
+    per interval, and nothing at all when nobody scrapes. A scrape after more than
+    `3 * refresh_s` without one (the task has stopped) waits for a fresh gather.
+
+    The node list is a GCS call: refreshed with every gather, in a thread.
+    """
+
+    def __init__(self, list_sources=ray_metrics_sources, refresh_s: float = 10.0, idle_s: float = 300.0,
+                 clock=None, sleep=asyncio.sleep):
         import time
 
         self._list_sources = list_sources
-        self._ttl_s = sources_ttl_s
+        self._refresh_s = refresh_s
+        self._idle_s = idle_s
         self._clock = clock or time.monotonic
-        self._sources: list[MetricsSource] = []
-        self._listed_at = float("-inf")
+        self._sleep = sleep
         self._client: httpx.AsyncClient | None = None
+        self._latest: bytes | None = None
+        self._latest_at = float("-inf")
+        self._asked_at = float("-inf")
+        self._keeper: asyncio.Task | None = None
+        self._gathering: asyncio.Task | None = None
+        self.gathers = 0  # how many times the agents were read (tests, and the cost in docs)
 
     async def exposition(self) -> bytes:
-        if self._clock() - self._listed_at > self._ttl_s or not self._sources:
-            self._sources = await asyncio.to_thread(self._list_sources)
-            self._listed_at = self._clock()
+        self._asked_at = self._clock()
+        if self._latest is None or self._clock() - self._latest_at > 3 * self._refresh_s:
+            await self._gather()  # nothing recent to serve: wait for the agents
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.get_running_loop().create_task(self._keep_fresh())
+        assert self._latest is not None
+        return self._latest
+
+    async def _keep_fresh(self) -> None:
+        while True:
+            await self._sleep(max(0.0, self._latest_at + self._refresh_s - self._clock()))
+            if self._clock() - self._asked_at >= self._idle_s:
+                return  # nobody scrapes: the agents are left alone until somebody does
+            if self._clock() - self._latest_at >= self._refresh_s:
+                try:
+                    await self._gather()
+                except Exception:  # noqa: BLE001 - the next round retries; scrapes get the last fold
+                    logger.exception("metrics: gathering the nodes' metrics failed")
+
+    async def _gather(self) -> None:
+        # One gather at a time: a scrape that finds one running waits for it.
+        if self._gathering is None or self._gathering.done():
+            self._gathering = asyncio.get_running_loop().create_task(self._gather_now())
+        await asyncio.shield(self._gathering)
+
+    async def _gather_now(self) -> None:
+        sources = await asyncio.to_thread(self._list_sources)
         if self._client is None:
             self._client = httpx.AsyncClient()
-        text, missing = await scrape(self._sources, self._client)
-        if missing:
-            self._listed_at = float("-inf")  # a node gone: list them again next time
-        return text
+        text, _ = await scrape(sources, self._client)
+        self._latest, self._latest_at = text, self._clock()
+        self.gathers += 1
 
     async def close(self) -> None:
+        for task in (self._keeper, self._gathering):
+            if task is not None:
+                task.cancel()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -82,7 +82,7 @@ class Ingress:
                                node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self.gateway, self.args, ClusterScraper())
+        return create_app(self.gateway, self.args, ClusterScraper(refresh_s=self.args.metrics_refresh_s))
 
 
 async def _quietly(call) -> None:

@@ -22,7 +22,7 @@ def _spread_ingress(config: dict) -> dict:
     """A second ingress application with two replicas, at most one per node: one on each."""
     ingress = copy.deepcopy(config["applications"][0])
     ingress.update({"name": "spread", "route_prefix": PREFIX})
-    ingress["args"]["metrics_key_label"] = True
+    ingress["args"].update({"metrics_key_label": True, "metrics_refresh_s": 2.0})  # Ray's interval in these tests
     ingress["deployments"] = [{"name": "Ingress", "num_replicas": 2, "max_replicas_per_node": 1,
                                "ray_actor_options": {"num_cpus": 0.05}}]
     return {**config, "applications": config["applications"] + [ingress]}
@@ -69,10 +69,11 @@ def test_counts_add_up_over_two_ingress_replicas_on_two_nodes(two_nodes: TwoNode
         assert _requests_of(text, created["id"]) == sent  # N sent, N counted: not one more
         times = []
         with httpx.Client(headers=admin, timeout=30) as http:
-            for _ in range(20):
+            for _ in range(20):  # a second apart, as a (fast) Prometheus would scrape
                 started = time.perf_counter()
                 assert http.get(scrape_url).status_code == 200
                 times.append(time.perf_counter() - started)
+                time.sleep(1.0)
         two_nodes.measured["metrics_scrape_p50_ms"] = round(statistics.median(times) * 1000, 1)
         two_nodes.measured["metrics_scrape_max_ms"] = round(max(times) * 1000, 1)
         print(f"\n[cluster] /metrics over 2 nodes: p50 {statistics.median(times) * 1000:.1f} ms, "

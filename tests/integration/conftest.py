@@ -98,7 +98,8 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                 "import_path": "serve_app.app:build_ingress_app",
                 # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
                 # Requests labelled with key ids: test_metrics.py counts its own key's exactly.
-                "args": {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True, **shared_state},
+                "args": {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True,
+                         "metrics_refresh_s": METRICS_INTERVAL_MS / 1000, **shared_state},
                 "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
             },
             _model_app(

@@ -106,3 +106,53 @@ def test_scrape_gathers_every_node_and_names_one_that_does_not_answer():
     text, missing = asyncio.run(scrape_all())
     assert missing == ["c"]
     assert sum(_parsed(text)["hf_server_requests_total"].values()) == 15
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+async def until(condition, timeout_s: float = 5.0) -> None:
+    """Turns of the loop (and of the thread that lists the nodes) until `condition` holds."""
+    for _ in range(int(timeout_s / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met")
+
+
+def test_scrapes_answer_from_the_latest_gather_and_gathers_follow_the_refresh_period():
+    from observability.exposition import ClusterScraper
+
+    clock, listed = _Clock(), []
+
+    def sources():
+        listed.append(clock.now)
+        return [MetricsSource("a", "http://10.0.0.1:9000/metrics")]
+
+    async def run():
+        async def no_wait(_seconds):  # the fake clock moves; the task only needs its turns
+            await asyncio.sleep(0)
+
+        scraper = ClusterScraper(sources, refresh_s=10.0, idle_s=60.0, clock=clock, sleep=no_wait)
+        scraper._client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: httpx.Response(200, text=HEAD)))
+        first = await scraper.exposition()  # nothing to serve yet: it waits for a gather
+        assert scraper.gathers == 1 and b"hf_server_requests_total" in first
+        clock.now += 3
+        assert await scraper.exposition() == first and scraper.gathers == 1  # answered from the last gather
+        clock.now += 8  # past the period: the background task gathers again
+        await until(lambda: scraper.gathers == 2)
+        clock.now += 100  # nobody scraped for longer than idle_s: the task stops
+        await until(lambda: scraper._keeper.done())
+        gathers = scraper.gathers
+        assert gathers == 2
+        clock.now += 1
+        await scraper.exposition()  # stale after idling: a fresh gather before answering
+        assert scraper.gathers == gathers + 1
+        await scraper.close()
+
+    asyncio.run(run())
