@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -47,7 +48,7 @@ from hardware.detect import detect
 from hardware.probe import PROBE_TIMEOUT_S, node_actor
 from hardware.report import NodeReport
 from hardware.select import BackendChoice, select_backend
-from observability.recorder import Recorder
+from observability.recorder import Recorder, gauge_refresh_s
 
 from .logs import quiet_client_errors
 from .serving_metrics import ReplicaMeter
@@ -152,6 +153,8 @@ def _gpus_assigned() -> int | None:
 
 
 class ModelServer:
+    _stopped = False  # set on shutdown: the gauge thread ends
+
     def __init__(self, args: ModelAppArgs):
         started = time.monotonic()
         quiet_client_errors()
@@ -189,6 +192,7 @@ class ModelServer:
         )
         self._report_replica()
         self._meter.loaded(time.monotonic() - started)
+        threading.Thread(target=self._refresh_gauges, name="metrics-gauges", daemon=True).start()
         logger.info("%s: ready in %.1fs on %s (%s)", self.model_id, time.monotonic() - started, choice.platform, report.hostname)
 
     # ------------------------------------------------------------------ typed API
@@ -257,7 +261,15 @@ class ModelServer:
     def check_health(self) -> None:
         self._task.check_health()
         self._report_replica()
-        self._meter.engine(self._task.stats())
+
+    def _refresh_gauges(self) -> None:
+        period_s = gauge_refresh_s()
+        while not self._stopped:
+            time.sleep(period_s)
+            try:
+                self._meter.engine(self._task.stats())
+            except Exception:  # noqa: BLE001 - an engine shutting down; the next round or the end
+                pass
 
     def _report_replica(self) -> None:
         """Tell this node's hardware actor about this replica (fire and forget): /status lists
@@ -282,6 +294,7 @@ class ModelServer:
                 actor.drop_replica.remote(info.replica_id)
             except Exception:  # noqa: BLE001
                 pass
+        self._stopped = True
         meter = getattr(self, "_meter", None)
         if meter is not None:
             meter.unloaded()

@@ -88,7 +88,10 @@ class ReplicaMeter:
         self.metrics.set(m.ACTIVE_REQUESTS, self.active, model=self.model)
 
     def engine(self, stats: EngineStats) -> None:
+        """Every gauge again, with the engine's counters: called every gauge_refresh_s(), as
+        Ray evicts a gauge not set again within two report intervals."""
         self.metrics.set(m.MODELS_LOADED, 1, model=self.model)
+        self.metrics.set(m.ACTIVE_REQUESTS, self.active, model=self.model)
         self.metrics.set(m.ENGINE_RUNNING, stats.running_requests, model=self.model)
         self.metrics.set(m.ENGINE_WAITING, stats.waiting_requests, model=self.model)
         if stats.kv_cache_usage is not None:

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from observability import catalogue as m
-from observability.recorder import Recorder
+from observability.recorder import Recorder, gauge_refresh_s
 
 from . import utilization
 from .report import NodeReport
@@ -85,11 +85,12 @@ class NodeHardware:
         self._replicas: dict[str, tuple[float, dict[str, Any]]] = {}
         threading.Thread(target=self._sample_utilization, name="hardware-utilization", daemon=True).start()
 
-    def _sample_utilization(self, period_s: float = UTILIZATION_PERIOD_S) -> None:
-        """hf_server_hardware_utilization for this node's devices, every period_s."""
+    def _sample_utilization(self) -> None:
+        """hf_server_hardware_utilization for this node's devices, every few seconds (often
+        enough that Ray does not evict the gauges between samples)."""
         import psutil
 
-        metrics, nvml = Recorder(), open_nvml()
+        metrics, nvml, period_s = Recorder(), open_nvml(), gauge_refresh_s(UTILIZATION_PERIOD_S)
         while True:
             try:
                 for device, resource, value in utilization.sample(psutil, nvml):

@@ -77,3 +77,17 @@ class Recorder:
 
 
 DISABLED = Recorder(enabled=False)
+
+
+def gauge_refresh_s(longest: float = 5.0) -> float:
+    """How often a process must set its gauges again: Ray's metrics agent evicts a gauge that
+    was not set within two report intervals (`metrics_report_interval_ms`), so a value that
+    does not change (a replica loaded, a breaker closed) would vanish, and an alert on its
+    absence fire. Once per report interval, at most every `longest` seconds."""
+    try:
+        import ray
+
+        interval_s = ray._config.metrics_report_interval_ms() / 1000.0
+    except Exception:  # noqa: BLE001 - outside a Ray process: nothing evicts
+        return longest
+    return max(1.0, min(longest, interval_s))

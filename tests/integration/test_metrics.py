@@ -161,3 +161,15 @@ def test_access_log_lines_name_the_request(server):
     assert line["status"] == 200 and line["endpoint"] == CHAT and line["latency_ms"] > 0
     assert line["prompt_tokens"] > 0 and line["completion_tokens"] > 0 and line["client"]
     assert key not in json.dumps(line)
+
+
+def test_gauges_of_an_idle_model_stay_in_every_scrape(server):
+    """A loaded model's gauges do not change while it idles, and Ray's agent evicts a gauge not
+    set within two report intervals (4 s here): the replicas set theirs again every interval,
+    so `hf_server_models_loaded` never vanishes (the no-ready-replica alert relies on it)."""
+    seen = []
+    for _ in range(8):  # 12 s: three eviction windows
+        samples = scrape(server)
+        seen.append(total(samples, "hf_server_models_loaded", model=MODEL))
+        time.sleep(1.5)
+    assert all(value >= 1 for value in seen), seen

@@ -116,7 +116,7 @@ def test_a_replica_reports_loads_requests_in_flight_and_engine_gauges():
     meter.engine(EngineStats(running_requests=3, waiting_requests=2, kv_cache_usage=0.25))
     meter.batch_observer("engine_step")(4)
     assert sink.values(m.MODEL_LOAD_DURATION) == [12.5]
-    assert sink.values(m.ACTIVE_REQUESTS) == [1, 2, 1] and meter.active == 1
+    assert sink.values(m.ACTIVE_REQUESTS) == [1, 2, 1, 1] and meter.active == 1  # the last: the refresh
     assert sink.values(m.ENGINE_RUNNING) == [3] and sink.values(m.ENGINE_WAITING) == [2]
     assert sink.values(m.KV_CACHE_USAGE) == [0.25]
     assert [labels for name, _, labels in sink if name == m.BATCH_SIZE.name] == [{"model": "m", "kind": "engine_step"}]
@@ -168,3 +168,15 @@ def test_utilisation_of_the_cpu_and_every_gpu_as_fractions():
 
 def test_a_failing_gpu_read_keeps_the_cpu_samples():
     assert utilization.sample(FAKE_PSUTIL, BrokenNvml()) == [("cpu", "compute", 0.5), ("cpu", "memory", 0.25)]
+
+
+@pytest.mark.parametrize("interval_ms,expected", [(2000, 2.0), (10_000, 5.0), (500, 1.0)])
+def test_gauges_are_set_again_within_rays_eviction_time(monkeypatch, interval_ms, expected):
+    """Ray's agent evicts a gauge not set within two report intervals: replicas and node actors
+    set theirs once per interval (at most every 5 s, at least every 1 s)."""
+    import ray
+
+    from observability.recorder import gauge_refresh_s
+
+    monkeypatch.setattr(ray, "_config", SimpleNamespace(metrics_report_interval_ms=lambda: interval_ms))
+    assert gauge_refresh_s(5.0) == expected
