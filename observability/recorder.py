@@ -76,9 +76,6 @@ class Recorder:
             return metric
 
 
-DISABLED = Recorder(enabled=False)
-
-
 def gauge_refresh_s(longest: float = 5.0) -> float:
     """How often a process must set its gauges again: Ray's metrics agent evicts a gauge that
     was not set within two report intervals (`metrics_report_interval_ms`), so a value that
