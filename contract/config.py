@@ -169,6 +169,20 @@ class IngressArgs(StrictModel):
         "per key, so only for a bounded number of keys.",
     )
 
+    # --- run-time models (POST /models/load) ---
+    max_loaded_models: int | None = Field(
+        None, ge=1, le=10_000, description="Most run-time models loaded at once; a load beyond it unloads the least "
+        "recently used idle one (409 when all are busy). Config-file models are neither counted nor evicted.",
+    )
+    model_memory_budget_gb: float | None = Field(
+        None, gt=0, le=1_000_000, description="Most weight memory (estimated from parameters x dtype before "
+        "loading) that run-time models may hold together; a load beyond it unloads idle ones or gets a 409.",
+    )
+    model_load_timeout_s: float = Field(
+        300, gt=0, le=86400, description="How long a request to a model scaled to zero waits for its replica to "
+        "start (a cold start) before it gets a 504.",
+    )
+
     def with_env(self, env: EnvOverrides) -> IngressArgs:
         import hashlib
 
@@ -200,10 +214,12 @@ class ModelAppArgs(StrictModel):
         "('org/name' or 'hub:org/name'), or 'package:<package>/<file>' for a file shipped "
         "inside an installed Python package (GGUF files are converted once and cached).",
     )
-    task: str = Field(
-        ...,
+    task: str | None = Field(
+        None,
         description="What the model serves: a task from the task table (`hfserve discover` lists them: "
-        "text-generation, embedding, and any installed plug-in).",
+        "text-generation, embedding, and any installed plug-in). Omitted, it is inferred when the model is "
+        "deployed from its config.json and files (a causal LM is text-generation, a sentence-transformers "
+        "model or a bare encoder is embedding); a model no task or several tasks claim is an error.",
     )
     backend: Backend = Field(
         "auto",
@@ -284,6 +300,10 @@ class ModelAppArgs(StrictModel):
         None, ge=1, description="Longest embedding input; defaults to the sentence-transformers "
         "max_seq_length or the model's max_position_embeddings.",
     )
+    # --- rerank ---
+    max_rerank_documents: int = Field(
+        1000, ge=1, le=10_000, description="Most documents in one /v1/rerank request (400 above).",
+    )
 
     @field_validator("stream_interval")
     @classmethod
@@ -327,7 +347,9 @@ class ModelAppArgs(StrictModel):
 
     @field_validator("task")
     @classmethod
-    def _known_task(cls, value: str) -> str:
+    def _known_task(cls, value: str | None) -> str | None:
+        if value is None:
+            return None  # inferred at deploy (deployments/task_inference.py)
         known = tasks.task_names()
         if value not in known:
             raise ValueError(f"unknown task {value!r}; known tasks: {', '.join(known)}")
@@ -335,7 +357,7 @@ class ModelAppArgs(StrictModel):
 
     @model_validator(mode="after")
     def _fits_its_task(self) -> ModelAppArgs:
-        tasks.check_args(self)  # the task's own rules, and no other task's fields
+        tasks.check_args(self)  # the task's own rules, and no other task's fields (once it has a task)
         return self
 
     def with_env(self, env: EnvOverrides) -> ModelAppArgs:

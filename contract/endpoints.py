@@ -20,6 +20,12 @@ from .protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
+from .scoring_protocol import (
+    ClassificationRequest,
+    ClassificationResponse,
+    RerankRequest,
+    RerankResponse,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Endpoint:
     method: str  # the handle method that returns a whole response
     stream_method: str | None = None  # the handle method that streams chunks, if any
     chunk: type[BaseModel] | None = None  # what each streamed event carries
+    aliases: tuple[str, ...] = ()  # other paths of the same endpoint (/rerank, as TEI and Jina name it)
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -42,5 +49,7 @@ CHAT = Endpoint("chat", "/v1/chat/completions", ChatCompletionRequest, ChatCompl
 COMPLETE = Endpoint("complete", "/v1/completions", CompletionRequest, CompletionResponse, "complete", "complete_stream",
                     CompletionResponse)
 EMBED = Endpoint("embed", "/v1/embeddings", EmbeddingRequest, EmbeddingResponse, "embed")
+RERANK = Endpoint("rerank", "/v1/rerank", RerankRequest, RerankResponse, "rerank", aliases=("/rerank",))
+CLASSIFY = Endpoint("classify", "/v1/classify", ClassificationRequest, ClassificationResponse, "classify")
 
-ENDPOINTS: dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in (CHAT, COMPLETE, EMBED)}
+ENDPOINTS: dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in (CHAT, COMPLETE, EMBED, RERANK, CLASSIFY)}

@@ -93,6 +93,14 @@ class MethodNotAllowedError(APIError):
     default_code = "method_not_allowed"
 
 
+class ConflictError(APIError):
+    """409: the request clashes with the server's current state (a model still loading, a
+    name taken by a config-file model, no room to load another)."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+
+
 class RequestTooLargeError(APIError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -151,6 +159,14 @@ class GatewayTimeoutError(APIError):
 class InternalServerError(APIError):
     status_code = 500
     error_type = "internal_error"
+
+
+def too_many_documents(count: int, limit: int, model: str) -> InvalidRequestError:
+    """The 400 for a rerank request over the model's max_rerank_documents (the ingress checks it
+    before its cache, the replica for callers that reach it through a handle)."""
+    return InvalidRequestError(
+        f"documents has {count} items; model '{model}' accepts at most {limit} per request.", param="documents"
+    )
 
 
 def as_api_error(exc: BaseException) -> APIError | None:

@@ -51,6 +51,8 @@ class ModelInfo(BaseModel):
     hostname: str | None = None
     # Embedding inputs batched per call: larger requests are called with progress heartbeats.
     max_batch_size: int | None = None
+    # Most documents in one rerank request: the ingress refuses more before any cache lookup.
+    max_rerank_documents: int | None = None
 
 
 class NotStartedInTime(TimeoutError):
@@ -84,6 +86,7 @@ class ReplicaRecord(BaseModel):
     started_at: int
     engine: EngineStats
     ongoing_requests: int = 0  # calls this replica is working on (streams until their last chunk)
+    rss_bytes: int | None = None  # the replica process's resident memory, measured at this report
     reported_at: float | None = None  # unix time of this report (/status says how old it is)
 
 
@@ -103,7 +106,7 @@ class ModelClient(Protocol):
 
     async def call_with_progress(self, method: str, request, timeout_s: float,
                                  on_start: Callable[[], None] | None = None):
-        """The answer of `method` (chat, complete, embed) for a call that may run long: raises
+        """The answer of `method` (chat, complete, embed, rerank, classify) for a call that may run long: raises
         NotStartedInTime when no replica starts it within timeout_s, and TimeoutError when the
         model then shows no progress (its heartbeats stop) for timeout_s. `on_start` hears
         when a replica starts it."""

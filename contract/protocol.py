@@ -337,7 +337,8 @@ class EmbeddingResponse(OpenAIResponse):
 
 # ----------------------------------------------------------------------------- models
 
-ModelStatus = Literal["ready", "loading", "failed", "unavailable", "circuit_open", "circuit_half_open"]
+# idle: scaled to zero (min_replicas 0); the next request starts a replica and waits for it.
+ModelStatus = Literal["ready", "idle", "loading", "failed", "unavailable", "circuit_open", "circuit_half_open"]
 
 
 class ModelReplica(OpenAIResponse):
@@ -363,6 +364,10 @@ class ModelCard(OpenAIResponse):
     device: str | None = None
     platform: str | None = None
     replicas: list[ModelReplica] = []
+    # Run-time models (POST /models/load): how long the load took, and why it failed.
+    loaded_at_runtime: bool = False
+    load_seconds: float | None = None
+    error: str | None = None
 
 
 class ModelList(OpenAIResponse):

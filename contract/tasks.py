@@ -9,7 +9,8 @@ own package's metadata. Adding a task is adding a module and that one line.
 
 Everything else reads this table: config validation (ModelAppArgs.task and its fields),
 ModelServer (what to load, which methods to serve), the model directory (through the
-endpoints each model reports in ModelInfo) and `hfserve discover`.
+endpoints each model reports in ModelInfo) and `hfserve discover`. A model that omits its
+task gets the one task whose claims() recognises its files (infer_task), when it is deployed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,15 @@ class TaskSpec:
     fields: frozenset[str] = frozenset()
     # Extra rules over the args (e.g. default_max_tokens < max_model_len); raises ValueError.
     check: Callable[[Any], None] | None = None
+    # Whether a model's own files say it is for this task: claims(config, files) with config
+    # the model's config.json as a dict ({} when it has none) and files the names at the top of
+    # its directory (a GGUF source: just the .gguf file's name; it has no config.json until it
+    # is converted, which needs the task). Used when a model omits `task` (infer_task below);
+    # a task without it is never inferred. Keep it cheap and pure: it runs at deploy time.
+    claims: Callable[[dict[str, Any], frozenset[str]], bool] | None = None
+    # The engines it runs on, as (backend, engine) pairs: backend as ModelAppArgs.backend names it,
+    # engine a few words for `hfserve discover`. Declarative only: load() picks the engine.
+    engines: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.endpoints if name not in ENDPOINTS]
@@ -58,6 +68,10 @@ class TaskSpec:
 
 class UnknownTaskError(ValueError):
     pass
+
+
+class TaskInferenceError(ValueError):
+    """A model without `task` whose files do not name exactly one task."""
 
 
 def task_names() -> list[str]:
@@ -92,6 +106,11 @@ def registry() -> dict[str, TaskSpec]:
     return _load()[0]
 
 
+def broken() -> dict[str, str]:
+    """Registered tasks that could not be used, with why."""
+    return dict(_load()[1])
+
+
 def get(name: str) -> TaskSpec:
     specs, broken = _load()
     if name in broken:
@@ -106,8 +125,46 @@ def refresh() -> None:
     _load.cache_clear()
 
 
+def claimants(config: dict[str, Any], files: frozenset[str]) -> list[str]:
+    """The tasks whose claims() says the model (its config.json, its file names) is theirs."""
+    found = []
+    for name, spec in registry().items():
+        if spec.claims is None:
+            continue
+        try:
+            claimed = bool(spec.claims(config, files))
+        except Exception as exc:  # noqa: BLE001 - a faulty plug-in claims nothing
+            logger.warning("task %s: claims() raised %s: %s; counted as not claiming", name, type(exc).__name__, exc)
+            continue
+        if claimed:
+            found.append(name)
+    return found
+
+
+def infer_task(config: dict[str, Any], files: frozenset[str]) -> str:
+    """The one task that claims the model; TaskInferenceError when none or several do."""
+    found = claimants(config, files)
+    if len(found) == 1:
+        return found[0]
+    architectures = ", ".join(map(str, config.get("architectures") or [])) or "none"
+    if not found:
+        model_type = config.get("model_type")
+        seen = f"architectures: {architectures}" + (f", model_type: {model_type}" if model_type else "")
+        raise TaskInferenceError(
+            f"could not infer the model's task from its files ({seen}); no task claims it. Set `task` to one "
+            f"of: {', '.join(registry())}"
+        )
+    raise TaskInferenceError(
+        f"the model's task is ambiguous (architectures: {architectures}): it could be any of {', '.join(found)}. "
+        "Set `task` to the one you mean"
+    )
+
+
 def check_args(args: Any) -> None:
-    """A model's args against its task: no field of another task, then the task's own rules."""
+    """A model's args against its task: no field of another task, then the task's own rules.
+    A model without a task yet (inferred at deploy) is checked once it has one."""
+    if args.task is None:
+        return
     spec = get(args.task)
     others = set().union(*(other.fields for other in registry().values())) - spec.fields
     foreign = sorted(args.model_fields_set & others)

@@ -43,6 +43,12 @@ from contract.protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
 )
+from contract.scoring_protocol import (
+    ClassificationRequest,
+    ClassificationResponse,
+    RerankRequest,
+    RerankResponse,
+)
 from contract.text import replace_lone_surrogates
 from hardware.detect import detect
 from hardware.probe import PROBE_TIMEOUT_S, node_actor
@@ -72,7 +78,7 @@ DEPLOYMENT_OPTIONS: dict[str, Any] = {
 
 
 # The handle methods that may run long: the ingress calls them through call_with_heartbeats.
-PROGRESS_METHODS = ("chat", "complete", "embed")
+PROGRESS_METHODS = ("chat", "complete", "embed", "rerank", "classify")
 
 
 def model_server_deployment():
@@ -80,6 +86,15 @@ def model_server_deployment():
     from ray import serve
 
     return serve.deployment(**DEPLOYMENT_OPTIONS)(ModelServer)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux /proc; None elsewhere): what a loaded model holds."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def node_hardware(model_id: str) -> tuple[NodeReport, object | None]:
@@ -189,6 +204,7 @@ class ModelServer:
             node_ip=report.node_ip,
             hostname=report.hostname,
             max_batch_size=args.effective_max_batch_size if "embed" in self._spec.endpoints else None,
+            max_rerank_documents=getattr(self._task, "max_rerank_documents", None),
         )
         self._report_replica()
         self._meter.loaded(time.monotonic() - started)
@@ -222,6 +238,14 @@ class ModelServer:
         with self._in_flight():
             return await self._serving("embed").embed(_parse(EmbeddingRequest, request))
 
+    async def rerank(self, request: RerankRequest | dict) -> RerankResponse:
+        with self._in_flight():
+            return await self._serving("rerank").rerank(_parse(RerankRequest, request))
+
+    async def classify(self, request: ClassificationRequest | dict) -> ClassificationResponse:
+        with self._in_flight():
+            return await self._serving("classify").classify(_parse(ClassificationRequest, request))
+
     @contextlib.contextmanager
     def _in_flight(self):
         """Counts the call as ongoing (hf_server_active_requests, /status) until it ends."""
@@ -232,7 +256,7 @@ class ModelServer:
             self._meter.ended()
 
     async def call_with_heartbeats(self, method: str, request: Any, heartbeat_s: float = 2.0) -> AsyncIterator[Any]:
-        """A long unary call (chat, complete, embed) as a stream: None every heartbeat_s while it
+        """A long unary call (chat, complete, embed, rerank, classify) as a stream: None every heartbeat_s while it
         runs, then its answer. The ingress waits request_timeout_s for each item, so a live model
         may take as long as it needs while one that died with its node is noticed at once."""
         if method not in PROGRESS_METHODS:
@@ -280,7 +304,7 @@ class ModelServer:
             model=self.model_id, replica_id=self._info.replica_id, node_id=self._info.node_id, node_ip=self._info.node_ip,
             hostname=self._info.hostname, platform=self._info.platform, backend=self._info.backend,
             device=self._info.device, pid=os.getpid(), started_at=self._info.created, engine=self._task.stats(),
-            ongoing_requests=self._meter.active, reported_at=time.time(),
+            ongoing_requests=self._meter.active, reported_at=time.time(), rss_bytes=resident_bytes(),
         )
         try:
             self._node_actor.put_replica.remote(record.replica_id, record.model_dump())

@@ -74,9 +74,11 @@ MODEL_LOAD_DURATION = _m("hf_server_model_load_duration_seconds", "histogram",
                          "Time a model replica took to prepare its files and load its engine.", ("model",),
                          buckets=LOAD_BUCKETS, recorded_by="model")
 CACHE_HITS = _m("hf_server_cache_hits_total", "counter",
-                "Cache lookups answered from the cache (kind: response, or embedding per input).", ("model", "kind"))
+                "Cache lookups answered from the cache (kind: response; embedding or classification per input; "
+                "rerank per document).", ("model", "kind"))
 CACHE_MISSES = _m("hf_server_cache_misses_total", "counter",
-                  "Cache lookups the cache could not answer (kind: response, or embedding per input).", ("model", "kind"))
+                  "Cache lookups the cache could not answer (kind: response; embedding or classification per input; "
+                  "rerank per document).", ("model", "kind"))
 ERRORS = _m("hf_server_errors_total", "counter", "Requests answered with an error, by OpenAI error type.",
             ("model", "endpoint", "type"))
 HARDWARE_UTILIZATION = _m("hf_server_hardware_utilization", "gauge",
@@ -136,7 +138,7 @@ BY_NAME = {spec.name: spec for spec in CATALOGUE}
 BY_RAY_NAME = {spec.ray_name: spec for spec in CATALOGUE}
 
 # Fixed label values (enums): the recorder refuses anything else, so no client text leaks in.
-CACHE_KINDS = ("response", "embedding")
+CACHE_KINDS = ("response", "embedding", "rerank", "classification")
 LIMIT_KINDS = ("requests", "tokens", "concurrency")
 AUTH_REASONS = ("missing_key", "invalid_key", "forbidden")
 BATCH_KINDS = ("engine_step", "serve_batch")

@@ -3,7 +3,8 @@
 Ray validates each application's `args` into the pydantic model annotated on the builder,
 so a typo in serve_config.yaml fails the deploy naming the field (a model's task and its
 task's fields included, see contract/tasks.py). HF_SERVER_* overrides are applied here, where
-the application is built.
+the application is built, and a model's omitted task is inferred from its files
+(deployments/task_inference.py), so the replica gets args with the task written out.
 
 The builders run inside the cluster (`serve deploy`, `serve run`, `hfserve serve`), so this is
 also where the per-node hardware actors are started and a model is placed: its replicas' Ray
@@ -22,7 +23,9 @@ import ray
 from ray.serve import Application
 
 from contract.config import IngressArgs, ModelAppArgs, read_env
+from contract.lifecycle import RuntimeModel
 from deployments.server import model_server_deployment
+from deployments.task_inference import with_task
 from hardware.detect import detect
 from hardware.placement import Placement, PlacementError, place, unknown_resources
 from hardware.probe import cluster_reports, ensure_supervisor
@@ -42,10 +45,21 @@ def build_ingress_app(args: IngressArgs) -> Application:
 
 
 def build_model_app(args: ModelAppArgs) -> Application:
-    args = args.with_env(read_env())
+    # A model without `task` gets the one its files name (or the deploy fails saying why).
+    args = with_task(args.with_env(read_env()))
     placement = place_model(args)
     logger.info("model from %s: planned for %s on %s", args.source, placement.platform, ", ".join(placement.nodes))
     return model_server_deployment().options(ray_actor_options=placement.ray_actor_options).bind(args)
+
+
+def build_runtime_model_app(record: RuntimeModel) -> Application:
+    """A model loaded at run time (POST /models/load): the same application as a config-file
+    model's, with the autoscaling the load asked for (one replica when it asked for none)."""
+    args = with_task(ModelAppArgs.model_validate(record.args).with_env(read_env()))  # as build_model_app
+    placement = place_model(args)
+    scaling = ({"autoscaling_config": record.autoscaling.serve_config()} if record.autoscaling is not None
+               else {"num_replicas": 1})
+    return model_server_deployment().options(ray_actor_options=placement.ray_actor_options, **scaling).bind(args)
 
 
 def place_model(args: ModelAppArgs) -> Placement:

@@ -35,6 +35,12 @@ def embedding_key(model_revision: str, scope: str, dimensions: int | None, text:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def item_key(kind: str, model_revision: str, scope: str, *parts: str) -> str:
+    """The key of one scored item: a rerank (query, document) pair, or a classification input."""
+    payload = json.dumps([kind, model_revision, scope, *parts], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 @dataclass
 class _Item:
     value: bytes

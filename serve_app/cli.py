@@ -1,4 +1,4 @@
-"""`hfserve serve | discover | hardware | status`."""
+"""`hfserve serve | discover | hardware | status | models | keys`."""
 
 from __future__ import annotations
 
@@ -14,14 +14,10 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_forever(Path(args.config) if args.config else None, host=args.host, port=args.port)
 
 
-def _discover(_: argparse.Namespace) -> int:
-    from contract import tasks
-    from contract.endpoints import ENDPOINTS
+def _discover(args: argparse.Namespace) -> int:
+    from .discover_cli import run
 
-    for name, spec in tasks.registry().items():
-        paths = ", ".join(ENDPOINTS[endpoint].path for endpoint in spec.endpoints)
-        print(f"{name:<18} {paths:<40} {spec.summary}")
-    return 0
+    return run(args)
 
 
 def _hardware(args: argparse.Namespace) -> int:
@@ -37,6 +33,12 @@ def _hardware(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from .status_cli import run
+
+    return run(args)
+
+
+def _models(args: argparse.Namespace) -> int:
+    from .models_cli import run
 
     return run(args)
 
@@ -57,7 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="HTTP port (HF_SERVER_PORT)")
     serve.set_defaults(func=_serve)
 
-    commands.add_parser("discover", help="list the tasks this server can serve").set_defaults(func=_discover)
+    discover = commands.add_parser(
+        "discover", help="the tasks this server can serve: endpoints, engines, and the models of a config that serve each"
+    )
+    discover.add_argument("--config", help="serve_config.yaml whose models to list (default HF_SERVER_CONFIG or "
+                          "./serve_config.yaml, when it exists)")
+    discover.add_argument("--url", help="also list the models a running server reports (uses the admin key)")
+    discover.add_argument("--json", action="store_true", help="machine-readable output")
+    discover.set_defaults(func=_discover)
     hardware = commands.add_parser(
         "hardware", help="every node's hardware in a running Ray cluster (this machine's when none runs)"
     )
@@ -70,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the server (or its gateway prefix)")
     status.add_argument("--json", action="store_true", help="the raw /status JSON")
     status.set_defaults(func=_status)
+
+    from .models_cli import add_parser as add_models_parser
+
+    add_models_parser(commands)
+    commands.choices["models"].set_defaults(func=_models)
 
     keys = commands.add_parser("keys", help="manage API keys (on the store, or through --url)")
     keys.add_argument("--url", help="a running server: go through its admin API with the admin key")

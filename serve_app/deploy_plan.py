@@ -1,6 +1,8 @@
 """What `hfserve serve` (and the test harness) deploys: serve_config.yaml read, HF_SERVER_*
 overrides applied, and every application's args validated before anything starts, so a typo
-fails at once naming the field instead of as a DEPLOY_FAILED status later.
+fails at once naming the field instead of as a DEPLOY_FAILED status later. A model that omits
+its task gets the one its files name, here too (and the plan's config says it), so the models
+prepared before deploying are prepared for the task they are deployed with.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def validate_app_args(import_path: str, args: dict[str, Any] | None, app_name: s
         raise DeployConfigError(f"application '{app_name}' has invalid args:\n{exc}") from exc
 
 
+def _with_task(app_name: str, args: ModelAppArgs) -> ModelAppArgs:
+    """The model's task, inferred from its files when the args omit it."""
+    from deployments.task_inference import with_task
+
+    try:
+        return with_task(args)
+    except ValueError as exc:  # a source that cannot be read, no task or several claim it
+        raise DeployConfigError(f"application '{app_name}': {exc}") from exc
+
+
 @dataclass(frozen=True)
 class DeployPlan:
     config: dict[str, Any]  # the Serve config with HF_SERVER_* overrides applied
@@ -95,7 +107,9 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
             raise DeployConfigError("every application needs a name")
         validated = validate_app_args(app.get("import_path", ""), app.get("args"), name)
         if isinstance(validated, ModelAppArgs):
-            models[name] = validated.with_env(env)
+            models[name] = _with_task(name, validated.with_env(env))
+            if validated.task is None:  # deploy what was prepared: the inferred task, written out
+                app["args"] = {**app["args"], "task": models[name].task}
         elif isinstance(validated, IngressArgs):
             ingresses.append(validated.with_env(env))
     # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).

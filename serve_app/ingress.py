@@ -22,15 +22,16 @@ from .gateway import Gateway
 from .http.errors import install_error_handlers
 from .http.middleware import build_middleware
 from .http.openapi import install_openapi
-from .model_directory import (
-    ModelDirectory,
+from .model_directory import ModelDirectory
+from .routes.admin import admin_router
+from .routes.models import models_router
+from .routes.openai_api import openai_router
+from .routes.operations import operations_router
+from .serve_models import (
     connect_serve_model,
     list_serve_model_apps,
     list_serve_replicas,
 )
-from .routes.admin import admin_router
-from .routes.openai_api import openai_router
-from .routes.operations import operations_router
 from .state import StateClient, StateSettings, StateUnavailable
 
 
@@ -55,6 +56,7 @@ def create_app(gateway: Gateway, args: IngressArgs, scraper: ClusterScraper | No
     app.include_router(operations_router(gateway, started=time.time(),
                                          metrics=scraper.exposition if scraper is not None else None))
     app.include_router(admin_router(gateway))
+    app.include_router(models_router(gateway))
     return app
 
 
@@ -77,6 +79,7 @@ class Ingress:
             on_reload=lambda model: _quietly(state.call("cache_invalidate", model)),
             on_new_replica=lambda model: _quietly(state.call("breaker_replaced", model)),
             list_replicas=lambda: list_serve_replicas(self.hardware),
+            wake_timeout_s=args.model_load_timeout_s,
         )
         self.gateway = Gateway(args, state, directory,
                                node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0))

@@ -15,9 +15,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from contract.config import MODEL_DEPLOYMENT_NAME
-from contract.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from contract.model_api import ModelClient, ModelInfo, NotStartedInTime, ReplicaRecord
+from contract.errors import (
+    GatewayTimeoutError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+)
+from contract.lifecycle import RuntimeModel
+from contract.model_api import ModelClient, ModelInfo, ReplicaRecord
 from contract.protocol import ModelCard, ModelReplica
 
 logger = logging.getLogger("ray.serve")
@@ -35,10 +40,18 @@ class ModelEntry:
     replicas: dict[str, None] = field(default_factory=dict)
     # Every live replica, as they report themselves to their nodes' hardware actors.
     placed: list[ReplicaRecord] = field(default_factory=list)
+    # Seen with no replica while RUNNING (min_replicas 0): Serve may have scaled it to zero
+    # since the last refresh, so a request after a quiet spell checks first (_wake).
+    scales_to_zero: bool = False
+    last_request: float = float("-inf")
 
-    def card(self) -> ModelCard:
+    def card(self, runtime: RuntimeModel | None = None) -> ModelCard:
         info = self.info
+        extra = {} if runtime is None else {
+            "loaded_at_runtime": True, "load_seconds": runtime.load_seconds, "error": runtime.error or (self.message or None
+                                                                                                      if self.status == "failed" else None)}
         return ModelCard(
+            **extra,
             id=self.id,
             created=info.created if info else self.first_seen,
             owned_by=info.owned_by if info else "hfserve",
@@ -62,8 +75,14 @@ class AppState:
     name: str
     status: str  # Serve's ApplicationStatus: RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, ...
     message: str = ""
+    running: int | None = None  # RUNNING replicas; 0 in a RUNNING app is a model scaled to zero
 
 
+# A model that scales to zero, not sent a request by this ingress for this long, is asked
+# whether a replica is up (info(), milliseconds when one is) before a request is sent to it:
+# otherwise a request landing just after Serve stopped its last replica would wait for the
+# next one under request_timeout_s rather than model_load_timeout_s.
+QUIET_BEFORE_WAKE_S = 2.0
 RECOVERING_POLL_S = 0.5  # how often to look while a model is loading or unavailable
 _MAX_REPLICAS_REMEMBERED = 64
 
@@ -89,7 +108,10 @@ class ModelDirectory:
         on_reload: Callable[[str], Awaitable[Any]] | None = None,
         on_new_replica: Callable[[str], Awaitable[Any]] | None = None,
         list_replicas: Callable[[], Awaitable[list[ReplicaRecord]]] | None = None,
+        wake_timeout_s: float = 300.0,
     ):
+        self._wake_timeout_s = wake_timeout_s
+        self._waking: dict[str, asyncio.Future] = {}
         self._list_replicas = list_replicas
         self._placed: dict[str, list[ReplicaRecord]] = {}
         self._placing: asyncio.Task | None = None
@@ -104,12 +126,32 @@ class ModelDirectory:
         self._refreshed_at = float("-inf")
         self._refresh_lock = asyncio.Lock()
         self._background: asyncio.Task | None = None
+        # The run-time models' records (serve_app/lifecycle), as the state actor last sent them.
+        self.runtime: dict[str, RuntimeModel] = {}
+        self.runtime_version = 0
+
+    def set_runtime(self, version: int, records: list[dict[str, Any]]) -> None:
+        self.runtime = {record.model: record for record in map(RuntimeModel.model_validate, records)}
+        self.runtime_version = version
+
+    def _runtime_state(self, model: str) -> str | None:
+        record = self.runtime.get(model)
+        return record.state if record is not None else None
 
     # ------------------------------------------------------------------ request path
 
     async def entry_for(self, model: str, endpoint: str) -> ModelEntry:
         """The ready model behind `model`, or the 404 / 503 / 400 that explains why not."""
+        runtime_state = self._runtime_state(model)
+        if runtime_state == "unloading":  # no new requests; the ones in flight drain
+            raise ModelNotFoundError(model)
         entry = self._entries.get(model)
+        if runtime_state == "failed" or (entry is None and runtime_state in ("loading", "ready")):
+            record = self.runtime[model]
+            state = "failed" if runtime_state == "failed" else "loading"
+            raise ServiceUnavailableError(
+                f"The model '{model}' is {state}{': ' + record.error if record.error else ''}.",
+                code=f"model_{state}", retry_after_s=2 if state == "loading" else 30)
         if entry is None:
             # A model deployed a moment ago. The short max age bounds how often a stream of
             # requests for a model that does not exist can make us ask Serve again.
@@ -117,6 +159,9 @@ class ModelDirectory:
             entry = self._entries.get(model)
         if entry is None:
             raise ModelNotFoundError(model)
+        if entry.client is not None and (entry.status == "idle" or self._may_be_at_zero(entry)):
+            await self._wake(entry)
+        entry.last_request = self._clock()
         if entry.status != "ready" or entry.client is None:
             raise ServiceUnavailableError(
                 f"The model '{model}' is {entry.status}{': ' + entry.message if entry.message else ''}."
@@ -129,16 +174,59 @@ class ModelDirectory:
             )
         return entry
 
+    def _may_be_at_zero(self, entry: ModelEntry) -> bool:
+        record = self.runtime.get(entry.id)
+        scales = entry.scales_to_zero or bool(record and record.autoscaling and record.autoscaling.min_replicas == 0)
+        return scales and self._clock() - entry.last_request > QUIET_BEFORE_WAKE_S
+
+    async def _wake(self, entry: ModelEntry) -> None:
+        """A model scaled to zero: its first request starts a replica (Serve scales up for a
+        request waiting at its handle); every request that arrives meanwhile waits on the same
+        start, bounded by model_load_timeout_s."""
+        waking = self._waking.get(entry.id)
+        if waking is None:
+            waking = self._waking[entry.id] = asyncio.ensure_future(self._start_replica(entry))
+            waking.add_done_callback(lambda _: self._waking.pop(entry.id, None))
+        await asyncio.shield(waking)
+
+    async def _start_replica(self, entry: ModelEntry) -> None:
+        assert entry.client is not None
+        started = self._clock()
+        try:
+            info = await asyncio.wait_for(entry.client.info(), self._wake_timeout_s)
+        except TimeoutError:
+            raise GatewayTimeoutError(
+                f"The model '{entry.id}' is scaled to zero and no replica started within {self._wake_timeout_s:g}s "
+                "(model_load_timeout_s).") from None
+        entry.info, entry.status, entry.message = info, "ready", ""
+        await self._note_replica(entry, info.replica_id)
+        logger.info("%s: scaled up from zero for a request in %.1fs", entry.id, self._clock() - started)
+
     async def cards(self) -> list[ModelCard]:
         await self.refresh(max_age_s=self._ttl_s)  # usually a no-op: the background loop keeps it fresh
-        return [entry.card() for entry in sorted(self._entries.values(), key=lambda e: e.id)]
+        return [card for card in map(self._card, sorted(set(self._entries) | set(self.runtime))) if card is not None]
 
     async def card(self, model: str) -> ModelCard:
         await self.refresh(max_age_s=self._ttl_s)
-        entry = self._entries.get(model)
-        if entry is None:
+        card = self._card(model)
+        if card is None:
             raise ModelNotFoundError(model)
-        return entry.card()
+        return card
+
+    def _card(self, model: str) -> ModelCard | None:
+        """A model's card; None for one that does not exist or is being unloaded."""
+        record = self.runtime.get(model)
+        if record is not None and record.state == "unloading":
+            return None
+        entry = self._entries.get(model)
+        if entry is not None and (record is None or record.state != "failed"):
+            return entry.card(record)
+        if record is None:
+            return None
+        # Not (or no longer) a Serve application: being deployed (again, after a restart of the
+        # cluster, for a record that was ready), or failed and deleted.
+        status = "failed" if record.state == "failed" else "loading"
+        return ModelEntry(model, status, first_seen=int(record.requested_at)).card(record)
 
     def status_of(self, model: str) -> str | None:
         entry = self._entries.get(model)
@@ -196,7 +284,8 @@ class ModelDirectory:
     def _poll_period(self) -> float:
         # While a model loads or has lost its replica, look often: its replacement is noticed
         # (and its breaker let probe) within RECOVERING_POLL_S of Serve reporting it healthy.
-        recovering = any(entry.status in ("loading", "unavailable") for entry in self._entries.values())
+        recovering = any(entry.status in ("loading", "unavailable") for entry in self._entries.values()) or any(
+            record.state == "loading" for record in self.runtime.values())
         return min(self._ttl_s, RECOVERING_POLL_S) if recovering else self._ttl_s
 
     async def refresh(self, max_age_s: float = 0.0) -> None:
@@ -217,6 +306,13 @@ class ModelDirectory:
         entry.message = app.message if status != "ready" else ""
         if status != "ready":
             entry.status = status
+            return
+        if app.running == 0:  # scaled to zero: asking it for info() would start a replica
+            entry.scales_to_zero = True
+            if entry.client is None:
+                entry.client = await self._connect(app.name)
+            if entry.id not in self._waking:
+                entry.status = "idle"
             return
         try:
             if entry.client is None:
@@ -259,92 +355,3 @@ def _replica_died(exc: BaseException) -> bool:
     from ray import exceptions
 
     return isinstance(exc, exceptions.RayActorError | exceptions.ActorUnavailableError)
-
-
-# ----------------------------------------------------------------------------- Ray Serve
-
-
-class ServeModelClient:
-    """ModelClient over a DeploymentHandle to a model application."""
-
-    def __init__(self, handle: Any):
-        self._handle = handle
-        self._streaming = handle.options(stream=True)
-
-    async def chat(self, request):
-        return await self._handle.chat.remote(request)
-
-    def chat_stream(self, request):
-        return self._streaming.chat_stream.remote(request)
-
-    async def complete(self, request):
-        return await self._handle.complete.remote(request)
-
-    def complete_stream(self, request):
-        return self._streaming.complete_stream.remote(request)
-
-    async def embed(self, request):
-        return await self._handle.embed.remote(request)
-
-    async def call_with_progress(self, method, request, timeout_s, on_start=None):
-        # Heartbeats come four times per timeout (at most every 2 s), so one late beat on a
-        # busy replica is not mistaken for a dead one.
-        stream = self._streaming.call_with_heartbeats.remote(method, request, min(2.0, timeout_s / 4))
-        started = False
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(timeout_s):
-                        item = await stream.__anext__()
-                except TimeoutError:
-                    if not started:
-                        raise NotStartedInTime(f"no replica started '{method}' within {timeout_s:g}s") from None
-                    raise
-                if item is not None:
-                    return item
-                if not started and on_start is not None:
-                    on_start()
-                started = True
-        except StopAsyncIteration:
-            raise RuntimeError(f"the model ended '{method}' without an answer") from None
-        except BaseException:
-            stream.cancel()
-            raise
-
-    async def info(self):
-        return await self._handle.info.remote()
-
-    async def stats(self):
-        return await self._handle.stats.remote()
-
-
-async def list_serve_model_apps() -> list[AppState]:
-    from ray import serve
-
-    status = await asyncio.to_thread(serve.status)
-    return [
-        AppState(name, _status(app),
-                 # A replica that cannot be scheduled is explained on the deployment, not the app.
-                 app.message or (app.deployments[MODEL_DEPLOYMENT_NAME].message if app.deployments else "") or "")
-        for name, app in status.applications.items()
-        # A model application whose builder failed (hardware no node has, say) has no
-        # deployments at all; it is listed as failed, with the reason, rather than hidden.
-        if MODEL_DEPLOYMENT_NAME in app.deployments or (not app.deployments and _status(app) == "DEPLOY_FAILED")
-    ]
-
-
-def _status(app: Any) -> str:
-    return app.status.value if hasattr(app.status, "value") else str(app.status)
-
-
-async def list_serve_replicas(supervisor: Any) -> list[ReplicaRecord]:
-    """Every model replica of the cluster, from the per-node hardware actors' records."""
-    records = await asyncio.wait_for(supervisor.replicas.remote(), 5.0)
-    return [ReplicaRecord.model_validate(record) for record in records]
-
-
-async def connect_serve_model(name: str) -> ServeModelClient:
-    from ray import serve
-
-    # get_app_handle asks the controller synchronously; keep that off the event loop.
-    return ServeModelClient(await asyncio.to_thread(serve.get_app_handle, name))

@@ -21,12 +21,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from contract.config import IngressArgs
+from contract.errors import ConflictError
+from contract.lifecycle import RuntimeModel
 from observability import catalogue as m
 from observability.recorder import Recorder
 
 from .auth import KeyRecord, KeyStore, KeyStoreWriteError, KeyUsage, NewKey, ensure_admin_key
 from .breaker import CircuitBreaker, Snapshot
 from .cache import ResponseCache
+from .lifecycle.admission import NoRoomError, plan_evictions
+from .lifecycle.store import RuntimeModelStore
 from .ratelimit import Grant, Limits, RateLimiter
 
 logger = logging.getLogger("ray.serve")
@@ -82,6 +86,7 @@ class StateCore:
             clock=clock,
         )
         self.breakers: dict[str, CircuitBreaker] = {}
+        self.models = RuntimeModelStore(settings.state_dir / "keys.db")
         self.started = time.time()
         # Gauges of what only this actor knows (off the request path, so always recorded).
         self.metrics = Recorder()
@@ -96,6 +101,8 @@ class StateCore:
         changed = [name for name in StateSettings.model_fields if getattr(settings, name) != getattr(self.settings, name)]
         if not changed:
             return []
+        if "state_dir" in changed:
+            self.models = RuntimeModelStore(settings.state_dir / "keys.db")
         if "state_dir" in changed or "static_admin" in changed:
             self.store.close()
             self.store = KeyStore(settings.state_dir / "keys.db")
@@ -155,13 +162,75 @@ class StateCore:
 
     # ------------------------------------------------------------------ what replicas poll
 
-    def sync(self, cache_version: int, local_hits: int = 0, local_misses: int = 0) -> dict[str, Any]:
-        """One call every 250 ms (1 s when idle) per ingress replica: breaker states and cache key changes
-        out; the hits and misses the replica answered by itself in."""
+    def sync(self, cache_version: int, local_hits: int = 0, local_misses: int = 0, models_version: int = 0,
+             models_used: dict[str, float] | None = None) -> dict[str, Any]:
+        """One call every 250 ms (1 s when idle) per ingress replica: breaker states, cache key
+        changes and (when they changed) the run-time model records out; the hits and misses the
+        replica answered by itself, and when it last sent each model a request, in."""
         self.cache.count_local(local_hits, local_misses)
+        if models_used:
+            self.models.touch(models_used)
         if self._clock() - self._gauges_at >= GAUGE_PERIOD_S:
             self.record_gauges()
-        return {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version), "started": self.started}
+        result = {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version), "started": self.started}
+        if models_version != self.models.version:
+            result["models"] = {"version": self.models.version, "records": [r.model_dump(mode="json") for r in self.models.all()]}
+        return result
+
+    # ------------------------------------------------------------------ run-time models
+
+    def models_list(self) -> list[dict[str, Any]]:
+        return [record.model_dump(mode="json") for record in self.models.all()]
+
+    def models_load(self, record: RuntimeModel, busy: list[str], max_models: int | None,
+                    budget_bytes: int | None) -> dict[str, Any]:
+        """Record a load (the reconciler deploys it), unloading the least recently used idle
+        run-time models it needs room from. An error comes back as {"error": {...}}, for the
+        ingress to raise (its fields survive the trip unchanged)."""
+        existing = self.models.get(record.model)
+        try:
+            if existing is not None and existing.state != "failed":  # a failed load is retried
+                if existing.state == "unloading":
+                    raise ConflictError(f"Model '{record.model}' is being unloaded; load it again once it is gone.",
+                                        code="model_unloading")
+                if existing.same_spec(record):
+                    return {"record": existing.model_dump(mode="json"), "evicted": []}
+                if existing.state == "loading":
+                    raise ConflictError(f"Model '{record.model}' is still loading with other arguments; wait for it "
+                                        "to be ready, then unload it first.", code="model_loading")
+                raise ConflictError(f"Model '{record.model}' is loaded with other arguments; unload it first.",
+                                    code="model_exists")
+            evicted = plan_evictions(record, self.models.all(), set(busy), max_models=max_models,
+                                     budget_bytes=budget_bytes, now=time.time())
+        except (ConflictError, NoRoomError) as error:
+            return {"error": {"message": error.message, "code": error.code}}
+        for name in evicted:
+            self._unload(name, reason=f"least recently used, making room for {record.model}")
+        self.models.put(record)
+        self._nudge()
+        logger.info("run-time model %s: load requested from %s", record.model, record.args.get("source"))
+        return {"record": record.model_dump(mode="json"), "evicted": evicted}
+
+    def models_unload(self, model: str) -> dict[str, Any] | None:
+        """Stop routing to `model`, drain it, delete it; None when no such run-time model."""
+        record = self.models.get(model)
+        if record is None:
+            return None
+        return self._unload(model, reason="requested").model_dump(mode="json")
+
+    def _unload(self, model: str, reason: str) -> RuntimeModel:
+        record = self.models.get(model)
+        assert record is not None
+        if record.state != "unloading":
+            record = record.model_copy(update={"state": "unloading", "unloading_since": time.time()})
+            self.models.put(record)
+            logger.info("run-time model %s: unloading (%s)", model, reason)
+            self._nudge()
+        return record
+
+    def _nudge(self) -> None:
+        """Wake the reconciler (StateActor); plain StateCore (unit tests) has none."""
+
 
     # ------------------------------------------------------------------ breakers
 
@@ -213,6 +282,21 @@ class StateCore:
             "breakers": {m: {"state": s.state.value, "consecutive_failures": s.consecutive_failures,
                              "retry_after_s": round(s.retry_after_s, 1)} for m, s in self.breaker_snapshots().items()},
         }
+
+
+class StateActor(StateCore):
+    """StateCore with the run-time models' reconciler thread (lifecycle/reconciler.py): what
+    runs in the cluster's one state actor."""
+
+    def __init__(self, settings: StateSettings, clock: Callable[[], float] = time.monotonic):
+        from .lifecycle.reconciler import RayServeApps, Reconciler
+
+        super().__init__(settings, clock)
+        self.reconciler = Reconciler(lambda: self.models, RayServeApps())
+        self.reconciler.start()
+
+    def _nudge(self) -> None:
+        self.reconciler.nudge()
 
 
 class StateUnavailable(Exception):
@@ -269,7 +353,7 @@ def get_or_create_actor(settings: StateSettings):
     runs (it outlives deploys) is given these settings: a redeploy's changes take effect."""
     import ray
 
-    actor_class = ray.remote(StateCore)
+    actor_class = ray.remote(StateActor)
     handle = actor_class.options(
         name=STATE_ACTOR_NAME,
         namespace=STATE_NAMESPACE,

@@ -72,12 +72,13 @@ def _model_status(gateway: Gateway, entry: ModelEntry, engine: dict[str, Any] | 
     info = entry.info
     replicas = merge_replicas(entry.placed, known, now)
     return ModelStatus(
-        **entry.card().model_dump(exclude={"replicas", "status"}),
+        **entry.card(gateway.directory.runtime.get(entry.id)).model_dump(exclude={"replicas", "status"}),
         status=gateway.model_status(entry.status, entry.id),
         message=entry.message or None,
         source=info.source if info else None,
         max_model_len=info.max_model_len if info else None,
         revision=info.revision if info else None,
+        estimated_bytes=(record.estimated_bytes if (record := gateway.directory.runtime.get(entry.id)) else None),
         circuit_breaker=breakers.get(entry.id, {"state": "closed"}),
         engine=engine,
         replicas=replicas,

@@ -43,6 +43,7 @@ class ReplicaStatus(BaseModel):
     started_at: int | None = None
     # The replica's own report (every health check, 5 s): null until it has reported once.
     ongoing_requests: int | None = None
+    rss_bytes: int | None = None  # resident memory of the replica's process, at its last report
     engine: EngineStats | None = None
     reported_s_ago: float | None = None
 
@@ -54,6 +55,7 @@ class ReplicaTotals(BaseModel):
     ongoing_requests: int
     running_requests: int
     waiting_requests: int
+    rss_bytes: int | None = None  # the live replicas' resident memory, summed (null before they report)
 
 
 class ModelStatus(BaseModel):
@@ -62,7 +64,7 @@ class ModelStatus(BaseModel):
     created: int
     owned_by: str
     task: str | None = None
-    status: str  # ready | loading | failed | unavailable | circuit_open
+    status: str  # ready | idle | loading | failed | unavailable | circuit_open
     backend: str | None = None
     device: str | None = None
     platform: str | None = None
@@ -70,6 +72,12 @@ class ModelStatus(BaseModel):
     source: str | None = None
     max_model_len: int | None = None
     revision: str | None = None
+    # Run-time models (POST /models/load): the load's time, its error, and the weights' memory
+    # estimated before loading (totals.rss_bytes is what the replicas really hold).
+    loaded_at_runtime: bool = False
+    load_seconds: float | None = None
+    error: str | None = None
+    estimated_bytes: int | None = None
     circuit_breaker: dict[str, Any]
     engine: EngineStats | None = None  # live counters of the replica that answered now
     replicas: list[ReplicaStatus]
@@ -92,6 +100,7 @@ def _from_record(record: ReplicaRecord, state: str | None, now: float) -> Replic
         replica_id=record.replica_id, state=state, node_id=record.node_id, node_ip=record.node_ip,
         hostname=record.hostname, pid=record.pid, platform=record.platform, backend=record.backend,
         device=record.device, started_at=record.started_at, ongoing_requests=record.ongoing_requests,
+        rss_bytes=getattr(record, "rss_bytes", None),
         engine=record.engine, reported_s_ago=round(max(0.0, now - reported_at), 1) if reported_at else None,
     )
 
@@ -125,6 +134,7 @@ def totals(replicas: list[ReplicaStatus]) -> ReplicaTotals:
         ongoing_requests=sum(r.ongoing_requests or 0 for r in live),
         running_requests=sum(e.running_requests for e in engines),
         waiting_requests=sum(e.waiting_requests for e in engines),
+        rss_bytes=sum(r.rss_bytes for r in live if r.rss_bytes) or None,
     )
 
 

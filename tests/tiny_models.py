@@ -1,4 +1,5 @@
-"""Tiny random models built at test time: a llama-like generator and a bert-like encoder.
+"""Tiny random models built at test time: a llama-like generator, a bert-like encoder and
+bert-like sequence classifiers (a one-output cross-encoder and a labelled classifier).
 
 They are real HF checkpoints (config, safetensors, fast tokenizer) that the real engines
 load, export to OpenVINO and run; only the weights are random. Two properties make tests
@@ -90,8 +91,9 @@ def build_tiny_llama(out: Path, *, max_position_embeddings: int = 512, seed: int
     return out
 
 
-def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, seed: int = 0) -> Path:
-    import torch
+def _bert_tokenizer(out: Path, *, token_types: bool = False):
+    """A WordPiece tokenizer trained on CORPUS with BERT's specials and pair template, saved to
+    `out`; with `token_types` it returns token_type_ids (a pair's second text is segment 1)."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -101,9 +103,8 @@ def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, see
         processors,
         trainers,
     )
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
-    out.mkdir(parents=True, exist_ok=True)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -115,12 +116,19 @@ def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, see
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
     )
     hf_tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"
+        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]",
+        **({"model_input_names": ["input_ids", "token_type_ids", "attention_mask"]} if token_types else {}),
     )
     hf_tokenizer.model_max_length = 128
     hf_tokenizer.save_pretrained(str(out))
+    return hf_tokenizer
 
-    config = BertConfig(
+
+def _bert_config(hf_tokenizer, **extra):
+    from transformers import BertConfig
+
+    return BertConfig(
         vocab_size=len(hf_tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
@@ -128,7 +136,17 @@ def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, see
         intermediate_size=64,
         max_position_embeddings=128,
         pad_token_id=hf_tokenizer.pad_token_id,
+        **extra,
     )
+
+
+def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, seed: int = 0) -> Path:
+    import torch
+    from transformers import BertModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    hf_tokenizer = _bert_tokenizer(out)
+    config = _bert_config(hf_tokenizer)
     torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(str(out))
     if sentence_transformers_layout:
@@ -146,4 +164,29 @@ def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, see
             )
         )
         (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64, "do_lower_case": False}))
+    return out
+
+
+def build_tiny_bert_classifier(out: Path, *, labels: list[str] | None = None, seed: int = 0) -> Path:
+    """A BertForSequenceClassification with BERT's pair tokenizer. Without `labels` it has one
+    output, as a sentence-transformers CrossEncoder (a reranker) saves it; with them, one
+    output per label and `id2label` naming them."""
+    import torch
+    from transformers import BertForSequenceClassification
+
+    out.mkdir(parents=True, exist_ok=True)
+    hf_tokenizer = _bert_tokenizer(out, token_types=True)
+    if labels:
+        config = _bert_config(hf_tokenizer, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                              label2id={label: i for i, label in enumerate(labels)})
+    else:
+        config = _bert_config(hf_tokenizer, num_labels=1)
+        config.sentence_transformers = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():  # larger than the default init: scores spread over (0, 1), not all near one value
+        for name, param in model.named_parameters():
+            if "LayerNorm" not in name:
+                param.normal_(0.0, 0.5)
+    model.save_pretrained(str(out))
     return out

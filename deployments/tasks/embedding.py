@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,6 +169,27 @@ def special_token_wrapper(tokenizer) -> tuple[list[int], list[int]]:
     return [], []
 
 
+# Files sentence-transformers writes next to the weights; any one marks an embedding model.
+SENTENCE_TRANSFORMERS_FILES = frozenset({"modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"})
+# Heads that make a model something other than an encoder of sentences.
+_NOT_BARE = ("LMHeadModel", "PreTrainedModel")
+
+
+def claims(config: dict, files: frozenset[str]) -> bool:
+    """A sentence-transformers model, or a bare encoder (BertModel, XLMRobertaModel, ...: an
+    architecture named ...Model, without a For... head). Never a ...ForSequenceClassification
+    model: that is a cross-encoder or a classifier, even when sentence-transformers saved it."""
+    architectures = [str(name) for name in config.get("architectures") or []]
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        return False
+    if files & SENTENCE_TRANSFORMERS_FILES:
+        return True
+    return bool(architectures) and all(
+        name.endswith("Model") and not re.search(r"For[A-Z]", name) and not name.endswith(_NOT_BARE)
+        for name in architectures
+    )
+
+
 def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
     tokenizer = load_tokenizer(prepared.hf_dir)
     spec = PoolingSpec.from_model_dir(Path(prepared.hf_dir))
@@ -202,4 +224,9 @@ TASK = TaskSpec(
     endpoints=("embed",),
     load=load,
     fields=frozenset({"supports_dimensions", "max_input_tokens"}),
+    claims=claims,
+    engines=(
+        ("openvino", "OpenVINO runtime encoder, @serve.batch"),
+        ("transformers", "torch encoder, @serve.batch"),
+    ),
 )

@@ -353,6 +353,22 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
 
 
 
+# Architectures with a language-modelling head that AutoModelForCausalLM loads (LlamaForCausalLM,
+# GPT2LMHeadModel, ...). Encoder-decoders (T5WithLMHeadModel, ...ForConditionalGeneration) are not.
+CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+def claims(config: dict, files: frozenset[str]) -> bool:
+    """A causal LM, or a GGUF file (llama.cpp's format is for generators, and its config only
+    exists once converted, which is done as a causal LM)."""
+    if any(name.lower().endswith(".gguf") for name in files):
+        return True
+    return any(
+        str(name).endswith(CAUSAL_LM_SUFFIXES) and "WithLMHead" not in str(name)
+        for name in config.get("architectures") or []
+    )
+
+
 def _check_args(args: ModelAppArgs) -> None:
     if args.default_max_tokens and args.max_model_len and args.default_max_tokens >= args.max_model_len:
         raise ValueError("default_max_tokens must be smaller than max_model_len")
@@ -369,4 +385,9 @@ TASK = TaskSpec(
         "stream_interval", "enable_prefix_caching",
     }),
     check=_check_args,
+    claims=claims,
+    engines=(
+        ("openvino", "OpenVINO GenAI continuous batching (engine-core process)"),
+        ("transformers", "transformers, static batches (@serve.batch)"),
+    ),
 )

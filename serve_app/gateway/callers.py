@@ -20,7 +20,7 @@ from ..state import StateClient, StateUnavailable
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
 MISSING_KEY_MESSAGE = "Missing API key"
-ADMIN_PREFIXES = ("/admin", "/status", "/metrics")
+ADMIN_PREFIXES = ("/admin", "/status", "/metrics", "/models")
 MAX_AUTH_HEADER = 512
 
 

@@ -3,7 +3,7 @@
   model access -> rate limit (reserve tokens) -> response cache -> circuit breaker
   -> the model call, with its timeout -> breaker report, cache store, token settlement, usage.
 
-HTTP-free: `chat`, `complete` and `embed` take the caller and a protocol request and return a
+HTTP-free: `chat`, `complete`, `embed`, `rerank` and `classify` take the caller and a protocol request and return a
 Reply (a protocol object or a chunk stream, plus rate-limit and cache facts); the routes shape
 JSON or SSE. The parts each keep a local copy of the shared state actor's data, so the actor
 is off most requests' critical path: key lookups are cached for `key_cache_ttl_s`, quota is
@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from contract.config import IngressArgs
-from contract.endpoints import EMBED
+from contract.endpoints import CLASSIFY, EMBED, RERANK
 from contract.errors import APIError, ModelNotFoundError, ServiceUnavailableError
 from contract.protocol import CompletionRequest, EmbeddingRequest, SamplingFields, StreamOptions
+from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from observability import catalogue as m
 from observability.recorder import Recorder
 
@@ -35,6 +36,7 @@ from . import request_record as access_log
 from .breakers import Breakers
 from .cache_client import CacheClient
 from .callers import Authenticator, Caller
+from .classify import classify_inputs
 from .embeddings import embed
 from .failures import classify
 from .generation import (
@@ -47,6 +49,7 @@ from .generation import (
 )
 from .quota import Admission, Quota
 from .reply import ChunkStream, Reply
+from .rerank import rerank_documents
 from .usage import UsageRecorder
 
 logger = logging.getLogger("ray.serve")
@@ -72,6 +75,9 @@ class Gateway:
         self.state_settings = StateSettings.from_args(args)
         self._stopping = False
         self._state_started: float | None = None
+        # When this replica last sent each model a request: the LRU order of run-time models.
+        self._models_used: dict[str, float] = {}  # since the last sync
+        self.last_used: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -98,18 +104,25 @@ class Gateway:
 
     async def sync(self) -> None:
         """Breaker states and the cache's key changes, in one call to the state actor."""
+        used, self._models_used = self._models_used, {}
         try:
-            result = await self.state.call("sync", self.cache.version, *self.cache.take_local_counts(), timeout_s=0.5)
+            result = await self.state.call("sync", self.cache.version, *self.cache.take_local_counts(),
+                                           self.directory.runtime_version, used, timeout_s=0.5)
         except StateUnavailable:
+            for model, at in used.items():  # sent with the next sync instead
+                self._models_used[model] = max(at, self._models_used.get(model, 0.0))
             return
         self.breakers.snapshots = result["breakers"]
         self.cache.apply(result["cache"])
+        if "models" in result:
+            self.directory.set_runtime(result["models"]["version"], result["models"]["records"])
         if result.get("started") != self._state_started:
             # The state actor outlives deploys, and a restart re-creates it with the settings it
             # was first created with: give it this deployment's settings, so a redeploy's new
             # cache or breaker settings take effect instead of being silently ignored.
-            await self.state.call("configure", self.state_settings, timeout_s=2.0)
-            self._state_started = result.get("started")
+            with contextlib.suppress(StateUnavailable):  # retried on the next sync
+                await self.state.call("configure", self.state_settings, timeout_s=2.0)
+                self._state_started = result.get("started")
 
     def _sync_period(self) -> float:
         # 250 ms while requests flow (breakers and cache keys stay fresh); once a second when
@@ -134,7 +147,7 @@ class Gateway:
         if record is not None and self.directory.status_of(model) is not None:
             record.model = model  # a model that exists: a bounded label, never what a client typed
         try:
-            return await self.directory.entry_for(model, endpoint)
+            entry = await self.directory.entry_for(model, endpoint)
         except ServiceUnavailableError:
             if self.directory.status_of(model) == "unavailable":
                 # Serve saw the replica die (or it stopped answering): a failure for the
@@ -142,6 +155,8 @@ class Gateway:
                 await self.breakers.report(model, ok=False)
             self.breakers.raise_if_open(model)  # the breaker's answer says how long to wait
             raise
+        self.last_used[model] = self._models_used[model] = time.time()  # a model that exists: bounded
+        return entry
 
     def model_status(self, entry_status: str, model: str) -> str:
         return self.breakers.status_of(model) or entry_status
@@ -157,6 +172,14 @@ class Gateway:
     async def embed(self, caller: Caller, request: EmbeddingRequest, *, no_cache: bool = False) -> Reply:
         entry = await self.model(caller, request.model, EMBED.name)
         return await embed(self, entry, caller, request, no_cache)
+
+    async def rerank(self, caller: Caller, request: RerankRequest, *, no_cache: bool = False) -> Reply:
+        entry = await self.model(caller, request.model, RERANK.name)
+        return await rerank_documents(self, entry, caller, request, no_cache)
+
+    async def classify(self, caller: Caller, request: ClassificationRequest, *, no_cache: bool = False) -> Reply:
+        entry = await self.model(caller, request.model, CLASSIFY.name)
+        return await classify_inputs(self, entry, caller, request, no_cache)
 
     async def call_model(self, call, model: str, timeout_s: float, admission: Admission, *, bounded: bool = True):
         """A whole (non-streaming) model call: its timeout (unless the call bounds itself by

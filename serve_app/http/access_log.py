@@ -32,8 +32,8 @@ access_logger = logging.getLogger("ray.serve.hfserve.access")
 # Paths logged at DEBUG: liveness probes and metric scrapes would drown the log at INFO.
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 ROUTES = frozenset({
-    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/ready", "/status",
-    "/metrics", "/docs", "/openapi.json",
+    "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/rerank", "/v1/classify", "/v1/models",
+    "/health", "/ready", "/status", "/metrics", "/docs", "/openapi.json",
 })
 # Ray's log formatters write this `extra` dict's items as top-level fields of the JSON line.
 RAY_FLATTENED = "ray_serve_extra_fields"

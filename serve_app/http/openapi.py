@@ -28,6 +28,7 @@ _MEANING = {
     401: "Missing, malformed, unknown, revoked or expired API key.",
     403: "The API key is not an admin key.",
     404: "No such model (or the key may not use it), or no such resource.",
+    409: "The request clashes with the server's state: a name taken, a model still loading, no room to load.",
     413: "The request body is over `max_request_body_bytes`.",
     429: "A rate limit (requests or tokens per minute) is reached; see `Retry-After`.",
     431: "Too many request headers, or headers too large in total.",

@@ -1,4 +1,5 @@
-"""The OpenAI API: /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models."""
+"""The OpenAI API: /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models, and the
+scoring endpoints beside it: /v1/rerank (also /rerank) and /v1/classify."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from contract.endpoints import CHAT, COMPLETE, EMBED
+from contract.endpoints import CHAT, CLASSIFY, COMPLETE, EMBED, RERANK
 from contract.errors import ModelNotFoundError
 from contract.protocol import (
     ChatCompletionRequest,
@@ -17,6 +18,7 @@ from contract.protocol import (
     ModelList,
     OpenAIRequest,
 )
+from contract.scoring_protocol import ClassificationRequest, RerankRequest
 
 from ..gateway import Gateway
 from ..http.openapi import responses, streamed
@@ -65,6 +67,18 @@ def openai_router(gateway: Gateway) -> APIRouter:
     async def embeddings(request: Request, body: EmbeddingRequest) -> Response:
         _note_unknown_fields(body, EMBED.path)
         return await respond(await gateway.embed(request.state.caller, body, no_cache=_no_cache(request)))
+
+    async def rerank(request: Request, body: RerankRequest) -> Response:
+        _note_unknown_fields(body, RERANK.path)
+        return await respond(await gateway.rerank(request.state.caller, body, no_cache=_no_cache(request)))
+
+    for path in (RERANK.path, *RERANK.aliases):  # operation ids differ by path: rerank_v1_rerank_post, rerank_rerank_post
+        router.add_api_route(path, rerank, methods=["POST"], response_model=RERANK.response, responses=MODEL_CALL_ERRORS)
+
+    @router.post(CLASSIFY.path, response_model=CLASSIFY.response, responses=MODEL_CALL_ERRORS)
+    async def classify(request: Request, body: ClassificationRequest) -> Response:
+        _note_unknown_fields(body, CLASSIFY.path)
+        return await respond(await gateway.classify(request.state.caller, body, no_cache=_no_cache(request)))
 
     @router.get("/v1/models", response_model=ModelList, responses=responses(401, 431))
     async def list_models(request: Request) -> Response:

@@ -51,12 +51,16 @@ def operations_router(gateway: Gateway, started: float,
     async def ready():
         await directory.refresh(max_age_s=0.5)
         models = {card.id: card.status for card in await directory.cards()}
-        waiting = sorted(model for model, status in models.items() if status != "ready")
-        if models and not waiting:
+        # A model scaled to zero is ready (its next request starts it); a run-time load that
+        # is still going or failed is its loader's business, not the server's readiness.
+        runtime = gateway.directory.runtime
+        counted = {m: s for m, s in models.items() if not (m in runtime and s in ("loading", "failed"))}
+        waiting = sorted(model for model, status in counted.items() if status not in ("ready", "idle"))
+        if counted and not waiting:
             return {"status": "ready", "models": models}
         why = {entry.id: entry.message for entry in directory.entries() if entry.message}
         # Serve's own words say why (e.g. no node has the resources a replica asks for).
-        message = "No models are deployed." if not models else "Models not ready: " + ", ".join(
+        message = "No models are deployed." if not models else "No model is ready yet." if not waiting else "Models not ready: " + ", ".join(
             f"{m} ({models[m]}{': ' + why[m] if m in why else ''})" for m in waiting
         )
         # Returned rather than raised: not ready is an answer here, not a failure to log.

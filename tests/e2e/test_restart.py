@@ -1,6 +1,6 @@
 """`hfserve serve` killed with SIGKILL (as the kernel's OOM killer would kill it) and started
-again: the new server comes up on the same port, no key is lost, and the key store passes
-SQLite's integrity check."""
+again: the new server comes up on the same port, no key is lost, a model loaded at run time
+comes back, and the key store passes SQLite's integrity check."""
 
 from __future__ import annotations
 
@@ -57,6 +57,16 @@ def _wait_ready(base: str, process: subprocess.Popen, log: Path, timeout_s: floa
     raise AssertionError(log.read_text()[-4000:])
 
 
+def _wait_embeds(http: httpx.Client, model: str, headers: dict, timeout_s: float = 120) -> None:
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        last = http.post("/v1/embeddings", json={"model": model, "input": "hello"}, headers=headers)
+        if last.status_code == 200:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{model} does not serve: {last.status_code if last else None} {last.text if last else ''}")
+
+
 def test_sigkill_then_restart_keeps_every_key(tmp_path):
     config = _config(tmp_path / "serve_config.yaml", build_tiny_bert(tmp_path / "tiny-bert"))
     state_dir, log = tmp_path / "state", tmp_path / "hfserve.log"
@@ -71,6 +81,11 @@ def test_sigkill_then_restart_keeps_every_key(tmp_path):
         admin = {"Authorization": f"Bearer {(state_dir / 'admin.key').read_text().strip()}"}
         with httpx.Client(base_url=base, timeout=30) as http:
             created = [http.post("/admin/keys", json={"name": f"k{i}"}, headers=admin).json() for i in range(5)]
+            loaded = http.post("/models/load", headers=admin, json={
+                "model": "tiny-bert-runtime", "source": str(tmp_path / "tiny-bert"), "backend": "transformers",
+                "options": {"num_cpus": 0.1}})
+            assert loaded.status_code == 202, loaded.text
+            _wait_embeds(http, "tiny-bert-runtime", admin)
             for key in created:  # usage writes in flight when the kill lands
                 http.post("/v1/embeddings", json={"model": "tiny-bert", "input": "hello"},
                           headers={"Authorization": f"Bearer {key['key']}"})
@@ -91,7 +106,11 @@ def test_sigkill_then_restart_keeps_every_key(tmp_path):
                 assert key["id"] in listed and listed[key["id"]]["revoked_at"] is None
                 response = http.post("/v1/embeddings", json={"model": "tiny-bert", "input": "again"},
                                      headers={"Authorization": f"Bearer {key['key']}"})
-                assert response.status_code == 200
+                assert response.status_code == 200, response.text
+            # The run-time model comes back with the new cluster (its record is in the state store).
+            _wait_embeds(http, "tiny-bert-runtime", admin)
+            card = {c["id"]: c for c in http.get("/v1/models", headers=admin).json()["data"]}["tiny-bert-runtime"]
+            assert card["loaded_at_runtime"] and card["task"] == "embedding"
         with sqlite3.connect(f"file:{state_dir / 'keys.db'}?mode=ro", uri=True) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         while _session_processes(first.pid) and time.monotonic() - killed < 120:

@@ -21,10 +21,12 @@ from serve_app.launcher import (
     wait_until_ready,
 )
 from tests.conftest import free_port
-from tests.tiny_models import build_tiny_bert, build_tiny_llama
+from tests.tiny_models import build_tiny_bert, build_tiny_bert_classifier, build_tiny_llama
 
 LLAMA_CONTEXT = 512
 MAX_BODY = 65536
+RERANK_MAX_DOCUMENTS = 8
+CLASSIFIER_LABELS = ("negative", "neutral", "positive")
 GATEWAY_PREFIX = "/gw"
 KEEP_ALIVE_S = 3
 METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000
@@ -98,8 +100,10 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                 "import_path": "serve_app.app:build_ingress_app",
                 # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
                 # Requests labelled with key ids: test_metrics.py counts its own key's exactly.
+                # Run-time loads (test_lifecycle.py): one at a time, weights within 50 MB.
                 "args": {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True,
-                         "metrics_refresh_s": METRICS_INTERVAL_MS / 1000, **shared_state},
+                         "metrics_refresh_s": METRICS_INTERVAL_MS / 1000, "max_loaded_models": 1,
+                         "model_memory_budget_gb": 0.05, **shared_state},
                 "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
             },
             _model_app(
@@ -126,8 +130,20 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
             ),
             _model_app(
                 "tiny-bert-torch",
-                {"source": str(models["bert_plain"]), "task": "embedding", "backend": "transformers", **common},
+                # no task: a bare BertModel is inferred as embedding (test_task_inference.py)
+                {"source": str(models["bert_plain"]), "backend": "transformers", **common},
                 0.2,
+            ),
+            _model_app(  # test_rerank_classify.py: a cross-encoder, one output
+                "tiny-reranker",
+                {"source": str(models["reranker"]), "task": "rerank", "backend": "openvino",
+                 "max_rerank_documents": RERANK_MAX_DOCUMENTS, **common},
+                0.1,
+            ),
+            _model_app(  # test_rerank_classify.py: three labels
+                "tiny-classifier",
+                {"source": str(models["classifier"]), "task": "text-classification", "backend": "openvino", **common},
+                0.1,
             ),
             _model_app(  # the one the breaker test kills
                 "tiny-bert-fragile",
@@ -147,6 +163,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "llama": build_tiny_llama(root / "tiny-llama", max_position_embeddings=LLAMA_CONTEXT),
         "bert": build_tiny_bert(root / "tiny-bert"),
         "bert_plain": build_tiny_bert(root / "tiny-bert-plain", sentence_transformers_layout=False, seed=1),
+        "reranker": build_tiny_bert_classifier(root / "tiny-reranker"),
+        "classifier": build_tiny_bert_classifier(root / "tiny-classifier", labels=list(CLASSIFIER_LABELS), seed=1),
     }
 
 

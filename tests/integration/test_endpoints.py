@@ -27,7 +27,8 @@ def test_model_card(server):
 
 def test_openai_client_lists_models(server):
     ids = sorted(m.id for m in server.openai().models.list())
-    assert ids == ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-llama", "tiny-llama-hf"]
+    assert ids == ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier", "tiny-llama", "tiny-llama-hf",
+                   "tiny-reranker"]
     assert server.openai().models.retrieve("tiny-llama").id == "tiny-llama"
 
 
@@ -37,7 +38,8 @@ def test_health_ready_status(server):
         ready = http.get("/ready")
         status = http.get("/status").json()
     assert ready.status_code == 200
-    assert ready.json()["models"] == {m: "ready" for m in ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-llama", "tiny-llama-hf"]}
+    assert ready.json()["models"] == {m: "ready" for m in ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier",
+                                                           "tiny-llama", "tiny-llama-hf", "tiny-reranker"]}
     by_id = {m["id"]: m for m in status["models"]}
     assert by_id["tiny-llama"]["backend"] == "openvino"
     assert by_id["tiny-llama-hf"]["backend"] == "transformers"

@@ -22,6 +22,15 @@ from contract.protocol import (
     EmbeddingUsage,
     Usage,
 )
+from contract.scoring_protocol import (
+    ClassificationData,
+    ClassificationResponse,
+    ClassificationUsage,
+    LabelScore,
+    RerankResponse,
+    RerankResult,
+    RerankUsage,
+)
 from serve_app.model_directory import AppState
 
 
@@ -127,6 +136,34 @@ class FakeModel:
         return EmbeddingResponse(data=data, model=self.model_id,
                                  usage=EmbeddingUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens), input_tokens=tokens))
 
+    async def rerank(self, request):
+        """Relevance = the document's length / 100; a pair costs its words plus 3 tokens."""
+        self.calls += 1
+        if self.fail:
+            raise InternalServerError("engine broke")
+        self.reranked = getattr(self, "reranked", []) + list(request.documents)
+        tokens = [len(request.query.split()) + len(doc.split()) + 3 for doc in request.documents]
+        order = sorted(range(len(request.documents)), key=lambda i: -len(request.documents[i]))
+        results = [RerankResult(index=i, relevance_score=len(request.documents[i]) / 100) for i in order[: request.top_n]]
+        return RerankResponse(id="rerank-1", model=self.model_id, results=results,
+                              usage=RerankUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens), input_tokens=tokens))
+
+    async def classify(self, request):
+        """Labels short/long: P(short) = 1 / (1 + the text's length); a text costs its words plus 2 tokens."""
+        self.calls += 1
+        self.classified = getattr(self, "classified", []) + request.inputs()
+        data, tokens = [], []
+        for index, text in enumerate(request.inputs()):
+            short = 1 / (1 + len(text))
+            ranked = [LabelScore(label="short", score=short), LabelScore(label="long", score=1 - short)]
+            ranked.sort(key=lambda item: -item.score)
+            data.append(ClassificationData(index=index, label=ranked[0].label, probs=[short, 1 - short], num_classes=2,
+                                           scores=ranked))
+            tokens.append(len(text.split()) + 2)
+        return ClassificationResponse(id="classify-1", created=1, model=self.model_id, data=data,
+                                      usage=ClassificationUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens),
+                                                                input_tokens=tokens))
+
     async def call_with_progress(self, method, request, timeout_s, on_start=None):
         # A fake sends no heartbeats: a call slower than timeout_s times out, as a silent replica's would.
         self.progress_calls = getattr(self, "progress_calls", 0) + 1
@@ -138,7 +175,8 @@ class FakeModel:
         return ModelInfo(id=self.model_id, task=self.task, owned_by="test", created=self.created, backend="fake",
                          device="cpu", source="fake", request_timeout_s=self.request_timeout_s,
                          endpoints=list(tasks.get(self.task).endpoints), replica_id=self.replica_id,
-                         revision=f"fake@{self.version}", platform="cpu", max_batch_size=4)
+                         revision=f"fake@{self.version}", platform="cpu", max_batch_size=4,
+                         max_rerank_documents=4 if self.task == "rerank" else None)
 
     async def stats(self):
         return EngineStats()

@@ -63,7 +63,7 @@ def test_a_task_checks_its_own_args():
 
 def test_a_task_spec_names_only_known_endpoints():
     with pytest.raises(ValueError, match="endpoints"):
-        tasks.TaskSpec(name="x", summary="x", endpoints=("rerank",), load=lambda *a: None)
+        tasks.TaskSpec(name="x", summary="x", endpoints=("translate",), load=lambda *a: None)
 
 
 def test_a_plug_in_package_adds_a_task(plugin_site):

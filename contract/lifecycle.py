@@ -1,0 +1,122 @@
+"""Run-time model lifecycle: what POST /models/load and /models/unload accept and answer, and
+the record the state actor keeps of each run-time model (serve_app/lifecycle/).
+
+A run-time model is a Serve application like a config-file model, deployed through the Serve
+API instead of serve_config.yaml; its record (SQLite, beside the API keys) is what brings it
+back after a restart.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .config import MODEL_ID_PATTERN, ModelAppArgs
+
+# What the load request names itself; everything else a model takes goes in `options`.
+_TOP_LEVEL_ARGS = frozenset({"source", "task", "hardware", "backend"})
+
+RuntimeState = Literal["loading", "ready", "failed", "unloading"]
+
+
+class Autoscaling(BaseModel):
+    """The subset of Serve's autoscaling_config a run-time model may set. min_replicas 0 is
+    scale to zero: the model's replica stops when idle and the next request starts one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(1, ge=0, le=64)
+    max_replicas: int = Field(1, ge=1, le=64)
+    initial_replicas: int | None = Field(None, ge=0, le=64)
+    target_ongoing_requests: float = Field(2.0, gt=0, le=10_000)
+    upscale_delay_s: float = Field(0.0, ge=0, le=3600)
+    downscale_delay_s: float = Field(300.0, ge=0, le=86400,
+                                     description="How long a model is idle before it scales down (to zero with min_replicas 0).")
+    look_back_period_s: float = Field(30.0, ge=1, le=3600, description="The window Serve averages ongoing requests over.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) exceeds max_replicas ({self.max_replicas})")
+        if self.initial_replicas is not None and not self.min_replicas <= self.initial_replicas <= self.max_replicas:
+            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
+        return self
+
+    def serve_config(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class LoadModelRequest(BaseModel):
+    """POST /models/load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(..., pattern=MODEL_ID_PATTERN, description="The id clients will send.")
+    source: str = Field(..., min_length=1, max_length=4096)
+    task: str | None = Field(None, description="Inferred from the model's config.json when omitted.")
+    hardware: str | list[str] | None = None
+    backend: Literal["auto", "openvino", "transformers"] | None = None
+    autoscaling: Autoscaling | None = None
+    options: dict[str, Any] = Field({}, description="Any other ModelAppArgs field (num_cpus, max_model_len, ...).")
+
+    @field_validator("options")
+    @classmethod
+    def _no_shadowing(cls, value: dict[str, Any]) -> dict[str, Any]:
+        shadowed = sorted(_TOP_LEVEL_ARGS & value.keys())
+        if shadowed:
+            raise ValueError(f"options must not repeat {', '.join(shadowed)}: set them at the top level")
+        return value
+
+    def model_args(self) -> dict[str, Any]:
+        """The model's ModelAppArgs as a plain dict (validated by ModelAppArgs)."""
+        named = {"source": self.source, "task": self.task, "hardware": self.hardware, "backend": self.backend}
+        return {**self.options, **{key: value for key, value in named.items() if value is not None}}
+
+    def validated_args(self) -> ModelAppArgs:
+        return ModelAppArgs.model_validate(self.model_args())
+
+
+class UnloadModelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(..., pattern=MODEL_ID_PATTERN)
+
+
+class RuntimeModel(BaseModel):
+    """One run-time model, as the state actor records it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    args: dict[str, Any]  # ModelAppArgs fields (task resolved when it could be)
+    autoscaling: Autoscaling | None = None
+    state: RuntimeState = "loading"
+    error: str | None = None
+    requested_at: float
+    ready_at: float | None = None
+    estimated_bytes: int | None = None  # weights x dtype, before loading
+    last_used: float = 0.0  # unix time of the last request the ingress replicas reported
+    unloading_since: float | None = None
+
+    @property
+    def load_seconds(self) -> float | None:
+        return round(self.ready_at - self.requested_at, 2) if self.ready_at is not None else None
+
+    def same_spec(self, other: RuntimeModel) -> bool:
+        return self.args == other.args and self.autoscaling == other.autoscaling
+
+
+class LifecycleReply(BaseModel):
+    """The answer of POST /models/load and /models/unload."""
+
+    model: str
+    status: Literal["loading", "ready", "failed", "unloading", "unloaded"]
+    message: str | None = None
+    evicted: list[str] = []
+    estimated_bytes: int | None = None
+
+
+class RuntimeModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[dict[str, Any]]

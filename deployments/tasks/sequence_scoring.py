@@ -1,0 +1,152 @@
+"""What the rerank and text-classification tasks share: a sequence-classification model (its
+config, the engine for this node's backend, its context) and the logits of many sequences,
+batched across concurrent requests with @serve.batch.
+
+Batches are counted in sequences, not requests (``batch_size_fn``), as embeddings count
+inputs: a request with more sequences than ``max_batch_size`` is split into chunks that batch
+independently. Not a task module itself: it defines no TASK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from ray import serve
+
+from contract.config import ModelAppArgs
+from contract.model_api import EngineStats
+from observability import catalogue as m
+
+from ..engines.classifiers import OpenVINOClassifier, Sequence, TorchClassifier
+from ..model_files import context_length
+from ..serving_metrics import ReplicaMeter
+
+Activation = Literal["sigmoid", "softmax", "none"]
+# What transformers' tokenizers report as model_max_length when the model sets none.
+UNSET_MODEL_MAX_LENGTH = 1_000_000
+
+
+# ----------------------------------------------------------------------------- the model's config
+
+
+def is_sequence_classifier(config: dict[str, Any]) -> bool:
+    return any(str(arch).endswith("ForSequenceClassification") for arch in config.get("architectures") or [])
+
+
+def num_labels(config: dict[str, Any]) -> int:
+    """As transformers' PretrainedConfig reads it: id2label's size, else num_labels, else 2."""
+    if config.get("id2label"):
+        return len(config["id2label"])
+    return int(config.get("num_labels", 2))
+
+
+def label_names(config: dict[str, Any]) -> list[str]:
+    """The labels in class order (LABEL_i where id2label names none, as transformers does)."""
+    id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    return [id2label.get(i, f"LABEL_{i}") for i in range(num_labels(config))]
+
+
+def activation(config: dict[str, Any]) -> Activation:
+    """What turns logits into scores, as transformers' text-classification pipeline decides:
+    none for regression, sigmoid for multi-label or one output, softmax otherwise."""
+    problem = config.get("problem_type")
+    if problem == "regression":
+        return "none"
+    if problem == "multi_label_classification" or num_labels(config) == 1:
+        return "sigmoid"
+    return "softmax"
+
+
+def apply_activation(logits: np.ndarray, function: Activation) -> np.ndarray:
+    logits = logits.astype(np.float64)  # float64: the scores agree with the pipeline's to ~1e-7
+    if function == "sigmoid":
+        return 1.0 / (1.0 + np.exp(-logits))
+    if function == "softmax":
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+    return logits
+
+
+def read_config(hf_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(hf_dir) / "config.json").read_text())
+
+
+def context_limit(hf_dir: Path, tokenizer) -> int:
+    """The most tokens a sequence may have: the model's positions, or the tokenizer's
+    model_max_length where that is lower (XLM-R has 514 positions but takes 512 tokens)."""
+    limit = context_length(hf_dir, default=512)
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and 0 < declared < UNSET_MODEL_MAX_LENGTH:
+        limit = min(limit, declared)
+    return limit
+
+
+def load_engine(args: ModelAppArgs, prepared, backend, pad_id: int) -> OpenVINOClassifier | TorchClassifier:
+    if backend.backend == "openvino":
+        # fp32 weights (the default) compute in f32 too; fp16 and int8 trade exact scores for speed.
+        return OpenVINOClassifier(prepared.openvino_dir, pad_id, num_threads=args.num_threads,
+                                  device=backend.device.upper(), exact=args.weight_format == "fp32")
+    return TorchClassifier(prepared.hf_dir, pad_id, device=backend.device, dtype=backend.dtype, num_threads=args.num_threads)
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _count_sequences(chunks: list[list[Sequence]]) -> int:
+    return sum(len(chunk) for chunk in chunks)
+
+
+class SequenceScorer:
+    """The task side of a sequence-classification engine: the logits of any number of
+    sequences, batched with those of concurrent requests; and what ModelServer asks of a task."""
+
+    def __init__(self, model_id: str, engine, *, max_batch_size: int, batch_wait_timeout_s: float):
+        self.model_id = model_id
+        self.engine = engine
+        self.max_batch_size = max_batch_size
+        # Decorated per instance: @serve.batch on the class keeps one queue for every instance,
+        # bound to the event loop of the first call.
+        self._batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                                  batch_size_fn=_count_sequences)(self._run_batch)
+        self._requests = 0
+        self._meter: ReplicaMeter | None = None
+        self._on_batch: Callable[[int], None] | None = None
+
+    def attach_meter(self, meter: ReplicaMeter) -> None:
+        """Record the batch sizes and the tokens scored through `meter`."""
+        self._meter = meter
+        self._on_batch = meter.batch_observer("serve_batch")
+
+    async def logits(self, sequences: list[Sequence]) -> np.ndarray:
+        size = self.max_batch_size
+        chunks = [sequences[i : i + size] for i in range(0, len(sequences), size)]
+        parts = await asyncio.gather(*(self._batch(chunk) for chunk in chunks))
+        self._requests += 1
+        if self._meter is not None:
+            self._meter.metrics.inc(m.PROMPT_TOKENS, sum(len(seq.ids) for seq in sequences), model=self.model_id)
+        return np.concatenate(parts, axis=0)
+
+    async def _run_batch(self, chunks: list[list[Sequence]]) -> list[np.ndarray]:
+        flat = [seq for chunk in chunks for seq in chunk]
+        if self._on_batch is not None:
+            self._on_batch(len(flat))
+        logits = await asyncio.to_thread(self.engine.logits, flat)
+        out, start = [], 0
+        for chunk in chunks:
+            out.append(logits[start : start + len(chunk)])
+            start += len(chunk)
+        return out
+
+    def stats(self) -> EngineStats:
+        return EngineStats(finished_requests_total=self._requests)
+
+    def check_health(self) -> None:
+        return None
+
+    def shutdown(self) -> None:
+        return None

