@@ -25,6 +25,7 @@ from contract.tasks import TaskSpec
 from contract.vectors import encode_vector
 from observability import catalogue as m
 
+from ..batching import run_flattened
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
 from ..model_files import context_length, load_tokenizer
 from ..serving_metrics import ReplicaMeter
@@ -98,15 +99,7 @@ class EmbeddingTask:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_inputs)
     async def _encode_batch(self, chunks: list[list[list[int]]]) -> list[np.ndarray]:
-        flat = [ids for chunk in chunks for ids in chunk]
-        if self._on_batch is not None:
-            self._on_batch(len(flat))
-        vectors = await asyncio.to_thread(self.engine.encode, flat)
-        out, start = [], 0
-        for chunk in chunks:
-            out.append(vectors[start : start + len(chunk)])
-            start += len(chunk)
-        return out
+        return await run_flattened(chunks, self.engine.encode, self._on_batch)
 
     def stats(self) -> EngineStats:
         return EngineStats(finished_requests_total=self._requests)

@@ -22,6 +22,7 @@ from contract.config import ModelAppArgs
 from contract.model_api import EngineStats
 from observability import catalogue as m
 
+from ..batching import run_flattened
 from ..engines.classifiers import OpenVINOClassifier, Sequence, TorchClassifier
 from ..model_files import context_length
 from ..serving_metrics import ReplicaMeter
@@ -132,15 +133,7 @@ class SequenceScorer:
         return np.concatenate(parts, axis=0)
 
     async def _run_batch(self, chunks: list[list[Sequence]]) -> list[np.ndarray]:
-        flat = [seq for chunk in chunks for seq in chunk]
-        if self._on_batch is not None:
-            self._on_batch(len(flat))
-        logits = await asyncio.to_thread(self.engine.logits, flat)
-        out, start = [], 0
-        for chunk in chunks:
-            out.append(logits[start : start + len(chunk)])
-            start += len(chunk)
-        return out
+        return await run_flattened(chunks, self.engine.logits, self._on_batch)
 
     def stats(self) -> EngineStats:
         return EngineStats(finished_requests_total=self._requests)

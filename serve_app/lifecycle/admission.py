@@ -18,7 +18,10 @@ class NoRoomError(ConflictError):
 
 
 def gb(value: int | float) -> str:
-    return f"{value / GB:.2f} GB"
+    """A memory size for a message: GB, or MB below a tenth of one (a tiny model is not "0.00 GB")."""
+    if value >= GB / 10:
+        return f"{value / GB:.2f} GB"
+    return f"{value / 2**20:.1f} MB" if value >= 2**20 else f"{value / 1024:.0f} KB"
 
 
 def plan_evictions(new: RuntimeModel, records: list[RuntimeModel], busy: set[str], *,

@@ -68,7 +68,7 @@ def test_the_memory_budget_evicts_until_the_load_fits_and_gives_both_numbers():
     with pytest.raises(NoRoomError) as refused:
         plan_evictions(new, loaded, {"a", "b"}, max_models=None, budget_bytes=2 * GB, now=NOW)
     assert refused.value.code == "memory_budget_exceeded"
-    assert "1.00 GB" in refused.value.message and "0.00 GB" in refused.value.message and "2.00 GB" in refused.value.message
+    assert "1.00 GB" in refused.value.message and "0 KB" in refused.value.message and "2.00 GB" in refused.value.message
     with pytest.raises(NoRoomError, match=r"3\.00 GB.*more than the whole model_memory_budget_gb of 2\.00 GB"):
         plan_evictions(record("huge", size=3 * GB), [], set(), max_models=None, budget_bytes=2 * GB, now=NOW)
 
@@ -349,3 +349,21 @@ def test_lifecycle_routes_answer_with_clear_errors(tmp_path):
 
 def test_conflict_errors_are_409s():
     assert ConflictError("x").status_code == 409
+
+
+def test_a_load_bigger_than_any_node_s_free_memory_is_refused_with_both_numbers(tmp_path):
+    path = build_tiny_bert(tmp_path / "bert")
+    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+    app, gateway, core = make_app(tmp_path / "state", serve, enable_auth=False)
+
+    async def reports():
+        return [{"cpu": {"memory_available_bytes": 50_000}}, {"cpu": {"memory_available_bytes": 60_000}}]
+
+    gateway.node_reports = reports
+    with TestClient(app) as client:
+        refused = client.post("/models/load", json={"model": "m", "source": str(path), "task": "embedding"})
+        assert refused.status_code == 409, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "insufficient_memory"
+        assert "116 KB" in error["message"] and "59 KB" in error["message"], error["message"]
+    assert core.models.all() == []
