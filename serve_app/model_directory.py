@@ -159,6 +159,10 @@ class ModelDirectory:
             entry = self._entries.get(model)
         if entry is None:
             raise ModelNotFoundError(model)
+        if entry.status == "loading" and runtime_state == "ready":
+            # The state actor saw Serve report it RUNNING after this replica last looked: look
+            # again now rather than refuse a model that is ready.
+            await self.refresh(max_age_s=0.1)
         if entry.client is not None and (entry.status == "idle" or self._may_be_at_zero(entry)):
             await self._wake(entry)
         entry.last_request = self._clock()

@@ -95,6 +95,13 @@ class ReplacementWatch:
         self._stop.set()
         self._thread.join(timeout=5)
 
+    def seen_within(self, timeout_s: float) -> bool:
+        """Whether the watch saw the replacement by now or does within `timeout_s`: each of its
+        polls (two controller calls) can take a second or more on a loaded machine, so a
+        request may succeed on the new replica between two of them."""
+        self._thread.join(timeout=timeout_s)
+        return self.healthy_at is not None
+
 
 def _outage(http: httpx.Client, watch: ReplacementWatch, timeout_s: float = 120) -> tuple[list[tuple[int, str]], float]:
     """Requests until one succeeds: (status and error code of each, seconds from Serve's healthy
@@ -103,9 +110,11 @@ def _outage(http: httpx.Client, watch: ReplacementWatch, timeout_s: float = 120)
     while time.monotonic() < deadline:
         response = _chat(http)
         if response.status_code == 200:
+            succeeded = time.monotonic()
+            seen_by_watch = watch.seen_within(5.0)
             watch.stop()
-            assert watch.healthy_at is not None, "succeeded before Serve reported a replacement"
-            return seen, time.monotonic() - watch.healthy_at
+            assert seen_by_watch, "succeeded, but Serve reports no healthy replacement"
+            return seen, max(0.0, succeeded - watch.healthy_at)
         seen.append((response.status_code, response.json()["error"].get("code")))
         time.sleep(0.1)
     watch.stop()

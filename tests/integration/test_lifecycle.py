@@ -75,10 +75,12 @@ def _wait_load_seconds(gw: httpx.Client, model: str, timeout_s: float = 10) -> d
 
 
 def _wait_serving(gw: httpx.Client, model: str, send, timeout_s: float = 30) -> None:
-    """Until both gateway replicas route to the model (each learns of it on its own refresh)."""
+    """Until both gateway replicas route to the model (each learns of it on its own refresh):
+    ten answers in a row (Serve's proxy picks a replica per request; ten to the same one of
+    two is a 1 in 512 chance)."""
     deadline, statuses = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline:
-        statuses = [send().status_code for _ in range(4)]
+        statuses = [send().status_code for _ in range(10)]
         if set(statuses) == {200}:
             return
         time.sleep(0.25)
