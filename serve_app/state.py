@@ -29,7 +29,7 @@ from observability.recorder import Recorder
 from .auth import KeyRecord, KeyStore, KeyStoreWriteError, KeyUsage, NewKey, ensure_admin_key
 from .breaker import CircuitBreaker, Snapshot
 from .cache import ResponseCache
-from .lifecycle.admission import NoRoomError, plan_evictions
+from .lifecycle.admission import plan_evictions
 from .lifecycle.store import RuntimeModelStore
 from .ratelimit import Grant, Limits, RateLimiter
 
@@ -202,7 +202,7 @@ class StateCore:
                                     code="model_exists")
             evicted = plan_evictions(record, self.models.all(), set(busy), max_models=max_models,
                                      budget_bytes=budget_bytes, now=time.time())
-        except (ConflictError, NoRoomError) as error:
+        except ConflictError as error:  # NoRoomError among them
             return {"error": {"message": error.message, "code": error.code}}
         for name in evicted:
             self._unload(name, reason=f"least recently used, making room for {record.model}")

@@ -63,7 +63,6 @@ class Reconciler:
         self._clock = clock
         self._period_s = period_s
         self._wake = threading.Event()
-        self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -74,15 +73,11 @@ class Reconciler:
         self._thread = threading.Thread(target=self._run, name="hfserve-model-reconciler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stopped.set()
-        self._wake.set()
-
     def nudge(self) -> None:
         self._wake.set()
 
     def _run(self) -> None:
-        while not self._stopped.is_set():
+        while True:  # a daemon thread: it ends with the state actor's process
             try:
                 busy = self.reconcile()
             except Exception:  # noqa: BLE001 - Serve restarting; the next pass retries
