@@ -146,17 +146,18 @@ class ModelDirectory:
         if runtime_state == "unloading":  # no new requests; the ones in flight drain
             raise ModelNotFoundError(model)
         entry = self._entries.get(model)
+        if entry is None and runtime_state != "failed":
+            # A model deployed a moment ago (this replica's last look at Serve may predate it,
+            # while the state actor already calls it ready). The short max age bounds how often
+            # a stream of requests for a model that does not exist can make us ask Serve again.
+            await self.refresh(max_age_s=0.1)
+            entry = self._entries.get(model)
         if runtime_state == "failed" or (entry is None and runtime_state in ("loading", "ready")):
             record = self.runtime[model]
             state = "failed" if runtime_state == "failed" else "loading"
             raise ServiceUnavailableError(
                 f"The model '{model}' is {state}{': ' + record.error if record.error else ''}.",
                 code=f"model_{state}", retry_after_s=2 if state == "loading" else 30)
-        if entry is None:
-            # A model deployed a moment ago. The short max age bounds how often a stream of
-            # requests for a model that does not exist can make us ask Serve again.
-            await self.refresh(max_age_s=0.1)
-            entry = self._entries.get(model)
         if entry is None:
             raise ModelNotFoundError(model)
         if entry.status == "loading" and runtime_state == "ready":

@@ -150,6 +150,27 @@ def test_a_failed_deployment_is_recorded_with_its_reason_and_deleted(reconciling
     assert serve.deployed == ["a"]  # a failed load is not retried by itself
 
 
+def test_a_failure_reported_before_its_reason_waits_for_the_reason_a_while(reconciling):
+    store, serve, clock, reconciler = reconciling
+    store.put(record("a", state="loading"))
+    reconciler.reconcile()
+    serve.apps["a"] = ServeApp("a", "DEPLOY_FAILED", "Failed to update the deployments ['ModelServer'].", False)
+    assert reconciler.reconcile() is True
+    assert store.get("a").state == "loading" and serve.deleted == []
+    serve.apps["a"] = ServeApp("a", "DEPLOY_FAILED", "Failed to update the deployments ['ModelServer'].\n"
+                               "RuntimeError: the replica's constructor failed", False)
+    reconciler.reconcile()
+    assert store.get("a").error == "RuntimeError: the replica's constructor failed"
+    # One that never says why is failed with what Serve said, after the wait.
+    store.put(record("b", state="loading"))
+    reconciler.reconcile()
+    serve.apps["b"] = ServeApp("b", "DEPLOY_FAILED", "Failed to update the deployments ['ModelServer'].", False)
+    reconciler.reconcile()
+    clock.now += 11
+    reconciler.reconcile()
+    assert store.get("b").state == "failed" and store.get("b").error == "Failed to update the deployments ['ModelServer']."
+
+
 def test_a_build_error_fails_the_load(reconciling):
     store, serve, _, reconciler = reconciling
     serve.fail_deploy = RuntimeError("no node has the hardware 'cuda'")
@@ -318,6 +339,21 @@ def test_a_model_scaled_to_zero_is_idle_and_its_first_request_starts_it():
         serve.states["cold"] = AppState("cold", "RUNNING", running=1)
         await directory.refresh()
         assert (await directory.card("cold")).status == "ready"
+
+    run(check())
+
+
+def test_a_model_the_state_actor_calls_ready_is_looked_up_not_refused_by_a_replica_that_has_not_seen_it():
+    # Another ingress replica's first request for a just-loaded model, before its own poll of Serve.
+    model = FakeModel("fresh", "embedding")
+    serve = FakeServe({"fresh": model}, {"fresh": AppState("fresh", "RUNNING", running=0)})
+    directory = ModelDirectory(serve.list_apps, serve.connect, ttl_s=60)
+    directory.set_runtime(1, [record("fresh", state="ready").model_dump()])
+
+    async def check():
+        entry = await directory.entry_for("fresh", "embed")
+        assert entry.status == "ready" and entry.info is not None  # looked up, then woken from zero
+        assert serve.list_calls == 1
 
     run(check())
 
