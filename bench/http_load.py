@@ -58,6 +58,7 @@ async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = 
 async def embedding_run(
     base_url: str, concurrency: int, inputs_per_request: int, seconds: float, encoding_format: str = "base64",
     headers: dict | None = None,
+    timeline: list[tuple[float, float]] | None = None,
 ) -> EmbeddingRun:
     """base64 by default: it is what the official openai client requests (and decodes with
     numpy) unless the caller asks for floats."""
@@ -84,6 +85,8 @@ async def embedding_run(
                 if until is None:
                     return
                 latencies.append(time.perf_counter() - t)
+                if timeline is not None:  # (sent, seconds): when the slow ones were sent
+                    timeline.append((t, latencies[-1]))
                 if t > until:
                     return
 
@@ -91,7 +94,8 @@ async def embedding_run(
         started = time.perf_counter()
         await asyncio.gather(*(worker(i, started + seconds) for i in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return EmbeddingRun(concurrency, inputs_per_request, len(latencies), elapsed, percentile(latencies, 0.5) * 1e3)
+    return EmbeddingRun(concurrency, inputs_per_request, len(latencies), elapsed,
+                        percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3)
 
 
 async def paired_latency_p50(a: tuple, b: tuple, requests: int) -> tuple[float, float]:

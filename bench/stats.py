@@ -39,13 +39,18 @@ class EmbeddingRun:
     requests: int
     seconds: float
     latency_p50_ms: float
+    latency_p99_ms: float = float("nan")
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
 
     @property
     def inputs_per_s(self) -> float:
         return self.requests * self.inputs_per_request / self.seconds
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "inputs_per_s": round(self.inputs_per_s, 1)}
+        return {**asdict(self), "inputs_per_s": round(self.inputs_per_s, 1), "requests_per_s": round(self.requests_per_s, 1)}
 
 
 async def closed_loop(

@@ -72,6 +72,11 @@ class EnvOverrides(BaseSettings):
     enable_caching: bool | None = Field(None, description="Response cache on or off.")
     enable_circuit_breaker: bool | None = Field(None, description="Per-model circuit breakers on or off.")
     enable_metrics: bool | None = Field(None, description="Record hf_server_* metrics (ingress and models).")
+    haproxy: bool | None = Field(
+        None,
+        description="HTTP through Ray's HAProxy with direct ingress (RAY_SERVE_ENABLE_HA_PROXY) instead of Ray's "
+        "Python proxy. Off by default; applies to the Ray cluster `hfserve serve` starts (docs/performance.md).",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -107,6 +112,14 @@ class IngressArgs(StrictModel):
     max_header_count: int = Field(100, ge=8, le=10_000, description="Most headers in a request (431 above).")
     max_embedding_inputs: int = Field(
         2048, ge=1, le=2048, description="Most inputs in one /v1/embeddings request (400 above; OpenAI's limit, 2048, is the most).",
+    )
+    coalesce_embeddings: bool = Field(
+        True, description="Send the /v1/embeddings calls that queue for one model while earlier ones are in flight "
+        "as one handle call (up to the model's batch size in inputs; a lone request never waits).",
+    )
+    embedding_calls_in_flight: int = Field(
+        2, ge=1, le=64, description="With coalesce_embeddings: how many calls per model each ingress replica keeps in "
+        "flight before the next requests queue to be coalesced.",
     )
     workers: int | None = Field(
         None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ from contract.config import EnvOverrides, ModelAppArgs, read_env
 from .deploy_plan import DeployConfigError, DeployPlan, plan_deploy
 
 Say = Callable[[str], None]
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray's switch for HAProxy + direct ingress (HF_SERVER_HAPROXY)
 
 
 def _say(message: str) -> None:
@@ -80,6 +82,10 @@ def start_cluster(plan: DeployPlan, env: EnvOverrides) -> str:
     from ray.serve._private import api as serve_api  # see below: no public API applies a config
     from ray.serve.schema import ServeDeploySchema
 
+    if env.haproxy is not None:
+        # Serve reads RAY_SERVE_ENABLE_HA_PROXY at import time in every Ray process (controller,
+        # proxy, replicas); the cluster ray.init starts here inherits this process's environment.
+        os.environ[HAPROXY_ENV] = "1" if env.haproxy else "0"
     context = ray.init(
         include_dashboard=True,
         dashboard_host="127.0.0.1" if plan.host in ("127.0.0.1", "localhost") else "0.0.0.0",

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from contract.config import EnvOverrides
+from contract.config import EnvOverrides, read_env
 from serve_app.deploy_plan import DeployPlan, plan_deploy
 from serve_app.launcher import (
     bootstrap_admin_key,
@@ -173,7 +173,8 @@ def server(tiny_models, tmp_path_factory) -> Server:
     work = tmp_path_factory.mktemp("serve")
     state_dir = work / "state"
     config = write_config(work / "serve_config.yaml", tiny_models, work / "cache", state_dir)
-    env = EnvOverrides(port=free_port(), dashboard_port=free_port())
+    # HF_SERVER_HAPROXY=true runs the package through Ray's HAProxy mode (off by default).
+    env = EnvOverrides(port=free_port(), dashboard_port=free_port(), haproxy=read_env().haproxy)
     plan = plan_deploy(config, env)
     prepare_models(plan.models, say=lambda message: print(message, flush=True))
     bootstrap_admin_key(plan, say=lambda message: print(message, flush=True))

@@ -106,3 +106,50 @@ def test_more_inputs_than_batch_size(server):
     assert [d.index for d in response.data] == list(range(40))
     single = server.openai().embeddings.create(model="tiny-bert", input=texts[37])
     assert cosine(single.data[0].embedding, response.data[37].embedding) > 0.99999
+
+
+def _replica_embed_calls(server) -> int:
+    """embed() calls the tiny-bert replica has answered (its engine counters in /status)."""
+    with server.http() as http:
+        models = {m["id"]: m for m in http.get("/status").json()["models"]}
+    return models["tiny-bert"]["engine"]["finished_requests_total"]
+
+
+def test_concurrent_requests_are_coalesced_at_the_ingress_and_each_keeps_its_own_answer(server):
+    """32 requests at once reach the model as fewer handle calls; each still gets its own
+    vectors and token counts, and the one whose input is too long fails alone."""
+    texts = [f"coalesced sentence {i} " + "about Paris " * (i % 4) for i in range(32)]
+    fresh = {"Cache-Control": "no-cache"}  # every answer from the model, none from the response cache
+    alone = {t: server.openai().embeddings.create(model="tiny-bert", input=t, extra_headers=fresh) for t in texts[:4]}
+    too_long = "word " * 5000
+
+    async def burst():
+        client = server.async_openai(default_headers=fresh)  # one per event loop
+        return await asyncio.gather(*(client.embeddings.create(model="tiny-bert", input=t) for t in texts))
+
+    async def with_a_bad_one():
+        client = server.async_openai(default_headers=fresh)
+        return await asyncio.gather(*(client.embeddings.create(model="tiny-bert", input=t) for t in texts[:8]),
+                                    client.embeddings.create(model="tiny-bert", input=["fine", too_long]),
+                                    return_exceptions=True)
+
+    before = _replica_embed_calls(server)
+    answers = asyncio.run(burst())
+    calls = _replica_embed_calls(server) - before
+    assert 1 <= calls < len(texts), calls
+    *fine, refused = asyncio.run(with_a_bad_one())
+    import openai
+
+    assert isinstance(refused, openai.BadRequestError), refused
+    assert refused.body["param"] == "input" and "input[1]" in refused.body["message"]
+    assert all(not isinstance(answer, Exception) for answer in fine), fine
+    for text, answer in zip(texts, answers, strict=True):
+        assert not isinstance(answer, Exception), answer
+        assert len(answer.data) == 1 and answer.data[0].index == 0
+        if text in alone:
+            assert cosine(answer.data[0].embedding, alone[text].data[0].embedding) > 0.99999
+            assert answer.usage.prompt_tokens == alone[text].usage.prompt_tokens
+    sequential = server.openai().embeddings.create(model="tiny-bert", input=texts, extra_headers=fresh)
+    assert sum(a.usage.prompt_tokens for a in answers) == sequential.usage.prompt_tokens
+    for answer, data in zip(answers, sequential.data, strict=True):
+        assert cosine(answer.data[0].embedding, data.embedding) > 0.99999

@@ -52,14 +52,24 @@ def test_env_overrides_are_read_when_asked(monkeypatch):
     monkeypatch.setenv("HF_SERVER_WORKERS", "3")
     monkeypatch.setenv("HF_SERVER_ENABLE_BATCHING", "false")
     monkeypatch.setenv("HF_SERVER_BATCH_TIMEOUT_MS", "25")
+    monkeypatch.setenv("HF_SERVER_HAPROXY", "true")
     env = read_env()
     assert env.port == 9001
+    assert env.haproxy is True
     assert env.log_level == "DEBUG"
     assert IngressArgs().with_env(env).workers == 3
     model = ModelAppArgs.model_validate(MODEL).with_env(env)
     assert model.enable_batching is False
     assert model.effective_max_batch_size == 1
     assert model.batch_wait_timeout_s == pytest.approx(0.025)
+
+
+def test_haproxy_mode_is_off_unless_asked(monkeypatch):
+    monkeypatch.delenv("HF_SERVER_HAPROXY", raising=False)
+    assert read_env().haproxy is None  # the launcher leaves Ray's default (off) alone
+    assert IngressArgs().coalesce_embeddings is True and IngressArgs().embedding_calls_in_flight == 2
+    with pytest.raises(ValidationError):
+        IngressArgs(embedding_calls_in_flight=0)
 
 
 def test_env_override_with_a_bad_value_names_the_variable(monkeypatch):

@@ -118,15 +118,6 @@ def models(tmp_path_factory) -> dict[str, Path]:
             "classifier": build_tiny_bert_classifier(root / "classifier", labels=LABELS, seed=1)}
 
 
-@pytest.fixture(autouse=True)
-def outside_a_replica(monkeypatch):
-    """@serve.batch asks the replica context for max_ongoing_requests; there is no replica here."""
-    from ray import serve
-
-    context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
-    monkeypatch.setattr(serve, "get_replica_context", lambda: context)
-
-
 def _load(module, path: Path, task: str, **args):
     return module.load("m", ModelAppArgs(source=str(path), task=task, backend="transformers", **args),
                        PreparedModel(hf_dir=path), TORCH)

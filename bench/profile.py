@@ -1,0 +1,233 @@
+"""`python -m bench.profile`: where a request's CPU goes, process by process.
+
+Starts `hfserve serve` (the default config), drives single-input embeddings (c=32 x 1 by
+default, the workload where Ray Serve's per-request cost shows most), and meanwhile:
+- reads each process's CPU time from /proc before and after: CPU ms per request, per process;
+- samples the proxy, the ingress replicas and the embedding replica with `py-spy record`
+  (non-blocking, so the sampled processes are not paused), and sorts each sample by the
+  library its innermost Python frame belongs to.
+
+Prints a table (docs/performance.md has the one measured last) and writes
+bench/results/profile-<date>.json plus py-spy's raw stacks next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from hardware.detect import cpu_info
+
+from . import http_load, server
+
+ROLES = {  # process title pattern -> role
+    r"ray::ProxyActor": "proxy",
+    r"^\S*haproxy\b": "HAProxy",  # HF_SERVER_HAPROXY=true: HTTP goes through it instead of the proxy
+    r"ray::ServeReplica:ingress:Ingress": "ingress",
+    r"ray::ServeReplica:all-minilm-l6-v2:": "embedding replica",
+    r"ray::ServeController": "Serve controller",
+    r"gcs_server": "GCS",
+    r"raylet": "raylet",
+}
+# Sorted by the innermost Python frame: the first pattern that matches names the sample. The
+# first ones are event loops and threads whose own work is native (uvloop, Ray's Cython core
+# worker): a sample there is the loop's machinery (scheduling callbacks, epoll, handing work
+# between threads), not Python code.
+CATEGORIES = [
+    ("event loop: Serve router's thread (native)", r"_run_router_event_loop"),
+    ("event loop: replica's user-code thread (native)", r"_run_user_code_event_loop"),
+    ("event loop: actor's async thread (native)", r"^Thread\.run \(threading"),
+    ("Ray core worker main loop (native)", r"^Worker\.main_loop"),
+    ("inference (OpenVINO)", r"openvino|engines/encoders\.py"),
+    ("tokenizer", r"tokenizers|tokenization_utils"),
+    ("pydantic", r"pydantic"),
+    ("hfserve code", r"/(serve_app|contract|deployments|observability)/"),
+    ("Ray: serialization", r"serialization\.py|cloudpickle|msgpack|pickle"),
+    ("Ray Serve: handle and router", r"serve/(handle\.py|_private/(router|request_router|replica_scheduler|handle_options|replica_result))"),
+    ("Ray Serve: replica", r"serve/_private/(replica|replica_result|local_testing_mode)\.py|serve/batching\.py"),
+    ("Ray Serve: proxy", r"serve/_private/(proxy|proxy_request_response_protocol|proxy_response_generator|proxy_router|http_util)"),
+    ("Ray Serve: other", r"ray/serve/"),
+    ("Ray core (worker, _raylet, object refs)", r"ray/_private/|ray/_raylet|_raylet\.pyx|ray/actor\.py|ray/remote_function"),
+    ("metrics and tracing", r"ray/util/metrics|prometheus_client|opentelemetry|ray/util/tracing"),
+    ("HTTP server (uvicorn, h11, httptools)", r"uvicorn|h11|httptools|websockets"),
+    ("ASGI framework (Starlette, FastAPI)", r"starlette|fastapi"),
+    ("JSON", r"/json/|orjson"),
+    ("logging", r"/logging/|ray/_private/ray_logging|serve/_private/logging_utils"),
+    ("asyncio event loop", r"/asyncio/|uvloop"),
+    ("threads and queues", r"threading\.py|queue\.py|concurrent/futures"),
+    ("gRPC", r"grpc"),
+]
+
+
+def say(message: str) -> None:
+    print(f"[profile] {message}", flush=True)
+
+
+def processes() -> dict[int, str]:
+    """pid -> role, for the processes of the roles above."""
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    found = {}
+    for line in out.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        for pattern, role in ROLES.items():
+            if re.search(pattern, args):
+                found[int(pid)] = role
+                break
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def category(frame: str) -> str:
+    for name, pattern in CATEGORIES:
+        if re.search(pattern, frame):
+            return name
+    return "other (stdlib, C extensions)"
+
+
+def read_stacks(path: Path) -> tuple[Counter, Counter]:
+    """py-spy's raw format, one `frame;frame;...;leaf count` per line -> samples by the
+    leaf's category, and by the leaf function itself."""
+    by_category: Counter = Counter()
+    by_function: Counter = Counter()
+    if not path.exists():
+        return by_category, by_function
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        by_category[category(leaf)] += int(count)
+        by_function[leaf] += int(count)
+    return by_category, by_function
+
+
+def with_ingress_args(config: Path, overrides: list[str]) -> Path:
+    """The config with some of the ingress's args replaced (NAME=YAML value)."""
+    if not overrides:
+        return config
+    import tempfile
+
+    import yaml
+
+    data = yaml.safe_load(config.read_text())
+    ingress = next(app for app in data["applications"] if app["name"] == "ingress")
+    for item in overrides:
+        key, _, value = item.partition("=")
+        ingress.setdefault("args", {})[key] = yaml.safe_load(value)
+    out = Path(tempfile.mkdtemp(prefix="hfserve-profile-config-")) / "serve_config.yaml"
+    out.write_text(yaml.safe_dump(data, sort_keys=False))
+    return out
+
+
+def print_tail(timeline: list[tuple[float, float]], p50_s: float) -> None:
+    """When the requests slower than 3 x p50 were sent, by second of the run: spread out
+    (unfair queueing) or bunched (a stall)."""
+    if not timeline:
+        return
+    start = min(sent for sent, _ in timeline)
+    slow: Counter = Counter(int(sent - start) for sent, seconds in timeline if seconds > 3 * p50_s)
+    total: Counter = Counter(int(sent - start) for sent, _ in timeline)
+    say(f"requests slower than 3 x p50 ({3 * p50_s * 1e3:.0f} ms), by the second they were sent: "
+        + " ".join(f"{second}s:{slow[second]}/{total[second]}" for second in sorted(total) if slow[second]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(server.ROOT / "serve_config.yaml"))
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--inputs", type=int, default=1, help="inputs per request")
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (0: no sampling, CPU accounting only)")
+    parser.add_argument("--ingress-arg", action="append", default=[], metavar="NAME=YAML",
+                        help="override an ingress arg, e.g. coalesce_embeddings=false")
+    parser.add_argument("--label", default="", help="added to the output's file names")
+    args = parser.parse_args()
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    name = f"profile-{datetime.date.today()}{'-' + args.label if args.label else ''}"
+    out_dir = server.ROOT / "bench" / "results" / name
+    if args.rate:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    say("starting the server")
+    running = server.start(with_ingress_args(Path(args.config), args.ingress_arg), log_name="profile-server.log")
+    try:
+        say("warm-up (10 s)")
+        asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, 10, headers=running.headers))
+        roles = processes()
+        say("sampling " + ", ".join(f"{role} {pid}" for pid, role in sorted(roles.items(), key=lambda kv: kv[1])))
+        sampled = {pid: role for pid, role in roles.items() if role in ("proxy", "ingress", "embedding replica")}
+        spies = [
+            subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate", str(args.rate),
+                              "--nonblocking", "--format", "raw", "--output", str(out_dir / f"{role.replace(' ', '-')}-{pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for pid, role in sampled.items() if args.rate
+        ]
+        before = {pid: cpu_seconds(pid) for pid in roles}
+        started = time.monotonic()
+        timeline: list[tuple[float, float]] = []
+        run = asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, args.seconds,
+                                                  headers=running.headers, timeline=timeline))
+        elapsed = time.monotonic() - started
+        after = {pid: cpu_seconds(pid) for pid in roles}
+        for process in spies:
+            process.wait(timeout=120)
+    finally:
+        running.stop()
+
+    requests = run.requests
+    print_tail(timeline, run.latency_p50_ms / 1e3)
+    report: dict = {
+        "cpu": cpu_info().model, "date": str(datetime.date.today()), "concurrency": args.concurrency,
+        "inputs_per_request": args.inputs, "requests": requests, "requests_per_s": round(run.requests_per_s, 1),
+        "latency_p50_ms": round(run.latency_p50_ms, 1), "latency_p99_ms": round(run.latency_p99_ms, 1),
+        "wall_s": round(elapsed, 1), "processes": {},
+    }
+    cpu_by_role: Counter = Counter()
+    for pid, role in roles.items():
+        cpu_by_role[role] += after[pid] - before[pid]
+    say(f"{requests} requests, {run.requests_per_s:.1f} req/s, p50 {run.latency_p50_ms:.0f} ms, p99 {run.latency_p99_ms:.0f} ms")
+    print("\n| process | CPU ms per request |\n|---|---|")
+    for role, seconds in cpu_by_role.most_common():
+        print(f"| {role} | {seconds / requests * 1e3:.2f} |")
+    for role in ("proxy", "ingress", "embedding replica"):
+        categories: Counter = Counter()
+        functions: Counter = Counter()
+        for pid, r in sampled.items():
+            if r == role:
+                c, f = read_stacks(out_dir / f"{role.replace(' ', '-')}-{pid}.txt")
+                categories.update(c)
+                functions.update(f)
+        total = sum(categories.values()) or 1
+        per_request_ms = cpu_by_role[role] / requests * 1e3
+        print(f"\n{role}: {per_request_ms:.2f} CPU ms per request, {total} samples\n| where | share | ms per request |\n|---|---|---|")
+        for where, count in categories.most_common():
+            print(f"| {where} | {count / total:.0%} | {count / total * per_request_ms:.2f} |")
+        print("top functions (self): " + "; ".join(f"{fn} {n / total:.1%}" for fn, n in functions.most_common(12)))
+        report["processes"][role] = {
+            "cpu_ms_per_request": round(per_request_ms, 2),
+            "categories": {where: round(count / total, 3) for where, count in categories.most_common()},
+            "top_functions": {fn: round(n / total, 3) for fn, n in functions.most_common(25)},
+        }
+    report["cpu_ms_per_request"] = {role: round(s / requests * 1e3, 2) for role, s in cpu_by_role.items()}
+    report["ingress_args"] = args.ingress_arg
+    path = server.ROOT / "bench" / "results" / f"{name}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    say(f"wrote {path} and the raw stacks in {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
