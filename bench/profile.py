@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (0: no sampling, CPU accounting only)")
     parser.add_argument("--ingress-arg", action="append", default=[], metavar="NAME=YAML",
-                        help="override an ingress arg, e.g. coalesce_embeddings=false")
+                        help="override an ingress arg, e.g. enable_caching=false")
     parser.add_argument("--label", default="", help="added to the output's file names")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

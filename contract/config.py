@@ -113,14 +113,6 @@ class IngressArgs(StrictModel):
     max_embedding_inputs: int = Field(
         2048, ge=1, le=2048, description="Most inputs in one /v1/embeddings request (400 above; OpenAI's limit, 2048, is the most).",
     )
-    coalesce_embeddings: bool = Field(
-        True, description="Send the /v1/embeddings calls that queue for one model while earlier ones are in flight "
-        "as one handle call (up to the model's batch size in inputs; a lone request never waits).",
-    )
-    embedding_calls_in_flight: int = Field(
-        2, ge=1, le=64, description="With coalesce_embeddings: how many calls per model each ingress replica keeps in "
-        "flight before the next requests queue to be coalesced.",
-    )
     workers: int | None = Field(
         None,
         ge=1,

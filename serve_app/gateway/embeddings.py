@@ -66,11 +66,8 @@ async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: Em
         await gateway.admit_to_model(request.model, admission)
         sub = request.model_copy(update={"input": [inputs[i] for i in missing], "encoding_format": "base64"})
         timeout = entry.info.request_timeout_s
-        batch_size = entry.info.max_batch_size or 32
-        if len(missing) <= batch_size:  # one batch: bounded outright, the cheapest call
-            coalescer = gateway.coalescers.for_request(sub, entry.client, batch_size) if gateway.coalescers else None
-            call = coalescer.embed(sub) if coalescer is not None else entry.client.embed(sub)
-            response = await gateway.call_model(call, request.model, timeout, admission)
+        if len(missing) <= (entry.info.max_batch_size or 32):  # one batch: bounded outright, the cheapest call
+            response = await gateway.call_model(entry.client.embed(sub), request.model, timeout, admission)
         else:  # several batches: bounded by the model's progress
             call = entry.client.call_with_progress("embed", sub, timeout, on_start=gateway.queue_timer(request.model))
             response = await gateway.call_model(call, request.model, timeout, admission, bounded=False)

@@ -37,7 +37,6 @@ from .breakers import Breakers
 from .cache_client import CacheClient
 from .callers import Authenticator, Caller
 from .classify import classify_inputs
-from .embed_coalescer import Coalescers
 from .embeddings import embed
 from .failures import classify
 from .generation import (
@@ -70,7 +69,6 @@ class Gateway:
         self.cache = CacheClient(state, args)
         self.breakers = Breakers(state, args.enable_circuit_breaker)
         self.usage = UsageRecorder(state)
-        self.coalescers = Coalescers(args.embedding_calls_in_flight) if args.coalesce_embeddings else None
         self.metrics = Recorder(args.enable_metrics)
         self._background: list[asyncio.Task] = []
         self._last_request = float("-inf")

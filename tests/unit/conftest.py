@@ -9,8 +9,8 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def outside_a_replica(monkeypatch):
-    """@serve.batch (the model tasks', and the ingress's embedding coalescer) asks the replica
-    context for max_ongoing_requests; there is no replica here."""
+    """@serve.batch (the model tasks') asks the replica context for max_ongoing_requests; there
+    is no replica here."""
     from ray import serve
 
     context = SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))

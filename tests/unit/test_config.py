@@ -67,9 +67,6 @@ def test_env_overrides_are_read_when_asked(monkeypatch):
 def test_haproxy_mode_is_off_unless_asked(monkeypatch):
     monkeypatch.delenv("HF_SERVER_HAPROXY", raising=False)
     assert read_env().haproxy is None  # the launcher leaves Ray's default (off) alone
-    assert IngressArgs().coalesce_embeddings is True and IngressArgs().embedding_calls_in_flight == 2
-    with pytest.raises(ValidationError):
-        IngressArgs(embedding_calls_in_flight=0)
 
 
 def test_env_override_with_a_bad_value_names_the_variable(monkeypatch):
