@@ -224,12 +224,17 @@ class ModelDirectory:
         if record is not None and record.state == "unloading":
             return None
         entry = self._entries.get(model)
+        if entry is not None and record is not None and entry.status == "failed":
+            # Serve calls the application failed a moment before the state actor records why (it
+            # reads the replica's error from the deployment, which Serve's application status
+            # lacks): the record's state and reason are the ones to show.
+            entry = None
         if entry is not None and (record is None or record.state != "failed"):
             return entry.card(record)
         if record is None:
             return None
         # Not (or no longer) a Serve application: being deployed (again, after a restart of the
-        # cluster, for a record that was ready), or failed and deleted.
+        # cluster, for a record that was ready), failed (its application deleted, or about to be).
         status = "failed" if record.state == "failed" else "loading"
         return ModelEntry(model, status, first_seen=int(record.requested_at)).card(record)
 

@@ -37,9 +37,6 @@ PASS_PERIOD_S = 2.0  # between passes while nothing changes (a load or unload wa
 # How long an unloading model keeps its application before it is deleted: the ingress replicas
 # sync the records at least once a second, so by then none routes a new request to it.
 DRAIN_START_S = 1.5
-# A failed application whose message does not yet say why is given this long for the reason
-# (its deployment's message) to arrive before the record is marked failed without one.
-EXPLANATION_WAIT_S = 10.0
 ERROR_LINE = r"^[\w.]+(Error|Exception|Exit)\b.*:"
 
 
@@ -68,7 +65,6 @@ class Reconciler:
         self._period_s = period_s
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failed_since: dict[str, float] = {}  # DEPLOY_FAILED apps still waiting for their reason
 
     @property
     def store(self) -> RuntimeModelStore:
@@ -133,10 +129,6 @@ class Reconciler:
                 logger.info("run-time model %s: ready", name)
             return False
         if app.status == "DEPLOY_FAILED":
-            first_seen = self._failed_since.setdefault(name, self._clock())
-            if not explains(app.message) and self._clock() - first_seen < EXPLANATION_WAIT_S:
-                return True  # Serve may report the status a moment before the replica's error
-            self._failed_since.pop(name, None)
             self._update(name, state="failed", error=failure_summary(app.message))
             logger.warning("run-time model %s: failed: %s", name, app.message)
             self.serve_apps.delete(name)
@@ -156,12 +148,6 @@ class Reconciler:
         current = self.store.get(name)
         if current is not None and current.state != "unloading":  # an unload since this pass began wins
             self.store.put(current.model_copy(update=changes))
-
-
-def explains(message: str) -> bool:
-    """Whether Serve's message says why (an error line), beyond the application's generic
-    "Failed to update the deployments [...]"."""
-    return any(re.match(ERROR_LINE, line.strip()) for line in message.splitlines())
 
 
 def failure_summary(message: str) -> str:

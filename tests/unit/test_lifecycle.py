@@ -150,27 +150,6 @@ def test_a_failed_deployment_is_recorded_with_its_reason_and_deleted(reconciling
     assert serve.deployed == ["a"]  # a failed load is not retried by itself
 
 
-def test_a_failure_reported_before_its_reason_waits_for_the_reason_a_while(reconciling):
-    store, serve, clock, reconciler = reconciling
-    store.put(record("a", state="loading"))
-    reconciler.reconcile()
-    serve.apps["a"] = ServeApp("a", "DEPLOY_FAILED", "Failed to update the deployments ['ModelServer'].", False)
-    assert reconciler.reconcile() is True
-    assert store.get("a").state == "loading" and serve.deleted == []
-    serve.apps["a"] = ServeApp("a", "DEPLOY_FAILED", "Failed to update the deployments ['ModelServer'].\n"
-                               "RuntimeError: the replica's constructor failed", False)
-    reconciler.reconcile()
-    assert store.get("a").error == "RuntimeError: the replica's constructor failed"
-    # One that never says why is failed with what Serve said, after the wait.
-    store.put(record("b", state="loading"))
-    reconciler.reconcile()
-    serve.apps["b"] = ServeApp("b", "DEPLOY_FAILED", "Failed to update the deployments ['ModelServer'].", False)
-    reconciler.reconcile()
-    clock.now += 11
-    reconciler.reconcile()
-    assert store.get("b").state == "failed" and store.get("b").error == "Failed to update the deployments ['ModelServer']."
-
-
 def test_a_build_error_fails_the_load(reconciling):
     store, serve, _, reconciler = reconciling
     serve.fail_deploy = RuntimeError("no node has the hardware 'cuda'")
@@ -322,6 +301,24 @@ def test_run_time_records_show_in_the_directory():
 
     run(check())
     assert directory.runtime_version == 2
+
+
+def test_a_run_time_model_serve_calls_failed_shows_the_record_s_reason_not_serve_s_summary():
+    model = FakeModel("broken", "embedding")
+    generic = "Failed to update the deployments ['ModelServer']."
+    serve = FakeServe({"broken": model}, {"broken": AppState("broken", "DEPLOY_FAILED", generic)})
+    directory = ModelDirectory(serve.list_apps, serve.connect, ttl_s=60)
+    directory.set_runtime(1, [record("broken", state="loading").model_dump()])
+
+    async def check():
+        await directory.refresh()
+        card = await directory.card("broken")  # the reconciler has not recorded the failure yet
+        assert card.status == "loading" and card.error is None
+        directory.set_runtime(2, [record("broken", state="failed", error="SourceError: gone").model_dump()])
+        card = await directory.card("broken")
+        assert card.status == "failed" and card.error == "SourceError: gone"
+
+    run(check())
 
 
 def test_a_model_scaled_to_zero_is_idle_and_its_first_request_starts_it():
