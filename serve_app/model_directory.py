@@ -168,8 +168,13 @@ class ModelDirectory:
             await self._wake(entry)
         entry.last_request = self._clock()
         if entry.status != "ready" or entry.client is None:
+            # "unavailable" is a model that had replicas and lost them (Serve calls it UNHEALTHY, or
+            # its replica died): the same 503 model_unavailable the breaker and a failed call give,
+            # so that a client sees one code per fault whichever hop noticed it first.
+            lost = entry.status == "unavailable"
             raise ServiceUnavailableError(
-                f"The model '{model}' is {entry.status}{': ' + entry.message if entry.message else ''}."
+                f"The model '{model}' is {entry.status}{': ' + entry.message if entry.message else ''}.",
+                code="model_unavailable" if lost else "model_not_ready", retry_after_s=2 if lost else 5,
             )
         if entry.info is not None and endpoint not in entry.info.endpoints:
             raise InvalidRequestError(

@@ -169,7 +169,7 @@ def test_a_replica_too_busy_to_answer_is_not_a_failed_model(gw, serve, error):
 def test_a_dead_replica_makes_the_model_unavailable(gw, serve):
     from ray.exceptions import RayActorError
 
-    client, gateway, _, _ = gw
+    client, gateway, _, admin = gw
     client.portal.call(gateway.directory.refresh)
 
     async def dead():
@@ -178,6 +178,12 @@ def test_a_dead_replica_makes_the_model_unavailable(gw, serve):
     serve.models["chat-model"].info = dead
     client.portal.call(gateway.directory.refresh)
     assert gateway.directory.status_of("chat-model") == "unavailable"
+    # The same code a failed call or an open breaker gives: one code per fault, whichever hop
+    # noticed it first (test_faults saw model_not_ready then model_unavailable for one fault).
+    refused = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG},
+                          headers={**admin, "Cache-Control": "no-cache"})
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "2"
+    assert refused.json()["error"]["code"] == "model_unavailable"
 
 
 # ----------------------------------------------------------------------------- redeployed settings
