@@ -124,6 +124,10 @@ class IngressArgs(StrictModel):
         5.0, gt=0, le=300, description="How often the ingress asks Serve and the models for their status "
         "(/ready and requests for an unknown model ask at once).",
     )
+    model_calls_over_grpc: bool = Field(
+        True, description="Call the models over the gRPC server Serve runs in every replica for calls between "
+        "deployments, not as Ray actor tasks: less CPU per request (docs/performance.md).",
+    )
     readiness_timeout_s: float = Field(
         2.0, gt=0, le=60, description="How long /ready waits for each model's answer."
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 from fastapi import FastAPI
@@ -73,7 +74,7 @@ class Ingress:
         self.hardware = ensure_supervisor()  # the per-node hardware actors: /status and placement
         directory = ModelDirectory(
             list_serve_model_apps,
-            connect_serve_model,
+            functools.partial(connect_serve_model, over_grpc=args.model_calls_over_grpc),
             ttl_s=args.model_info_ttl_s,
             info_timeout_s=args.readiness_timeout_s,
             on_reload=lambda model: _quietly(state.call("cache_invalidate", model)),
