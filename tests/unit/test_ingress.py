@@ -128,3 +128,25 @@ def test_unhandled_errors_are_a_generic_500(fake_serve, tmp_path):
     assert response.status_code == 500
     assert "secret" not in response.text
     assert response.json()["error"]["type"] == "internal_error"
+
+
+class _RecordingHandle:
+    """Stands in for a DeploymentHandle: records the options each derived handle was made with."""
+
+    def __init__(self, options: dict | None = None):
+        self.opts = options or {}
+
+    def options(self, **kwargs):
+        return _RecordingHandle({**self.opts, **kwargs})
+
+
+@pytest.mark.parametrize("over_grpc", [True, False])
+def test_model_calls_go_over_grpc_unless_switched_off(over_grpc):
+    from contract.config import IngressArgs
+    from serve_app.serve_models import ServeModelClient
+
+    assert IngressArgs().model_calls_over_grpc is True  # the default: Serve's inter-deployment gRPC
+    client = ServeModelClient(_RecordingHandle(), over_grpc=over_grpc)
+    by_reference = {} if over_grpc is False else {"_by_reference": False}
+    assert client._handle.opts == by_reference  # unary calls
+    assert client._streaming.opts == {**by_reference, "stream": True}  # streams and heartbeat calls
