@@ -47,8 +47,16 @@ class TwoNodes:
         """A node like the worker: its proxy binds its own port (two proxies share this host)."""
         return self.cluster.add_node(
             num_cpus=WORKER["num_cpus"], resources={**WORKER["resources"], **resources},
-            env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_port)},
+            env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_port), **self._own_haproxy_ports()},
         )
+
+    @staticmethod
+    def _own_haproxy_ports() -> dict[str, str]:
+        """In HAProxy mode (HF_SERVER_HAPROXY) every node runs an HAProxy. Ray keeps its files
+        apart per node, but its metrics and stats ports are fixed (9101, 8404): on one machine a
+        second node's HAProxy could not bind them. Real nodes are separate hosts; here each
+        added node gets its own ports."""
+        return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
 
     def deploy(self, config: dict) -> None:
         path = self.work / f"serve_config-{time.monotonic_ns()}.yaml"
