@@ -229,8 +229,16 @@ def test_a_missing_source_ends_failed_and_disturbs_nothing(server, gw, admin_key
         assert response.status_code == 202, response.text
         card = _wait_card(gw, "rt-missing", {"failed"}, timeout_s=120)
         assert "does not exist" in card["error"], card
-        refused = _embed(gw, "rt-missing")
-        assert refused.status_code == 503 and "does not exist" in refused.json()["error"]["message"]
+        # The card came from one gateway replica; the other hears of the failure at its next sync.
+        deadline, refusals = time.monotonic() + 10, []
+        while time.monotonic() < deadline:
+            refusals = [_embed(gw, "rt-missing") for _ in range(10)]
+            if all(r.status_code == 503 and "does not exist" in r.json()["error"]["message"] for r in refusals):
+                break
+            time.sleep(0.25)
+        assert {(r.status_code, r.json()["error"]["code"]) for r in refusals} == {(503, "model_failed")}, \
+            [r.text for r in refusals]
+        assert all("does not exist" in r.json()["error"]["message"] for r in refusals)
         deadline = time.monotonic() + 30  # nothing left retrying: the failed application is deleted
         while "rt-missing" in serve.status().applications and time.monotonic() < deadline:
             time.sleep(0.5)
