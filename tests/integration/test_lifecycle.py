@@ -74,17 +74,22 @@ def _wait_load_seconds(gw: httpx.Client, model: str, timeout_s: float = 10) -> d
     raise AssertionError(f"{model}: no load_seconds: {_card(gw, model)}")
 
 
-def _wait_serving(gw: httpx.Client, model: str, send, timeout_s: float = 30) -> None:
-    """Until both gateway replicas route to the model (each learns of it on its own refresh):
-    ten answers in a row (Serve's proxy picks a replica per request; ten to the same one of
-    two is a 1 in 512 chance)."""
-    deadline, statuses = time.monotonic() + timeout_s, []
+def _wait_every_replica(send, expected: int, timeout_s: float) -> list[httpx.Response]:
+    """Until both gateway replicas answer `expected` (each learns of a change on its own
+    refresh or sync): ten answers in a row (Serve's proxy picks a replica per request; ten to
+    the same one of two is a 1 in 512 chance). The last ten answers either way."""
+    deadline, answers = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline:
-        statuses = [send().status_code for _ in range(10)]
-        if set(statuses) == {200}:
-            return
+        answers = [send() for _ in range(10)]
+        if {answer.status_code for answer in answers} == {expected}:
+            break
         time.sleep(0.25)
-    raise AssertionError(f"{model} is not served by every gateway replica: {statuses}")
+    return answers
+
+
+def _wait_serving(gw: httpx.Client, model: str, send, timeout_s: float = 30) -> None:
+    statuses = [answer.status_code for answer in _wait_every_replica(send, 200, timeout_s)]
+    assert set(statuses) == {200}, f"{model} is not served by every gateway replica: {statuses}"
 
 
 def _wait_gone(gw: httpx.Client, model: str, timeout_s: float = 90) -> None:
@@ -216,7 +221,8 @@ def test_lru_eviction_with_one_loaded_model(server, gw):
     assert evicting.json()["evicted"] == ["rt-a"]
     _wait_card(gw, "rt-b", {"ready"})
     _wait_gone(gw, "rt-a")
-    assert _embed(gw, "rt-a").status_code == 404
+    gone = [answer.status_code for answer in _wait_every_replica(lambda: _embed(gw, "rt-a"), 404, timeout_s=10)]
+    assert set(gone) == {404}, gone
     _wait_serving(gw, "rt-b", lambda: _embed(gw, "rt-b"))
     _unload_and_wait(gw, "rt-b")
 
@@ -229,13 +235,13 @@ def test_a_missing_source_ends_failed_and_disturbs_nothing(server, gw, admin_key
         assert response.status_code == 202, response.text
         card = _wait_card(gw, "rt-missing", {"failed"}, timeout_s=120)
         assert "does not exist" in card["error"], card
-        # The card came from one gateway replica; the other hears of the failure at its next sync.
-        deadline, refusals = time.monotonic() + 10, []
-        while time.monotonic() < deadline:
-            refusals = [_embed(gw, "rt-missing") for _ in range(10)]
-            if all(r.status_code == 503 and "does not exist" in r.json()["error"]["message"] for r in refusals):
-                break
+        # The card came from one gateway replica; the other hears of the failure at its next sync
+        # (until then it calls the model loading: 503 too, so wait on the code).
+        refusals = _wait_every_replica(lambda: _embed(gw, "rt-missing"), 503, timeout_s=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and {r.json()["error"]["code"] for r in refusals} != {"model_failed"}:
             time.sleep(0.25)
+            refusals = _wait_every_replica(lambda: _embed(gw, "rt-missing"), 503, timeout_s=10)
         assert {(r.status_code, r.json()["error"]["code"]) for r in refusals} == {(503, "model_failed")}, \
             [r.text for r in refusals]
         assert all("does not exist" in r.json()["error"]["message"] for r in refusals)
