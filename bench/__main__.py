@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.config import read_env
 from hardware.detect import cpu_info
 
 from . import http_load, metrics_cost, peers, raw, server
@@ -173,6 +174,8 @@ def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, flo
             "embeddings": {f"batch{b}": run.as_dict() for b, run in r.embed.items()},
         },
         "server": {
+            # HF_SERVER_HAPROXY: Ray's HAProxy in front (the launcher's default) or its Python proxy
+            "http_front": "python-proxy" if read_env().haproxy is False else "haproxy",
             "ready_s": round(s.ready_s, 1),
             "chat": {str(c): run.as_dict() for c, run in s.chat.items()},
             "chat_burst16": s.burst.as_dict(),

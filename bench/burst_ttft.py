@@ -92,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="bursts of 16")
     parser.add_argument("--config", default=str(server.ROOT / "serve_config.yaml"))
-    parser.add_argument("--label", default="", help="added to the output's file name (e.g. haproxy)")
+    parser.add_argument("--label", default="", help="added to the output's file name (e.g. python-proxy)")
     args = parser.parse_args()
 
     say("raw engine, in-process: 16 at once")
@@ -118,7 +118,7 @@ def main() -> None:
         means[name] = round((s1 - s0) / (c1 - c0) * 1e3, 1) if c1 > c0 else None
     report = {
         "cpu": cpu_info().model, "date": str(datetime.date.today()), "burst": BURST, "rounds": args.rounds,
-        "haproxy": bool(read_env().haproxy),
+        "haproxy": read_env().haproxy is not False,  # the launcher's default is on
         "raw_engine_ttft_p50_ms": round(raw_burst.ttft_p50_ms, 1),
         "client_median_ms": {"headers": median_ms("headers"), "role_chunk": median_ms("role"),
                              "first_content": median_ms("content"),

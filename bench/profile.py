@@ -32,7 +32,7 @@ from . import http_load, server
 
 ROLES = {  # process title pattern -> role
     r"ray::ProxyActor": "proxy",
-    r"^\S*haproxy\b": "HAProxy",  # HF_SERVER_HAPROXY=true: HTTP goes through it instead of the proxy
+    r"^\S*haproxy\b": "HAProxy",  # HAProxy mode (the default): HTTP goes through it instead of the proxy
     r"ray::ServeReplica:ingress:Ingress": "ingress",
     r"ray::ServeReplica:all-minilm-l6-v2:": "embedding replica",
     r"ray::ServeController": "Serve controller",

@@ -23,12 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contract.config import EnvOverrides, ModelAppArgs, read_env
+from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, default_cache_dir, read_env
 
+from . import haproxy_mode
 from .deploy_plan import DeployConfigError, DeployPlan, plan_deploy
+from .haproxy_mode import stop_orphaned_haproxies
 
 Say = Callable[[str], None]
-HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"  # Ray's switch for HAProxy + direct ingress (HF_SERVER_HAPROXY)
 
 
 def _say(message: str) -> None:
@@ -76,16 +77,49 @@ def bootstrap_admin_key(plan: DeployPlan, say: Say = _say) -> None:
             say(f"  try: curl -H \"Authorization: Bearer $(cat {state_dir / ADMIN_KEY_FILE})\" {plan.base_url}/v1/models")
 
 
-def start_cluster(plan: DeployPlan, env: EnvOverrides) -> str:
+def _http_mode_environment(plan: DeployPlan, env: EnvOverrides, say: Say) -> dict[str, str]:
+    """Ray's HAProxy mode unless HF_SERVER_HAPROXY=false (serve_app/haproxy_mode.py)."""
+    stop_orphaned_haproxies(say)  # whichever mode: an orphan holds the HTTP port
+    if env.haproxy is False:
+        return {haproxy_mode.ENABLE_ENV: "0"}
+    ingresses = plan.ingresses or [IngressArgs()]
+    limits = haproxy_mode.HeaderLimits(max_count=max(args.max_header_count for args in ingresses),
+                                       max_bytes=max(args.max_header_bytes for args in ingresses))
+    variables = haproxy_mode.haproxy_environment((env.cache_dir or default_cache_dir()) / "haproxy", limits, dict(os.environ))
+    if variables is None:
+        say("no HAProxy binary on this host (Ray bundles one for Linux): Ray's Python proxy serves HTTP")
+        return {haproxy_mode.ENABLE_ENV: "0"}
+    return variables
+
+
+_applied: dict[str, str | None] = {}  # what _apply_environment replaced, for shutdown_cluster
+
+
+def _apply_environment(variables: dict[str, str]) -> None:
+    """Serve reads these at import time in every Ray process (controller, proxy, replicas), and
+    the cluster ray.init starts inherits this process's environment. Undone by shutdown_cluster,
+    so that a later cluster in this process (the tests') starts from the caller's own."""
+    for name, value in variables.items():
+        _applied.setdefault(name, os.environ.get(name))
+        os.environ[name] = value
+
+
+def _restore_environment() -> None:
+    while _applied:
+        name, value = _applied.popitem()
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def start_cluster(plan: DeployPlan, env: EnvOverrides, say: Say = _say) -> str:
     """Start a local Ray cluster with the dashboard and deploy the plan; returns the dashboard URL."""
     import ray
     from ray.serve._private import api as serve_api  # see below: no public API applies a config
     from ray.serve.schema import ServeDeploySchema
 
-    if env.haproxy is not None:
-        # Serve reads RAY_SERVE_ENABLE_HA_PROXY at import time in every Ray process (controller,
-        # proxy, replicas); the cluster ray.init starts here inherits this process's environment.
-        os.environ[HAPROXY_ENV] = "1" if env.haproxy else "0"
+    _apply_environment(_http_mode_environment(plan, env, say))
     context = ray.init(
         include_dashboard=True,
         dashboard_host="127.0.0.1" if plan.host in ("127.0.0.1", "localhost") else "0.0.0.0",
@@ -162,6 +196,7 @@ def shutdown_cluster() -> None:
             serve.shutdown()
     finally:
         ray.shutdown()
+        _restore_environment()
 
 
 class _Stop(Exception):

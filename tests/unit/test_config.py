@@ -64,9 +64,9 @@ def test_env_overrides_are_read_when_asked(monkeypatch):
     assert model.batch_wait_timeout_s == pytest.approx(0.025)
 
 
-def test_haproxy_mode_is_off_unless_asked(monkeypatch):
+def test_haproxy_mode_is_unset_unless_asked(monkeypatch):
     monkeypatch.delenv("HF_SERVER_HAPROXY", raising=False)
-    assert read_env().haproxy is None  # the launcher leaves Ray's default (off) alone
+    assert read_env().haproxy is None  # the launcher's default: on (tests/unit/test_haproxy_mode.py)
 
 
 def test_env_override_with_a_bad_value_names_the_variable(monkeypatch):

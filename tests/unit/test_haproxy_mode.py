@@ -1,0 +1,172 @@
+"""Ray's HAProxy mode as `hfserve serve` sets it up (serve_app/haproxy_mode.py), with the real
+HAProxy binary Ray bundles: the wrapper's limits, the ports, and orphans left by a killed server."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import psutil
+import pytest
+
+from contract.config import EnvOverrides, IngressArgs
+from serve_app import haproxy_mode, launcher
+from serve_app.haproxy_mode import HeaderLimits
+
+BINARY = haproxy_mode.real_binary()
+needs_haproxy = pytest.mark.skipif(BINARY is None, reason="no HAProxy binary on this host")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _config(path: Path, port: int) -> Path:
+    """A frontend that answers 200 itself: what reaches it passed HAProxy's header limits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 5s\n    timeout server 5s\n"
+        f"frontend web\n    bind 127.0.0.1:{port}\n    http-request return status 200 content-type text/plain string ok\n"
+    )
+    return path
+
+
+def _wait_listening(port: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read() if process.stderr else process.returncode
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def test_limits_leave_the_refusal_to_the_ingress():
+    defaults = HeaderLimits(IngressArgs().max_header_count, IngressArgs().max_header_bytes)
+    assert (defaults.maxhdr, defaults.bufsize) == (1024, 65536)  # 100 headers, 32 KiB
+    assert (HeaderLimits(20, 2048).maxhdr, HeaderLimits(20, 2048).bufsize) == (1024, 16384)  # never below Ray's own
+    assert HeaderLimits(10_000, 32 * 1024).maxhdr == 32767  # HAProxy's most
+
+
+@needs_haproxy
+def test_the_wrapper_lets_more_headers_through_than_haproxy_alone(tmp_path):
+    port = _free_port()
+    config = _config(tmp_path / "site.cfg", port)
+    wrapper = haproxy_mode.write_wrapper(tmp_path / "bin", BINARY, HeaderLimits(max_count=200, max_bytes=32 * 1024))
+    assert wrapper == haproxy_mode.write_wrapper(tmp_path / "bin", BINARY, HeaderLimits(200, 32 * 1024))  # same limits, same file
+    headers = {f"x-h{i}": "v" for i in range(150)}
+    for binary, expected in ((BINARY, 400), (str(wrapper), 200)):  # HAProxy alone: 101 at most
+        process = subprocess.Popen([binary, "-db", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+        try:
+            _wait_listening(port, process)
+            assert httpx.get(f"http://127.0.0.1:{port}/", headers=headers).status_code == expected, binary
+            assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@needs_haproxy
+def test_taken_ports_are_replaced_and_an_operators_are_kept(tmp_path):
+    holders = []
+    try:
+        for port in haproxy_mode.PORT_ENVS.values():
+            holder = socket.socket()
+            try:
+                holder.bind(("0.0.0.0", port))
+            except OSError:
+                pass  # already taken by something else: as good for this test
+            holders.append(holder)
+        env = haproxy_mode.haproxy_environment(tmp_path, HeaderLimits(100, 32 * 1024), {})
+        assert env is not None and env[haproxy_mode.ENABLE_ENV] == "1" and env[haproxy_mode.BUFSIZE_ENV] == "65536"
+        for name, default in haproxy_mode.PORT_ENVS.items():
+            assert int(env[name]) != default
+        assert Path(env[haproxy_mode.BINARY_ENV]).parent == tmp_path
+        kept = haproxy_mode.haproxy_environment(tmp_path, HeaderLimits(100, 32 * 1024), {"RAY_SERVE_HAPROXY_STATS_PORT": "9999"})
+        assert "RAY_SERVE_HAPROXY_STATS_PORT" not in kept  # Ray reads the operator's own
+    finally:
+        for holder in holders:
+            holder.close()
+
+
+def test_the_launcher_turns_haproxy_mode_on_unless_told_not_to(tmp_path, monkeypatch):
+    monkeypatch.setattr(launcher, "stop_orphaned_haproxies", lambda say: [])
+    plan = SimpleNamespace(ingresses=[IngressArgs(max_header_count=300), IngressArgs()])
+    off = launcher._http_mode_environment(plan, EnvOverrides(haproxy=False, cache_dir=tmp_path), print)
+    assert off == {haproxy_mode.ENABLE_ENV: "0"}
+    monkeypatch.setattr(haproxy_mode, "real_binary", lambda: None)  # a host with no HAProxy (macOS)
+    said = []
+    assert launcher._http_mode_environment(plan, EnvOverrides(cache_dir=tmp_path), said.append) == {haproxy_mode.ENABLE_ENV: "0"}
+    assert "Python proxy" in said[0]
+    monkeypatch.setattr(haproxy_mode, "real_binary", lambda: "/usr/sbin/haproxy")
+    on = launcher._http_mode_environment(plan, EnvOverrides(cache_dir=tmp_path), print)
+    assert on[haproxy_mode.ENABLE_ENV] == "1"
+    wrapper = Path(on[haproxy_mode.BINARY_ENV])
+    assert wrapper.parent == tmp_path / "haproxy" and "/usr/sbin/haproxy" in wrapper.read_text()
+    assert "tune.http.maxhdr 1200" in next(wrapper.parent.glob("limits-*.cfg")).read_text()  # the larger ingress's
+
+
+def test_the_launcher_undoes_its_environment_at_shutdown(monkeypatch):
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_STATS_PORT", "1234")
+    monkeypatch.delenv(haproxy_mode.ENABLE_ENV, raising=False)
+    launcher._apply_environment({haproxy_mode.ENABLE_ENV: "1", "RAY_SERVE_HAPROXY_STATS_PORT": "5678"})
+    launcher._restore_environment()
+    assert haproxy_mode.ENABLE_ENV not in os.environ and os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] == "1234"
+
+
+ORPHAN_PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.argv[1], "-db", "-f", sys.argv[2]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+if sys.argv[3] == "exit":  # the child is re-parented, as when Ray's proxy actor is killed
+    sys.exit(0)
+child.wait()
+"""
+
+
+@needs_haproxy
+def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
+    config_dir = tmp_path / "haproxy-serve"
+    orphan_port, live_port = _free_port(), _free_port()
+    orphan_config = _config(config_dir / "node-a" / "haproxy.cfg", orphan_port)
+    live_config = _config(config_dir / "node-b" / "haproxy.cfg", live_port)
+    # argv[0] "ray::ProxyActor": a live Ray proxy actor's process title, the parent HAProxy has in a cluster.
+    orphaned = subprocess.run([sys.executable, "-c", ORPHAN_PARENT, BINARY, str(orphan_config), "exit"],
+                              capture_output=True, text=True, timeout=30, check=True)
+    orphan_pid = int(orphaned.stdout.split()[0])
+    actor = subprocess.Popen(["ray::ProxyActor", "-c", ORPHAN_PARENT, BINARY, str(live_config), "wait"],
+                             executable=sys.executable, stdout=subprocess.PIPE, text=True)
+    live_pid = int(actor.stdout.readline())
+    try:
+        for port in (orphan_port, live_port):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+        said = []
+        assert haproxy_mode.stop_orphaned_haproxies(said.append, config_dir=config_dir) == [orphan_pid]
+        assert not psutil.pid_exists(orphan_pid) or psutil.Process(orphan_pid).status() == psutil.STATUS_ZOMBIE
+        assert str(orphan_pid) in said[0]
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", orphan_port), timeout=0.5)  # its port is free again
+        assert psutil.Process(live_pid).is_running()
+        assert httpx.get(f"http://127.0.0.1:{live_port}/").status_code == 200
+        assert haproxy_mode.stop_orphaned_haproxies(said.append, config_dir=config_dir) == []
+    finally:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(live_pid).kill()
+        actor.wait(timeout=10)
