@@ -163,6 +163,15 @@ def targets(r: RawRuns, s: ServerRuns, p: PeerRuns | None) -> dict[str, tuple[fl
     return goals
 
 
+def _unused(path: Path) -> Path:
+    """path, or path-2, path-3, ... if a run earlier that day wrote it (results are kept, not replaced)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
 def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, float]]) -> dict:
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -237,7 +246,7 @@ def main() -> int:
                         help="server runs with metrics off and on, alternating, to price the metrics (0: skip)")
     parser.add_argument("--no-peers", action="store_true",
                         help="skip the peer phase (Infinity; its venv is installed on first use, a few minutes)")
-    parser.add_argument("--out", help="where to write the JSON results (default bench/results/<date>.json)")
+    parser.add_argument("--out", help="where to write the JSON results (default bench/results/<date>.json, or <date>-2.json, ... if taken)")
     args = parser.parse_args()
     raw_runs = measure_raw(args)
     server_runs = measure_server(args)
@@ -261,7 +270,7 @@ def main() -> int:
         results["ratios"].update(peer_ratios(server_runs, peer))
     elif peer_error is not None:
         results["peers"] = {"infinity": {"error": peer_error}}
-    out = Path(args.out) if args.out else ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}.json"
+    out = Path(args.out) if args.out else _unused(ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print_table(raw_runs, server_runs, results, goals, peer)
