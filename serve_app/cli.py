@@ -1,9 +1,10 @@
-"""`hfserve serve | discover | hardware | status | models | keys`."""
+"""`hfserve serve | discover | hardware | haproxy-env | status | models | keys`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,31 @@ def _keys(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _haproxy_env(args: argparse.Namespace) -> int:
+    """What `hfserve serve` sets for Ray's HAProxy mode, for a cluster started with `ray start`."""
+    from contract.config import read_env
+
+    from . import haproxy_mode
+    from .deploy_plan import DeployConfigError, plan_deploy
+
+    env = read_env()
+    path = Path(args.config or env.config or "serve_config.yaml")
+    ingresses = []  # a node without the config (a worker): the ingress's default limits
+    if args.config or env.config or path.exists():
+        try:
+            ingresses = plan_deploy(path, env).ingresses
+        except DeployConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    variables = haproxy_mode.haproxy_environment(haproxy_mode.wrapper_dir(env), haproxy_mode.HeaderLimits.of(ingresses),
+                                                 dict(os.environ), move_taken_ports=False)
+    if variables is None:
+        print("error: no HAProxy binary on this host (Ray bundles one for Linux; or put haproxy on PATH)", file=sys.stderr)
+        return 1
+    sys.stdout.write(haproxy_mode.as_exports(variables))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hfserve", description="OpenAI-compatible HF model server on Ray Serve")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     hardware.add_argument("--json", action="store_true", help="machine-readable output")
     hardware.add_argument("--address", default="auto", help="Ray cluster address (default: RAY_ADDRESS or the local one)")
     hardware.set_defaults(func=_hardware)
+    haproxy_env = commands.add_parser(
+        "haproxy-env", help="the environment for Ray's HAProxy mode with this config's limits, as `export` lines: "
+        "eval \"$(hfserve haproxy-env)\" before `ray start` on each node of a cluster")
+    haproxy_env.add_argument("--config", help="serve_config.yaml whose ingress limits to use (default HF_SERVER_CONFIG "
+                             "or ./serve_config.yaml)")
+    haproxy_env.set_defaults(func=_haproxy_env)
     status = commands.add_parser(
         "status", help="a running server's models, replicas, nodes and cache as a table (uses the admin key)"
     )

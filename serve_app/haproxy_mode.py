@@ -36,6 +36,8 @@ from pathlib import Path
 
 import psutil
 
+from contract.config import EnvOverrides, IngressArgs, default_cache_dir
+
 ENABLE_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 BUFSIZE_ENV = "RAY_SERVE_HAPROXY_TUNE_BUFSIZE"
@@ -53,6 +55,13 @@ class HeaderLimits:
     max_count: int
     max_bytes: int
 
+    @classmethod
+    def of(cls, ingresses: Iterable[IngressArgs]) -> HeaderLimits:
+        """The largest limits of a deployment's ingresses (their defaults if it has none)."""
+        ingresses = list(ingresses) or [IngressArgs()]
+        return cls(max_count=max(args.max_header_count for args in ingresses),
+                   max_bytes=max(args.max_header_bytes for args in ingresses))
+
     @property
     def maxhdr(self) -> int:
         # Well above the ingress's limit, so that the ingress refuses with its JSON 431; above
@@ -64,6 +73,10 @@ class HeaderLimits:
         # Headers must fit in the buffer less HAProxy's rewrite reserve, with the request line;
         # twice the ingress's limit leaves room for both, so the ingress is the one that refuses.
         return max(RAY_DEFAULT_BUFSIZE, -(-2 * self.max_bytes // 4096) * 4096)
+
+
+def wrapper_dir(env: EnvOverrides) -> Path:
+    return (env.cache_dir or default_cache_dir()) / "haproxy"
 
 
 def real_binary() -> str | None:
@@ -103,6 +116,11 @@ def write_wrapper(directory: Path, binary: str, limits: HeaderLimits) -> Path:
     return wrapper
 
 
+def as_exports(env: dict[str, str]) -> str:
+    """`export NAME=value` lines for a shell (`eval "$(hfserve haproxy-env)"` before `ray start`)."""
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
+
+
 def _port_is_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
@@ -118,14 +136,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def haproxy_environment(wrapper_dir: Path, limits: HeaderLimits, environ: dict[str, str]) -> dict[str, str] | None:
-    """The variables that turn HAProxy mode on with our limits and ports, or None when this host
-    has no HAProxy binary (Ray's bundled one is Linux only): then Ray's Python proxy serves."""
+def haproxy_environment(wrapper_dir: Path, limits: HeaderLimits, environ: dict[str, str],
+                        *, move_taken_ports: bool = True) -> dict[str, str] | None:
+    """The variables that turn HAProxy mode on with our limits (and free ports, unless told not
+    to: a cluster's nodes keep Ray's, which its Prometheus knows), or None when this host has no
+    HAProxy binary (Ray's bundled one is Linux only): then Ray's Python proxy serves."""
     binary = real_binary()
     if binary is None:
         return None
     env = {ENABLE_ENV: "1", BINARY_ENV: str(write_wrapper(wrapper_dir, binary, limits)), BUFSIZE_ENV: str(limits.bufsize)}
-    for name, default in PORT_ENVS.items():
+    for name, default in PORT_ENVS.items() if move_taken_ports else ():
         if name not in environ:  # an operator's choice stands
             env[name] = str(default if _port_is_free(default) else _free_port())
     return env

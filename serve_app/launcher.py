@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, default_cache_dir, read_env
+from contract.config import EnvOverrides, ModelAppArgs, read_env
 
 from . import haproxy_mode
 from .deploy_plan import DeployConfigError, DeployPlan, plan_deploy
@@ -82,10 +82,8 @@ def _http_mode_environment(plan: DeployPlan, env: EnvOverrides, say: Say) -> dic
     stop_orphaned_haproxies(say)  # whichever mode: an orphan holds the HTTP port
     if env.haproxy is False:
         return {haproxy_mode.ENABLE_ENV: "0"}
-    ingresses = plan.ingresses or [IngressArgs()]
-    limits = haproxy_mode.HeaderLimits(max_count=max(args.max_header_count for args in ingresses),
-                                       max_bytes=max(args.max_header_bytes for args in ingresses))
-    variables = haproxy_mode.haproxy_environment((env.cache_dir or default_cache_dir()) / "haproxy", limits, dict(os.environ))
+    limits = haproxy_mode.HeaderLimits.of(plan.ingresses)
+    variables = haproxy_mode.haproxy_environment(haproxy_mode.wrapper_dir(env), limits, dict(os.environ))
     if variables is None:
         say("no HAProxy binary on this host (Ray bundles one for Linux): Ray's Python proxy serves HTTP")
         return {haproxy_mode.ENABLE_ENV: "0"}

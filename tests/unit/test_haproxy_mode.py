@@ -170,3 +170,29 @@ def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(live_pid).kill()
         actor.wait(timeout=10)
+
+
+@needs_haproxy
+def test_haproxy_env_prints_what_a_cluster_node_needs(tmp_path, monkeypatch, capsys):
+    from serve_app.cli import main
+
+    config = tmp_path / "serve_config.yaml"
+    config.write_text(
+        "applications:\n"
+        "  - name: ingress\n    route_prefix: /\n    import_path: serve_app.app:build_ingress_app\n"
+        "    args: {max_header_count: 400, max_header_bytes: 65536}\n"
+    )
+    monkeypatch.setenv("HF_SERVER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv(haproxy_mode.BINARY_ENV, raising=False)
+    assert main(["haproxy-env", "--config", str(config)]) == 0
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert exports[haproxy_mode.ENABLE_ENV] == "1" and exports[haproxy_mode.BUFSIZE_ENV] == "131072"
+    assert not set(haproxy_mode.PORT_ENVS) & set(exports)  # a cluster's nodes keep Ray's ports
+    wrapper = Path(exports[haproxy_mode.BINARY_ENV])
+    assert wrapper.parent == tmp_path / "cache" / "haproxy" and os.access(wrapper, os.X_OK)
+    assert "tune.http.maxhdr 1600" in next(wrapper.parent.glob("limits-*.cfg")).read_text()
+    # The wrapper runs: HAProxy checks a config through it (-c) and accepts our global section.
+    checked = subprocess.run([str(wrapper), "-c", "-f", str(_config(tmp_path / "site.cfg", _free_port()))],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert main(["haproxy-env", "--config", str(tmp_path / "missing.yaml")]) == 2
