@@ -2,7 +2,7 @@
 
 In this mode (Ray's `RAY_SERVE_ENABLE_HA_PROXY`) HTTP reaches the ingress replicas through an
 HAProxy on each node instead of Ray's Python proxy actor, which on 2 cores is the largest single
-piece of a request's CPU (docs/performance.md). Three things Ray leaves to us:
+piece of a request's CPU (docs/performance.md). What Ray leaves to us:
 
 - **Header limits.** HAProxy answers a request with more than `tune.http.maxhdr` headers (101 by
   default) or headers larger than its buffer with its own HTML 400, before the ingress could give
@@ -12,6 +12,8 @@ piece of a request's CPU (docs/performance.md). Three things Ray leaves to us:
   `global` section (HAProxy merges every file's `global`) raises `maxhdr` well above the
   ingresses' `max_header_count`; the buffer is sized to twice their `max_header_bytes`. Beyond
   those (over 1024 headers, or 64 KiB of them, by default) HAProxy still answers its own 400.
+- **Drain period.** A stopping replica behind HAProxy keeps accepting for 30 s (Ray's default,
+  sized for external load balancers), every application's ingress included: 2 s here (below).
 - **Fixed ports.** Every node's HAProxy binds a metrics port (9101) and a stats port (8404) on all
   interfaces; a second server on the same host (a test run beside `make serve`) could not start.
   Taken ports are replaced by free ones.
@@ -42,6 +44,12 @@ ENABLE_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 BUFSIZE_ENV = "RAY_SERVE_HAPROXY_TUNE_BUFSIZE"
 PORT_ENVS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}  # Ray's defaults
+# How long a stopping direct-ingress replica keeps accepting, so that load balancers can drop it
+# first. Ray's 30 s is for an external one (an ALB); its own HAProxy hears of the replica's end
+# within a reload (about half a second) and retries a refused connection on another replica. Every
+# application's ingress counts, the model applications' too (they have no route, yet held 30 s),
+# so at 30 s every Ctrl-C, unload and scale-down waited half a minute.
+DRAIN_ENV, DRAIN_S = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2"
 RAY_DEFAULT_BUFSIZE = 16384
 WRAPPER_PREFIX = "haproxy-"
 # HAProxy parses a request's headers into an array of maxhdr entries (32 bytes each, on the
@@ -145,6 +153,8 @@ def haproxy_environment(wrapper_dir: Path, limits: HeaderLimits, environ: dict[s
     if binary is None:
         return None
     env = {ENABLE_ENV: "1", BINARY_ENV: str(write_wrapper(wrapper_dir, binary, limits)), BUFSIZE_ENV: str(limits.bufsize)}
+    if DRAIN_ENV not in environ:  # an operator's choice stands
+        env[DRAIN_ENV] = DRAIN_S
     for name, default in PORT_ENVS.items() if move_taken_ports else ():
         if name not in environ:  # an operator's choice stands
             env[name] = str(default if _port_is_free(default) else _free_port())

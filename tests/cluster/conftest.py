@@ -1,6 +1,8 @@
 """A real two-node Ray cluster on this machine (`ray.cluster_utils.Cluster`: two raylets with
 their own resources), deployed with the real `serve deploy` CLI through the dashboard, a
-proxy on every node, an ingress and a model on the head and a model pinned to the worker."""
+proxy on every node, an ingress and a model on the head and a model pinned to the worker.
+Each node is started in Ray's HAProxy mode with what `hfserve haproxy-env` prints, as
+docs/operations.md tells an operator to (HF_SERVER_HAPROXY=false: Ray's Python proxy)."""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class TwoNodes:
     work: Path
     measured: dict[str, float] = field(default_factory=dict)
     cli_env: dict[str, str] = field(default_factory=dict)
+    haproxy_env: dict[str, str] = field(default_factory=dict)  # each node's `hfserve haproxy-env`
 
     def admin_key(self) -> str:
         from serve_app.auth import read_admin_key_file
@@ -47,22 +50,34 @@ class TwoNodes:
         """A node like the worker: its proxy binds its own port (two proxies share this host)."""
         return self.cluster.add_node(
             num_cpus=WORKER["num_cpus"], resources={**WORKER["resources"], **resources},
-            env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_port), **self._own_haproxy_ports()},
+            env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(self.worker_port), **self.haproxy_env, **own_haproxy_ports()},
         )
-
-    @staticmethod
-    def _own_haproxy_ports() -> dict[str, str]:
-        """In HAProxy mode (HF_SERVER_HAPROXY) every node runs an HAProxy. Ray keeps its files
-        apart per node, but its metrics and stats ports are fixed (9101, 8404): on one machine a
-        second node's HAProxy could not bind them. Real nodes are separate hosts; here each
-        added node gets its own ports."""
-        return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
 
     def deploy(self, config: dict) -> None:
         path = self.work / f"serve_config-{time.monotonic_ns()}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run([str(Path(sys.executable).parent / "serve"), "deploy", str(path), "-a", self.dashboard],
                        cwd=ROOT, check=True, capture_output=True, timeout=120, env=self.cli_env)
+
+
+def own_haproxy_ports() -> dict[str, str]:
+    """Every node runs an HAProxy in HAProxy mode. Ray keeps its files apart per node, but its
+    metrics and stats ports are fixed (9101, 8404): on one machine a second node's HAProxy could
+    not bind them. Real nodes are separate hosts; here each node gets its own ports."""
+    return {"RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port())}
+
+
+def haproxy_mode_environment(work: Path) -> dict[str, str]:
+    """What `eval "$(hfserve haproxy-env)"` sets before `ray start` on each node (docs/operations.md),
+    unless HF_SERVER_HAPROXY=false: then Ray's Python proxy, as on a cluster started without it."""
+    from contract.config import read_env
+    from serve_app import haproxy_mode
+
+    if read_env().haproxy is False:
+        return {haproxy_mode.ENABLE_ENV: "0"}
+    env = haproxy_mode.haproxy_environment(work / "haproxy", haproxy_mode.HeaderLimits.of([]), {}, move_taken_ports=False)
+    assert env is not None, "no HAProxy binary (Ray bundles one for Linux): run with HF_SERVER_HAPROXY=false"
+    return env
 
 
 def wait_for(predicate, timeout_s: float, every_s: float = 0.2, what: str = "condition"):
@@ -107,12 +122,13 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
     head_port, worker_port, dashboard_port = free_port(), free_port(), free_port()
     # Ray's metrics agents export every 10 s by default; /metrics tests wait for them.
     os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
+    haproxy_env = haproxy_mode_environment(work)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"head_node": 1}, "include_dashboard": True,
-        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
+        "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port, "env_vars": {**haproxy_env, **own_haproxy_ports()},
     })
     nodes = TwoNodes(cluster, None, f"http://127.0.0.1:{head_port}", f"http://127.0.0.1:{worker_port}", worker_port,
-                     f"http://127.0.0.1:{dashboard_port}", {}, work)
+                     f"http://127.0.0.1:{dashboard_port}", {}, work, haproxy_env=haproxy_env)
     nodes.worker = nodes.add_worker()
     ray.init(address=cluster.address, namespace="serve", log_to_driver=False)
     try:

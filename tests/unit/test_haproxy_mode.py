@@ -93,8 +93,10 @@ def test_taken_ports_are_replaced_and_an_operators_are_kept(tmp_path):
         for name, default in haproxy_mode.PORT_ENVS.items():
             assert int(env[name]) != default
         assert Path(env[haproxy_mode.BINARY_ENV]).parent == tmp_path
-        kept = haproxy_mode.haproxy_environment(tmp_path, HeaderLimits(100, 32 * 1024), {"RAY_SERVE_HAPROXY_STATS_PORT": "9999"})
-        assert "RAY_SERVE_HAPROXY_STATS_PORT" not in kept  # Ray reads the operator's own
+        assert env[haproxy_mode.DRAIN_ENV] == "2"  # not Ray's 30 s per stopping replica
+        kept = haproxy_mode.haproxy_environment(tmp_path, HeaderLimits(100, 32 * 1024),
+                                                {"RAY_SERVE_HAPROXY_STATS_PORT": "9999", haproxy_mode.DRAIN_ENV: "30"})
+        assert not {"RAY_SERVE_HAPROXY_STATS_PORT", haproxy_mode.DRAIN_ENV} & set(kept)  # Ray reads the operator's own
     finally:
         for holder in holders:
             holder.close()
@@ -184,9 +186,11 @@ def test_haproxy_env_prints_what_a_cluster_node_needs(tmp_path, monkeypatch, cap
     )
     monkeypatch.setenv("HF_SERVER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(haproxy_mode.BINARY_ENV, raising=False)
+    monkeypatch.delenv(haproxy_mode.DRAIN_ENV, raising=False)
     assert main(["haproxy-env", "--config", str(config)]) == 0
     exports = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
     assert exports[haproxy_mode.ENABLE_ENV] == "1" and exports[haproxy_mode.BUFSIZE_ENV] == "131072"
+    assert exports[haproxy_mode.DRAIN_ENV] == "2"
     assert not set(haproxy_mode.PORT_ENVS) & set(exports)  # a cluster's nodes keep Ray's ports
     wrapper = Path(exports[haproxy_mode.BINARY_ENV])
     assert wrapper.parent == tmp_path / "cache" / "haproxy" and os.access(wrapper, os.X_OK)
