@@ -143,11 +143,11 @@ def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
     orphan_port, live_port = _free_port(), _free_port()
     orphan_config = _config(config_dir / "node-a" / "haproxy.cfg", orphan_port)
     live_config = _config(config_dir / "node-b" / "haproxy.cfg", live_port)
-    # argv[0] "ray::ProxyActor": a live Ray proxy actor's process title, the parent HAProxy has in a cluster.
+    # argv[0] "ray::HAProxyManager": the process title of the Ray actor that is HAProxy's parent in a cluster.
     orphaned = subprocess.run([sys.executable, "-c", ORPHAN_PARENT, BINARY, str(orphan_config), "exit"],
                               capture_output=True, text=True, timeout=30, check=True)
     orphan_pid = int(orphaned.stdout.split()[0])
-    actor = subprocess.Popen(["ray::ProxyActor", "-c", ORPHAN_PARENT, BINARY, str(live_config), "wait"],
+    actor = subprocess.Popen(["ray::HAProxyManager", "-c", ORPHAN_PARENT, BINARY, str(live_config), "wait"],
                              executable=sys.executable, stdout=subprocess.PIPE, text=True)
     live_pid = int(actor.stdout.readline())
     try:
