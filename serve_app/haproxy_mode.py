@@ -17,8 +17,8 @@ piece of a request's CPU (docs/performance.md). What Ray leaves to us:
 - **Fixed ports.** Every node's HAProxy binds a metrics port (9101) and a stats port (8404) on all
   interfaces; a second server on the same host (a test run beside `make serve`) could not start.
   Taken ports are replaced by free ones.
-- **Orphans.** HAProxy is a child of Ray's HAProxyManager actor. If `hfserve serve` is killed with SIGKILL,
-  Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
+- **Orphans.** HAProxy is a child of Ray's HAProxyManager actor. If `hfserve serve` is killed
+  with SIGKILL, Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
   SO_REUSEPORT, sharing it with the next server's HAProxy, whose requests it would then drop). A
   start first stops such orphans: an `haproxy` of this user running a config in Ray's HAProxy
   directory whose parent is not a Ray worker.
@@ -170,8 +170,8 @@ def _ray_config_dir() -> Path:
 def is_orphaned_ray_haproxy(name: str, cmdline: Iterable[str], parent_cmdline: Iterable[str] | None,
                             config_dir: Path) -> bool:
     """An `haproxy` running a config under Ray's HAProxy directory whose parent is not a Ray
-    worker (Ray's HAProxyManager actor, "ray::HAProxyManager"): re-parented to init, or to a subreaper such
-    as `systemd --user`, after its actor died without stopping it."""
+    worker (Ray's HAProxyManager actor, "ray::HAProxyManager"): re-parented to init, or to a
+    subreaper such as `systemd --user`, after its actor died without stopping it."""
     args = list(cmdline)
     configs = [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "-f"]
     ours = name == "haproxy" and any(config_dir in path.parents for path in configs)

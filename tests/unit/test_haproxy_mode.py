@@ -19,15 +19,10 @@ import pytest
 from contract.config import EnvOverrides, IngressArgs
 from serve_app import haproxy_mode, launcher
 from serve_app.haproxy_mode import HeaderLimits
+from tests.conftest import free_port
 
 BINARY = haproxy_mode.real_binary()
 needs_haproxy = pytest.mark.skipif(BINARY is None, reason="no HAProxy binary on this host")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _config(path: Path, port: int) -> Path:
@@ -40,10 +35,11 @@ def _config(path: Path, port: int) -> Path:
     return path
 
 
-def _wait_listening(port: int, process: subprocess.Popen) -> None:
+def _wait_listening(port: int, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        assert process.poll() is None, process.stderr.read() if process.stderr else process.returncode
+        if process is not None:
+            assert process.poll() is None, process.stderr.read() if process.stderr else process.returncode
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
@@ -61,7 +57,7 @@ def test_limits_leave_the_refusal_to_the_ingress():
 
 @needs_haproxy
 def test_the_wrapper_lets_more_headers_through_than_haproxy_alone(tmp_path):
-    port = _free_port()
+    port = free_port()
     config = _config(tmp_path / "site.cfg", port)
     wrapper = haproxy_mode.write_wrapper(tmp_path / "bin", BINARY, HeaderLimits(max_count=200, max_bytes=32 * 1024))
     assert wrapper == haproxy_mode.write_wrapper(tmp_path / "bin", BINARY, HeaderLimits(200, 32 * 1024))  # same limits, same file
@@ -140,7 +136,7 @@ child.wait()
 @needs_haproxy
 def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
     config_dir = tmp_path / "haproxy-serve"
-    orphan_port, live_port = _free_port(), _free_port()
+    orphan_port, live_port = free_port(), free_port()
     orphan_config = _config(config_dir / "node-a" / "haproxy.cfg", orphan_port)
     live_config = _config(config_dir / "node-b" / "haproxy.cfg", live_port)
     # argv[0] "ray::HAProxyManager": the process title of the Ray actor that is HAProxy's parent in a cluster.
@@ -152,13 +148,7 @@ def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
     live_pid = int(actor.stdout.readline())
     try:
         for port in (orphan_port, live_port):
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            _wait_listening(port)
         said = []
         assert haproxy_mode.stop_orphaned_haproxies(said.append, config_dir=config_dir) == [orphan_pid]
         assert not psutil.pid_exists(orphan_pid) or psutil.Process(orphan_pid).status() == psutil.STATUS_ZOMBIE
@@ -196,7 +186,7 @@ def test_haproxy_env_prints_what_a_cluster_node_needs(tmp_path, monkeypatch, cap
     assert wrapper.parent == tmp_path / "cache" / "haproxy" and os.access(wrapper, os.X_OK)
     assert "tune.http.maxhdr 1600" in next(wrapper.parent.glob("limits-*.cfg")).read_text()
     # The wrapper runs: HAProxy checks a config through it (-c) and accepts our global section.
-    checked = subprocess.run([str(wrapper), "-c", "-f", str(_config(tmp_path / "site.cfg", _free_port()))],
+    checked = subprocess.run([str(wrapper), "-c", "-f", str(_config(tmp_path / "site.cfg", free_port()))],
                              capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert main(["haproxy-env", "--config", str(tmp_path / "missing.yaml")]) == 2
