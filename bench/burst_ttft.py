@@ -8,7 +8,8 @@ the request's way in and the chunk's way out, with no inference) and when the fi
 did; the ingress's and the replica's own histograms (read from /metrics before and after)
 give Serve's queue wait and the replica's time to first token (from the prompt's tokenization
 to the engine's first token). Prints medians per step next to the raw engine's TTFT for the
-same burst and writes bench/results/burst-ttft-<date>.json.
+same burst and writes bench/results/burst-ttft-<date>.json. `--burst 1` does the same for one
+stream at a time (the c=1 TTFT of `make bench`; burst-ttft-<date>-c1.json).
 """
 
 from __future__ import annotations
@@ -60,12 +61,12 @@ async def _stream(client: httpx.AsyncClient, i: int) -> dict[str, float]:
     return marks
 
 
-async def _bursts(base: str, headers: dict[str, str], rounds: int) -> list[dict[str, float]]:
-    limits = httpx.Limits(max_connections=BURST + 4, max_keepalive_connections=BURST + 4)
+async def _bursts(base: str, headers: dict[str, str], rounds: int, burst: int = BURST) -> list[dict[str, float]]:
+    limits = httpx.Limits(max_connections=burst + 4, max_keepalive_connections=burst + 4)
     samples: list[dict[str, float]] = []
     async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits, headers=headers) as client:
         for r in range(rounds):
-            samples += await asyncio.gather(*(_stream(client, r * BURST + i) for i in range(BURST)))
+            samples += await asyncio.gather(*(_stream(client, r * burst + i) for i in range(burst)))
             await asyncio.sleep(0.5)  # each round a burst of its own, as the first one of `make bench`
     return samples
 
@@ -92,18 +93,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6, help="bursts of 16")
     parser.add_argument("--config", default=str(server.ROOT / "serve_config.yaml"))
+    parser.add_argument("--burst", type=int, default=BURST, help="streams at once (1: where c=1 TTFT goes)")
     parser.add_argument("--label", default="", help="added to the output's file name (e.g. python-proxy)")
     args = parser.parse_args()
 
-    say("raw engine, in-process: 16 at once")
-    raw_burst = raw.chat_engine_runs([BURST], args.rounds, say, steady=False)[BURST]
+    burst = args.burst
+    say(f"raw engine, in-process: {burst} at once")
+    raw_burst = raw.chat_engine_runs([burst], args.rounds, say, steady=False)[burst]
     say("starting the server")
     running = server.start(Path(args.config), log_name="burst-ttft-server.log")
     try:
-        asyncio.run(_bursts(running.base, running.headers, 1))  # warm-up
+        asyncio.run(_bursts(running.base, running.headers, 1, burst))  # warm-up
         time.sleep(METRICS_SETTLE_S)
         before = _histograms(running.base, running.admin_headers)
-        samples = asyncio.run(_bursts(running.base, running.headers, args.rounds))
+        samples = asyncio.run(_bursts(running.base, running.headers, args.rounds, burst))
         time.sleep(METRICS_SETTLE_S)
         after = _histograms(running.base, running.admin_headers)
     finally:
@@ -117,7 +120,7 @@ def main() -> None:
         (s0, c0), (s1, c1) = before.get(name, (0.0, 0.0)), after.get(name, (0.0, 0.0))
         means[name] = round((s1 - s0) / (c1 - c0) * 1e3, 1) if c1 > c0 else None
     report = {
-        "cpu": cpu_info().model, "date": str(datetime.date.today()), "burst": BURST, "rounds": args.rounds,
+        "cpu": cpu_info().model, "date": str(datetime.date.today()), "burst": burst, "rounds": args.rounds,
         "haproxy": read_env().haproxy is not False,  # the launcher's default is on
         "raw_engine_ttft_p50_ms": round(raw_burst.ttft_p50_ms, 1),
         "client_median_ms": {"headers": median_ms("headers"), "role_chunk": median_ms("role"),
@@ -125,7 +128,7 @@ def main() -> None:
                              "role_to_content": round(statistics.median(s["content"] - s["role"] for s in samples) * 1e3, 1)},
         "server_mean_ms": means,
     }
-    print(f"\nCPU: {report['cpu']}; {args.rounds} bursts of {BURST} streams\n")
+    print(f"\nCPU: {report['cpu']}; {args.rounds} bursts of {burst} streams\n")
     print("| step | ms |\n|---|---|")
     print(f"| raw engine TTFT p50, same burst (prompts tokenized beforehand) | {report['raw_engine_ttft_p50_ms']} |")
     print(f"| client: response headers, median | {report['client_median_ms']['headers']} |")
@@ -134,7 +137,7 @@ def main() -> None:
     print(f"| client: role chunk to first content, median | {report['client_median_ms']['role_to_content']} |")
     for name, what in HISTOGRAMS.items():
         print(f"| {what}, mean | {means[name]} |")
-    path = server.ROOT / "bench" / "results" / f"burst-ttft-{datetime.date.today()}{'-' + args.label if args.label else ''}.json"
+    path = server.ROOT / "bench" / "results" / f"burst-ttft-{datetime.date.today()}{'' if burst == BURST else f'-c{burst}'}{'-' + args.label if args.label else ''}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     say(f"wrote {path}")
 

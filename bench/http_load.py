@@ -1,4 +1,12 @@
-"""A small async load generator for the OpenAI endpoints (httpx, SSE parsed by hand)."""
+"""A small async load generator for the OpenAI endpoints (SSE parsed by hand).
+
+The throughput runs use aiohttp (as vLLM's benchmark_serving does): the client shares the
+machine's cores with the server it measures, and httpx's per-request CPU was large enough to
+be the bottleneck. On 2 cores, single-input embeddings at c=32 against the same server:
+httpx 186-195 req/s with p99 560-664 ms, aiohttp 253-259 req/s with p99 209-237 ms, while
+HAProxy's own log put every request's time inside the server at 319 ms or less (2026-11-29,
+docs/performance.md). The sequential latency probes (c=1) keep httpx.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import json
 import re
 import time
 
+import aiohttp
 import httpx
 import numpy as np
 
@@ -22,7 +31,13 @@ CONTENT_MARK = re.compile(rb'"content":"[^"]')
 NO_CACHE = {"Cache-Control": "no-cache"}
 
 
-async def _stream_chat(client: httpx.AsyncClient, i: int) -> tuple[float, int]:
+def _session(base_url: str, concurrency: int, headers: dict | None) -> aiohttp.ClientSession:
+    """A keep-alive connection per client and a few spare, as a steady load would hold."""
+    return aiohttp.ClientSession(base_url=base_url, headers=headers, timeout=aiohttp.ClientTimeout(total=300),
+                                 connector=aiohttp.TCPConnector(limit=concurrency + 4))
+
+
+async def _stream_chat(client: aiohttp.ClientSession, i: int) -> tuple[float, int]:
     """One streamed chat request: (time to first content, completion tokens).
 
     Parses only what it needs (a cheap client leaves the cores to the server): the first
@@ -34,9 +49,9 @@ async def _stream_chat(client: httpx.AsyncClient, i: int) -> tuple[float, int]:
     }
     started = time.perf_counter()
     first, tail = None, b""
-    async with client.stream("POST", "/v1/chat/completions", json=body, headers=NO_CACHE) as response:
+    async with client.post("/v1/chat/completions", json=body, headers=NO_CACHE) as response:
         response.raise_for_status()
-        async for data in response.aiter_bytes():
+        async for data in response.content.iter_any():
             if first is None and CONTENT_MARK.search(data):
                 first = time.perf_counter() - started
             tail = (tail + data)[-4096:]
@@ -46,8 +61,7 @@ async def _stream_chat(client: httpx.AsyncClient, i: int) -> tuple[float, int]:
 
 
 async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = True, headers: dict | None = None) -> GenerationRun:
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits, headers=headers) as client:
+    async with _session(base_url, concurrency, headers) as client:
         warm = time.perf_counter()
         await asyncio.gather(*(_stream_chat(client, i) for i in range(concurrency)))  # warm-up
         stagger = (time.perf_counter() - warm) / concurrency if steady else 0.0
@@ -62,24 +76,23 @@ async def embedding_run(
 ) -> EmbeddingRun:
     """base64 by default: it is what the official openai client requests (and decodes with
     numpy) unless the caller asks for floats."""
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     latencies: list[float] = []
     counter = iter(range(10**9))
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits, headers={**(headers or {}), **NO_CACHE}) as client:
+    async with _session(base_url, concurrency, {**(headers or {}), **NO_CACHE}) as client:
 
         async def worker(i: int, until: float | None) -> None:
             while True:
                 t = time.perf_counter()
-                response = await client.post(
+                async with client.post(
                     "/v1/embeddings",
                     json={
                         "model": EMBED_MODEL,
                         "input": sentences(inputs_per_request, offset=next(counter) * inputs_per_request),
                         "encoding_format": encoding_format,
                     },
-                )
-                response.raise_for_status()
-                data = response.json()["data"]
+                ) as response:
+                    response.raise_for_status()
+                    data = (await response.json())["data"]
                 if encoding_format == "base64":
                     [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in data]
                 if until is None:

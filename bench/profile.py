@@ -29,6 +29,7 @@ from pathlib import Path
 from hardware.detect import cpu_info
 
 from . import http_load, server
+from .workload import EMBED_MODEL
 
 ROLES = {  # process title pattern -> role
     r"ray::ProxyActor": "proxy",
@@ -67,6 +68,9 @@ CATEGORIES = [
     ("threads and queues", r"threading\.py|queue\.py|concurrent/futures"),
     ("gRPC", r"grpc"),
 ]
+
+
+METRICS_SETTLE_S = 25  # Ray's metrics agents report every 10 s and /metrics gathers them every 10 s
 
 
 def say(message: str) -> None:
@@ -115,22 +119,72 @@ def read_stacks(path: Path) -> tuple[Counter, Counter]:
     return by_category, by_function
 
 
-def with_ingress_args(config: Path, overrides: list[str]) -> Path:
-    """The config with some of the ingress's args replaced (NAME=YAML value)."""
-    if not overrides:
+def with_app_args(config: Path, overrides: dict[str, list[str]]) -> Path:
+    """The config with some applications' args replaced: {app name: ["NAME=YAML value", ...]}."""
+    if not any(overrides.values()):
         return config
     import tempfile
 
     import yaml
 
     data = yaml.safe_load(config.read_text())
-    ingress = next(app for app in data["applications"] if app["name"] == "ingress")
-    for item in overrides:
-        key, _, value = item.partition("=")
-        ingress.setdefault("args", {})[key] = yaml.safe_load(value)
+    for app_name, items in overrides.items():
+        app = next(app for app in data["applications"] if app["name"] == app_name)
+        for item in items:
+            key, _, value = item.partition("=")
+            app.setdefault("args", {})[key] = yaml.safe_load(value)
     out = Path(tempfile.mkdtemp(prefix="hfserve-profile-config-")) / "serve_config.yaml"
     out.write_text(yaml.safe_dump(data, sort_keys=False))
     return out
+
+
+HISTOGRAMS = {  # what bench.profile reads from /metrics for the embedding model, before and after the run
+    "batches": ("hf_server_batch_size", {"kind": "serve_batch"}),  # engine calls and their sizes
+    "ingress_duration_s": ("hf_server_request_duration_seconds", {}),  # the ingress's own view of each request
+    "queue_s": ("hf_server_request_queue_seconds", {}),  # ingress call -> the replica starts it
+}
+
+
+def histograms(base: str, headers: dict[str, str]) -> dict[str, tuple[float, float, dict[float, float]]]:
+    """For each of HISTOGRAMS, the embedding model's (sum, count, cumulative count by bucket's
+    upper bound) so far, from /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    by_family = {family: (key, labels) for key, (family, labels) in HISTOGRAMS.items()}
+    found: dict[str, tuple[float, float, dict[float, float]]] = {key: (0.0, 0.0, {}) for key in HISTOGRAMS}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", headers=headers, timeout=30).text):
+        if family.name not in by_family:
+            continue
+        key, labels = by_family[family.name]
+        total, count, buckets = found[key]
+        for sample in family.samples:
+            if sample.labels.get("model") != EMBED_MODEL or any(sample.labels.get(k) != v for k, v in labels.items()):
+                continue
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+            elif sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + sample.value
+        found[key] = (total, count, buckets)
+    return found
+
+
+def histogram_report(before: tuple, after: tuple) -> dict:
+    """Observations during the run: how many, their mean, and the share in each bucket."""
+    (s0, c0, b0), (s1, c1, b1) = before, after
+    observed = c1 - c0
+    if observed <= 0:
+        return {"count": 0}
+    shares, below = {}, 0.0
+    for bound in sorted(b1):
+        cumulative = b1[bound] - b0.get(bound, 0.0)
+        if cumulative > below:
+            shares[f"<= {bound:g}"] = round((cumulative - below) / observed, 3)
+        below = cumulative
+    return {"count": int(observed), "mean": round((s1 - s0) / observed, 4), "shares": shares}
 
 
 def print_tail(timeline: list[tuple[float, float]], p50_s: float) -> None:
@@ -154,6 +208,8 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (0: no sampling, CPU accounting only)")
     parser.add_argument("--ingress-arg", action="append", default=[], metavar="NAME=YAML",
                         help="override an ingress arg, e.g. enable_caching=false")
+    parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=YAML",
+                        help="override an arg of the embedding model's application, e.g. batch_wait_timeout_s=0")
     parser.add_argument("--label", default="", help="added to the output's file names")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -163,10 +219,13 @@ def main() -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     say("starting the server")
-    running = server.start(with_ingress_args(Path(args.config), args.ingress_arg), log_name="profile-server.log")
+    config = with_app_args(Path(args.config), {"ingress": args.ingress_arg, EMBED_MODEL: args.model_arg})
+    running = server.start(config, log_name="profile-server.log")
     try:
         say("warm-up (10 s)")
         asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, 10, headers=running.headers))
+        time.sleep(METRICS_SETTLE_S)
+        histograms_before = histograms(running.base, running.admin_headers)
         roles = processes()
         say("sampling " + ", ".join(f"{role} {pid}" for pid, role in sorted(roles.items(), key=lambda kv: kv[1])))
         sampled = {pid: role for pid, role in roles.items() if role in ("proxy", "ingress", "embedding replica")}
@@ -185,6 +244,9 @@ def main() -> None:
         after = {pid: cpu_seconds(pid) for pid in roles}
         for process in spies:
             process.wait(timeout=120)
+        time.sleep(METRICS_SETTLE_S)
+        histograms_after = histograms(running.base, running.admin_headers)
+        seen = {key: histogram_report(histograms_before[key], histograms_after[key]) for key in HISTOGRAMS}
     finally:
         running.stop()
 
@@ -200,6 +262,8 @@ def main() -> None:
     for pid, role in roles.items():
         cpu_by_role[role] += after[pid] - before[pid]
     say(f"{requests} requests, {run.requests_per_s:.1f} req/s, p50 {run.latency_p50_ms:.0f} ms, p99 {run.latency_p99_ms:.0f} ms")
+    for key, summary in seen.items():
+        say(f"{key}: {summary}")
     print("\n| process | CPU ms per request |\n|---|---|")
     for role, seconds in cpu_by_role.most_common():
         print(f"| {role} | {seconds / requests * 1e3:.2f} |")
@@ -224,6 +288,8 @@ def main() -> None:
         }
     report["cpu_ms_per_request"] = {role: round(s / requests * 1e3, 2) for role, s in cpu_by_role.items()}
     report["ingress_args"] = args.ingress_arg
+    report["model_args"] = args.model_arg
+    report["histograms"] = seen
     path = server.ROOT / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     say(f"wrote {path} and the raw stacks in {out_dir}")

@@ -310,6 +310,13 @@ class ModelAppArgs(StrictModel):
         None, ge=1, description="Longest embedding input; defaults to the sentence-transformers "
         "max_seq_length or the model's max_position_embeddings.",
     )
+    encoder_streams: int | Literal["auto"] = Field(
+        "auto",
+        description="OpenVINO embedding encoders: batches inferred at once, each on its share of the cores, "
+        "with @serve.batch running as many. 1 runs one batch at a time on every core (a lone request's "
+        "lowest latency); auto lets OpenVINO's THROUGHPUT hint choose (2 on 2 cores), which costs less "
+        "CPU per small batch and keeps every core busy under load (docs/performance.md).",
+    )
     # --- rerank ---
     max_rerank_documents: int = Field(
         1000, ge=1, le=10_000, description="Most documents in one /v1/rerank request (400 above).",
@@ -320,6 +327,13 @@ class ModelAppArgs(StrictModel):
     def _positive_interval(cls, value: int | str) -> int | str:
         if isinstance(value, int) and not 1 <= value <= 64:
             raise ValueError("stream_interval must be 'auto' or between 1 and 64")
+        return value
+
+    @field_validator("encoder_streams")
+    @classmethod
+    def _positive_streams(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("encoder_streams must be 'auto' or between 1 and 256")
         return value
 
     @field_validator("hardware", mode="before")

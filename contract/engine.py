@@ -74,6 +74,7 @@ class EmbeddingEngine(Protocol):
     device: str
     dimensions: int
     spec: Pooling
+    concurrency: int  # batches encode() may run at once, from as many threads
 
     def encode(self, batch: list[list[int]]) -> np.ndarray:
         """Blocking: token-id lists (any lengths) -> float32 [len(batch), dimensions] after

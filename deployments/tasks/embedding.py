@@ -1,8 +1,9 @@
-"""embedding: /v1/embeddings with @serve.batch across concurrent requests.
+"""embedding: /v1/embeddings batched across concurrent requests (SlotBatcher), as many batches
+at once as the engine runs (OpenVINO streams).
 
-Batches are counted in inputs, not requests (``batch_size_fn``): 32 one-sentence requests
-and one 32-sentence request both make one engine call of 32. A request with more inputs
-than ``max_batch_size`` is split into chunks that batch independently.
+Batches are counted in inputs, not requests: 32 one-sentence requests and one 32-sentence
+request both make one engine call of 32. A request with more inputs than ``max_batch_size``
+is split into chunks that batch independently.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from ray import serve
 
 from contract.config import ModelAppArgs
 from contract.engine import EmbeddingEngine
@@ -25,17 +25,13 @@ from contract.tasks import TaskSpec
 from contract.vectors import encode_vector
 from observability import catalogue as m
 
-from ..batching import run_flattened
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
 from ..model_files import context_length, load_tokenizer
 from ..serving_metrics import ReplicaMeter
+from ..slot_batching import SlotBatcher
 from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
-
-
-def _count_inputs(chunks: list[list[list[int]]]) -> int:
-    return sum(len(chunk) for chunk in chunks)
 
 
 class EmbeddingTask:
@@ -59,8 +55,10 @@ class EmbeddingTask:
         self.max_input_tokens = max_input_tokens
         self.supports_dimensions = supports_dimensions
         self.max_batch_size = max_batch_size
-        self._encode_batch.set_max_batch_size(max_batch_size)
-        self._encode_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        # As many batches at once as the engine runs (OpenVINO streams), each formed when one
+        # can start (deployments/slot_batching.py says why not @serve.batch).
+        self._batcher = SlotBatcher(engine.encode, max_batch_size=max_batch_size, wait_s=batch_wait_timeout_s,
+                                    slots=engine.concurrency, on_batch=self._observe_batch)
         self._prefix, self._suffix = special_token_wrapper(tokenizer)
         self._vocab_size = len(tokenizer)
         self._requests = 0
@@ -77,7 +75,7 @@ class EmbeddingTask:
         dims = self._check_dimensions(request.dimensions)
         token_lists = self._tokenize_all(request.inputs())
         chunks = [token_lists[i : i + self.max_batch_size] for i in range(0, len(token_lists), self.max_batch_size)]
-        parts = await asyncio.gather(*(self._encode_batch(chunk) for chunk in chunks))
+        parts = await asyncio.gather(*(self._batcher.submit(chunk) for chunk in chunks))
         vectors = np.concatenate(parts, axis=0)
         if dims is not None and dims < vectors.shape[1]:
             vectors = vectors[:, :dims]
@@ -97,9 +95,9 @@ class EmbeddingTask:
             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens, input_tokens=[len(ids) for ids in token_lists]),
         )
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005, batch_size_fn=_count_inputs)
-    async def _encode_batch(self, chunks: list[list[list[int]]]) -> list[np.ndarray]:
-        return await run_flattened(chunks, self.engine.encode, self._on_batch)
+    def _observe_batch(self, size: int) -> None:
+        if self._on_batch is not None:
+            self._on_batch(size)
 
     def stats(self) -> EngineStats:
         return EngineStats(finished_requests_total=self._requests)
@@ -189,7 +187,8 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if backend.backend == "openvino":
         engine = OpenVINOEncoder(
-            prepared.openvino_dir, spec, pad_id, num_threads=args.num_threads, device=backend.device.upper()
+            prepared.openvino_dir, spec, pad_id, num_threads=args.num_threads, device=backend.device.upper(),
+            streams=None if args.encoder_streams == "auto" else args.encoder_streams,
         )
     else:
         engine = TorchEncoder(
@@ -197,8 +196,8 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
         )
     limit = args.max_input_tokens or spec.max_seq_length or context_length(prepared.hf_dir, default=512)
     logger.info(
-        "%s: %s encoder on %s, %d dims, %s pooling, inputs up to %d tokens",
-        model_id, engine.name, engine.device, engine.dimensions, spec.mode, limit,
+        "%s: %s encoder on %s, %d dims, %s pooling, inputs up to %d tokens, %d batch(es) at once",
+        model_id, engine.name, engine.device, engine.dimensions, spec.mode, limit, engine.concurrency,
     )
     return EmbeddingTask(
         model_id,
@@ -213,13 +212,13 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
 
 TASK = TaskSpec(
     name="embedding",
-    summary="sentence embeddings (/v1/embeddings), batched across requests with @serve.batch",
+    summary="sentence embeddings (/v1/embeddings), batched across requests as the engine frees up",
     endpoints=("embed",),
     load=load,
-    fields=frozenset({"supports_dimensions", "max_input_tokens"}),
+    fields=frozenset({"supports_dimensions", "max_input_tokens", "encoder_streams"}),
     claims=claims,
     engines=(
-        ("openvino", "OpenVINO runtime encoder, @serve.batch"),
-        ("transformers", "torch encoder, @serve.batch"),
+        ("openvino", "OpenVINO runtime encoder, batches on its streams"),
+        ("transformers", "torch encoder, one batch at a time"),
     ),
 )
