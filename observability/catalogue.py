@@ -102,7 +102,7 @@ GENERATION_TOKENS = _m("hf_server_generation_tokens_total", "counter", "Tokens g
 ACTIVE_REQUESTS = _m("hf_server_active_requests", "gauge", "Requests a model's replicas are working on now.",
                      ("model",), recorded_by="model")
 BATCH_SIZE = _m("hf_server_batch_size", "histogram",
-                "Sequences in one engine step (kind engine_step) or inputs in one embedding batch (kind serve_batch).",
+                "Sequences in one engine step (kind engine_step) or inputs in one batch of requests (kind serve_batch).",
                 ("model", "kind"), buckets=BATCH_BUCKETS, recorded_by="model")
 ENGINE_RUNNING = _m("hf_server_engine_running_sequences", "gauge", "Sequences the engines are generating now.",
                     ("model",), recorded_by="model")

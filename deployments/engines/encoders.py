@@ -91,9 +91,10 @@ class OpenVINOEncoder:
     streams=1 runs one batch at a time on every core (OpenVINO's LATENCY hint): a lone request's
     lowest latency. More streams run that many batches at once, each on its share of the cores
     (THROUGHPUT hint; None lets OpenVINO choose, 2 on a 2-core machine): small batches stop
-    paying for parallel kernels that wait on each other (on 2 cores a batch of one costs 3.3-3.5
-    CPU ms on two threads against 2.7 on one; bench/results/encoder-streams-*.json), and a
-    busy server keeps every core inferring. `concurrency` is how many batches to run at once.
+    paying for parallel kernels that wait on each other, and a busy server keeps every core
+    inferring. On 2 cores (`python -m bench.encoder_streams`) two streams cost 3.2-3.6 CPU ms per
+    input at batch 1 against 4.0-4.3 on one, and gave more inputs/s at every batch size (964 vs
+    900 at 32). `concurrency` is how many batches to run at once.
     """
 
     name = "openvino"
