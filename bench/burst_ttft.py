@@ -30,6 +30,7 @@ from hardware.detect import cpu_info
 
 from . import raw, server
 from .http_load import CONTENT_MARK, NO_CACHE
+from .profile import cpu_seconds, processes, with_engine_cores
 from .workload import CHAT_MODEL, NEW_TOKENS, chat_messages
 
 BURST = 16
@@ -106,7 +107,14 @@ def main() -> None:
         asyncio.run(_bursts(running.base, running.headers, 1, burst))  # warm-up
         time.sleep(METRICS_SETTLE_S)
         before = _histograms(running.base, running.admin_headers)
+        roles = with_engine_cores(processes())
+        cpu_before = {pid: cpu_seconds(pid) for pid in roles}
+        wall = time.monotonic()
         samples = asyncio.run(_bursts(running.base, running.headers, args.rounds, burst))
+        wall = time.monotonic() - wall
+        cpu_by_role: dict[str, float] = {}
+        for pid, role in roles.items():
+            cpu_by_role[role] = cpu_by_role.get(role, 0.0) + cpu_seconds(pid) - cpu_before[pid]
         time.sleep(METRICS_SETTLE_S)
         after = _histograms(running.base, running.admin_headers)
     finally:
@@ -127,6 +135,8 @@ def main() -> None:
                              "first_content": median_ms("content"),
                              "role_to_content": round(statistics.median(s["content"] - s["role"] for s in samples) * 1e3, 1)},
         "server_mean_ms": means,
+        # Cores each process used while the bursts ran (the client's pauses between bursts included).
+        "cores_used": {role: round(seconds / wall, 3) for role, seconds in sorted(cpu_by_role.items(), key=lambda kv: -kv[1])},
     }
     print(f"\nCPU: {report['cpu']}; {args.rounds} bursts of {burst} streams\n")
     print("| step | ms |\n|---|---|")
@@ -137,6 +147,9 @@ def main() -> None:
     print(f"| client: role chunk to first content, median | {report['client_median_ms']['role_to_content']} |")
     for name, what in HISTOGRAMS.items():
         print(f"| {what}, mean | {means[name]} |")
+    print("\n| process | cores used during the bursts |\n|---|---|")
+    for role, cores in report["cores_used"].items():
+        print(f"| {role} | {cores} |")
     path = server.ROOT / "bench" / "results" / f"burst-ttft-{datetime.date.today()}{'' if burst == BURST else f'-c{burst}'}{'-' + args.label if args.label else ''}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     say(f"wrote {path}")

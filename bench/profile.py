@@ -36,6 +36,7 @@ ROLES = {  # process title pattern -> role
     r"^\S*haproxy\b": "HAProxy",  # HAProxy mode (the default): HTTP goes through it instead of the proxy
     r"ray::ServeReplica:ingress:Ingress": "ingress",
     r"ray::ServeReplica:all-minilm-l6-v2:": "embedding replica",
+    r"ray::ServeReplica:smollm2-135m-instruct:": "chat replica",
     r"ray::ServeController": "Serve controller",
     r"gcs_server": "GCS",
     r"raylet": "raylet",
@@ -87,6 +88,18 @@ def processes() -> dict[int, str]:
             if re.search(pattern, args):
                 found[int(pid)] = role
                 break
+    return found
+
+
+def with_engine_cores(roles: dict[int, str]) -> dict[int, str]:
+    """roles plus the chat replica's children: the OpenVINO engine-core process."""
+    import psutil
+
+    found = dict(roles)
+    for pid, role in roles.items():
+        if role == "chat replica":
+            for child in psutil.Process(pid).children(recursive=True):
+                found[child.pid] = "chat engine core"
     return found
 
 
