@@ -15,14 +15,12 @@ import time
 
 import numpy as np
 
-from contract import tasks
 from deployments.engines.encoders import OpenVINOEncoder, PoolingSpec
-from deployments.sources import prepare_model
 from hardware.detect import cpu_info
 
-from .raw import _args
+from .raw import embedding_model
 from .server import ROOT
-from .workload import EMBED_SOURCE, sentences
+from .workload import sentences
 
 
 def encoder(prepared, pad_id: int, precision: str | None) -> OpenVINOEncoder:
@@ -41,12 +39,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per round, batch size and precision")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    model_args = _args(EMBED_SOURCE, "embedding")
-    prepared = prepare_model(model_args.source, tasks.get(model_args.task).hf_task, revision=None, use_openvino=True,
-                             weight_format=model_args.weight_format, cache_dir=model_args.effective_cache_dir, progress=print)
-    tokenizer = AutoTokenizer.from_pretrained(str(prepared.hf_dir))
+    prepared, tokenizer = embedding_model(print)
     import openvino as ov
 
     capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")

@@ -15,14 +15,12 @@ import json
 import threading
 import time
 
-from contract import tasks
 from deployments.engines.encoders import OpenVINOEncoder, PoolingSpec
-from deployments.sources import prepare_model
 from hardware.detect import cpu_info
 
-from .raw import _args
+from .raw import embedding_model
 from .server import ROOT
-from .workload import EMBED_SOURCE, sentences
+from .workload import sentences
 
 BATCHES = (1, 2, 8, 32)
 
@@ -52,12 +50,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per round, batch size and setting")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    from transformers import AutoTokenizer
-
-    model_args = _args(EMBED_SOURCE, "embedding")
-    prepared = prepare_model(model_args.source, tasks.get(model_args.task).hf_task, revision=None, use_openvino=True,
-                             weight_format=model_args.weight_format, cache_dir=model_args.effective_cache_dir, progress=print)
-    tokenizer = AutoTokenizer.from_pretrained(str(prepared.hf_dir))
+    prepared, tokenizer = embedding_model(print)
     spec = PoolingSpec.from_model_dir(prepared.hf_dir)
     encoders = {"1 stream": OpenVINOEncoder(prepared.openvino_dir, spec, tokenizer.pad_token_id, num_threads=None, streams=1),
                 "auto": OpenVINOEncoder(prepared.openvino_dir, spec, tokenizer.pad_token_id, num_threads=None, streams=None)}

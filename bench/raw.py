@@ -60,13 +60,20 @@ def chat_engine_runs(concurrency_levels: list[int], rounds: int, say, steady: bo
         engine.shutdown()
 
 
-def embedding_engine_runs(batch_sizes: list[int], seconds_each: float, say) -> dict[int, EmbeddingRun]:
+def embedding_model(say):
+    """The bench's embedding model converted (cached) to OpenVINO IR, and its tokenizer."""
     from transformers import AutoTokenizer
 
     args = _args(EMBED_SOURCE, "embedding")
     prepared = prepare_model(args.source, tasks.get(args.task).hf_task, revision=None, use_openvino=True,
                              weight_format=args.weight_format, cache_dir=args.effective_cache_dir, progress=say)
-    tokenizer = AutoTokenizer.from_pretrained(str(prepared.hf_dir))
+    return prepared, AutoTokenizer.from_pretrained(str(prepared.hf_dir))
+
+
+def embedding_engine_runs(batch_sizes: list[int], seconds_each: float, say) -> dict[int, EmbeddingRun]:
+
+    args = _args(EMBED_SOURCE, "embedding")
+    prepared, tokenizer = embedding_model(say)
     # As the server builds it (encoder_streams: auto), driven by as many threads as it runs
     # batches at once: the engine's best at each batch size.
     encoder = OpenVINOEncoder(prepared.openvino_dir, PoolingSpec.from_model_dir(prepared.hf_dir), tokenizer.pad_token_id,
