@@ -118,7 +118,9 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
     from ray.cluster_utils import Cluster
 
     work = tmp_path_factory.mktemp("cluster")
-    models = {"llama": build_tiny_llama(work / "llama"), "bert": build_tiny_bert(work / "bert")}
+    # A long context, so that a stream can outlast a node's removal (test_multi_node): 480 tokens
+    # of this model took about a second on a quiet machine and sometimes ended before the kill.
+    models = {"llama": build_tiny_llama(work / "llama", max_position_embeddings=4096), "bert": build_tiny_bert(work / "bert")}
     head_port, worker_port, dashboard_port = free_port(), free_port(), free_port()
     # Ray's metrics agents export every 10 s by default; /metrics tests wait for them.
     os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")

@@ -163,7 +163,7 @@ def test_a_redeploy_reaches_the_state_actor_and_bad_placements_fail_naming_model
 
 
 def _stream_until_killed(nodes: TwoNodes, events: list, first: threading.Event) -> None:
-    body = {**CHAT, "max_tokens": 480, "stream": True}
+    body = {**CHAT, "max_tokens": 4000, "stream": True}  # still streaming when the worker goes
     with httpx.Client(base_url=nodes.head_url, headers=_admin(nodes), timeout=120) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             for line in response.iter_lines():
