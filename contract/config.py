@@ -313,7 +313,7 @@ class ModelAppArgs(StrictModel):
     encoder_streams: int | Literal["auto"] = Field(
         "auto",
         description="OpenVINO embedding encoders: batches inferred at once, each on its share of the cores, "
-        "with @serve.batch running as many. 1 runs one batch at a time on every core (a lone request's "
+        "and the embedding task's batcher runs as many. 1 runs one batch at a time on every core (a lone request's "
         "lowest latency); auto lets OpenVINO's THROUGHPUT hint choose (2 on 2 cores), which costs less "
         "CPU per small batch and keeps every core busy under load (docs/performance.md).",
     )

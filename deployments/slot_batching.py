@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .batching import run_flattened
+
 
 class SlotBatcher:
     def __init__(self, compute: Callable[[list[Any]], np.ndarray], *, max_batch_size: int, wait_s: float, slots: int,
@@ -77,18 +79,13 @@ class SlotBatcher:
         return batch
 
     async def _run(self, batch: list[tuple[Sequence[Any], asyncio.Future]]) -> None:
-        flat = [item for chunk, _ in batch for item in chunk]
-        if self._on_batch is not None:
-            self._on_batch(len(flat))
         try:
-            rows = await asyncio.to_thread(self._compute, flat)
+            parts = await run_flattened([chunk for chunk, _ in batch], self._compute, self._on_batch)
         except Exception as error:  # every caller of the batch gets the engine's error
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        start = 0
-        for chunk, future in batch:
+        for (_, future), rows in zip(batch, parts, strict=True):
             if not future.done():
-                future.set_result(rows[start : start + len(chunk)])
-            start += len(chunk)
+                future.set_result(rows)
