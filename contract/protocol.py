@@ -11,7 +11,15 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 from .schema_rules import STREAM_OPTIONS_NEED_STREAM, best_of_is_n, exactly, integer, with_rules
 
@@ -31,6 +39,16 @@ class OpenAIRequest(BaseModel):
 
 class OpenAIResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class StreamedResponse(OpenAIResponse):
+    """A response that is also a stream's chunk (chat chunks; completions stream themselves)."""
+
+    # Set by the model replica on a stream's first chunk: seconds from the replica starting the
+    # call to that chunk. A chat stream's first chunk waits for the first token (as vLLM's does),
+    # so the gateway subtracts this to time Serve's queue alone. Private attributes are neither
+    # validated nor serialized to JSON, but travel with the object between Ray processes.
+    _replica_started_s: float | None = PrivateAttr(default=None)
 
 
 def new_id(prefix: str) -> str:
@@ -228,7 +246,7 @@ class ChatChunkChoice(OpenAIResponse):
     logprobs: None = None
 
 
-class ChatCompletionChunk(OpenAIResponse):
+class ChatCompletionChunk(StreamedResponse):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -283,7 +301,7 @@ class CompletionChoice(OpenAIResponse):
     logprobs: None = None
 
 
-class CompletionResponse(OpenAIResponse):
+class CompletionResponse(StreamedResponse):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int

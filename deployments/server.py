@@ -42,6 +42,7 @@ from contract.protocol import (
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    StreamedResponse,
 )
 from contract.scoring_protocol import (
     ClassificationRequest,
@@ -143,6 +144,21 @@ def prepare_for_this_node(
     return choice, prepared
 
 
+S = TypeVar("S", bound=StreamedResponse)
+
+
+async def _timing_the_first(chunks: AsyncIterator[S], started: float) -> AsyncIterator[S]:
+    """The chunks, the first one noting how long after `started` it came (the prefill, for a
+    chat stream): the gateway takes it off its wait for that chunk to time Serve's queue."""
+    first = True
+    async with contextlib.aclosing(chunks):  # closing this closes the task's stream: the engine frees the sequence
+        async for chunk in chunks:
+            if first:
+                chunk._replica_started_s = time.monotonic() - started
+                first = False
+            yield chunk
+
+
 def _parse(model: type[R], request: Any) -> R:
     """Handle callers may pass the protocol model or a plain dict."""
     if isinstance(request, model):
@@ -219,9 +235,10 @@ class ModelServer:
             return await self._serving("chat").chat(_parse(ChatCompletionRequest, request))
 
     async def chat_stream(self, request: ChatCompletionRequest | dict) -> AsyncIterator[ChatCompletionChunk]:
+        started = time.monotonic()
         task = self._serving("chat")
         with self._in_flight():
-            async for chunk in task.chat_stream(_parse(ChatCompletionRequest, request)):
+            async for chunk in _timing_the_first(task.chat_stream(_parse(ChatCompletionRequest, request)), started):
                 yield chunk
 
     async def complete(self, request: CompletionRequest | dict) -> CompletionResponse:
@@ -229,9 +246,10 @@ class ModelServer:
             return await self._serving("complete").complete(_parse(CompletionRequest, request))
 
     async def complete_stream(self, request: CompletionRequest | dict) -> AsyncIterator[CompletionResponse]:
+        started = time.monotonic()
         task = self._serving("complete")
         with self._in_flight():
-            async for chunk in task.complete_stream(_parse(CompletionRequest, request)):
+            async for chunk in _timing_the_first(task.complete_stream(_parse(CompletionRequest, request)), started):
                 yield chunk
 
     async def embed(self, request: EmbeddingRequest | dict) -> EmbeddingResponse:

@@ -106,9 +106,15 @@ class TextGenerationTask:
                 usage=usage.continuous(),
             )
 
-        for c in choices:  # OpenAI opens every choice with a role-only delta
-            yield chunk(c.index, ChatDelta(role="assistant", content=""))
+        opened: set[int] = set()
         async for choice, event in self._run(choices, [prompt_ids], params, request.stop):
+            if choice.index not in opened:
+                # OpenAI opens every choice with a role-only delta. It goes with the choice's
+                # first token, as vLLM sends it: sent before, it would hold back the engine
+                # (Serve asks this generator for more only once a chunk is on its way) and
+                # its trip would share the cores with the prefill (docs/performance.md).
+                opened.add(choice.index)
+                yield chunk(choice.index, ChatDelta(role="assistant", content=""))
             usage.update(choice.index, event.completion_tokens)
             if event.text:
                 yield chunk(choice.index, ChatDelta(content=event.text))
@@ -149,10 +155,12 @@ class TextGenerationTask:
                 usage=usage.continuous(),
             )
 
-        for c in choices:
-            if prefixes[c.prompt_index]:
-                yield chunk(c.index, prefixes[c.prompt_index])
+        opened: set[int] = set()
         async for choice, event in self._run(choices, prompts, params, request.stop):
+            if choice.index not in opened:  # the echoed prompt goes with the first token, as chat's role delta
+                opened.add(choice.index)
+                if prefixes[choice.prompt_index]:
+                    yield chunk(choice.index, prefixes[choice.prompt_index])
             usage.update(choice.index, event.completion_tokens)
             if event.finish_reason is not None:
                 yield chunk(choice.index, event.text, event.finish_reason)

@@ -167,11 +167,13 @@ COMPLETE_SPEC = GenerationSpec(
 
 async def trimmed_chunks(
     upstream: AsyncIterator[Any], spec: GenerationSpec, timeout_s: float, wanted: StreamOptions, totals: StreamTotals,
-    on_first: Callable[[], None] | None = None,
+    on_first: Callable[[float], None] | None = None,
 ) -> AsyncIterator[Any]:
     """The model's chunks, bookkept into `totals` and trimmed to what the client asked for
     (the gateway always asks the model for usage on every chunk). `on_first` hears of the
-    first chunk, which a replica sends as it starts the call."""
+    first chunk with the seconds the replica spent before sending it: a chat stream's first
+    chunk comes with its first token, so that the prompt's prefill never waits for a chunk's
+    trip to the client, as vLLM sends it (docs/performance.md)."""
     iterator = upstream.__aiter__()
     record = request_record.current()
     first = True
@@ -182,11 +184,11 @@ async def trimmed_chunks(
         except StopAsyncIteration:
             return
         except TimeoutError:
-            if first:  # the model sends its first chunk as it starts: this one waited in the queue
+            if first:  # nothing yet: waiting in Serve's queue, or in the engine's for room to start
                 raise NotStartedInTime(f"no replica started the stream within {timeout_s:g}s") from None
             raise
         if first and on_first is not None:
-            on_first()
+            on_first(getattr(chunk, "_replica_started_s", None) or 0.0)
         first = False
         if chunk.usage is not None:
             totals.usage = chunk.usage

@@ -198,11 +198,16 @@ class Gateway:
         await self.breakers.report(model, ok=True)
         return response
 
-    def queue_timer(self, model: str) -> Callable[[], None]:
-        """Called when a replica starts a call (its first heartbeat or chunk): the time the call
-        waited in Serve's queue, as hf_server_request_queue_seconds."""
+    def queue_timer(self, model: str) -> Callable[..., None]:
+        """Called with a call's first heartbeat or chunk, and the seconds the replica worked
+        before sending it (a stream's prefill): the time the call waited in Serve's queue, as
+        hf_server_request_queue_seconds."""
         sent = time.monotonic()
-        return lambda: self.metrics.observe(m.REQUEST_QUEUE, time.monotonic() - sent, model=model)
+
+        def started(replica_s: float = 0.0) -> None:
+            self.metrics.observe(m.REQUEST_QUEUE, max(0.0, time.monotonic() - sent - replica_s), model=model)
+
+        return started
 
     async def admit_to_model(self, model: str, admission: Admission) -> None:
         """The breaker's word before a model call; a refusal refunds the reservation."""

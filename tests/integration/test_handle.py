@@ -26,7 +26,12 @@ DRIVER = textwrap.dedent(
                                     max_tokens=6, temperature=0)
     response = llama.chat.remote(request).result()
     assert isinstance(response, ChatCompletionResponse), type(response)
-    chunks = list(llama.options(stream=True).chat_stream.remote(request))
+    import time
+    sent = time.monotonic()
+    stream = llama.options(stream=True).chat_stream.remote(request)
+    chunks = [next(stream)]
+    first_wait = time.monotonic() - sent
+    chunks += list(stream)
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     as_dict = llama.complete.remote({"model": "tiny-llama", "prompt": "Paris", "max_tokens": 3, "temperature": 0}).result()
     embedding = serve.get_app_handle("tiny-bert").embed.remote(EmbeddingRequest(model="tiny-bert", input=["a", "b"])).result()
@@ -40,6 +45,9 @@ DRIVER = textwrap.dedent(
         "text": response.choices[0].message.content,
         "usage": response.usage.completion_tokens,
         "streamed": streamed,
+        "first_role": chunks[0].choices[0].delta.role,
+        "replica_started_s": [c._replica_started_s for c in chunks[:2]],
+        "first_wait_s": first_wait,
         "completion_tokens": as_dict.usage.completion_tokens,
         "vectors": len(embedding.data),
         "bad": bad,
@@ -64,6 +72,11 @@ def test_handle_calls_from_a_separate_driver(server, tmp_path):
         ).json()
     assert out["text"] == over_http["choices"][0]["message"]["content"]
     assert out["streamed"] == out["text"]
+    # The role delta opens the stream (sent with the first token); the replica notes on the first
+    # chunk how long it worked before sending it (the gateway's queue metric takes it off).
+    assert out["first_role"] == "assistant"
+    first, second = out["replica_started_s"]
+    assert 0 < first <= out["first_wait_s"] and second is None
     assert out["usage"] == 6
     assert out["completion_tokens"] == 3
     assert out["vectors"] == 2

@@ -58,6 +58,7 @@ class FakeModel:
         self.created = 123
         self.version = "v1"  # what ModelInfo.revision is made of; `created` is per replica
         self.delay_s = 0.0
+        self.first_chunk_delay_s = 0.0  # a stream's "prefill": its first chunk waits this long
         self.request_timeout_s = 5.0
         self.replica_id = "r1"  # which replica answers; a test replaces it to model a new one
 
@@ -104,7 +105,11 @@ class FakeModel:
                     return ChatCompletionChunk(id="c", created=1, model=model.model_id, usage=usage(n),
                                                choices=[ChatChunkChoice(index=0, delta=delta, finish_reason=finish)])
 
-                yield chunk(ChatDelta(role="assistant", content=""))
+                if model.first_chunk_delay_s:
+                    await asyncio.sleep(model.first_chunk_delay_s)
+                first = chunk(ChatDelta(role="assistant", content=""))
+                first._replica_started_s = model.first_chunk_delay_s  # as ModelServer notes it
+                yield first
                 for i, word in enumerate(words):
                     await asyncio.sleep(0)
                     yield chunk(ChatDelta(content=(" " if i else "") + word), n=i + 1)

@@ -80,6 +80,18 @@ def test_every_request_is_counted_with_its_model_endpoint_and_status(gw):
     assert sink.count(m.REQUEST_QUEUE, model="chat-model") == 3  # each call's start was heard
 
 
+def test_a_streams_queue_time_leaves_out_the_replicas_time_to_its_first_chunk(serve, gw):
+    client, sink, admin = gw
+    serve.models["chat-model"].first_chunk_delay_s = 0.4  # the replica's prefill before its first chunk
+    body = {"model": "chat-model", "messages": MSG, "temperature": 1, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body, headers=admin) as response:
+        assert response.status_code == 200
+        assert b"[DONE]" in b"".join(response.iter_bytes())
+    [queued] = [v for name, v, labels in sink.records if name == m.REQUEST_QUEUE.name and labels.get("model") == "chat-model"]
+    [took] = [v for name, v, labels in sink.records if name == m.REQUEST_DURATION.name and labels.get("model") == "chat-model"]
+    assert took >= 0.4 and queued < 0.2  # the call started at once; its first chunk came with the first token
+
+
 def test_a_model_that_does_not_exist_is_never_a_label_value(gw):
     client, sink, admin = gw
     for name in ("no-such-model", "x" * 300, "<script>"):
