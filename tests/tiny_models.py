@@ -92,7 +92,7 @@ def build_tiny_llama(out: Path, *, max_position_embeddings: int = 512, seed: int
 
 
 def _bert_tokenizer(out: Path, *, token_types: bool = False):
-    """A WordPiece tokenizer trained on CORPUS with BERT's specials and pair template, saved to
+    """A WordPiece tokenizer over CORPUS's words with BERT's specials and pair template, saved to
     `out`; with `token_types` it returns token_type_ids (a pair's second text is segment 1)."""
     from tokenizers import (
         Tokenizer,
@@ -101,16 +101,21 @@ def _bert_tokenizer(out: Path, *, token_types: bool = False):
         normalizers,
         pre_tokenizers,
         processors,
-        trainers,
     )
     from transformers import PreTrainedTokenizerFast
 
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    # The vocabulary is listed, not trained: WordPieceTrainer breaks frequency ties in hash order,
+    # so a trained one (and every score of a model built on it) differed from process to process.
+    # Every corpus word is one token; any other word of these characters is spelled out.
+    words = sorted({word for text in CORPUS for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
+    chars = sorted({c for word in words for c in word})
+    pieces = special + chars + [f"##{c}" for c in chars] + [w for w in words if len(w) > 1]
+    tokenizer = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
     tokenizer.decoder = decoders.WordPiece()
-    tokenizer.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=300, special_tokens=special))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]

@@ -398,5 +398,5 @@ def test_a_load_bigger_than_any_node_s_free_memory_is_refused_with_both_numbers(
         assert refused.status_code == 409, refused.text
         error = refused.json()["error"]
         assert error["code"] == "insufficient_memory"
-        assert "116 KB" in error["message"] and "59 KB" in error["message"], error["message"]
+        assert "102 KB" in error["message"] and "59 KB" in error["message"], error["message"]
     assert core.models.all() == []
