@@ -74,14 +74,15 @@ def _wait_load_seconds(gw: httpx.Client, model: str, timeout_s: float = 10) -> d
     raise AssertionError(f"{model}: no load_seconds: {_card(gw, model)}")
 
 
-def _wait_every_replica(send, expected: int, timeout_s: float) -> list[httpx.Response]:
+def _wait_every_replica(send, expected: int, timeout_s: float, agrees=None) -> list[httpx.Response]:
     """Until both gateway replicas answer `expected` (each learns of a change on its own
     refresh or sync): ten answers in a row (Serve's proxy picks a replica per request; ten to
-    the same one of two is a 1 in 512 chance). The last ten answers either way."""
+    the same one of two is a 1 in 512 chance), each also `agrees(answer)` when given. The last
+    ten answers either way."""
     deadline, answers = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline:
         answers = [send() for _ in range(10)]
-        if {answer.status_code for answer in answers} == {expected}:
+        if all(answer.status_code == expected and (agrees is None or agrees(answer)) for answer in answers):
             break
         time.sleep(0.25)
     return answers
@@ -383,8 +384,11 @@ def test_scale_to_zero_and_a_cold_request(server, gw):
     assert _load(gw, "rt-cold", str(server.models["bert"]), task="embedding", autoscaling=scaling).status_code == 202
     card = _wait_card(gw, "rt-cold", {"idle"}, timeout_s=60)  # loaded with no replica
     assert card["loaded_at_runtime"]
-    ready = gw.get("/ready")
-    assert ready.status_code == 200 and ready.json()["models"]["rt-cold"] == "idle", ready.text
+    # The card came from one gateway replica; /ready may be answered by the other, which learns
+    # of the state at its own refresh: both must say idle.
+    readies = _wait_every_replica(lambda: gw.get("/ready"), 200, 30,
+                                  agrees=lambda answer: answer.json()["models"].get("rt-cold") == "idle")
+    assert all(r.status_code == 200 and r.json()["models"]["rt-cold"] == "idle" for r in readies), readies[-1].text
     started = time.monotonic()
     cold = _embed(gw, "rt-cold")  # waits for a replica, bounded by model_load_timeout_s
     cold_s = time.monotonic() - started
