@@ -99,6 +99,8 @@ def main() -> int:
                     break
                 time.sleep(0.5)
             check(all(p == [expect] for name, p in gpus.items() if name in ("chat", "embed")), "every replica's platform", gpus)
+        if expect == "cuda":
+            _check_memory_rereads(cuda)
         reference = _cpu_reference(bert, texts)
         cosine = (served * reference).sum(axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(reference, axis=1))
         check(bool((cosine > 0.999).all()), "embeddings match the CPU's", cosine.round(5).tolist())
@@ -106,6 +108,25 @@ def main() -> int:
         shutdown_cluster()
     print("[DONE] every check passed", flush=True)
     return 0
+
+
+def _check_memory_rereads(detected) -> None:
+    """The node actor detects once and then re-reads free memory alone: the GPU's through NVML,
+    found by the UUID the probe recorded. The replicas' CUDA contexts, made after the detection,
+    must show in the figure."""
+    import ray
+
+    from hardware.probe import NAMESPACE, node_actor_name
+
+    actor = ray.get_actor(node_actor_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+    first = ray.get(actor.report.remote())
+    again = ray.get(actor.report.remote(max_age_s=0))
+    check(again["detected_at"] == first["detected_at"], "the node actor did not detect again")
+    device, probed = again["platforms"]["cuda"]["devices"][0], detected.devices[0]
+    check(bool(device["properties"].get("uuid")), "the probe recorded the GPU's UUID", device["properties"])
+    check(device["free_memory_bytes"] is not None and device["free_memory_bytes"] < probed.free_memory_bytes,
+          "free GPU memory re-read through NVML (below the detection's, with the replicas loaded)",
+          f"{probed.free_memory_bytes} -> {device['free_memory_bytes']}")
 
 
 def _cpu_reference(model_dir: Path, texts: list[str]) -> np.ndarray:

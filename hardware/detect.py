@@ -86,8 +86,12 @@ def _torch_devices(torch: Any, *, rocm: bool) -> list[Device]:
         # comparable, so ask torch.
         bf16 = _try(torch.cuda.is_bf16_supported) if rocm else (major, minor) >= (8, 0)
         free = int(free) if free is not None else None
+        # The UUID names the device to NVML, whose index order may differ from CUDA's: the node
+        # actor re-reads free memory through it without a CUDA context (utilization.py).
+        uuid = _try(lambda i=i: getattr(torch.cuda.get_device_properties(i), "uuid", None))
         devices.append(Device(index=i, name=str(name), total_memory_bytes=int(total), free_memory_bytes=free,
-                              compute_capability=f"{major}.{minor}", bf16=None if bf16 is None else bool(bf16)))
+                              compute_capability=f"{major}.{minor}", bf16=None if bf16 is None else bool(bf16),
+                              properties={"uuid": str(uuid)} if uuid else {}))
     return devices
 
 

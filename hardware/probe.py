@@ -36,7 +36,7 @@ NAMESPACE = "hfserve"
 SUPERVISOR_NAME = "hfserve_hardware"
 NODE_ACTOR_PREFIX = "hfserve_node_"
 RECONCILE_PERIOD_S = 5.0  # a node that joins has its actor within this plus the actor's start
-REPORT_MAX_AGE_S = 60.0  # free memory changes; the rest does not
+MEMORY_MAX_AGE_S = 5.0  # a report's free memory is re-read (cheaply) when older than this
 REPLICA_RECORD_TTL_S = 20.0  # replicas refresh theirs on every health check (5 s)
 PROBE_TIMEOUT_S = 120.0
 UTILIZATION_PERIOD_S = 5.0
@@ -81,6 +81,8 @@ class NodeHardware:
         self.node_id = context.get_node_id()
         self.node_ip = ray.util.get_node_ip_address()
         self._report: NodeReport | None = None
+        self._memory_at = 0.0
+        self._nvml = open_nvml()
         self._lock = threading.Lock()
         self._replicas: dict[str, tuple[float, dict[str, Any]]] = {}
         threading.Thread(target=self._sample_utilization, name="hardware-utilization", daemon=True).start()
@@ -90,19 +92,28 @@ class NodeHardware:
         enough that Ray does not evict the gauges between samples)."""
         import psutil
 
-        metrics, nvml, period_s = Recorder(), open_nvml(), gauge_refresh_s(UTILIZATION_PERIOD_S)
+        metrics, period_s = Recorder(), gauge_refresh_s(UTILIZATION_PERIOD_S)
         while True:
             try:
-                for device, resource, value in utilization.sample(psutil, nvml):
+                for device, resource, value in utilization.sample(psutil, self._nvml):
                     metrics.set(m.HARDWARE_UTILIZATION, value, node=self.node_ip, device=device, resource=resource)
             except Exception:  # noqa: BLE001 - keep sampling; a broken sample is logged once per period
                 logger.exception("hardware utilisation sample failed")
             time.sleep(period_s)
 
-    def report(self, max_age_s: float = REPORT_MAX_AGE_S) -> dict[str, Any]:
+    def report(self, max_age_s: float = MEMORY_MAX_AGE_S) -> dict[str, Any]:
+        """The node's report: detected once, its free memory re-read when older than max_age_s.
+        (The supervisor asks every 5 s; detecting again each time, or even each minute, would
+        cost the node seconds of CPU each time.)"""
+        import psutil
+
         with self._lock:
-            if self._report is None or time.time() - self._report.detected_at > max_age_s:
+            if self._report is None:
                 self._report = detect_in_child(self.node_id, self.node_ip)
+                self._memory_at = time.time()
+            elif time.time() - self._memory_at > max_age_s:
+                self._report = utilization.with_current_memory(self._report, psutil, self._nvml)
+                self._memory_at = time.time()
             return self._report.model_dump()
 
     def put_replica(self, replica_id: str, record: dict[str, Any]) -> None:

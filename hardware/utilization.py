@@ -1,6 +1,7 @@
 """How busy a node's devices are, for hf_server_hardware_utilization: the CPU (compute and
 memory, from psutil) and each NVIDIA GPU (compute and memory, from NVML when the
 `nvidia-ml-py` package is installed; a GPU without NVML is not sampled rather than guessed).
+And the free memory of a node's report, re-read the same cheap way (`with_current_memory`).
 
 Sampled by the node's hardware actor (probe.py) every few seconds, never in a replica: NVML
 reads every GPU of the node, including those no replica reserved, without creating a CUDA
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+
+from .report import NodeReport
 
 logger = logging.getLogger("ray.serve")
 
@@ -53,3 +56,38 @@ def sample(psutil: Any, nvml: Any | None) -> list[Sample]:
         except Exception as exc:  # noqa: BLE001 - a GPU fallen off the bus must not stop the CPU samples
             logger.warning("GPU utilisation could not be read: %s", exc)
     return samples
+
+
+def with_current_memory(report: NodeReport, psutil: Any, nvml: Any | None) -> NodeReport:
+    """The report with its free memory read now: the CPU's from psutil, each NVIDIA GPU's from
+    NVML (found by the UUID the probe recorded). The rest of a report does not change while a
+    node runs, and detecting it again costs seconds of CPU (a fresh interpreter importing torch
+    and OpenVINO), which on a small node halves serving throughput while it runs. A GPU with no
+    UUID or no NVML (ROCm) keeps the free memory of the detection."""
+    available = int(psutil.virtual_memory().available)
+    cpu = report.cpu.model_copy(update={"memory_available_bytes": available})
+    platforms = dict(report.platforms)
+    platforms["cpu"] = _with_devices(platforms["cpu"], lambda device: available)
+    if nvml is not None and "cuda" in platforms:
+        platforms["cuda"] = _with_devices(platforms["cuda"], lambda device: _nvml_free(nvml, device))
+    return report.model_copy(update={"cpu": cpu, "platforms": platforms})
+
+
+def _with_devices(platform, free_of):
+    devices = []
+    for device in platform.devices:
+        free = free_of(device)
+        devices.append(device if free is None else device.model_copy(update={"free_memory_bytes": free}))
+    return platform.model_copy(update={"devices": devices})
+
+
+def _nvml_free(nvml: Any, device) -> int | None:
+    uuid = device.properties.get("uuid")
+    if not uuid:
+        return None
+    try:
+        handle = nvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle).free)
+    except Exception as exc:  # noqa: BLE001 - a GPU fallen off the bus: keep the last reading
+        logger.warning("free memory of %s could not be read: %s", device.name, exc)
+        return None

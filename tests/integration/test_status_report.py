@@ -95,3 +95,24 @@ def test_hfserve_status_without_the_admin_key_says_so(server, tmp_path):
     done = subprocess.run([str(HFSERVE), "status", "--url", server.gateway_url], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=60)
     assert done.returncode != 0 and "no admin key" in done.stderr
+
+
+def test_the_node_actor_detects_once_and_then_reads_only_free_memory(server):
+    """A node's hardware does not change while it runs; its free memory does. Detecting again
+    is a fresh interpreter importing torch and OpenVINO (seconds of CPU, which halved a 2-core
+    node's throughput for 3 s every minute), so the actor re-reads free memory alone."""
+    import psutil
+    import ray
+
+    from hardware.probe import NAMESPACE, node_actor_name
+
+    actor = ray.get_actor(node_actor_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+    first = ray.get(actor.report.remote())
+    again = [ray.get(actor.report.remote(max_age_s=0)) for _ in range(3)]  # stale at once: re-read
+    assert {report["detected_at"] for report in again} == {first["detected_at"]}  # not detected again
+    available = psutil.virtual_memory().available
+    for report in again:
+        assert abs(report["cpu"]["memory_available_bytes"] - available) < 0.2 * available
+        assert report["platforms"]["cpu"]["devices"][0]["free_memory_bytes"] == report["cpu"]["memory_available_bytes"]
+        assert report["platforms"] == {**first["platforms"], "cpu": report["platforms"]["cpu"]}
+

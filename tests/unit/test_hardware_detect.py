@@ -44,7 +44,7 @@ class FakeCuda:
         return self.devices[i][2], self.devices[i][3]
 
     def get_device_properties(self, i):
-        return SimpleNamespace(total_memory=self.devices[i][3])
+        return SimpleNamespace(total_memory=self.devices[i][3], uuid=f"8c4c07a0-0000-0000-0000-00000000000{i}")
 
     def is_bf16_supported(self):
         return True
@@ -74,6 +74,9 @@ def test_cuda_build_with_two_devices():
     assert (first.index, first.name, first.compute_capability, first.bf16) == (0, "NVIDIA H100 80GB HBM3", "9.0", True)
     assert (first.total_memory_bytes, first.free_memory_bytes) == (80 * GIB, 70 * GIB)
     assert (second.index, second.compute_capability, second.bf16) == (1, "7.5", False)
+    # The UUID that names each device to NVML (whose order may differ from CUDA's).
+    assert [d.properties["uuid"] for d in cuda.devices] == ["8c4c07a0-0000-0000-0000-000000000000",
+                                                            "8c4c07a0-0000-0000-0000-000000000001"]
     rocm = hw.detect_rocm(torch)
     assert not rocm.available and rocm.reason == "torch is not a ROCm build"
 
