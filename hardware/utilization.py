@@ -11,9 +11,10 @@ context.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
-from .report import NodeReport
+from .report import Device, NodeReport, Platform
 
 logger = logging.getLogger("ray.serve")
 
@@ -73,7 +74,7 @@ def with_current_memory(report: NodeReport, psutil: Any, nvml: Any | None) -> No
     return report.model_copy(update={"cpu": cpu, "platforms": platforms})
 
 
-def _with_devices(platform, free_of):
+def _with_devices(platform: Platform, free_of: Callable[[Device], int | None]) -> Platform:
     devices = []
     for device in platform.devices:
         free = free_of(device)
@@ -81,7 +82,7 @@ def _with_devices(platform, free_of):
     return platform.model_copy(update={"devices": devices})
 
 
-def _nvml_free(nvml: Any, device) -> int | None:
+def _nvml_free(nvml: Any, device: Device) -> int | None:
     uuid = device.properties.get("uuid")
     if not uuid:
         return None
