@@ -116,9 +116,10 @@ def _check_memory_rereads(detected) -> None:
     must show in the figure."""
     import ray
 
-    from hardware.probe import NAMESPACE, node_actor_name
+    from hardware.probe import node_actor
 
-    actor = ray.get_actor(node_actor_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+    actor = node_actor(ray.get_runtime_context().get_node_id())
+    check(actor is not None, "this node has its hardware actor")
     first = ray.get(actor.report.remote())
     again = ray.get(actor.report.remote(max_age_s=0))
     check(again["detected_at"] == first["detected_at"], "the node actor did not detect again")

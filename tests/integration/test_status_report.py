@@ -104,9 +104,10 @@ def test_the_node_actor_detects_once_and_then_reads_only_free_memory(server):
     import psutil
     import ray
 
-    from hardware.probe import NAMESPACE, node_actor_name
+    from hardware.probe import node_actor
 
-    actor = ray.get_actor(node_actor_name(ray.get_runtime_context().get_node_id()), namespace=NAMESPACE)
+    actor = node_actor(ray.get_runtime_context().get_node_id())
+    assert actor is not None
     first = ray.get(actor.report.remote())
     again = [ray.get(actor.report.remote(max_age_s=0)) for _ in range(3)]  # stale at once: re-read
     assert {report["detected_at"] for report in again} == {first["detected_at"]}  # not detected again
