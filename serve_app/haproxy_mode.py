@@ -17,6 +17,10 @@ piece of a request's CPU (docs/performance.md). What Ray leaves to us:
 - **Fixed ports.** Every node's HAProxy binds a metrics port (9101) and a stats port (8404) on all
   interfaces; a second server on the same host (a test run beside `make serve`) could not start.
   Taken ports are replaced by free ones.
+- **Leftover files.** Ray writes each node's HAProxy config, admin socket, logs and server state
+  under `/tmp/haproxy-serve/<node id>/` and never removes them: about 40 KB per start, hundreds of
+  directories after a day of test runs. `hfserve serve` removes its own nodes' directories when it
+  stops, once no HAProxy runs a config there.
 - **Orphans.** HAProxy is a child of Ray's HAProxyManager actor. If `hfserve serve` is killed
   with SIGKILL, Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
   SO_REUSEPORT, sharing it with the next server's HAProxy, whose requests it would then drop). A
@@ -32,6 +36,7 @@ import os
 import shlex
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,3 +206,33 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
     if alive:
         psutil.wait_procs(alive, timeout=wait_s)
     return [process.pid for process in orphans]
+
+
+def _configs_in_use(config_dir: Path) -> set[Path]:
+    """The node directories under `config_dir` whose config some running HAProxy reads."""
+    used = set()
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] != "haproxy":
+            continue
+        args = process.info["cmdline"] or []
+        for i, arg in enumerate(args[:-1]):
+            path = Path(args[i + 1])
+            if arg == "-f" and config_dir in path.parents:
+                used.add(config_dir / path.relative_to(config_dir).parts[0])
+    return used
+
+
+def remove_node_files(node_ids: Iterable[str], config_dir: Path | None = None, wait_s: float = 5.0) -> list[Path]:
+    """Remove these nodes' directories of HAProxy files (see the module's docstring), waiting up
+    to `wait_s` for the HAProxy still reading one to exit (Ray stops it as the cluster stops); a
+    directory that some HAProxy still uses is kept. Returns the directories removed."""
+    config_dir = config_dir or _ray_config_dir()
+    pending = [config_dir / node_id for node_id in node_ids if node_id and (config_dir / node_id).is_dir()]
+    deadline = time.monotonic() + wait_s
+    while pending and (_configs_in_use(config_dir) & set(pending)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    in_use = _configs_in_use(config_dir) if pending else set()
+    removed = [directory for directory in pending if directory not in in_use]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed

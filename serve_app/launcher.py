@@ -189,12 +189,15 @@ def shutdown_cluster() -> None:
     import ray
     from ray import serve
 
+    node_ids: list[str] = []
     try:
         if ray.is_initialized():
+            node_ids = [node["NodeID"] for node in ray.nodes()]
             serve.shutdown()
     finally:
         ray.shutdown()
         _restore_environment()
+        haproxy_mode.remove_node_files(node_ids)  # Ray leaves each node's HAProxy files behind
 
 
 class _Stop(Exception):

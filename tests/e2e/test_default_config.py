@@ -3,6 +3,7 @@ starts it (`hfserve serve`), used over HTTP and through handles, then stopped wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -31,6 +32,17 @@ def _session_processes(sid: int) -> list[str]:
         if int(session) == sid and int(pid) != sid:
             rows.append(f"{pid} {args[:120]}")
     return rows
+
+
+def _haproxy_cmdlines(sid: int) -> list[list[str]]:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error, OSError):  # gone since it was listed
+            if process.info["name"] == "haproxy" and os.getsid(process.pid) == sid:
+                found.append(process.info["cmdline"] or [])
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +213,9 @@ def test_ctrl_c_stops_everything(served):
     and Ray, and no process of the server's session is left."""
     process = served["process"]
     assert _session_processes(process.pid)  # Ray's processes run in the server's session
+    # The directory of the HAProxy files Ray writes for this node (HAProxy mode, the default).
+    node_dirs = {Path(args[i + 1]).parent for args in _haproxy_cmdlines(process.pid)
+                 for i, arg in enumerate(args[:-1]) if arg == "-f" and "haproxy-serve" in args[i + 1]}
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=120) == 0
     deadline = time.monotonic() + 30
@@ -209,3 +224,4 @@ def test_ctrl_c_stops_everything(served):
     assert _session_processes(process.pid) == []
     log = served["log"].read_text()
     assert "shutting down" in log and "stopped" in log
+    assert node_dirs and not [path for path in node_dirs if path.exists()]  # no files left in /tmp either

@@ -190,3 +190,25 @@ def test_haproxy_env_prints_what_a_cluster_node_needs(tmp_path, monkeypatch, cap
                              capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert main(["haproxy-env", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+@needs_haproxy
+def test_a_stopped_nodes_haproxy_files_are_removed_and_a_running_ones_are_kept(tmp_path):
+    config_dir = tmp_path / "haproxy-serve"
+    port = free_port()
+    running = subprocess.Popen([BINARY, "-db", "-f", str(_config(config_dir / "node-a" / "haproxy.cfg", port))],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stopped = _config(config_dir / "node-b" / "haproxy.cfg", free_port()).parent
+    (stopped / "admin.sock.1.stderr.log").write_text("what Ray leaves behind")
+    other_cluster = _config(config_dir / "node-c" / "haproxy.cfg", free_port()).parent
+    try:
+        _wait_listening(port, running)
+        removed = haproxy_mode.remove_node_files(["node-a", "node-b", "node-gone"], config_dir, wait_s=0.3)
+        assert removed == [stopped] and not stopped.exists()
+        assert (config_dir / "node-a" / "haproxy.cfg").exists()  # its HAProxy still reads it
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
+    finally:
+        running.terminate()
+        running.wait(timeout=10)
+    assert haproxy_mode.remove_node_files(["node-a"], config_dir, wait_s=0.3) == [config_dir / "node-a"]
+    assert sorted(path.name for path in config_dir.iterdir()) == ["node-c"] and other_cluster.exists()
