@@ -1,9 +1,12 @@
 """`python -m bench.profile`: where a request's CPU goes, process by process.
 
 Starts `hfserve serve` (the default config), drives single-input embeddings (c=32 x 1 by
-default, the workload where Ray Serve's per-request cost shows most), and meanwhile:
-- reads each process's CPU time from /proc before and after: CPU ms per request, per process;
-- samples the proxy, the ingress replicas and the embedding replica with `py-spy record`
+default, the workload where Ray Serve's per-request cost shows most) or, with `--workload chat`,
+streamed chats (c=16, the bench's prompts and 64 tokens), and meanwhile:
+- reads each process's CPU time from /proc before and after: CPU ms per request, per process,
+  and the cores each used (the chat engine's core process included, and what no process of the
+  server's accounts for, from /proc/stat);
+- samples the proxy, the ingress replicas and the model's replica with `py-spy record`
   (non-blocking, so the sampled processes are not paused), and sorts each sample by the
   library its innermost Python frame belongs to.
 
@@ -29,7 +32,7 @@ from pathlib import Path
 from hardware.detect import cpu_info
 
 from . import http_load, server
-from .workload import EMBED_MODEL
+from .workload import CHAT_MODEL, EMBED_MODEL
 
 ROLES = {  # process title pattern -> role
     r"ray::ProxyActor": "proxy",
@@ -101,6 +104,12 @@ def with_engine_cores(roles: dict[int, str]) -> dict[int, str]:
             for child in psutil.Process(pid).children(recursive=True):
                 found[child.pid] = "chat engine core"
     return found
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (every core, from /proc/stat)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")  # less idle and iowait
 
 
 def cpu_seconds(pid: int) -> float:
@@ -215,33 +224,44 @@ def print_tail(timeline: list[tuple[float, float]], p50_s: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(server.ROOT / "serve_config.yaml"))
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--inputs", type=int, default=1, help="inputs per request")
-    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--workload", choices=("embeddings", "chat"), default="embeddings")
+    parser.add_argument("--concurrency", type=int, default=None, help="clients (default 32 for embeddings, 16 for chat)")
+    parser.add_argument("--inputs", type=int, default=1, help="inputs per request (embeddings)")
+    parser.add_argument("--seconds", type=float, default=30, help="how long to measure (chat: about)")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second (0: no sampling, CPU accounting only)")
     parser.add_argument("--ingress-arg", action="append", default=[], metavar="NAME=YAML",
                         help="override an ingress arg, e.g. enable_caching=false")
     parser.add_argument("--model-arg", action="append", default=[], metavar="NAME=YAML",
-                        help="override an arg of the embedding model's application, e.g. batch_wait_timeout_s=0")
+                        help="override an arg of the measured model's application, e.g. batch_wait_timeout_s=0")
     parser.add_argument("--label", default="", help="added to the output's file names")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    name = f"profile-{datetime.date.today()}{'-' + args.label if args.label else ''}"
+    name = f"profile-{datetime.date.today()}{'-chat' if args.workload == 'chat' else ''}{'-' + args.label if args.label else ''}"
     out_dir = server.ROOT / "bench" / "results" / name
     if args.rate:
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    chat = args.workload == "chat"
+    args.concurrency = args.concurrency or (16 if chat else 32)
+    replica = "chat replica" if chat else "embedding replica"
     say("starting the server")
-    config = with_app_args(Path(args.config), {"ingress": args.ingress_arg, EMBED_MODEL: args.model_arg})
+    config = with_app_args(Path(args.config), {"ingress": args.ingress_arg, (CHAT_MODEL if chat else EMBED_MODEL): args.model_arg})
     running = server.start(config, log_name="profile-server.log")
     try:
-        say("warm-up (10 s)")
-        asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, 10, headers=running.headers))
-        time.sleep(METRICS_SETTLE_S)
-        histograms_before = histograms(running.base, running.admin_headers)
-        roles = processes()
+        say("warm-up")
+        if chat:
+            started = time.monotonic()
+            asyncio.run(http_load.chat_run(running.base, args.concurrency, 2, headers=running.headers))
+            # Rounds of c requests that take about --seconds, from the warm-up's pace.
+            rounds = max(2, round(args.seconds / ((time.monotonic() - started) / 3)))
+        else:
+            asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, 10, headers=running.headers))
+        if not chat:  # the embedding model's batches and queue, from /metrics
+            time.sleep(METRICS_SETTLE_S)
+            histograms_before = histograms(running.base, running.admin_headers)
+        roles = with_engine_cores(processes())
         say("sampling " + ", ".join(f"{role} {pid}" for pid, role in sorted(roles.items(), key=lambda kv: kv[1])))
-        sampled = {pid: role for pid, role in roles.items() if role in ("proxy", "ingress", "embedding replica")}
+        sampled = {pid: role for pid, role in roles.items() if role in ("proxy", "ingress", replica)}
         spies = [
             subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)), "--rate", str(args.rate),
                               "--nonblocking", "--format", "raw", "--output", str(out_dir / f"{role.replace(' ', '-')}-{pid}.txt")],
@@ -249,38 +269,52 @@ def main() -> None:
             for pid, role in sampled.items() if args.rate
         ]
         before = {pid: cpu_seconds(pid) for pid in roles}
-        started = time.monotonic()
+        busy_before, client_before, started = machine_busy_seconds(), sum(os.times()[:2]), time.monotonic()
         timeline: list[tuple[float, float]] = []
-        run = asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, args.seconds,
-                                                  headers=running.headers, timeline=timeline))
+        if chat:
+            chat_run = asyncio.run(http_load.chat_run(running.base, args.concurrency, rounds, headers=running.headers))
+        else:
+            run = asyncio.run(http_load.embedding_run(running.base, args.concurrency, args.inputs, args.seconds,
+                                                      headers=running.headers, timeline=timeline))
         elapsed = time.monotonic() - started
         after = {pid: cpu_seconds(pid) for pid in roles}
+        busy, client = machine_busy_seconds() - busy_before, sum(os.times()[:2]) - client_before
         for process in spies:
             process.wait(timeout=120)
-        time.sleep(METRICS_SETTLE_S)
-        histograms_after = histograms(running.base, running.admin_headers)
-        seen = {key: histogram_report(histograms_before[key], histograms_after[key]) for key in HISTOGRAMS}
+        if not chat:
+            time.sleep(METRICS_SETTLE_S)
+            histograms_after = histograms(running.base, running.admin_headers)
+            seen = {key: histogram_report(histograms_before[key], histograms_after[key]) for key in HISTOGRAMS}
     finally:
         running.stop()
 
-    requests = run.requests
-    print_tail(timeline, run.latency_p50_ms / 1e3)
     report: dict = {
-        "cpu": cpu_info().model, "date": str(datetime.date.today()), "concurrency": args.concurrency,
-        "inputs_per_request": args.inputs, "requests": requests, "requests_per_s": round(run.requests_per_s, 1),
-        "latency_p50_ms": round(run.latency_p50_ms, 1), "latency_p99_ms": round(run.latency_p99_ms, 1),
-        "wall_s": round(elapsed, 1), "processes": {},
+        "cpu": cpu_info().model, "date": str(datetime.date.today()), "workload": args.workload,
+        "concurrency": args.concurrency, "wall_s": round(elapsed, 1), "processes": {},
     }
+    if chat:
+        requests = chat_run.requests
+        report.update(requests=requests, tokens_per_s=round(chat_run.tokens_per_s, 1), ttft_p50_ms=round(chat_run.ttft_p50_ms, 1))
+        say(f"{requests} chats, {chat_run.tokens_per_s:.1f} tok/s, TTFT p50 {chat_run.ttft_p50_ms:.0f} ms")
+    else:
+        requests = run.requests
+        print_tail(timeline, run.latency_p50_ms / 1e3)
+        report.update(inputs_per_request=args.inputs, requests=requests, requests_per_s=round(run.requests_per_s, 1),
+                      latency_p50_ms=round(run.latency_p50_ms, 1), latency_p99_ms=round(run.latency_p99_ms, 1))
+        say(f"{requests} requests, {run.requests_per_s:.1f} req/s, p50 {run.latency_p50_ms:.0f} ms, p99 {run.latency_p99_ms:.0f} ms")
     cpu_by_role: Counter = Counter()
     for pid, role in roles.items():
         cpu_by_role[role] += after[pid] - before[pid]
-    say(f"{requests} requests, {run.requests_per_s:.1f} req/s, p50 {run.latency_p50_ms:.0f} ms, p99 {run.latency_p99_ms:.0f} ms")
-    for key, summary in seen.items():
-        say(f"{key}: {summary}")
-    print("\n| process | CPU ms per request |\n|---|---|")
+    cpu_by_role["load generator (this process)"] = client
+    # Ray's other processes (dashboard, log monitor, hfserve's own actors), the kernel's network work.
+    cpu_by_role["not in the roles above"] = max(0.0, busy - sum(cpu_by_role.values()))
+    if not chat:
+        for key, summary in seen.items():
+            say(f"{key}: {summary}")
+    print("\n| process | CPU ms per request | cores |\n|---|---|---|")
     for role, seconds in cpu_by_role.most_common():
-        print(f"| {role} | {seconds / requests * 1e3:.2f} |")
-    for role in ("proxy", "ingress", "embedding replica"):
+        print(f"| {role} | {seconds / requests * 1e3:.2f} | {seconds / elapsed:.3f} |")
+    for role in ("proxy", "ingress", replica) if args.rate else ():  # py-spy's samples, when it ran
         categories: Counter = Counter()
         functions: Counter = Counter()
         for pid, r in sampled.items():
@@ -300,9 +334,11 @@ def main() -> None:
             "top_functions": {fn: round(n / total, 3) for fn, n in functions.most_common(25)},
         }
     report["cpu_ms_per_request"] = {role: round(s / requests * 1e3, 2) for role, s in cpu_by_role.items()}
+    report["cores"] = {role: round(s / elapsed, 3) for role, s in cpu_by_role.items()}
     report["ingress_args"] = args.ingress_arg
     report["model_args"] = args.model_arg
-    report["histograms"] = seen
+    if not chat:
+        report["histograms"] = seen
     path = server.ROOT / "bench" / "results" / f"{name}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     say(f"wrote {path} and the raw stacks in {out_dir}")
