@@ -20,7 +20,7 @@ piece of a request's CPU (docs/performance.md). What Ray leaves to us:
 - **Leftover files.** Ray writes each node's HAProxy config, admin socket, logs and server state
   under `/tmp/haproxy-serve/<node id>/` and never removes them: about 40 KB per start, hundreds of
   directories after a day of test runs. `hfserve serve` removes its own nodes' directories when it
-  stops, once no HAProxy runs a config there.
+  stops, once no HAProxy runs a config there, and a killed server's with its orphaned HAProxy (below).
 - **Orphans.** HAProxy is a child of Ray's HAProxyManager actor. If `hfserve serve` is killed
   with SIGKILL, Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
   SO_REUSEPORT, sharing it with the next server's HAProxy, whose requests it would then drop). A
@@ -195,9 +195,13 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
             parent_cmdline = parent.cmdline() if parent is not None else None
             if is_orphaned_ray_haproxy(info["name"], info["cmdline"] or (), parent_cmdline, config_dir):
                 orphans.append(process)
+    node_dirs = set()
     for process in orphans:
         say(f"stopping HAProxy pid {process.pid}, left behind by a server that was killed")
-        with contextlib.suppress(psutil.NoSuchProcess):
+        with contextlib.suppress(psutil.Error):
+            args = process.cmdline()
+            node_dirs |= {config_dir / Path(args[i + 1]).relative_to(config_dir).parts[0]
+                          for i, arg in enumerate(args[:-1]) if arg == "-f" and config_dir in Path(args[i + 1]).parents}
             process.terminate()
     _, alive = psutil.wait_procs(orphans, timeout=wait_s)
     for process in alive:
@@ -205,6 +209,8 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
             process.kill()
     if alive:
         psutil.wait_procs(alive, timeout=wait_s)
+    # And the files Ray wrote for the killed server's node (see "Leftover files" above).
+    remove_node_files(sorted(path.name for path in node_dirs), config_dir, wait_s=wait_s)
     return [process.pid for process in orphans]
 
 

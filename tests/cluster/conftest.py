@@ -147,11 +147,15 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
         yield nodes
     finally:
         print(f"[cluster] measured: {nodes.measured}", flush=True)
+        node_ids = [node["NodeID"] for node in ray.nodes()] if ray.is_initialized() else []
         try:
             serve.shutdown()
         finally:
             ray.shutdown()
             cluster.shutdown()
+            from serve_app import haproxy_mode
+
+            haproxy_mode.remove_node_files(node_ids)  # Ray leaves each node's HAProxy files in /tmp
 
 
 def _dashboard_status(url: str) -> int | None:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 
 from tests.conftest import ROOT, free_port
@@ -105,10 +106,14 @@ def test_sigkill_then_restart_keeps_every_key(tmp_path):
             time.sleep(0.5)
         assert not _ray_processes(first.pid), _session_processes(first.pid)
         orphans = [line.split()[0] for line in _core_processes(first.pid) if "haproxy" in line]
+        # The directories of the HAProxy files Ray wrote for the killed server's node.
+        orphan_dirs = {Path(args[i + 1]).parent for pid in orphans for args in [psutil.Process(int(pid)).cmdline()]
+                       for i, arg in enumerate(args[:-1]) if arg == "-f" and "haproxy-serve" in args[i + 1]}
         second = _start(config, env, log)
         took = _wait_ready(base, second, log)
         for pid in orphans:
             assert f"stopping HAProxy pid {pid}, left behind by a server that was killed" in log.read_text()
+        assert not [path for path in orphan_dirs if path.exists()]  # its files went with it
         with httpx.Client(base_url=base, timeout=30) as http:
             listed = {k["id"]: k for k in http.get("/admin/keys", headers=admin).json()["data"]}
             for key in created:

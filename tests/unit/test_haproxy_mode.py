@@ -153,6 +153,7 @@ def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
         assert haproxy_mode.stop_orphaned_haproxies(said.append, config_dir=config_dir) == [orphan_pid]
         assert not psutil.pid_exists(orphan_pid) or psutil.Process(orphan_pid).status() == psutil.STATUS_ZOMBIE
         assert str(orphan_pid) in said[0]
+        assert not orphan_config.parent.exists() and live_config.exists()  # the killed server's files go with it
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", orphan_port), timeout=0.5)  # its port is free again
         assert psutil.Process(live_pid).is_running()
