@@ -177,10 +177,15 @@ def is_orphaned_ray_haproxy(name: str, cmdline: Iterable[str], parent_cmdline: I
     """An `haproxy` running a config under Ray's HAProxy directory whose parent is not a Ray
     worker (Ray's HAProxyManager actor, "ray::HAProxyManager"): re-parented to init, or to a
     subreaper such as `systemd --user`, after its actor died without stopping it."""
+    ours = name == "haproxy" and bool(_node_dirs(cmdline, config_dir))
+    return ours and not any(part.startswith("ray::") for part in parent_cmdline or ())
+
+
+def _node_dirs(cmdline: Iterable[str], config_dir: Path) -> set[Path]:
+    """The node directories under `config_dir` whose config an HAProxy command line reads (`-f`)."""
     args = list(cmdline)
     configs = [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "-f"]
-    ours = name == "haproxy" and any(config_dir in path.parents for path in configs)
-    return ours and not any(part.startswith("ray::") for part in parent_cmdline or ())
+    return {config_dir / path.relative_to(config_dir).parts[0] for path in configs if config_dir in path.parents}
 
 
 def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None = None, wait_s: float = 5.0) -> list[int]:
@@ -199,9 +204,7 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
     for process in orphans:
         say(f"stopping HAProxy pid {process.pid}, left behind by a server that was killed")
         with contextlib.suppress(psutil.Error):
-            args = process.cmdline()
-            node_dirs |= {config_dir / Path(args[i + 1]).relative_to(config_dir).parts[0]
-                          for i, arg in enumerate(args[:-1]) if arg == "-f" and config_dir in Path(args[i + 1]).parents}
+            node_dirs |= _node_dirs(process.cmdline(), config_dir)
             process.terminate()
     _, alive = psutil.wait_procs(orphans, timeout=wait_s)
     for process in alive:
@@ -214,17 +217,12 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
     return [process.pid for process in orphans]
 
 
-def _configs_in_use(config_dir: Path) -> set[Path]:
+def _node_dirs_in_use(config_dir: Path) -> set[Path]:
     """The node directories under `config_dir` whose config some running HAProxy reads."""
-    used = set()
+    used: set[Path] = set()
     for process in psutil.process_iter(["name", "cmdline"]):
-        if process.info["name"] != "haproxy":
-            continue
-        args = process.info["cmdline"] or []
-        for i, arg in enumerate(args[:-1]):
-            path = Path(args[i + 1])
-            if arg == "-f" and config_dir in path.parents:
-                used.add(config_dir / path.relative_to(config_dir).parts[0])
+        if process.info["name"] == "haproxy":
+            used |= _node_dirs(process.info["cmdline"] or (), config_dir)
     return used
 
 
@@ -235,9 +233,10 @@ def remove_node_files(node_ids: Iterable[str], config_dir: Path | None = None, w
     config_dir = config_dir or _ray_config_dir()
     pending = [config_dir / node_id for node_id in node_ids if node_id and (config_dir / node_id).is_dir()]
     deadline = time.monotonic() + wait_s
-    while pending and (_configs_in_use(config_dir) & set(pending)) and time.monotonic() < deadline:
+    in_use = _node_dirs_in_use(config_dir) if pending else set()
+    while in_use & set(pending) and time.monotonic() < deadline:
         time.sleep(0.1)
-    in_use = _configs_in_use(config_dir) if pending else set()
+        in_use = _node_dirs_in_use(config_dir)
     removed = [directory for directory in pending if directory not in in_use]
     for directory in removed:
         shutil.rmtree(directory, ignore_errors=True)
