@@ -21,6 +21,7 @@ from ray import serve
 from ray.util.state import list_actors
 
 from deployments.server import model_server_deployment
+from tests.integration.conftest import KEEP_ALIVE_S
 from tests.integration.test_gateway import admin, create_key
 
 APP = "tiny-llama-faults"
@@ -232,7 +233,9 @@ def test_a_burst_over_the_queue_gets_fast_answers_and_throughput_comes_back(serv
 
     async def run():
         async with httpx.AsyncClient(base_url=server.gateway_url, timeout=120, headers=faulty,
-                                     limits=httpx.Limits(max_connections=burst + 8)) as http:
+                                     # Idle connections expire here before the server closes them
+                                     # (after KEEP_ALIVE_S): httpx's 5 s would race its close.
+                                     limits=httpx.Limits(max_connections=burst + 8, keepalive_expiry=KEEP_ALIVE_S / 3)) as http:
             async def one(payload: dict = body) -> tuple[int, float]:
                 started = time.monotonic()
                 response = await http.post("/v1/chat/completions", json=payload)
