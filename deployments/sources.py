@@ -8,8 +8,9 @@ Sources:
   are converted to an HF directory once.
 
 OpenVINO IR is exported from the HF directory by optimum-intel. Every conversion is cached
-under ``<cache_dir>/<name>-<key>``, where the key hashes the source's identity (path, size,
-mtime or hub revision), the conversion options and the converter versions; so a restart
+under ``<cache_dir>/<name>-<key>``, where the key hashes the source's identity (an installed
+package's version and the file hashes its RECORD lists; a local path's sizes and mtimes; or the
+hub revision), the conversion options and the converter versions; so a restart or a new venv
 reuses it, and a changed source or upgrade converts again. A file lock keeps two replicas
 from converting the same model at once, and results are renamed into place atomically.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -47,6 +49,7 @@ class ModelSource:
     kind: str  # "local" | "hub" | "package"
     location: str  # directory or file path, or hub id
     revision: str | None = None
+    package: str | None = None  # the import name, for a package source
 
     @property
     def is_gguf(self) -> bool:
@@ -66,7 +69,7 @@ def parse_source(source: str, revision: str | None = None) -> ModelSource:
         path = Path(next(iter(found.submodule_search_locations))) / relative
         if not path.exists():
             raise SourceError(f"{relative!r} does not exist inside package {package!r}")
-        return ModelSource("package", str(path))
+        return ModelSource("package", str(path), package=package)
     if source.startswith("hub:"):
         return ModelSource("hub", source.removeprefix("hub:"), revision)
     path = Path(source).expanduser()
@@ -83,10 +86,41 @@ def _identity(source: ModelSource) -> str:
     """What makes two sources the same for caching purposes."""
     if source.kind == "hub":
         return f"hub:{source.location}@{source.revision or 'main'}"
+    if source.kind == "package":
+        recorded = _package_identity(source)
+        if recorded is not None:
+            return recorded
     path = Path(source.location)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     parts = [f"{p.relative_to(path.parent)}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
     return "\n".join([source.kind, str(path), *parts])
+
+
+def _package_identity(source: ModelSource) -> str | None:
+    """A wheel-installed package's files as its RECORD lists them: the distribution, its version
+    and each file's sha256. Every venv that installed that wheel gives the same identity, wherever
+    it sits and whenever it was installed; path and mtime did not, so each new venv (every fresh
+    clone's `make test`) converted again and left another gigabyte in the cache. None for an
+    install whose RECORD has no hashes (editable, built in place): paths and mtimes then."""
+    path = Path(source.location).resolve()
+    package_dir = path.parent if path.is_file() else path
+    while package_dir.name != source.package and package_dir != package_dir.parent:
+        package_dir = package_dir.parent
+    # Only the distributions installed beside the package, the one named like it first: reading
+    # every RECORD in a site-packages costs ~0.2 s.
+    relative = path.relative_to(package_dir.parent).parts
+    site = [str(package_dir.parent)]
+    named = importlib.metadata.distributions(path=site, name=source.package)
+    for dist in itertools.chain(named, importlib.metadata.distributions(path=site)):
+        entries = []
+        for file in dist.files or []:
+            if file.parts[: len(relative)] == relative:
+                if file.hash is None:
+                    return None
+                entries.append(f"{'/'.join(file.parts[len(relative) - 1:])}:{file.hash.mode}={file.hash.value}")
+        if entries:
+            return "\n".join(["package", f"{dist.metadata['Name']}=={dist.version}", *sorted(entries)])
+    return None
 
 
 def stable_revision(source_text: str, revision: str | None, *options: str) -> str:

