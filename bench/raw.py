@@ -22,7 +22,8 @@ def _args(source: str, task: str) -> ModelAppArgs:
     return ModelAppArgs(source=source, task=task)
 
 
-def chat_engine_runs(concurrency_levels: list[int], rounds: int, say, steady: bool = True) -> dict[int, GenerationRun]:
+def chat_engine_runs(concurrency_levels: list[int], rounds: int, say, steady: bool = True,
+                     num_threads: int | None = None) -> dict[int, GenerationRun]:
     args = _args(CHAT_SOURCE, "text-generation")
     prepared = prepare_model(args.source, tasks.get(args.task).hf_task, revision=None, use_openvino=True,
                              weight_format=args.weight_format, cache_dir=args.effective_cache_dir, progress=say)
@@ -30,6 +31,7 @@ def chat_engine_runs(concurrency_levels: list[int], rounds: int, say, steady: bo
     engine = OpenVINOGenerationEngine(
         prepared.openvino_dir, eos_token_ids=eos_token_ids(prepared.hf_dir, tokenizer),
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
+        num_threads=num_threads,
     )
     prompts = [
         tokenizer(tokenizer.apply_chat_template(chat_messages(i), add_generation_prompt=True, tokenize=False),

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import multiprocessing
 import os
@@ -40,16 +39,13 @@ def _straggle(share: float, stop) -> None:
 
 
 def _measure(rounds: int, *, threads: int | None = None, straggler: float = 0.0) -> dict:
-    engine_class = raw.OpenVINOGenerationEngine
-    raw.OpenVINOGenerationEngine = functools.partial(engine_class, num_threads=threads)
     stop = multiprocessing.Event()
     process = multiprocessing.Process(target=_straggle, args=(straggler, stop)) if straggler else None
     if process is not None:
         process.start()
     try:
-        run = raw.chat_engine_runs([16], rounds, lambda *_: None)[16]
+        run = raw.chat_engine_runs([16], rounds, lambda *_: None, num_threads=threads)[16]
     finally:
-        raw.OpenVINOGenerationEngine = engine_class
         stop.set()
         if process is not None:
             process.join()

@@ -177,12 +177,14 @@ def is_orphaned_ray_haproxy(name: str, cmdline: Iterable[str], parent_cmdline: I
     """An `haproxy` running a config under Ray's HAProxy directory whose parent is not a Ray
     worker (Ray's HAProxyManager actor, "ray::HAProxyManager"): re-parented to init, or to a
     subreaper such as `systemd --user`, after its actor died without stopping it."""
-    ours = name == "haproxy" and bool(_node_dirs(cmdline, config_dir))
+    ours = name == "haproxy" and bool(node_dirs(cmdline, config_dir))
     return ours and not any(part.startswith("ray::") for part in parent_cmdline or ())
 
 
-def _node_dirs(cmdline: Iterable[str], config_dir: Path) -> set[Path]:
-    """The node directories under `config_dir` whose config an HAProxy command line reads (`-f`)."""
+def node_dirs(cmdline: Iterable[str], config_dir: Path | None = None) -> set[Path]:
+    """The node directories under `config_dir` (Ray's HAProxy directory by default) whose config
+    an HAProxy command line reads (`-f`)."""
+    config_dir = config_dir or _ray_config_dir()
     args = list(cmdline)
     configs = [Path(args[i + 1]) for i, arg in enumerate(args[:-1]) if arg == "-f"]
     return {config_dir / path.relative_to(config_dir).parts[0] for path in configs if config_dir in path.parents}
@@ -200,11 +202,11 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
             parent_cmdline = parent.cmdline() if parent is not None else None
             if is_orphaned_ray_haproxy(info["name"], info["cmdline"] or (), parent_cmdline, config_dir):
                 orphans.append(process)
-    node_dirs = set()
+    orphan_dirs: set[Path] = set()
     for process in orphans:
         say(f"stopping HAProxy pid {process.pid}, left behind by a server that was killed")
         with contextlib.suppress(psutil.Error):
-            node_dirs |= _node_dirs(process.cmdline(), config_dir)
+            orphan_dirs |= node_dirs(process.cmdline(), config_dir)
             process.terminate()
     _, alive = psutil.wait_procs(orphans, timeout=wait_s)
     for process in alive:
@@ -213,7 +215,7 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
     if alive:
         psutil.wait_procs(alive, timeout=wait_s)
     # And the files Ray wrote for the killed server's node (see "Leftover files" above).
-    remove_node_files(sorted(path.name for path in node_dirs), config_dir, wait_s=wait_s)
+    remove_node_files(sorted(path.name for path in orphan_dirs), config_dir, wait_s=wait_s)
     return [process.pid for process in orphans]
 
 
@@ -222,7 +224,7 @@ def _node_dirs_in_use(config_dir: Path) -> set[Path]:
     used: set[Path] = set()
     for process in psutil.process_iter(["name", "cmdline"]):
         if process.info["name"] == "haproxy":
-            used |= _node_dirs(process.info["cmdline"] or (), config_dir)
+            used |= node_dirs(process.info["cmdline"] or (), config_dir)
     return used
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from serve_app import haproxy_mode
 from tests.conftest import ROOT, free_port
 
 CHAT_MODEL = "smollm2-135m-instruct"
@@ -214,8 +215,7 @@ def test_ctrl_c_stops_everything(served):
     process = served["process"]
     assert _session_processes(process.pid)  # Ray's processes run in the server's session
     # The directory of the HAProxy files Ray writes for this node (HAProxy mode, the default).
-    node_dirs = {Path(args[i + 1]).parent for args in _haproxy_cmdlines(process.pid)
-                 for i, arg in enumerate(args[:-1]) if arg == "-f" and "haproxy-serve" in args[i + 1]}
+    node_dirs = set().union(*(haproxy_mode.node_dirs(args) for args in _haproxy_cmdlines(process.pid)))
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait(timeout=120) == 0
     deadline = time.monotonic() + 30

@@ -16,6 +16,7 @@ import httpx
 import psutil
 import yaml
 
+from serve_app import haproxy_mode
 from tests.conftest import ROOT, free_port
 from tests.e2e.test_default_config import _session_processes
 from tests.tiny_models import build_tiny_bert
@@ -107,8 +108,7 @@ def test_sigkill_then_restart_keeps_every_key(tmp_path):
         assert not _ray_processes(first.pid), _session_processes(first.pid)
         orphans = [line.split()[0] for line in _core_processes(first.pid) if "haproxy" in line]
         # The directories of the HAProxy files Ray wrote for the killed server's node.
-        orphan_dirs = {Path(args[i + 1]).parent for pid in orphans for args in [psutil.Process(int(pid)).cmdline()]
-                       for i, arg in enumerate(args[:-1]) if arg == "-f" and "haproxy-serve" in args[i + 1]}
+        orphan_dirs = set().union(*(haproxy_mode.node_dirs(psutil.Process(int(pid)).cmdline()) for pid in orphans))
         second = _start(config, env, log)
         took = _wait_ready(base, second, log)
         for pid in orphans:
