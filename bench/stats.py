@@ -81,3 +81,8 @@ def generation_run(concurrency: int, measured) -> GenerationRun:
         concurrency, len(results), sum(n for _, n in results), seconds,
         percentile(ttfts, 0.5) * 1e3, percentile(ttfts, 0.99) * 1e3,
     )
+
+
+def ratio(a: float, b: float) -> float:
+    """a over b, to 3 places (what every bench table and results file shows)."""
+    return round(a / b, 3) if b else float("nan")
