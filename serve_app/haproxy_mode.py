@@ -21,6 +21,10 @@ piece of a request's CPU (docs/performance.md). What Ray leaves to us:
   under `/tmp/haproxy-serve/<node id>/` and never removes them: about 40 KB per start, hundreds of
   directories after a day of test runs. `hfserve serve` removes its own nodes' directories when it
   stops, once no HAProxy runs a config there, and a killed server's with its orphaned HAProxy (below).
+  A server killed together with its HAProxy (SIGKILL to the whole process group) leaves its
+  directory with nothing to find it by: a start also removes every directory of this user that no
+  running HAProxy reads and that nothing has written to for an hour (the hour keeps a cluster that
+  is starting, its files written and its HAProxy not yet running, out of reach).
 - **Orphans.** HAProxy is a child of Ray's HAProxyManager actor. If `hfserve serve` is killed
   with SIGKILL, Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
   SO_REUSEPORT, sharing it with the next server's HAProxy, whose requests it would then drop). A
@@ -240,6 +244,29 @@ def remove_node_files(node_ids: Iterable[str], config_dir: Path | None = None, w
         time.sleep(0.1)
         in_use = _node_dirs_in_use(config_dir)
     removed = [directory for directory in pending if directory not in in_use]
+    for directory in removed:
+        shutil.rmtree(directory, ignore_errors=True)
+    return removed
+
+
+STALE_AFTER_S = 3600.0
+
+
+def remove_stale_node_files(config_dir: Path | None = None, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the node directories of this user that no running HAProxy reads and nothing has
+    written to for `older_than_s` (see "Leftover files" above). Returns the directories removed."""
+    config_dir = config_dir or _ray_config_dir()
+    if not config_dir.is_dir():
+        return []
+    cutoff, candidates = time.time() - older_than_s, []
+    for directory in config_dir.iterdir():
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
+            if not directory.is_dir() or directory.stat().st_uid != os.getuid():
+                continue
+            if max([directory.stat().st_mtime, *(entry.stat().st_mtime for entry in directory.iterdir())]) < cutoff:
+                candidates.append(directory)
+    in_use = _node_dirs_in_use(config_dir) if candidates else set()
+    removed = [directory for directory in candidates if directory not in in_use]
     for directory in removed:
         shutil.rmtree(directory, ignore_errors=True)
     return removed

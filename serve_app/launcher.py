@@ -80,6 +80,7 @@ def bootstrap_admin_key(plan: DeployPlan, say: Say = _say) -> None:
 def _http_mode_environment(plan: DeployPlan, env: EnvOverrides, say: Say) -> dict[str, str]:
     """Ray's HAProxy mode unless HF_SERVER_HAPROXY=false (serve_app/haproxy_mode.py)."""
     stop_orphaned_haproxies(say)  # whichever mode: an orphan holds the HTTP port
+    haproxy_mode.remove_stale_node_files()  # what servers killed with their HAProxy left in /tmp
     if env.haproxy is False:
         return {haproxy_mode.ENABLE_ENV: "0"}
     limits = haproxy_mode.HeaderLimits.of(plan.ingresses)

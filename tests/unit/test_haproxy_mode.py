@@ -100,6 +100,7 @@ def test_taken_ports_are_replaced_and_an_operators_are_kept(tmp_path):
 
 def test_the_launcher_turns_haproxy_mode_on_unless_told_not_to(tmp_path, monkeypatch):
     monkeypatch.setattr(launcher, "stop_orphaned_haproxies", lambda say: [])
+    monkeypatch.setattr(haproxy_mode, "remove_stale_node_files", lambda: [])  # not this machine's /tmp
     plan = SimpleNamespace(ingresses=[IngressArgs(max_header_count=300), IngressArgs()])
     off = launcher._http_mode_environment(plan, EnvOverrides(haproxy=False, cache_dir=tmp_path), print)
     assert off == {haproxy_mode.ENABLE_ENV: "0"}
@@ -213,3 +214,34 @@ def test_a_stopped_nodes_haproxy_files_are_removed_and_a_running_ones_are_kept(t
         running.wait(timeout=10)
     assert haproxy_mode.remove_node_files(["node-a"], config_dir, wait_s=0.3) == [config_dir / "node-a"]
     assert sorted(path.name for path in config_dir.iterdir()) == ["node-c"] and other_cluster.exists()
+
+
+@needs_haproxy
+def test_stale_haproxy_files_go_at_start_unless_an_haproxy_reads_them_or_they_are_fresh(tmp_path):
+    # A server SIGKILLed together with its HAProxy leaves a directory that neither its stop nor
+    # the orphan check finds.
+    config_dir = tmp_path / "haproxy-serve"
+    hour_ago = time.time() - 2 * 3600
+
+    def aged(directory: Path) -> Path:
+        for path in [*directory.iterdir(), directory]:
+            os.utime(path, (hour_ago, hour_ago))
+        return directory
+
+    port = free_port()
+    read = _config(config_dir / "node-read" / "haproxy.cfg", port).parent
+    running = subprocess.Popen([BINARY, "-db", "-f", str(read / "haproxy.cfg")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = _config(config_dir / "node-killed" / "haproxy.cfg", free_port()).parent
+    (killed / "admin.sock.1.stderr.log").write_text("what Ray leaves behind")
+    starting = _config(config_dir / "node-starting" / "haproxy.cfg", free_port()).parent  # written just now
+    try:
+        _wait_listening(port, running)
+        aged(read), aged(killed)
+        assert haproxy_mode.remove_stale_node_files(config_dir) == [killed] and not killed.exists()
+        assert (read / "haproxy.cfg").exists() and starting.exists()
+        assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200  # its HAProxy serves on
+    finally:
+        running.terminate()
+        running.wait(timeout=10)
+    assert haproxy_mode.remove_stale_node_files(tmp_path / "no-such-dir") == []
