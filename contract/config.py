@@ -302,7 +302,7 @@ class ModelAppArgs(StrictModel):
         None, ge=0, le=10, description="@serve.batch batch_wait_timeout_s "
         "(default HF_SERVER_BATCH_TIMEOUT_MS / 1000 or 0.005).",
     )
-    # --- embeddings ---
+    # --- embeddings (encoder_streams: rerank and text-classification too) ---
     supports_dimensions: bool = Field(
         False, description="Matryoshka model: `dimensions` truncates and re-normalises vectors."
     )
@@ -312,8 +312,8 @@ class ModelAppArgs(StrictModel):
     )
     encoder_streams: int | Literal["auto"] = Field(
         "auto",
-        description="OpenVINO embedding encoders: batches inferred at once, each on its share of the cores, "
-        "and the embedding task's batcher runs as many. 1 runs one batch at a time on every core (a lone request's "
+        description="OpenVINO encoders (embedding, rerank, text-classification): batches inferred at once, each on "
+        "its share of the cores, and the task's batcher runs as many. 1 runs one batch at a time on every core (a lone request's "
         "lowest latency); auto lets OpenVINO's THROUGHPUT hint choose (2 on 2 cores), which costs less "
         "CPU per small batch and keeps every core busy under load (docs/performance.md).",
     )

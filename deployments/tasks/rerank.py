@@ -109,14 +109,14 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> RerankTask:
 
 TASK = TaskSpec(
     name="rerank",
-    summary="cross-encoder reranking (/v1/rerank, /rerank), query-document pairs batched with @serve.batch",
+    summary="cross-encoder reranking (/v1/rerank, /rerank), query-document pairs batched across requests as the engine frees up",
     endpoints=("rerank",),
     load=load,
     hf_task="text-classification",
-    fields=frozenset({"max_rerank_documents"}),
+    fields=frozenset({"max_rerank_documents", "encoder_streams"}),
     claims=claims,
     engines=(
-        ("openvino", "OpenVINO runtime sequence classifier, @serve.batch"),
-        ("transformers", "torch sequence classifier, @serve.batch"),
+        ("openvino", "OpenVINO runtime sequence classifier, batches on its streams"),
+        ("transformers", "torch sequence classifier, one batch at a time"),
     ),
 )

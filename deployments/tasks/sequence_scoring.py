@@ -1,10 +1,12 @@
 """What the rerank and text-classification tasks share: a sequence-classification model (its
 config, the engine for this node's backend, its context) and the logits of many sequences,
-batched across concurrent requests with @serve.batch.
+batched across concurrent requests as the embedding task batches its inputs: a `SlotBatcher`
+forms a batch when one of the engine's streams is free (deployments/slot_batching.py says why
+not @serve.batch), and `encoder_streams` sets how many run at once.
 
-Batches are counted in sequences, not requests (``batch_size_fn``), as embeddings count
-inputs: a request with more sequences than ``max_batch_size`` is split into chunks that batch
-independently. Not a task module itself: it defines no TASK.
+Batches are counted in sequences, not requests, as embeddings count inputs: a request with more
+sequences than ``max_batch_size`` is split into chunks that batch independently. Not a task
+module itself: it defines no TASK.
 """
 
 from __future__ import annotations
@@ -16,16 +18,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from ray import serve
 
 from contract.config import ModelAppArgs
 from contract.model_api import EngineStats
 from observability import catalogue as m
 
-from ..batching import run_flattened
 from ..engines.classifiers import OpenVINOClassifier, Sequence, TorchClassifier
 from ..model_files import context_length
 from ..serving_metrics import ReplicaMeter
+from ..slot_batching import SlotBatcher
 
 Activation = Literal["sigmoid", "softmax", "none"]
 # What transformers' tokenizers report as model_max_length when the model sets none.
@@ -91,15 +92,12 @@ def load_engine(args: ModelAppArgs, prepared, backend, pad_id: int) -> OpenVINOC
     if backend.backend == "openvino":
         # fp32 weights (the default) compute in f32 too; fp16 and int8 trade exact scores for speed.
         return OpenVINOClassifier(prepared.openvino_dir, pad_id, num_threads=args.num_threads,
-                                  device=backend.device.upper(), exact=args.weight_format == "fp32")
+                                  device=backend.device.upper(), exact=args.weight_format == "fp32",
+                                  streams=None if args.encoder_streams == "auto" else args.encoder_streams)
     return TorchClassifier(prepared.hf_dir, pad_id, device=backend.device, dtype=backend.dtype, num_threads=args.num_threads)
 
 
 # ----------------------------------------------------------------------------- batching
-
-
-def _count_sequences(chunks: list[list[Sequence]]) -> int:
-    return sum(len(chunk) for chunk in chunks)
 
 
 class SequenceScorer:
@@ -110,10 +108,10 @@ class SequenceScorer:
         self.model_id = model_id
         self.engine = engine
         self.max_batch_size = max_batch_size
-        # Decorated per instance: @serve.batch on the class keeps one queue for every instance,
-        # bound to the event loop of the first call.
-        self._batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
-                                  batch_size_fn=_count_sequences)(self._run_batch)
+        # As many batches at once as the engine runs (OpenVINO streams); `self.engine` is read
+        # per batch, so a wrapped or replaced engine is the one that runs.
+        self._batcher = SlotBatcher(lambda batch: self.engine.logits(batch), max_batch_size=max_batch_size,
+                                    wait_s=batch_wait_timeout_s, slots=engine.concurrency, on_batch=self._observe_batch)
         self._requests = 0
         self._meter: ReplicaMeter | None = None
         self._on_batch: Callable[[int], None] | None = None
@@ -126,14 +124,15 @@ class SequenceScorer:
     async def logits(self, sequences: list[Sequence]) -> np.ndarray:
         size = self.max_batch_size
         chunks = [sequences[i : i + size] for i in range(0, len(sequences), size)]
-        parts = await asyncio.gather(*(self._batch(chunk) for chunk in chunks))
+        parts = await asyncio.gather(*(self._batcher.submit(chunk) for chunk in chunks))
         self._requests += 1
         if self._meter is not None:
             self._meter.metrics.inc(m.PROMPT_TOKENS, sum(len(seq.ids) for seq in sequences), model=self.model_id)
         return np.concatenate(parts, axis=0)
 
-    async def _run_batch(self, chunks: list[list[Sequence]]) -> list[np.ndarray]:
-        return await run_flattened(chunks, self.engine.logits, self._on_batch)
+    def _observe_batch(self, size: int) -> None:
+        if self._on_batch is not None:
+            self._on_batch(size)
 
     def stats(self) -> EngineStats:
         return EngineStats(finished_requests_total=self._requests)

@@ -100,13 +100,14 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> Classification
 
 TASK = TaskSpec(
     name="text-classification",
-    summary="sequence classification (/v1/classify): every label's score per input, batched with @serve.batch",
+    summary="sequence classification (/v1/classify): every label's score per input, batched across requests as the engine frees up",
     endpoints=("classify",),
     load=load,
     hf_task="text-classification",
+    fields=frozenset({"encoder_streams"}),
     claims=claims,
     engines=(
-        ("openvino", "OpenVINO runtime sequence classifier, @serve.batch"),
-        ("transformers", "torch sequence classifier, @serve.batch"),
+        ("openvino", "OpenVINO runtime sequence classifier, batches on its streams"),
+        ("transformers", "torch sequence classifier, one batch at a time"),
     ),
 )

@@ -1,6 +1,6 @@
 """How many embedding batches run at once: the OpenVINO encoder's streams (the same vectors
 as one stream, as many batches at once as it has infer requests), and the embedding task's
-@serve.batch running exactly the engine's `concurrency` batches at once, never more."""
+SlotBatcher running exactly the engine's `concurrency` batches at once, never more."""
 
 from __future__ import annotations
 
