@@ -5,8 +5,6 @@ SlotBatcher running exactly the engine's `concurrency` batches at once, never mo
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +15,11 @@ from contract.protocol import EmbeddingRequest
 from deployments.engines.encoders import OpenVINOEncoder, PoolingSpec
 from deployments.sources import export_openvino
 from deployments.tasks.embedding import EmbeddingTask
+from tests.engine_concurrency import BatchRecorder, assert_same_rows_from_two_threads
 from tests.tiny_models import build_tiny_bert
 
 
-class _SlowEngine:
+class _SlowEngine(BatchRecorder):
     """Takes 50 ms per batch and records how many batches ran at once."""
 
     name = "fake"
@@ -28,21 +27,9 @@ class _SlowEngine:
     dimensions = 4
     spec = PoolingSpec()
 
-    def __init__(self, concurrency: int):
-        self.concurrency = concurrency
-        self.running = self.most = 0
-        self.batches: list[int] = []
-        self._lock = threading.Lock()
-
     def encode(self, batch: list[list[int]]) -> np.ndarray:
-        with self._lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-            self.batches.append(len(batch))
-        time.sleep(0.05)
-        with self._lock:
-            self.running -= 1
-        return np.tile(np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32), (len(batch), 1))
+        with self.batch(len(batch)):
+            return np.tile(np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32), (len(batch), 1))
 
 
 class _Tokenizer:
@@ -92,20 +79,7 @@ def test_openvino_streams_give_the_same_vectors_and_run_batches_at_once(tiny_ir)
     two = OpenVINOEncoder(ir_dir, spec, 0, num_threads=2, streams=2)
     assert one.concurrency == 1 and two.concurrency == 2
     batches = [[[2, 7, 9, 3]], [[2, 11, 3], [2, 5, 6, 8, 3]]]
-    expected = [one.encode(batch) for batch in batches]
-    results: dict[int, list[np.ndarray]] = {}
-
-    def work(i: int) -> None:  # both infer requests busy at once
-        results[i] = [two.encode(batches[(i + n) % 2]) for n in range(20)]
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for i, vectors in results.items():
-        for n, vector in enumerate(vectors):
-            np.testing.assert_allclose(vector, expected[(i + n) % 2], atol=1e-5)
+    assert_same_rows_from_two_threads(two.encode, batches, [one.encode(batch) for batch in batches])
 
 
 def test_encoder_streams_is_an_embedding_arg():

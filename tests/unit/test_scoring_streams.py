@@ -5,8 +5,6 @@ scorer's SlotBatcher running exactly the engine's `concurrency` batches at once,
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +14,16 @@ from contract.config import ModelAppArgs
 from deployments.engines.classifiers import OpenVINOClassifier, Sequence
 from deployments.sources import export_openvino
 from deployments.tasks.sequence_scoring import SequenceScorer
+from tests.engine_concurrency import BatchRecorder, assert_same_rows_from_two_threads
 from tests.tiny_models import build_tiny_bert_classifier
 
 
-class _SlowClassifier:
+class _SlowClassifier(BatchRecorder):
     """Takes 50 ms per batch and records how many batches ran at once."""
 
-    def __init__(self, concurrency: int):
-        self.concurrency = concurrency
-        self.running = self.most = 0
-        self.batches: list[int] = []
-        self._lock = threading.Lock()
-
     def logits(self, batch: list[Sequence]) -> np.ndarray:
-        with self._lock:
-            self.running += 1
-            self.most = max(self.most, self.running)
-            self.batches.append(len(batch))
-        time.sleep(0.05)
-        with self._lock:
-            self.running -= 1
-        return np.array([[float(len(seq.ids))] for seq in batch], dtype=np.float32)
+        with self.batch(len(batch)):
+            return np.array([[float(len(seq.ids))] for seq in batch], dtype=np.float32)
 
 
 @pytest.mark.parametrize("concurrency", [1, 2, 3])
@@ -70,20 +57,7 @@ def test_openvino_classifier_streams_give_the_same_logits_and_run_batches_at_onc
     assert one.concurrency == 1 and two.concurrency == 2
     batches = [[Sequence([2, 7, 9, 3], [0, 0, 0, 0])],
                [Sequence([2, 11, 3, 5, 3], [0, 0, 0, 1, 1]), Sequence.single([2, 5, 6, 8, 3])]]
-    expected = [one.logits(batch) for batch in batches]
-    results: dict[int, list[np.ndarray]] = {}
-
-    def work(i: int) -> None:  # both infer requests busy at once
-        results[i] = [two.logits(batches[(i + n) % 2]) for n in range(20)]
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for i, logits in results.items():
-        for n, rows in enumerate(logits):
-            np.testing.assert_allclose(rows, expected[(i + n) % 2], atol=1e-5)
+    assert_same_rows_from_two_threads(two.logits, batches, [one.logits(batch) for batch in batches])
 
 
 def test_encoder_streams_is_a_rerank_and_classification_arg():
