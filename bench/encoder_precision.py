@@ -24,14 +24,8 @@ from .workload import sentences
 
 
 def encoder(prepared, pad_id: int, precision: str | None) -> OpenVINOEncoder:
-    enc = OpenVINOEncoder(prepared.openvino_dir, PoolingSpec.from_model_dir(prepared.hf_dir), pad_id, num_threads=None)
-    if precision is not None:  # recompiled with the hint (the class compiles with its defaults)
-        import openvino as ov
-
-        enc._compiled = ov.Core().compile_model(str(prepared.openvino_dir / "openvino_model.xml"), "CPU",
-                                                {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision})
-        enc._request = enc._compiled.create_infer_request()
-    return enc
+    return OpenVINOEncoder(prepared.openvino_dir, PoolingSpec.from_model_dir(prepared.hf_dir), pad_id, num_threads=None,
+                           config={"INFERENCE_PRECISION_HINT": precision} if precision else None)
 
 
 def main() -> None:

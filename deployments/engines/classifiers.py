@@ -10,14 +10,13 @@ Engines are blocking; the tasks run them off the event loop, `concurrency` batch
 from __future__ import annotations
 
 import inspect
-import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .encoders import pad_batch
+from .encoders import OpenVINOStreams, pad_batch
 
 
 @dataclass(frozen=True)
@@ -49,38 +48,21 @@ class OpenVINOClassifier:
 
     def __init__(self, ir_dir: Path, pad_id: int, *, num_threads: int | None, device: str = "CPU", exact: bool = True,
                  streams: int | None = 1):
-        import openvino as ov
-
-        config: dict = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
-        if streams is not None and streams > 1:
-            config["NUM_STREAMS"] = streams
-        if exact:
-            # The CPU plugin computes in bf16 where the CPU has it (AVX512-BF16, AMX): scores then
-            # differ from the model's by ~1e-2, enough to reorder close documents or move a score
-            # across a client's threshold. f32 keeps them within ~1e-6 of transformers'.
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        if num_threads:
-            config["INFERENCE_NUM_THREADS"] = num_threads
-        self._compiled = ov.Core().compile_model(str(ir_dir / "openvino_model.xml"), device, config)
-        self.concurrency = 1 if streams == 1 else max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        # One infer request per batch in flight; logits() borrows one (blocking while all are busy).
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(self.concurrency):
-            self._idle.put(self._compiled.create_infer_request())
-        self._inputs = {port.get_any_name() for port in self._compiled.inputs}
+        # The CPU plugin computes in bf16 where the CPU has it (AVX512-BF16, AMX): scores then
+        # differ from the model's by ~1e-2, enough to reorder close documents or move a score
+        # across a client's threshold. f32 keeps them within ~1e-6 of transformers'.
+        config = {"INFERENCE_PRECISION_HINT": "f32"} if exact else {}
+        self._model = OpenVINOStreams(ir_dir / "openvino_model.xml", device, streams=streams, num_threads=num_threads,
+                                      config=config)
+        self.concurrency = self._model.concurrency
         self.pad_id = pad_id
         self.device = device.lower()
-        self.num_labels = int(self._compiled.outputs[0].get_partial_shape()[-1].get_length())
+        self.num_labels = int(self._model.output.get_partial_shape()[-1].get_length())
 
     def logits(self, batch: list[Sequence]) -> np.ndarray:
         input_ids, mask, types = pad_sequences(batch, self.pad_id)
         feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": types}
-        feeds = {name: value for name, value in feeds.items() if name in self._inputs}
-        request = self._idle.get()
-        try:
-            return np.array(request.infer(feeds)[self._compiled.outputs[0]], dtype=np.float32)
-        finally:
-            self._idle.put(request)
+        return self._model.infer(feeds).astype(np.float32, copy=False)
 
 
 class TorchClassifier:

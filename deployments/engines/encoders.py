@@ -85,6 +85,39 @@ def pool(hidden: np.ndarray, mask: np.ndarray, spec: PoolingSpec) -> np.ndarray:
     return out.astype(np.float32, copy=False)
 
 
+class OpenVINOStreams:
+    """An IR compiled for `streams` batches at once, with one infer request per batch in flight
+    (what both OpenVINO encoders here run on: the embedding encoder and the sequence classifier).
+
+    streams=1 is OpenVINO's LATENCY hint (one batch at a time on every core); more, or None
+    (the THROUGHPUT hint chooses: 2 on 2 cores), run that many batches at once, each on its share
+    of the cores. `infer` borrows a request, blocking while all are busy."""
+
+    def __init__(self, xml: Path, device: str, *, streams: int | None, num_threads: int | None, config: dict | None = None):
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT", **(config or {})}
+        if streams is not None and streams > 1:
+            config["NUM_STREAMS"] = streams
+        if num_threads:
+            config["INFERENCE_NUM_THREADS"] = num_threads
+        self.compiled = ov.Core().compile_model(str(xml), device, config)
+        self.concurrency = 1 if streams == 1 else max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._idle: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(self.concurrency):
+            self._idle.put(self.compiled.create_infer_request())
+        self.inputs = {port.get_any_name() for port in self.compiled.inputs}
+        self.output = self.compiled.outputs[0]
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The first output for `feeds` (those the model takes), as a numpy array of its own."""
+        request = self._idle.get()
+        try:
+            return np.array(request.infer({k: v for k, v in feeds.items() if k in self.inputs})[self.output])
+        finally:
+            self._idle.put(request)
+
+
 class OpenVINOEncoder:
     """The IR exported by optimum-intel, run directly on the OpenVINO runtime.
 
@@ -100,40 +133,20 @@ class OpenVINOEncoder:
     name = "openvino"
 
     def __init__(self, ir_dir: Path, spec: PoolingSpec, pad_id: int, *, num_threads: int | None, device: str = "CPU",
-                 streams: int | None = 1):
-        import openvino as ov
-
-        core = ov.Core()
-        config: dict = {"PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT"}
-        if streams is not None and streams > 1:
-            config["NUM_STREAMS"] = streams
-        if num_threads:
-            config["INFERENCE_NUM_THREADS"] = num_threads
-        self._compiled = core.compile_model(str(ir_dir / "openvino_model.xml"), device, config)
-        self.concurrency = 1 if streams == 1 else max(1, int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-        # One infer request per batch in flight; encode() borrows one (blocking while all are busy).
-        self._idle: queue.SimpleQueue = queue.SimpleQueue()
-        for _ in range(self.concurrency):
-            self._idle.put(self._compiled.create_infer_request())
-        self._inputs = {port.get_any_name() for port in self._compiled.inputs}
-        self._output = self._compiled.outputs[0]
+                 streams: int | None = 1, config: dict | None = None):
+        """`config`: more OpenVINO properties (bench.encoder_precision sets the inference precision)."""
+        self._model = OpenVINOStreams(ir_dir / "openvino_model.xml", device, streams=streams, num_threads=num_threads,
+                                      config=config)
+        self.concurrency = self._model.concurrency
         self.spec = spec
         self.pad_id = pad_id
         self.device = device.lower()
-        self.dimensions = int(self._output.get_partial_shape()[-1].get_length())
+        self.dimensions = int(self._model.output.get_partial_shape()[-1].get_length())
 
     def encode(self, batch: list[list[int]]) -> np.ndarray:
         input_ids, mask = pad_batch(batch, self.pad_id)
-        feeds = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(input_ids)
-        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
-        request = self._idle.get()
-        try:
-            hidden = np.array(request.infer(feeds)[self._output])
-        finally:
-            self._idle.put(request)
-        return pool(hidden, mask, self.spec)
+        feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": np.zeros_like(input_ids)}
+        return pool(self._model.infer(feeds), mask, self.spec)
 
 
 class TorchEncoder:
