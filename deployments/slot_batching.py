@@ -22,8 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from .batching import run_flattened
-
 
 class SlotBatcher:
     def __init__(self, compute: Callable[[list[Any]], np.ndarray], *, max_batch_size: int, wait_s: float, slots: int,
@@ -80,7 +78,7 @@ class SlotBatcher:
 
     async def _run(self, batch: list[tuple[Sequence[Any], asyncio.Future]]) -> None:
         try:
-            parts = await run_flattened([chunk for chunk, _ in batch], self._compute, self._on_batch)
+            parts = await _run_flattened([chunk for chunk, _ in batch], self._compute, self._on_batch)
         except Exception as error:  # every caller of the batch gets the engine's error
             for _, future in batch:
                 if not future.done():
@@ -89,3 +87,18 @@ class SlotBatcher:
         for (_, future), rows in zip(batch, parts, strict=True):
             if not future.done():
                 future.set_result(rows)
+
+
+async def _run_flattened(chunks: Sequence[Sequence[Any]], compute: Callable[[list[Any]], np.ndarray],
+                         on_batch: Callable[[int], Any] | None = None) -> list[np.ndarray]:
+    """compute(every item of every chunk) once, in a thread (off the replica's event loop); each
+    chunk's rows back, in order."""
+    flat = [item for chunk in chunks for item in chunk]
+    if on_batch is not None:
+        on_batch(len(flat))
+    rows = await asyncio.to_thread(compute, flat)
+    out, start = [], 0
+    for chunk in chunks:
+        out.append(rows[start : start + len(chunk)])
+        start += len(chunk)
+    return out
