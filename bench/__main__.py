@@ -249,26 +249,20 @@ def main() -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip the peer phases (--peers '')")
     parser.add_argument("--out", help="where to write the JSON results (default bench/results/<date>.json, or <date>-2.json, ... if taken)")
     args = parser.parse_args()
+    measures = {"infinity": lambda: measure_infinity(args), "vllm": lambda: chat_peer.measure_vllm(args.rounds, say)}
+    wanted = set() if args.no_peers else {name.strip() for name in args.peers.split(",") if name.strip()}
+    if wanted - set(measures):  # before the phases, not ten minutes into the run
+        parser.error(f"unknown peers: {', '.join(sorted(wanted - set(measures)))} (known: {', '.join(measures)})")
     raw_runs = measure_raw(args)
     server_runs = measure_server(args)
-    wanted = set() if args.no_peers else {name.strip() for name in args.peers.split(",") if name.strip()}
-    unknown = wanted - {"infinity", "vllm"}
-    if unknown:
-        parser.error(f"unknown peers: {', '.join(sorted(unknown))} (known: infinity, vllm)")
-    peer, chat_peer_runs, peer_errors = None, None, {}
-    # A peer is context: a broken install must not cost the hfserve results.
-    if "infinity" in wanted:
+    peer_runs, peer_errors = {}, {}
+    for name in (name for name in measures if name in wanted):
         try:
-            peer = measure_infinity(args)
-        except Exception as error:  # noqa: BLE001
-            peer_errors["infinity"] = f"{type(error).__name__}: {error}"
-            say(f"peer phase failed, continuing without it: {peer_errors['infinity']}")
-    if "vllm" in wanted:
-        try:
-            chat_peer_runs = chat_peer.measure_vllm(args.rounds, say)
-        except Exception as error:  # noqa: BLE001
-            peer_errors["vllm"] = f"{type(error).__name__}: {error}"
-            say(f"peer phase failed, continuing without it: {peer_errors['vllm']}")
+            peer_runs[name] = measures[name]()
+        except Exception as error:  # noqa: BLE001 - a peer is context: a broken install must not cost the hfserve results
+            peer_errors[name] = f"{type(error).__name__}: {error}"
+            say(f"peer phase failed, continuing without it: {peer_errors[name]}")
+    peer, chat_peer_runs = peer_runs.get("infinity"), peer_runs.get("vllm")
     cost = None
     if args.metrics_pairs:
         say("metrics cost: the server with metrics off and on, alternating")

@@ -264,9 +264,5 @@ def remove_stale_node_files(config_dir: Path | None = None, older_than_s: float 
             if not directory.is_dir() or directory.stat().st_uid != os.getuid():
                 continue
             if max([directory.stat().st_mtime, *(entry.stat().st_mtime for entry in directory.iterdir())]) < cutoff:
-                candidates.append(directory)
-    in_use = _node_dirs_in_use(config_dir) if candidates else set()
-    removed = [directory for directory in candidates if directory not in in_use]
-    for directory in removed:
-        shutil.rmtree(directory, ignore_errors=True)
-    return removed
+                candidates.append(directory.name)
+    return remove_node_files(candidates, config_dir, wait_s=0)  # an HAProxy reading one keeps it
