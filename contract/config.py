@@ -34,6 +34,18 @@ MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"  # anchored for JSON S
 _MODEL_ID = re.compile(MODEL_ID_PATTERN.strip("^$"))
 
 
+# Serve's gRPC calls between deployments keep gRPC's 4 MiB message default unless this variable
+# is set in both replicas' processes; a documented maximum (2048 embeddings of 384 floats) is
+# over it. 256 MiB fits 2048 vectors of up to ~24k dimensions (docs/operations.md).
+MODEL_CALL_MESSAGE_ENV = "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH"
+MODEL_CALL_MESSAGE_BYTES = 256 * 1024 * 1024
+
+
+def model_call_env_vars() -> dict[str, str]:
+    """The environment a replica needs for model calls of the documented maximum size."""
+    return {MODEL_CALL_MESSAGE_ENV: str(MODEL_CALL_MESSAGE_BYTES)}
+
+
 def valid_model_id(name: str) -> bool:
     # fullmatch, not match: Python's `$` also matches before a trailing newline.
     return _MODEL_ID.fullmatch(name) is not None
@@ -111,8 +123,17 @@ class IngressArgs(StrictModel):
         description="Largest total size of a request's header names and values (431 above).",
     )
     max_header_count: int = Field(100, ge=8, le=10_000, description="Most headers in a request (431 above).")
+    request_body_timeout_s: float = Field(
+        30.0, gt=0, le=3600,
+        description="Longest wait for the next part of a request body; a client that stops sending gets a 408.",
+    )
     max_embedding_inputs: int = Field(
         2048, ge=1, le=2048, description="Most inputs in one /v1/embeddings request (400 above; OpenAI's limit, 2048, is the most).",
+    )
+    max_request_tokens: int = Field(
+        65536, ge=1, le=10_000_000, description="Most tokens in one /v1/embeddings, /v1/rerank or /v1/classify "
+        "request, all inputs (or query-document pairs) together, as the model's tokenizer counts them, cached ones "
+        "included (400 naming the field above). It bounds how long one request holds a model (docs/operations.md).",
     )
     workers: int | None = Field(
         None,
@@ -189,8 +210,9 @@ class IngressArgs(StrictModel):
         "loading) that run-time models may hold together; a load beyond it unloads idle ones or gets a 409.",
     )
     model_load_timeout_s: float = Field(
-        300, gt=0, le=86400, description="How long a request to a model scaled to zero waits for its replica to "
-        "start (a cold start) before it gets a 504.",
+        300, gt=0, le=86400, description="How long a run-time load (POST /models/load) may take, waiting for resources "
+        "included, before it ends `failed` with the reason; and how long a request to a model scaled to zero waits "
+        "for its replica to start (a cold start) before it gets a 504.",
     )
 
     def with_env(self, env: EnvOverrides) -> IngressArgs:

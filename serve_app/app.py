@@ -22,7 +22,7 @@ import logging
 import ray
 from ray.serve import Application
 
-from contract.config import IngressArgs, ModelAppArgs, read_env
+from contract.config import IngressArgs, ModelAppArgs, model_call_env_vars, read_env
 from contract.lifecycle import RuntimeModel
 from deployments.server import model_server_deployment
 from deployments.task_inference import with_task
@@ -49,7 +49,7 @@ def build_model_app(args: ModelAppArgs) -> Application:
     args = with_task(args.with_env(read_env()))
     placement = place_model(args)
     logger.info("model from %s: planned for %s on %s", args.source, placement.platform, ", ".join(placement.nodes))
-    return model_server_deployment().options(ray_actor_options=placement.ray_actor_options).bind(args)
+    return model_server_deployment().options(ray_actor_options=_actor_options(placement)).bind(args)
 
 
 def build_runtime_model_app(record: RuntimeModel) -> Application:
@@ -59,7 +59,12 @@ def build_runtime_model_app(record: RuntimeModel) -> Application:
     placement = place_model(args)
     scaling = ({"autoscaling_config": record.autoscaling.serve_config()} if record.autoscaling is not None
                else {"num_replicas": 1})
-    return model_server_deployment().options(ray_actor_options=placement.ray_actor_options, **scaling).bind(args)
+    return model_server_deployment().options(ray_actor_options=_actor_options(placement), **scaling).bind(args)
+
+
+def _actor_options(placement: Placement) -> dict:
+    # Ray adds these to the env_vars of the application's runtime_env.
+    return {**placement.ray_actor_options, "runtime_env": {"env_vars": model_call_env_vars()}}
 
 
 def place_model(args: ModelAppArgs) -> Placement:

@@ -10,12 +10,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 
 from fastapi import FastAPI
 from ray import serve
 
-from contract.config import INGRESS_DEPLOYMENT_NAME, IngressArgs
+from contract.config import (
+    INGRESS_DEPLOYMENT_NAME,
+    MODEL_CALL_MESSAGE_BYTES,
+    IngressArgs,
+    model_call_env_vars,
+)
 from hardware.probe import ensure_supervisor
 from observability.exposition import ClusterScraper
 
@@ -61,9 +67,25 @@ def create_app(gateway: Gateway, args: IngressArgs, scraper: ClusterScraper | No
     return app
 
 
+logger = logging.getLogger("ray.serve")
+
+
+def model_calls_fit_grpc() -> bool:
+    """Whether this process's gRPC channels take the largest documented model reply. A config
+    whose `ray_actor_options` replaced ours (and with them the env_vars) falls back to actor
+    calls, which have no such limit, rather than failing the largest requests."""
+    from ray.serve._private.constants import RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH as in_force
+
+    if in_force >= MODEL_CALL_MESSAGE_BYTES:
+        return True
+    logger.warning("gRPC messages are limited to %d bytes in this ingress (set %s in its runtime_env): model calls "
+                   "go as Ray actor calls instead", in_force, next(iter(model_call_env_vars())))
+    return False
+
+
 @serve.deployment(
     name=INGRESS_DEPLOYMENT_NAME,
-    ray_actor_options={"num_cpus": 0.1},
+    ray_actor_options={"num_cpus": 0.1, "runtime_env": {"env_vars": model_call_env_vars()}},
     max_ongoing_requests=512,
 )
 @serve.ingress()
@@ -74,7 +96,7 @@ class Ingress:
         self.hardware = ensure_supervisor()  # the per-node hardware actors: /status and placement
         directory = ModelDirectory(
             list_serve_model_apps,
-            functools.partial(connect_serve_model, over_grpc=args.model_calls_over_grpc),
+            functools.partial(connect_serve_model, over_grpc=args.model_calls_over_grpc and model_calls_fit_grpc()),
             ttl_s=args.model_info_ttl_s,
             info_timeout_s=args.readiness_timeout_s,
             on_reload=lambda model: _quietly(state.call("cache_invalidate", model)),

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from contract.config import EnvOverrides, ModelAppArgs, read_env
+from contract.config import EnvOverrides, ModelAppArgs, model_call_env_vars, read_env
 
 from . import haproxy_mode
 from .deploy_plan import DeployConfigError, DeployPlan, plan_deploy
@@ -118,7 +118,9 @@ def start_cluster(plan: DeployPlan, env: EnvOverrides, say: Say = _say) -> str:
     from ray.serve._private import api as serve_api  # see below: no public API applies a config
     from ray.serve.schema import ServeDeploySchema
 
-    _apply_environment(_http_mode_environment(plan, env, say))
+    # Every Ray process, so that an ingress whose config replaced its ray_actor_options has it too.
+    calls = {name: os.environ.get(name, value) for name, value in model_call_env_vars().items()}
+    _apply_environment({**calls, **_http_mode_environment(plan, env, say)})
     context = ray.init(
         include_dashboard=True,
         dashboard_host="127.0.0.1" if plan.host in ("127.0.0.1", "localhost") else "0.0.0.0",

@@ -133,31 +133,34 @@ def _bert_tokenizer(out: Path, *, token_types: bool = False):
 def _bert_config(hf_tokenizer, **extra):
     from transformers import BertConfig
 
+    shape = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, **extra}
     return BertConfig(
         vocab_size=len(hf_tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=128,
         pad_token_id=hf_tokenizer.pad_token_id,
-        **extra,
+        **shape,
     )
 
 
-def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, seed: int = 0) -> Path:
+# A one-layer BERT as wide as MiniLM (384): its answers at the documented maxima are as large as
+# a real model's (2048 vectors of 384 floats are over gRPC's 4 MiB default).
+WIDE = {"hidden_size": 384, "num_hidden_layers": 1, "num_attention_heads": 4}
+
+
+def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, seed: int = 0, **shape) -> Path:
     import torch
     from transformers import BertModel
 
     out.mkdir(parents=True, exist_ok=True)
     hf_tokenizer = _bert_tokenizer(out)
-    config = _bert_config(hf_tokenizer)
+    config = _bert_config(hf_tokenizer, **shape)
     torch.manual_seed(seed)
     BertModel(config, add_pooling_layer=False).save_pretrained(str(out))
     if sentence_transformers_layout:
         (out / "1_Pooling").mkdir(exist_ok=True)
         (out / "1_Pooling" / "config.json").write_text(
-            json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True})
+            json.dumps({"word_embedding_dimension": config.hidden_size, "pooling_mode_mean_tokens": True})
         )
         (out / "modules.json").write_text(
             json.dumps(
@@ -172,7 +175,7 @@ def build_tiny_bert(out: Path, *, sentence_transformers_layout: bool = True, see
     return out
 
 
-def build_tiny_bert_classifier(out: Path, *, labels: list[str] | None = None, seed: int = 0) -> Path:
+def build_tiny_bert_classifier(out: Path, *, labels: list[str] | None = None, seed: int = 0, **shape) -> Path:
     """A BertForSequenceClassification with BERT's pair tokenizer. Without `labels` it has one
     output, as a sentence-transformers CrossEncoder (a reranker) saves it; with them, one
     output per label and `id2label` naming them."""
@@ -183,9 +186,9 @@ def build_tiny_bert_classifier(out: Path, *, labels: list[str] | None = None, se
     hf_tokenizer = _bert_tokenizer(out, token_types=True)
     if labels:
         config = _bert_config(hf_tokenizer, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                              label2id={label: i for i, label in enumerate(labels)})
+                              label2id={label: i for i, label in enumerate(labels)}, **shape)
     else:
-        config = _bert_config(hf_tokenizer, num_labels=1)
+        config = _bert_config(hf_tokenizer, num_labels=1, **shape)
         config.sentence_transformers = {"activation_fn": "torch.nn.modules.activation.Sigmoid"}
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)

@@ -21,12 +21,13 @@ from serve_app.launcher import (
     wait_until_ready,
 )
 from tests.conftest import free_port
-from tests.tiny_models import build_tiny_bert, build_tiny_bert_classifier, build_tiny_llama
+from tests.tiny_models import WIDE, build_tiny_bert, build_tiny_bert_classifier, build_tiny_llama
 
 LLAMA_CONTEXT = 512
 MAX_BODY = 65536
 RERANK_MAX_DOCUMENTS = 8
 CLASSIFIER_LABELS = ("negative", "neutral", "positive")
+WIDE_LABELS = tuple(f"label-{i:02d}" for i in range(64))  # 2048 inputs' scores: ~8 MB, over gRPC's 4 MiB
 GATEWAY_PREFIX = "/gw"
 KEEP_ALIVE_S = 3
 METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000
@@ -150,6 +151,11 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                 {"source": str(models["bert"]), "task": "embedding", "backend": "openvino", "request_timeout_s": 2, **common},
                 0.1,
             ),
+            # test_hostile_maxima.py: answers at the documented maxima, on each engine.
+            *(_model_app(f"wide-{kind}{suffix}",
+                         {"source": str(models[f"wide_{kind}"]), "task": task, "backend": backend, **common}, 0.05)
+              for kind, task in (("bert", "embedding"), ("classifier", "text-classification"), ("reranker", "rerank"))
+              for suffix, backend in (("", "openvino"), ("-torch", "transformers"))),
         ],
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -165,6 +171,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
         "bert_plain": build_tiny_bert(root / "tiny-bert-plain", sentence_transformers_layout=False, seed=1),
         "reranker": build_tiny_bert_classifier(root / "tiny-reranker"),
         "classifier": build_tiny_bert_classifier(root / "tiny-classifier", labels=list(CLASSIFIER_LABELS), seed=1),
+        "wide_bert": build_tiny_bert(root / "wide-bert", **WIDE),
+        "wide_classifier": build_tiny_bert_classifier(root / "wide-classifier", labels=list(WIDE_LABELS), **WIDE),
+        "wide_reranker": build_tiny_bert_classifier(root / "wide-reranker", **WIDE),
     }
 
 

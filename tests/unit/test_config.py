@@ -163,3 +163,15 @@ def test_the_cluster_config_puts_a_proxy_on_every_node_on_every_interface_with_k
     default = plan_deploy(ROOT / "serve_config.yaml", EnvOverrides())
     assert plan.models == default.models  # the same models, only the exposure differs
     assert not plan.warnings and not default.warnings
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.cluster.yaml"])
+def test_shipped_configs_lift_the_grpc_limit_in_the_ingress(name):
+    """The ingress's config-file ray_actor_options replace the code's runtime_env, so the
+    config itself carries the gRPC limit that the documented maxima need."""
+    from contract.config import MODEL_CALL_MESSAGE_BYTES, MODEL_CALL_MESSAGE_ENV
+
+    apps = yaml.safe_load((ROOT / name).read_text())["applications"]
+    ingress = next(app for app in apps if app["import_path"].endswith(":build_ingress_app"))
+    assert int(ingress["runtime_env"]["env_vars"][MODEL_CALL_MESSAGE_ENV]) == MODEL_CALL_MESSAGE_BYTES
+    assert MODEL_CALL_MESSAGE_BYTES > 2048 * 384 * 4 * 4 // 3  # 2048 MiniLM vectors in base64
