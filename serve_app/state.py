@@ -134,7 +134,8 @@ class StateCore:
         return self.store.get(key_id, include_revoked=False)
 
     def revoke_key(self, key_id: str) -> KeyRecord | None:
-        return self.store.revoke(key_id)
+        # A static admin key (HF_SERVER_API_KEY) outlives every stored one: then none is the last.
+        return self.store.revoke(key_id, keep_an_admin=not self.settings.static_admin)
 
     def add_usage(self, usage: dict[str, KeyUsage]) -> None:
         self.store.add_usage(usage)
@@ -195,7 +196,7 @@ class StateCore:
                                         code="model_unloading")
                 if existing.same_spec(record):
                     return {"record": existing.model_dump(mode="json"), "evicted": []}
-                if existing.state == "loading":
+                if existing.state in ("loading", "pending"):
                     raise ConflictError(f"Model '{record.model}' is still loading with other arguments; wait for it "
                                         "to be ready, then unload it first.", code="model_loading")
                 raise ConflictError(f"Model '{record.model}' is loaded with other arguments; unload it first.",
@@ -245,13 +246,22 @@ class StateCore:
     def breaker_snapshots(self) -> dict[str, Snapshot]:
         return {model: breaker.snapshot() for model, breaker in self.breakers.items()}
 
-    def breaker_report(self, model: str, ok: bool) -> Snapshot:
+    def breaker_report(self, model: str, ok: bool, caller: str | None = None) -> Snapshot:
+        """A call's outcome; a failure names its caller (None: no request caused it)."""
         breaker = self._breaker(model)
-        breaker.record_success() if ok else breaker.record_failure()
+        breaker.record_success() if ok else breaker.record_failure(caller)
         return breaker.snapshot()
 
-    def breaker_probe(self, model: str) -> bool:
-        return self._breaker(model).allow()
+    def breaker_probe(self, model: str) -> tuple[bool, Snapshot]:
+        """Claim the one probe of a model whose breaker wants one, across every ingress: whether
+        this caller got it, and the breaker now (closed already, say, by another's probe)."""
+        breaker = self._breaker(model)
+        return breaker.claim_probe(), breaker.snapshot()
+
+    def breaker_probed(self, model: str, ok: bool | None) -> Snapshot:
+        breaker = self._breaker(model)
+        breaker.record_probe(ok)
+        return breaker.snapshot()
 
     def breaker_replaced(self, model: str) -> None:
         """An ingress saw a new healthy replica of `model` (see ModelDirectory)."""

@@ -1,5 +1,6 @@
 """What a failed model call means: the error the client gets, and whether it counts against
-the model's circuit breaker (only failures of the model do: timeouts, dead replicas, 5xx)."""
+the model's circuit breaker (only failures of the model do: timeouts, dead replicas, 5xx; a
+request or answer over the ingress-model message limit is the request's own: a 413)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from contract.errors import (
     APIError,
     GatewayTimeoutError,
     InternalServerError,
+    RequestTooLargeError,
     ServiceUnavailableError,
     as_api_error,
 )
@@ -31,6 +33,11 @@ def classify(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError
     api_error = as_api_error(exc)
     if api_error is not None:
         return api_error, api_error.status_code >= 500
+    if _over_message_limit(exc):
+        return RequestTooLargeError(
+            f"This request to model '{model}', or its answer, is larger than the largest message between "
+            "the server's processes. Send fewer or shorter inputs per request."
+        ), False
     from ray import exceptions as ray_exceptions
     from ray.serve.exceptions import BackPressureError
 
@@ -48,3 +55,29 @@ def classify(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError
     else:
         logger.error("model call to %s failed", model, exc_info=exc)
     return InternalServerError(INTERNAL_ERROR_MESSAGE), True
+
+
+def _over_message_limit(exc: BaseException) -> bool:
+    """gRPC's RESOURCE_EXHAUSTED on the ingress-model call (`_by_reference=False`): Serve passes
+    the AioRpcError through as it is (it maps only UNAVAILABLE), whichever side found the
+    message over its `max_receive_message_length`. Serve's backpressure comes as its own
+    BackPressureError, and the model's errors inside RayTaskError, never as this code."""
+    import grpc
+
+    code = getattr(exc, "code", None) if isinstance(exc, grpc.RpcError) else None
+    return callable(code) and code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def own_failure(error: APIError, model: str) -> APIError:
+    """The error of a failed call after the model answered a probe of its own: the same status,
+    saying that the request itself is the likely cause and that the model serves others."""
+    own = type(error).__new__(type(error))
+    APIError.__init__(
+        own,
+        f"{error.message.rstrip('.')}. The model '{model}' answers other requests (it answered a probe just "
+        "now), so this request itself is the likely cause, its size or its content: retried unchanged it will "
+        "likely fail again.",
+        param=error.param, code=error.code, headers=error.headers, extra=error.extra,
+    )
+    own.error_type = error.error_type
+    return own

@@ -1,15 +1,12 @@
-"""The gateway's flow for each request, between the parsed request and the model:
+"""The gateway's flow for each request, between the parsed request and the model: model access
+-> rate limit (reserve tokens) -> response cache -> circuit breaker -> the model call, with its
+timeout -> breaker report (with its caller), cache store, token settlement, usage.
 
-  model access -> rate limit (reserve tokens) -> response cache -> circuit breaker
-  -> the model call, with its timeout -> breaker report, cache store, token settlement, usage.
-
-HTTP-free: `chat`, `complete`, `embed`, `rerank` and `classify` take the caller and a protocol request and return a
-Reply (a protocol object or a chunk stream, plus rate-limit and cache facts); the routes shape
-JSON or SSE. The parts each keep a local copy of the shared state actor's data, so the actor
-is off most requests' critical path: key lookups are cached for `key_cache_ttl_s`, quota is
-leased in chunks, breaker states and the cache's keys are synced every 250 ms (every second
-when idle), usage and settlements are flushed in batches. While the actor restarts, each part
-degrades to its local copy instead of failing the request.
+HTTP-free: each endpoint method takes the caller and a protocol request and returns a Reply (a
+protocol object or a chunk stream, plus rate-limit and cache facts); the routes shape JSON or
+SSE. Each part keeps a local copy of the state actor's data (keys cached, quota leased in
+chunks, breakers and cache keys synced every 250 ms, usage flushed in batches), so the actor is
+off most requests' critical path, and while it restarts each part degrades to its local copy.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from .cache_client import CacheClient
 from .callers import Authenticator, Caller
 from .classify import classify_inputs
 from .embeddings import embed
-from .failures import classify
+from .failures import classify, own_failure
 from .generation import (
     CHAT_SPEC,
     COMPLETE_SPEC,
@@ -67,7 +64,7 @@ class Gateway:
         self.authenticator = Authenticator(state, args)
         self.quota = Quota(state)
         self.cache = CacheClient(state, args)
-        self.breakers = Breakers(state, args.enable_circuit_breaker)
+        self.breakers = Breakers(state, args.enable_circuit_breaker, directory)
         self.usage = UsageRecorder(state)
         self.metrics = Recorder(args.enable_metrics)
         self._background: list[asyncio.Task] = []
@@ -147,12 +144,13 @@ class Gateway:
         if record is not None and self.directory.status_of(model) is not None:
             record.model = model  # a model that exists: a bounded label, never what a client typed
         try:
-            entry = await self.directory.entry_for(model, endpoint)
+            # Why a model is not ready in detail (paths, exception text) for admin keys only.
+            entry = await self.directory.entry_for(model, endpoint, detail=caller.admin)
         except ServiceUnavailableError:
             if self.directory.status_of(model) == "unavailable":
                 # Serve saw the replica die (or it stopped answering): a failure for the
-                # breaker, as a failed call would have been. A model still loading is not.
-                await self.breakers.report(model, ok=False)
+                # breaker that no request caused. A model still loading is not one.
+                await self.breakers.failed(model, None)
             self.breakers.raise_if_open(model)  # the breaker's answer says how long to wait
             raise
         self.last_used[model] = self._models_used[model] = time.time()  # a model that exists: bounded
@@ -188,15 +186,25 @@ class Gateway:
         try:
             response = await (asyncio.wait_for(call, timeout_s) if bounded else call)
         except BaseException as exc:
-            self.quota.settle(admission, 0)
             if isinstance(exc, asyncio.CancelledError):
+                self.quota.settle(admission, 0)
                 raise
-            error, failure = classify(exc, model, timeout_s)
-            if failure:
-                await self.breakers.report(model, ok=False)
+            error, own = await self._failure(exc, model, timeout_s, admission.caller)
+            # A request shown to fail by itself is charged its reservation: its caller's limits
+            # pay for the work it cost, never the model's breaker.
+            self.quota.settle(admission, admission.reserved if own else 0)
             raise error from None
-        await self.breakers.report(model, ok=True)
+        await self.breakers.succeeded(model)
         return response
+
+    async def _failure(self, exc: BaseException, model: str, timeout_s: float, caller: Caller) -> tuple[APIError, bool]:
+        """The error a failed model call gives its caller, after the breaker heard of it (and,
+        where that caller's failures alone reached its threshold, probed the model), and whether
+        the model answered that probe: the failure was the request's own."""
+        error, failure = classify(exc, model, timeout_s)
+        if failure and await self.breakers.failed(model, caller.cache_scope):
+            return own_failure(error, model), True
+        return error, False
 
     def queue_timer(self, model: str) -> Callable[..., None]:
         """Called with a call's first heartbeat or chunk, and the seconds the replica worked
@@ -278,9 +286,8 @@ class Gateway:
                 outcome = "done"
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                    error, failure = classify(exc, model, timeout_s)
-                    outcome = "failed" if failure else "client_error"
-                    raise error from None
+                    outcome = "failed"
+                    raise (await self._failure(exc, model, timeout_s, caller))[0] from None
                 raise
             finally:
                 self._settle_stream(spec, caller, admission, model, totals, outcome, cache_key)
@@ -294,8 +301,6 @@ class Gateway:
         if usage:
             self.usage.record(caller, usage.prompt_tokens, usage.completion_tokens)
         if outcome == "done":
-            asyncio.get_running_loop().create_task(self.breakers.report(model, ok=True))
+            asyncio.get_running_loop().create_task(self.breakers.succeeded(model))
             if cache_key and usage:
                 self.cache.put(cache_key, spec.assemble(model, totals).model_dump_json().encode(), model)
-        elif outcome == "failed":
-            asyncio.get_running_loop().create_task(self.breakers.report(model, ok=False))
