@@ -9,11 +9,13 @@ Only the small pydantic objects below and in protocol.py cross it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from .errors import InvalidRequestError
 from .protocol import (
+    BudgetedRequest,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -21,6 +23,7 @@ from .protocol import (
     CompletionResponse,
     EmbeddingRequest,
     EmbeddingResponse,
+    TokenBudget,
 )
 
 
@@ -59,6 +62,32 @@ class NotStartedInTime(TimeoutError):
     """A model call that no replica started within request_timeout_s: it waited in Serve's queue
     behind others (or for a replica that is gone). The model may be healthy, only busy, so it is
     a 503 to retry, not a failure of the model."""
+
+
+B = TypeVar("B", bound=BudgetedRequest)
+
+
+def with_token_budget(request: B, max_tokens: int, counted_tokens: int = 0) -> B:
+    """`request` carrying its budget to the replica: at most `max_tokens` in all, of which
+    `counted_tokens` (the items the ingress answers from its cache) are already spent."""
+    request._token_budget = TokenBudget(max_tokens=max_tokens, counted_tokens=counted_tokens)
+    return request
+
+
+def check_request_tokens(request: BudgetedRequest, tokens: int, *, param: str) -> None:
+    """Raise the 400 on `param` when `tokens` (the tokenizer's count of what the request sent)
+    and what the ingress counted are over the request's budget. A handle caller that set no
+    budget has none."""
+    budget = request._token_budget
+    if budget is not None and budget.counted_tokens + tokens > budget.max_tokens:
+        raise request_tokens_exceeded(budget.counted_tokens + tokens, budget.max_tokens, param)
+
+
+def request_tokens_exceeded(tokens: int, limit: int, param: str) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"{param} has {tokens} tokens in all; at most {limit} tokens are allowed per request (max_request_tokens).",
+        param=param, code="request_tokens_exceeded",
+    )
 
 
 class EngineStats(BaseModel):

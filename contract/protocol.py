@@ -37,6 +37,24 @@ class OpenAIRequest(BaseModel):
         return sorted((self.model_extra or {}).keys())
 
 
+class TokenBudget(BaseModel):
+    """The most tokens one request may have in all (the ingress's max_request_tokens), and how
+    many of them the ingress counted itself (items it answers from its cache and does not send)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int
+    counted_tokens: int = 0
+
+
+class BudgetedRequest(OpenAIRequest):
+    """A request whose work the model replica bounds by its tokens (embeddings, rerank, classify)."""
+
+    # Set by the ingress on the copy it sends to the model, where the tokenizer runs and the count
+    # is exact (contract/model_api.py check_request_tokens). Private attributes are neither read
+    # from nor written to JSON, so a client cannot set it, but they travel between Ray processes.
+    _token_budget: TokenBudget | None = PrivateAttr(default=None)
+
+
 class OpenAIResponse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -313,7 +331,7 @@ class CompletionResponse(StreamedResponse):
 # ----------------------------------------------------------------------------- embeddings
 
 
-class EmbeddingRequest(OpenAIRequest):
+class EmbeddingRequest(BudgetedRequest):
     model: str = Field(..., min_length=1)
     # At most MAX_EMBEDDING_INPUTS inputs (OpenAI's limit); the ingress may be set lower
     # (IngressArgs.max_embedding_inputs), which its OpenAPI document then shows.
@@ -356,7 +374,7 @@ class EmbeddingResponse(OpenAIResponse):
 # ----------------------------------------------------------------------------- models
 
 # idle: scaled to zero (min_replicas 0); the next request starts a replica and waits for it.
-ModelStatus = Literal["ready", "idle", "loading", "failed", "unavailable", "circuit_open", "circuit_half_open"]
+ModelStatus = Literal["ready", "idle", "loading", "pending", "failed", "unavailable", "circuit_open", "circuit_half_open"]
 
 
 class ModelReplica(OpenAIResponse):
@@ -382,9 +400,11 @@ class ModelCard(OpenAIResponse):
     device: str | None = None
     platform: str | None = None
     replicas: list[ModelReplica] = []
-    # Run-time models (POST /models/load): how long the load took, and why it failed.
+    # Run-time models (POST /models/load): how long the load took; why it waits or failed, in a
+    # few public words (`reason`) and, for admin keys only, in detail (`error`).
     loaded_at_runtime: bool = False
     load_seconds: float | None = None
+    reason: str | None = None
     error: str | None = None
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_serializer
 
-from .protocol import NonEmptyText, OpenAIRequest, OpenAIResponse
+from .protocol import BudgetedRequest, NonEmptyText, OpenAIResponse
 from .schema_rules import integer
 
 MAX_RERANK_DOCUMENTS = 10_000  # the protocol's bound; each model's own (max_rerank_documents) is lower
@@ -20,7 +20,7 @@ MAX_CLASSIFY_INPUTS = 2048  # as embeddings: OpenAI's limit on inputs per reques
 # ----------------------------------------------------------------------------- rerank
 
 
-class RerankRequest(OpenAIRequest):
+class RerankRequest(BudgetedRequest):
     model: str = Field(..., min_length=1)
     query: NonEmptyText
     # Each model accepts at most its max_rerank_documents (a 400 naming `documents` above).
@@ -64,7 +64,7 @@ class RerankResponse(OpenAIResponse):
 # ----------------------------------------------------------------------------- classify
 
 
-class ClassificationRequest(OpenAIRequest):
+class ClassificationRequest(BudgetedRequest):
     model: str = Field(..., min_length=1)
     input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_CLASSIFY_INPUTS)]
     user: str | None = None

@@ -3,12 +3,12 @@ at once as the engine runs (OpenVINO streams).
 
 Batches are counted in inputs, not requests: 32 one-sentence requests and one 32-sentence
 request both make one engine call of 32. A request with more inputs than ``max_batch_size``
-is split into chunks that batch independently.
+takes turns with the other requests' inputs (slot_batching.py), and its tokens in all are
+capped by the ingress's max_request_tokens (contract/model_api.py TokenBudget).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -19,7 +19,7 @@ import numpy as np
 from contract.config import ModelAppArgs
 from contract.engine import EmbeddingEngine
 from contract.errors import ContextLengthExceededError, InvalidRequestError
-from contract.model_api import EngineStats
+from contract.model_api import EngineStats, check_request_tokens
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.tasks import TaskSpec
 from contract.vectors import encode_vector
@@ -74,16 +74,15 @@ class EmbeddingTask:
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse:
         dims = self._check_dimensions(request.dimensions)
         token_lists = self._tokenize_all(request.inputs())
-        chunks = [token_lists[i : i + self.max_batch_size] for i in range(0, len(token_lists), self.max_batch_size)]
-        parts = await asyncio.gather(*(self._batcher.submit(chunk) for chunk in chunks))
-        vectors = np.concatenate(parts, axis=0)
+        tokens = sum(len(ids) for ids in token_lists)
+        check_request_tokens(request, tokens, param="input")
+        vectors = await self._batcher.run(token_lists)
         if dims is not None and dims < vectors.shape[1]:
             vectors = vectors[:, :dims]
             if self.engine.spec.normalize:
                 vectors = vectors / np.clip(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12, None)
         self._requests += 1
         self._inputs += len(token_lists)
-        tokens = sum(len(ids) for ids in token_lists)
         if self._meter is not None:
             self._meter.metrics.inc(m.PROMPT_TOKENS, tokens, model=self.model_id)
         return EmbeddingResponse(

@@ -13,6 +13,7 @@ import logging
 
 from contract.config import ModelAppArgs
 from contract.errors import ContextLengthExceededError, too_many_documents
+from contract.model_api import check_request_tokens
 from contract.protocol import new_id
 from contract.scoring_protocol import (
     RerankDocument,
@@ -51,6 +52,7 @@ class RerankTask(SequenceScorer):
         if len(request.documents) > self.max_rerank_documents:
             raise too_many_documents(len(request.documents), self.max_rerank_documents, self.model_id)
         pairs = self._tokenize(request.query, request.documents)
+        check_request_tokens(request, sum(len(pair.ids) for pair in pairs), param="documents")
         scores = apply_activation(await self.logits(pairs), "sigmoid")[:, 0]
         order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep document order
         results = [

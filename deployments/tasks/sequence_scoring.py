@@ -5,13 +5,12 @@ forms a batch when one of the engine's streams is free (deployments/slot_batchin
 not @serve.batch), and `encoder_streams` sets how many run at once.
 
 Batches are counted in sequences, not requests, as embeddings count inputs: a request with more
-sequences than ``max_batch_size`` is split into chunks that batch independently. Not a task
+sequences than ``max_batch_size`` takes turns with the other requests' sequences. Not a task
 module itself: it defines no TASK.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -122,13 +121,11 @@ class SequenceScorer:
         self._on_batch = meter.batch_observer("serve_batch")
 
     async def logits(self, sequences: list[Sequence]) -> np.ndarray:
-        size = self.max_batch_size
-        chunks = [sequences[i : i + size] for i in range(0, len(sequences), size)]
-        parts = await asyncio.gather(*(self._batcher.submit(chunk) for chunk in chunks))
+        rows = await self._batcher.run(sequences)
         self._requests += 1
         if self._meter is not None:
             self._meter.metrics.inc(m.PROMPT_TOKENS, sum(len(seq.ids) for seq in sequences), model=self.model_id)
-        return np.concatenate(parts, axis=0)
+        return rows
 
     def _observe_batch(self, size: int) -> None:
         if self._on_batch is not None:

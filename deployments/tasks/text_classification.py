@@ -12,6 +12,7 @@ import logging
 
 from contract.config import ModelAppArgs
 from contract.errors import ContextLengthExceededError
+from contract.model_api import check_request_tokens
 from contract.protocol import new_id, now
 from contract.scoring_protocol import (
     ClassificationData,
@@ -59,6 +60,7 @@ class ClassificationTask(SequenceScorer):
                     f"{self.max_model_len} tokens per input.",
                     param="input",
                 )
+        check_request_tokens(request, sum(len(ids) for ids in token_lists), param="input")
         scores = apply_activation(await self.logits([Sequence.single(ids) for ids in token_lists]), self.function)
         tokens = [len(ids) for ids in token_lists]
         return ClassificationResponse(

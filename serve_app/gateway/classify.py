@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from contract.model_api import with_token_budget
 from contract.protocol import new_id, now
 from contract.scoring_protocol import (
     ClassificationData,
@@ -37,8 +38,9 @@ async def classify_inputs(gateway: Gateway, entry: ModelEntry, caller: Caller, r
     keys = [item_key("classification", entry.info.revision, scope, text) if gateway.cache.enabled else None
             for text in texts]
 
-    async def compute(missing: list[int]):
-        sub = request.model_copy(update={"input": [texts[i] for i in missing]})
+    async def compute(missing: list[int], counted: int):
+        sub = with_token_budget(request.model_copy(update={"input": [texts[i] for i in missing]}),
+                                gateway.args.max_request_tokens, counted)
         response: ClassificationResponse = await call_scoring_model(gateway, entry, "classify", sub, admission)
         tokens = response.usage.input_tokens or [0] * len(missing)
         items = [{"tokens": tokens[j], "data": data.model_dump(mode="json", exclude={"index"})}
@@ -46,7 +48,7 @@ async def classify_inputs(gateway: Gateway, entry: ModelEntry, caller: Caller, r
         return items, response.usage.prompt_tokens
 
     scored = await score_items(gateway, request.model, admission, keys, kind="classification", no_cache=no_cache,
-                               compute=compute)
+                               compute=compute, param="input")
     gateway.quota.settle(admission, scored.computed_tokens)
     total = scored.total_tokens
     gateway.usage.record(caller, total, 0)

@@ -1,5 +1,6 @@
 """The gateway's flow for /v1/embeddings: the cache works per input string, so a request whose
-inputs were partly seen before sends only the new ones to the model.
+inputs were partly seen before sends only the new ones to the model, with the cached ones' token
+count: the replica's cap (max_request_tokens) covers the whole request.
 
 Cached entries hold the input's token count and its float32 vector; the model is always asked
 for base64 (the cheapest to carry across the handle) and the answer is re-encoded in the
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from contract.errors import InvalidRequestError
+from contract.model_api import request_tokens_exceeded, with_token_budget
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.vectors import decode_base64_vector, encode_vector
 from observability import catalogue as m
@@ -61,10 +63,15 @@ async def embed(gateway: Gateway, entry: ModelEntry, caller: Caller, request: Em
     for i, key in enumerate(keys):
         if key is not None and key in found:
             tokens[i], vectors[i] = _unpack(found[key])
+    counted = sum(tokens)  # the cached inputs' exact counts; the replica counts the rest
+    if counted > gateway.args.max_request_tokens:
+        gateway.quota.settle(admission, 0)
+        raise request_tokens_exceeded(counted, gateway.args.max_request_tokens, "input")
     computed_tokens = 0
     if missing:
         await gateway.admit_to_model(request.model, admission)
-        sub = request.model_copy(update={"input": [inputs[i] for i in missing], "encoding_format": "base64"})
+        sub = with_token_budget(request.model_copy(update={"input": [inputs[i] for i in missing], "encoding_format": "base64"}),
+                                gateway.args.max_request_tokens, counted)
         timeout = entry.info.request_timeout_s
         if len(missing) <= (entry.info.max_batch_size or 32):  # one batch: bounded outright, the cheapest call
             response = await gateway.call_model(entry.client.embed(sub), request.model, timeout, admission)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from contract.errors import too_many_documents
+from contract.model_api import with_token_budget
 from contract.protocol import new_id
 from contract.scoring_protocol import (
     RerankDocument,
@@ -44,15 +45,17 @@ async def rerank_documents(gateway: Gateway, entry: ModelEntry, caller: Caller, 
     keys = [item_key("rerank", entry.info.revision, scope, request.query, document) if gateway.cache.enabled else None
             for document in documents]
 
-    async def compute(missing: list[int]):
-        sub = request.model_copy(update={"documents": [documents[i] for i in missing], "top_n": None,
-                                         "return_documents": False})
+    async def compute(missing: list[int], counted: int):
+        sub = with_token_budget(request.model_copy(update={"documents": [documents[i] for i in missing], "top_n": None,
+                                                           "return_documents": False}),
+                                gateway.args.max_request_tokens, counted)
         response: RerankResponse = await call_scoring_model(gateway, entry, "rerank", sub, admission)
         scores = {result.index: result.relevance_score for result in response.results}
         tokens = response.usage.input_tokens or [0] * len(missing)
         return [{"tokens": tokens[j], "score": scores[j]} for j in range(len(missing))], response.usage.prompt_tokens
 
-    scored = await score_items(gateway, request.model, admission, keys, kind="rerank", no_cache=no_cache, compute=compute)
+    scored = await score_items(gateway, request.model, admission, keys, kind="rerank", no_cache=no_cache, compute=compute,
+                               param="documents")
     gateway.quota.settle(admission, scored.computed_tokens)
     total = scored.total_tokens
     gateway.usage.record(caller, total, 0)

@@ -4,7 +4,8 @@ partly seen before sends only the new ones to the model, as embeddings do.
 
 Each item's cache value is JSON holding its token count and whatever the endpoint needs to
 rebuild its answer; the model computes the missing items in one call, bounded by its progress
-(a request of many items spans several batches).
+(a request of many items spans several batches). The cached items' tokens go with the call, so
+that the replica's cap (max_request_tokens) covers the whole request.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from contract.model_api import request_tokens_exceeded
 from observability import catalogue as m
 
 from .quota import Admission
@@ -21,8 +23,9 @@ from .quota import Admission
 if TYPE_CHECKING:
     from .orchestrator import Gateway
 
-# compute(indices of the items the cache lacked) -> (their values, tokens the model computed)
-Compute = Callable[[list[int]], Awaitable[tuple[list[dict[str, Any]], int]]]
+# compute(indices of the items the cache lacked, tokens of the cached ones)
+#   -> (their values, tokens the model computed)
+Compute = Callable[[list[int], int], Awaitable[tuple[list[dict[str, Any]], int]]]
 
 
 @dataclass
@@ -37,9 +40,10 @@ class Scored:
 
 
 async def score_items(gateway: Gateway, model: str, admission: Admission, keys: list[str | None], *,
-                      kind: str, no_cache: bool, compute: Compute) -> Scored:
+                      kind: str, no_cache: bool, compute: Compute, param: str) -> Scored:
     """Each item from the cache where its key is there, the rest from `compute`, which only
-    runs past the model's breaker. A key of None is an item that is not cached."""
+    runs past the model's breaker. A key of None is an item that is not cached. Cached items
+    over max_request_tokens on their own are the 400 on `param` here."""
     cache = gateway.cache
     found: dict[str, bytes] = {}
     lookup = [key for key in keys if key is not None]
@@ -51,10 +55,14 @@ async def score_items(gateway: Gateway, model: str, admission: Admission, keys: 
         gateway.metrics.inc(m.CACHE_MISSES, len(lookup) - len(found), model=model, kind=kind)
     items: list[dict[str, Any] | None] = [json.loads(found[key]) if key in found else None for key in keys]
     missing = [i for i, item in enumerate(items) if item is None]
+    counted = sum(item["tokens"] for item in items if item is not None)
+    if counted > gateway.args.max_request_tokens:
+        gateway.quota.settle(admission, 0)
+        raise request_tokens_exceeded(counted, gateway.args.max_request_tokens, param)
     computed = 0
     if missing:
         await gateway.admit_to_model(model, admission)
-        fresh, computed = await compute(missing)
+        fresh, computed = await compute(missing, counted)
         for i, item in zip(missing, fresh, strict=True):
             items[i] = item
             if keys[i] is not None:

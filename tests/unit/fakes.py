@@ -9,7 +9,7 @@ import numpy as np
 
 from contract import tasks
 from contract.errors import ContextLengthExceededError, InternalServerError
-from contract.model_api import EngineStats, ModelInfo
+from contract.model_api import EngineStats, ModelInfo, check_request_tokens
 from contract.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -126,11 +126,23 @@ class FakeModel:
 
         return Stream()
 
+    async def complete(self, request):
+        """Echoes a text prompt (the breakers' probe completes one short prompt)."""
+        from contract.protocol import CompletionChoice, CompletionResponse
+
+        self.calls += 1
+        if self.fail:
+            raise InternalServerError("engine broke")
+        text = request.prompt if isinstance(request.prompt, str) else ""
+        return CompletionResponse(id="cmpl-1", created=1, model=self.model_id, usage=self._usage(text),
+                                  choices=[CompletionChoice(index=0, text=text, finish_reason="stop")])
+
     async def embed(self, request):
         self.calls += 1
         if self.fail:
             raise InternalServerError("engine broke")
         inputs = request.inputs()
+        check_request_tokens(request, sum(len(str(i).split()) + 2 for i in inputs), param="input")
         self.embedded.extend(i for i in inputs if isinstance(i, str))
         vectors = [np.array([float(len(str(i))), 1.0], dtype=np.float32) for i in inputs]
         data = [
@@ -146,8 +158,9 @@ class FakeModel:
         self.calls += 1
         if self.fail:
             raise InternalServerError("engine broke")
-        self.reranked = getattr(self, "reranked", []) + list(request.documents)
         tokens = [len(request.query.split()) + len(doc.split()) + 3 for doc in request.documents]
+        check_request_tokens(request, sum(tokens), param="documents")
+        self.reranked = getattr(self, "reranked", []) + list(request.documents)
         order = sorted(range(len(request.documents)), key=lambda i: -len(request.documents[i]))
         results = [RerankResult(index=i, relevance_score=len(request.documents[i]) / 100) for i in order[: request.top_n]]
         return RerankResponse(id="rerank-1", model=self.model_id, results=results,
@@ -156,6 +169,7 @@ class FakeModel:
     async def classify(self, request):
         """Labels short/long: P(short) = 1 / (1 + the text's length); a text costs its words plus 2 tokens."""
         self.calls += 1
+        check_request_tokens(request, sum(len(text.split()) + 2 for text in request.inputs()), param="input")
         self.classified = getattr(self, "classified", []) + request.inputs()
         data, tokens = [], []
         for index, text in enumerate(request.inputs()):
