@@ -17,7 +17,8 @@ from .config import MODEL_ID_PATTERN, ModelAppArgs
 # What the load request names itself; everything else a model takes goes in `options`.
 _TOP_LEVEL_ARGS = frozenset({"source", "task", "hardware", "backend"})
 
-RuntimeState = Literal["loading", "ready", "failed", "unloading"]
+# pending: deployed, but its replica waits for resources no node has free.
+RuntimeState = Literal["loading", "pending", "ready", "failed", "unloading"]
 
 
 class Autoscaling(BaseModel):
@@ -58,6 +59,8 @@ class LoadModelRequest(BaseModel):
     hardware: str | list[str] | None = None
     backend: Literal["auto", "openvino", "transformers"] | None = None
     autoscaling: Autoscaling | None = None
+    load_timeout_s: float | None = Field(None, gt=0, le=86400, description="How long the load may take before it "
+                                         "ends failed (default, and most: the ingress's model_load_timeout_s).")
     options: dict[str, Any] = Field({}, description="Any other ModelAppArgs field (num_cpus, max_model_len, ...).")
 
     @field_validator("options")
@@ -92,8 +95,10 @@ class RuntimeModel(BaseModel):
     args: dict[str, Any]  # ModelAppArgs fields (task resolved when it could be)
     autoscaling: Autoscaling | None = None
     state: RuntimeState = "loading"
-    error: str | None = None
+    error: str | None = None  # why it failed or waits, in detail (paths, exception text): admins only
+    reason: str | None = None  # the same in a few public words, for every caller of /v1/models
     requested_at: float
+    load_timeout_s: float | None = None  # a load not ready this long after requested_at fails
     ready_at: float | None = None
     estimated_bytes: int | None = None  # weights x dtype, before loading
     last_used: float = 0.0  # unix time of the last request the ingress replicas reported
@@ -111,7 +116,7 @@ class LifecycleReply(BaseModel):
     """The answer of POST /models/load and /models/unload."""
 
     model: str
-    status: Literal["loading", "ready", "failed", "unloading", "unloaded"]
+    status: Literal["loading", "pending", "ready", "failed", "unloading", "unloaded"]
     message: str | None = None
     evicted: list[str] = []
     estimated_bytes: int | None = None

@@ -1,18 +1,14 @@
 """Resolve a model source to local files, converting and caching where needed.
 
-Sources:
-- a local HF directory: used in place;
-- an HF hub id (``org/name`` or ``hub:org/name``): fetched with huggingface_hub's
-  snapshot_download, the same path ``from_pretrained`` takes (needs network access);
-- ``package:<package>/<file>``: a file shipped inside an installed Python package; GGUF files
-  are converted to an HF directory once.
+Sources: a local HF directory (used in place), an HF hub id (``org/name`` or ``hub:org/name``,
+fetched as ``from_pretrained`` would), or ``package:<package>/<file>``, a file shipped inside an
+installed package (found without importing it; GGUF files are converted to an HF directory).
+A model whose files name custom code (``auto_map``) is refused: its code is never run.
 
-OpenVINO IR is exported from the HF directory by optimum-intel. Every conversion is cached
-under ``<cache_dir>/<name>-<key>``, where the key hashes the source's identity (an installed
-package's version and the file hashes its RECORD lists; a local path's sizes and mtimes; or the
-hub revision), the conversion options and the converter versions; so a restart or a new venv
-reuses it, and a changed source or upgrade converts again. A file lock keeps two replicas
-from converting the same model at once, and results are renamed into place atomically.
+OpenVINO IR is exported by optimum-intel. Each conversion is cached under
+``<cache_dir>/<name>-<key>``, the key hashing the source's identity, the options and the
+converter versions; a file lock keeps two replicas from converting one model at once, and
+results are renamed into place (docs/architecture.md, "Model preparation and the cache").
 """
 
 from __future__ import annotations
@@ -44,6 +40,18 @@ class SourceError(ValueError):
     """The source cannot be resolved; the message says why."""
 
 
+class SourceNotFoundError(SourceError):
+    """A well-formed source that is not on this node (a local path, or a hub model this node
+    cannot reach): another node may have it."""
+
+
+MAX_SHOWN = 120  # of a source echoed in a message: a client may send 4096 characters
+
+
+def shown(source: str) -> str:
+    return repr(source if len(source) <= MAX_SHOWN else source[:MAX_SHOWN] + "...")
+
+
 @dataclass(frozen=True)
 class ModelSource:
     kind: str  # "local" | "hub" | "package"
@@ -58,28 +66,75 @@ class ModelSource:
 
 def parse_source(source: str, revision: str | None = None) -> ModelSource:
     source = source.strip()
+    if any(ord(char) < 32 or ord(char) == 127 for char in source):  # a NUL byte, a newline: no file or hub id has one
+        raise SourceError(f"model source {shown(source)} contains control characters")
     if source.startswith("package:"):
-        spec = source.removeprefix("package:")
-        package, _, relative = spec.partition("/")
-        if not package or not relative:
-            raise SourceError(f"package source must look like package:<package>/<file>, got {source!r}")
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
-            raise SourceError(f"package {package!r} is not installed (source {source!r})")
-        path = Path(next(iter(found.submodule_search_locations))) / relative
-        if not path.exists():
-            raise SourceError(f"{relative!r} does not exist inside package {package!r}")
-        return ModelSource("package", str(path), package=package)
+        return _package_source(source)
     if source.startswith("hub:"):
         return ModelSource("hub", source.removeprefix("hub:"), revision)
     path = Path(source).expanduser()
-    if path.exists():
-        return ModelSource("local", str(path.resolve()))
+    if _exists(path, source):
+        return ModelSource("local", str(_model_location(path.resolve(), source)))
     if source.startswith(("/", "./", "../", "~")):
-        raise SourceError(f"local model path {source!r} does not exist")
+        raise SourceNotFoundError(f"local model path {shown(source)} does not exist")
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source):
         return ModelSource("hub", source, revision)
-    raise SourceError(f"cannot resolve model source {source!r}")
+    raise SourceError(f"cannot resolve model source {shown(source)}")
+
+
+def _package_source(source: str) -> ModelSource:
+    package, _, relative = source.removeprefix("package:").partition("/")
+    if not package or not relative:
+        raise SourceError(f"package source must look like package:<package>/<file>, got {shown(source)}")
+    # find_spec of a dotted name imports its parents (`this.x` runs `this`), so only a
+    # top-level name is looked up, and a top-level lookup never executes the package.
+    if not package.isidentifier():
+        raise SourceError(f"package {shown(package)} is not an installed top-level package (source {shown(source)}); "
+                          "name a folder inside a package after the slash: package:<package>/<folder>/<file>")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise SourceError(f"package {shown(package)} is not installed (source {shown(source)})")
+    path = Path(next(iter(found.submodule_search_locations))) / relative
+    if not _exists(path, source):
+        raise SourceError(f"{shown(relative)} does not exist inside package {shown(package)}")
+    return ModelSource("package", str(_model_location(path, source)), package=package)
+
+
+def _exists(path: Path, source: str) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:  # a name too long, a folder this process may not read
+        raise SourceError(f"model path {shown(source)} cannot be read: {exc.strerror or type(exc).__name__}") from None
+
+
+def _model_location(path: Path, source: str) -> Path:
+    """A model directory or a GGUF file; anything else (a device, a FIFO, another file) is refused
+    before anyone reads it: /dev/zero never ends."""
+    if path.is_dir():
+        return path
+    if not path.is_file():
+        raise SourceError(f"model path {shown(source)} is a device or special file, not a model directory or file")
+    if path.suffix.lower() != ".gguf":
+        raise SourceError(f"model path {shown(source)} is a file but not a GGUF file; point source at a model directory")
+    return path
+
+
+def refuse_custom_code(location: Path) -> None:
+    """SourceError when the model's configs map it to its own Python code (`auto_map`): hfserve
+    never runs it (trust_remote_code stays off), and transformers would otherwise prompt for it."""
+    if not location.is_dir():
+        return
+    for config in sorted(location.glob("*config.json")):
+        if not config.is_file():  # reading a FIFO would block
+            raise SourceError(f"{config.name} is not a regular file")
+        try:
+            data = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{config.name} is not readable JSON: {type(exc).__name__}") from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            names = ", ".join(sorted(map(str, data["auto_map"])))[:200] if isinstance(data["auto_map"], dict) else "auto_map"
+            raise SourceError(f"{config.name} maps the model to custom code ({names}), and hfserve never runs a model's "
+                              "own code (trust_remote_code is off); serve a model whose architecture transformers ships")
 
 
 def _identity(source: ModelSource) -> str:
@@ -259,6 +314,7 @@ def prepare_model(
     if hf_task not in MODEL_CLASSES:
         raise SourceError(f"cannot load weights as {hf_task!r}; known: {', '.join(MODEL_CLASSES)}")
     hf_dir = resolve_hf_dir(source, hf_task, cache_dir, progress)
+    refuse_custom_code(hf_dir)
     ov_dir = None
     if use_openvino:
         ov_dir = prepare_openvino_ir(hf_dir, source, hf_task, weight_format, cache_dir, progress)
@@ -273,7 +329,7 @@ def export_openvino(hf_dir: Path, hf_task: str, weight_format: str, out: Path) -
     from optimum.intel import OVWeightQuantizationConfig
 
     cls = getattr(optimum.intel, MODEL_CLASSES[hf_task][1])
-    kwargs: dict = {"export": True, "compile": False}
+    kwargs: dict = {"export": True, "compile": False, "trust_remote_code": False}
     if weight_format == "int8":
         kwargs["quantization_config"] = OVWeightQuantizationConfig(bits=8)
     else:
@@ -289,9 +345,9 @@ def convert_gguf(gguf_path: Path, hf_task: str, out: Path) -> None:
     import transformers
 
     directory, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=filename, trust_remote_code=False)
     model_cls = getattr(transformers, MODEL_CLASSES[hf_task][0])
-    model = model_cls.from_pretrained(directory, gguf_file=filename)
+    model = model_cls.from_pretrained(directory, gguf_file=filename, trust_remote_code=False)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     _repair_gguf_tokenizer(gguf_path, out, tokenizer)

@@ -1,15 +1,10 @@
 """A model's task when its args omit it: what its files say (contract/tasks.py infer_task).
 
-What a task's claims() sees is what the source resolution gives before any conversion:
-- a local or `package:` directory: its config.json and the names at its top;
-- a GGUF file: only its name (its config.json exists once it is converted, and the conversion
-  needs the task);
-- a hub id: its config.json and file list from the hub (network, or the local HF cache).
-
-`with_task` runs where a model's files are first needed: the deploy plan of `hfserve serve`
-(before anything starts) and the model application's builder (every deploy, `serve deploy`
-included). The args it returns carry the task, so the replica, /v1/models and the check of
-task-specific fields all see the inferred one.
+claims() sees the files before any conversion: a local or `package:` directory's config.json
+and top-level names, a GGUF file's name only (it has a config.json once converted, which needs
+the task), or a hub model's config.json and file list. `with_task` runs where a model's files
+are first needed (the deploy plan, the model builder, a run-time load), so the replica,
+/v1/models and the task-specific field checks all see the inferred task.
 """
 
 from __future__ import annotations
@@ -22,7 +17,7 @@ from typing import Any
 from contract import tasks
 from contract.config import ModelAppArgs
 
-from .sources import ModelSource, SourceError, parse_source
+from .sources import ModelSource, SourceError, SourceNotFoundError, parse_source, shown
 
 
 @dataclass(frozen=True)
@@ -39,7 +34,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise SourceError(f"{path} is not readable JSON: {exc}") from exc
+        raise SourceError(f"{path.name} is not readable JSON ({type(exc).__name__})") from None
     return config if isinstance(config, dict) else {}
 
 
@@ -55,15 +50,19 @@ def _hub_files(source: ModelSource) -> ModelFiles:
 
             return local_files(Path(snapshot_download(source.location, revision=source.revision, local_files_only=True)))
         except Exception:  # noqa: BLE001
-            raise SourceError(f"cannot read hub model {source.location!r} to infer its task "
-                              f"({type(exc).__name__}: {exc})") from exc
+            raise SourceNotFoundError(f"cannot read hub model {shown(source.location)} to infer its task "
+                                f"({type(exc).__name__}: {exc})") from exc
     return ModelFiles(_read_config(Path(config)) if config else {}, frozenset(name.split("/")[0] for name in names))
 
 
 def local_files(path: Path) -> ModelFiles:
     if path.is_file():
         return ModelFiles({}, frozenset({path.name}))
-    return ModelFiles(_read_config(path / "config.json"), frozenset(child.name for child in path.iterdir()))
+    try:
+        names = frozenset(child.name for child in path.iterdir())
+    except OSError as exc:
+        raise SourceError(f"model directory {shown(str(path))} cannot be listed ({exc.strerror or type(exc).__name__})") from None
+    return ModelFiles(_read_config(path / "config.json"), names)
 
 
 def model_files(source_text: str, revision: str | None = None) -> ModelFiles:
@@ -93,8 +92,8 @@ def with_task(args: ModelAppArgs) -> ModelAppArgs:
         return args
     try:
         task = infer_task(args.source, args.revision)
-    except SourceError as exc:
-        raise SourceError(f"task not set and cannot be inferred: {exc}; set `task`") from None
+    except SourceError as exc:  # the same class: a source missing here is not a bad one
+        raise type(exc)(f"task not set and cannot be inferred: {exc}; set `task`") from None
     resolved = args.model_copy(update={"task": task})
     try:
         tasks.check_args(resolved)

@@ -24,7 +24,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from contract.config import MODEL_ID_PATTERN, valid_model_id
-from contract.errors import ServiceUnavailableError
+from contract.errors import ConflictError, ServiceUnavailableError
 from contract.schema_rules import integer
 
 KEY_PREFIX = "hf_"
@@ -161,6 +161,12 @@ class KeyStoreWriteError(ServiceUnavailableError):
                          f"or is writable.", code="key_store_unavailable", retry_after_s=30)
 
 
+class LastAdminKeyError(ConflictError):
+    def __init__(self, key_id: str):
+        super().__init__(f"API key '{key_id}' is the last active admin key; create another admin key before revoking it.",
+                         param="key_id", code="last_admin_key")
+
+
 class KeyStore:
     """The SQLite key store (WAL mode, so the CLI can write while the server runs).
 
@@ -230,15 +236,25 @@ class KeyStore:
         records = [_record(row)[0] for row in rows]
         return records if include_revoked else [record for record in records if record.revoked_at is None]
 
-    def revoke(self, key_id: str, now: float | None = None) -> KeyRecord | None:
+    def revoke(self, key_id: str, now: float | None = None, keep_an_admin: bool = True) -> KeyRecord | None:
         """The key's final record when this revoked it; None when there is no such key or it
         was revoked already. A revoked key stays in the store (its usage is history) but is
-        gone from the admin API, and presenting it is a 401 that says it was revoked."""
+        gone from the admin API, and presenting it is a 401 that says it was revoked.
+
+        With `keep_an_admin` (no static admin key), the last active admin key is a
+        LastAdminKeyError: without it every admin route would be a 401 until a restart. The
+        check is part of the UPDATE, so a CLI and the server revoking at once cannot both pass it."""
         if self.get(key_id, include_revoked=False) is None:
             return None
         now = time.time() if now is None else now
-        self._write("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", [(now, key_id)])
-        return self.get(key_id)
+        keep = ("AND (admin = 0 OR EXISTS (SELECT 1 FROM api_keys AS other WHERE other.admin = 1 AND other.id != api_keys.id "
+                "AND other.revoked_at IS NULL AND (other.expires_at IS NULL OR other.expires_at > ?)))") if keep_an_admin else ""
+        changed = self._write(f"UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL {keep}",
+                              [(now, key_id, now) if keep_an_admin else (now, key_id)])
+        record = self.get(key_id)
+        if not changed and record is not None and record.revoked_at is None:
+            raise LastAdminKeyError(key_id)
+        return record if changed else None
 
     def add_usage(self, usage: dict[str, KeyUsage]) -> None:
         self._write(
@@ -247,11 +263,12 @@ class KeyStore:
             [(u.requests, u.prompt_tokens, u.completion_tokens, u.last_used_at or 0, key_id) for key_id, u in usage.items()],
         )
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
-        """One write statement (all rows or none): a full or read-only disk is a KeyStoreWriteError."""
+    def _write(self, sql: str, rows: list[tuple]) -> int:
+        """One write statement (all rows or none), returning the rows it changed: a full or
+        read-only disk is a KeyStoreWriteError."""
         with self._lock:
             try:
-                self._db.executemany(sql, rows)
+                return self._db.executemany(sql, rows).rowcount
             except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
                 raise KeyStoreWriteError(exc) from None
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from contract.config import IngressArgs, read_env
+from contract.errors import APIError
 
 from .auth import KeyStore, NewKey, parse_duration, read_admin_key_file
 
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except APIError as exc:  # the store refused (the last admin key), as the admin API would with its status
+        print(f"error {exc.status_code}: {exc.message}", file=sys.stderr)
+        return 1
     if result is None:
         print(f"error: no API key with id '{args.id}'", file=sys.stderr)
         return 1
@@ -91,7 +95,9 @@ def _run(args: argparse.Namespace) -> Any:
             return {"key": key, **record.model_dump()}
         if args.verb == "list":
             return [record.model_dump() for record in store.list(include_revoked=args.all)]
-        record = store.get(args.id, include_revoked=False) if args.verb == "info" else store.revoke(args.id)
+        # A static admin key (HF_SERVER_API_KEY) outlives every stored one: then none is the last.
+        record = (store.get(args.id, include_revoked=False) if args.verb == "info"
+                  else store.revoke(args.id, keep_an_admin=read_env().api_key is None))
         return record.model_dump() if record else None
     finally:
         store.close()

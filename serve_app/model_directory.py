@@ -46,17 +46,20 @@ class ModelEntry:
     last_request: float = float("-inf")
 
     def card(self, runtime: RuntimeModel | None = None) -> ModelCard:
+        """The model's card with every detail; `public_card` strips what only admins may see."""
         info = self.info
+        status = "pending" if runtime is not None and runtime.state == "pending" and self.status == "loading" else self.status
         extra = {} if runtime is None else {
-            "loaded_at_runtime": True, "load_seconds": runtime.load_seconds, "error": runtime.error or (self.message or None
-                                                                                                      if self.status == "failed" else None)}
+            "loaded_at_runtime": True, "load_seconds": runtime.load_seconds,
+            "error": runtime.error or (self.message or None if self.status == "failed" else None),
+            "reason": runtime.reason or (FAILED_REASON if self.status == "failed" else None)}
         return ModelCard(
             **extra,
             id=self.id,
             created=info.created if info else self.first_seen,
             owned_by=info.owned_by if info else "hfserve",
             task=info.task if info else None,
-            status=self.status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             backend=info.backend if info else None,
             device=info.device if info else None,
             platform=info.platform or None if info else None,
@@ -68,14 +71,25 @@ class ModelEntry:
         )
 
 
+def public_card(card: ModelCard) -> ModelCard:
+    """What a caller without an admin key sees: the status and its short reason, never the
+    error's detail (server paths, exception text)."""
+    return card.model_copy(update={"error": None})
+
+
+FAILED_REASON = "the model failed to load"
+
+
 @dataclass(frozen=True)
 class AppState:
-    """One model application as Serve reports it."""
+    """One application as Serve reports it: a model, or (model=False) another application of
+    the cluster, such as the ingress, whose name a run-time model may not take."""
 
     name: str
     status: str  # Serve's ApplicationStatus: RUNNING, DEPLOYING, DEPLOY_FAILED, UNHEALTHY, ...
     message: str = ""
     running: int | None = None  # RUNNING replicas; 0 in a RUNNING app is a model scaled to zero
+    model: bool = True
 
 
 # A model that scales to zero, not sent a request by this ingress for this long, is asked
@@ -129,6 +143,7 @@ class ModelDirectory:
         # The run-time models' records (serve_app/lifecycle), as the state actor last sent them.
         self.runtime: dict[str, RuntimeModel] = {}
         self.runtime_version = 0
+        self.other_apps: frozenset[str] = frozenset()  # Serve's applications that are not models
 
     def set_runtime(self, version: int, records: list[dict[str, Any]]) -> None:
         self.runtime = {record.model: record for record in map(RuntimeModel.model_validate, records)}
@@ -140,8 +155,9 @@ class ModelDirectory:
 
     # ------------------------------------------------------------------ request path
 
-    async def entry_for(self, model: str, endpoint: str) -> ModelEntry:
-        """The ready model behind `model`, or the 404 / 503 / 400 that explains why not."""
+    async def entry_for(self, model: str, endpoint: str, *, detail: bool = True) -> ModelEntry:
+        """The ready model behind `model`, or the 404 / 503 / 400 that explains why not: in
+        detail (Serve's message, the loader's error) only when `detail` (an admin caller)."""
         runtime_state = self._runtime_state(model)
         if runtime_state == "unloading":  # no new requests; the ones in flight drain
             raise ModelNotFoundError(model)
@@ -152,11 +168,13 @@ class ModelDirectory:
             # a stream of requests for a model that does not exist can make us ask Serve again.
             await self.refresh(max_age_s=0.1)
             entry = self._entries.get(model)
-        if runtime_state == "failed" or (entry is None and runtime_state in ("loading", "ready")):
-            record = self.runtime[model]
+        record = self.runtime.get(model)
+        if runtime_state == "failed" or (entry is None and runtime_state in ("loading", "pending", "ready")):
+            assert record is not None
             state = "failed" if runtime_state == "failed" else "loading"
+            why = record.error if detail else record.reason or (FAILED_REASON if state == "failed" else None)
             raise ServiceUnavailableError(
-                f"The model '{model}' is {state}{': ' + record.error if record.error else ''}.",
+                f"The model '{model}' is {state}{': ' + why if why else ''}.",
                 code=f"model_{state}", retry_after_s=2 if state == "loading" else 30)
         if entry is None:
             raise ModelNotFoundError(model)
@@ -172,8 +190,10 @@ class ModelDirectory:
             # its replica died): the same 503 model_unavailable the breaker and a failed call give,
             # so that a client sees one code per fault whichever hop noticed it first.
             lost = entry.status == "unavailable"
+            why = (record.error if record is not None and record.state == "pending" else entry.message) if detail else (
+                record.reason if record is not None else None)
             raise ServiceUnavailableError(
-                f"The model '{model}' is {entry.status}{': ' + entry.message if entry.message else ''}.",
+                f"The model '{model}' is {entry.status}{': ' + why if why else ''}.",
                 code="model_unavailable" if lost else "model_not_ready", retry_after_s=2 if lost else 5,
             )
         if entry.info is not None and endpoint not in entry.info.endpoints:
@@ -307,7 +327,9 @@ class ModelDirectory:
         async with self._refresh_lock:
             if self._clock() - self._refreshed_at < max_age_s:
                 return
-            apps = await self._list_apps()
+            listed = await self._list_apps()
+            apps = [app for app in listed if app.model]
+            self.other_apps = frozenset(app.name for app in listed if not app.model)
             entries = {
                 app.name: self._entries.get(app.name) or ModelEntry(app.name, "loading", placed=self._placed.get(app.name, []))
                 for app in apps

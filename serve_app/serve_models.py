@@ -78,6 +78,7 @@ class ServeModelClient:
 
 
 async def list_serve_model_apps() -> list[AppState]:
+    """Serve's model applications, and its other applications (the ingress) as model=False."""
     from ray import serve
 
     status = await asyncio.to_thread(serve.status)
@@ -89,13 +90,14 @@ async def list_serve_model_apps() -> list[AppState]:
     return [
         AppState(name, _status(app),
                  # A replica that cannot be scheduled is explained on the deployment, not the app.
-                 app.message or (app.deployments[MODEL_DEPLOYMENT_NAME].message if app.deployments else "") or "",
-                 _running(app))
+                 app.message or (app.deployments[MODEL_DEPLOYMENT_NAME].message
+                                 if MODEL_DEPLOYMENT_NAME in app.deployments else "") or "",
+                 _running(app),
+                 # A model application whose builder failed (hardware no node has, say) has no
+                 # deployments at all; it is listed as failed, with the reason, rather than hidden.
+                 model=MODEL_DEPLOYMENT_NAME in app.deployments or (not app.deployments and _status(app) == "DEPLOY_FAILED")
+                 or name in building_models)
         for name, app in status.applications.items()
-        # A model application whose builder failed (hardware no node has, say) has no
-        # deployments at all; it is listed as failed, with the reason, rather than hidden.
-        if MODEL_DEPLOYMENT_NAME in app.deployments or (not app.deployments and _status(app) == "DEPLOY_FAILED")
-        or name in building_models
     ]
 
 

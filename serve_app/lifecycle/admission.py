@@ -30,7 +30,7 @@ def plan_evictions(new: RuntimeModel, records: list[RuntimeModel], busy: set[str
     cannot. A model is busy while it serves requests (`busy`, or used within RECENTLY_USED_S
     of `now`) or is still loading."""
     busy = busy | {r.model for r in records if now - r.last_used < RECENTLY_USED_S}
-    resident = [r for r in records if r.model != new.model and r.state in ("loading", "ready")]
+    resident = [r for r in records if r.model != new.model and r.state in ("loading", "pending", "ready")]
     evictable = sorted((r for r in resident if r.state == "ready" and r.model not in busy), key=lambda r: r.last_used)
     need = new.estimated_bytes or 0
     if budget_bytes is not None and need > budget_bytes:

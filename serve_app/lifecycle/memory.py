@@ -14,25 +14,44 @@ import struct
 from pathlib import Path
 
 from contract.config import ModelAppArgs
-from deployments.sources import SourceError, parse_source
+from deployments.sources import SourceError, SourceNotFoundError, parse_source
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1}
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors caps its JSON header at 100 MB
 
 
 def safetensors_parameters(path: Path) -> int:
+    """The parameter count from the header, which is checked against the file: a corrupt or
+    truncated file is a SourceError naming it, not a failure deep in the replica."""
+    if not path.is_file():  # a FIFO would block the read
+        raise SourceError(f"{path.name} is not a regular file")
+    size = path.stat().st_size
     with path.open("rb") as file:
-        (size,) = struct.unpack("<Q", file.read(8))
-        if size > _HEADER_LIMIT:
-            raise ValueError(f"{path.name}: a safetensors header of {size} bytes")
-        header = json.loads(file.read(size))
-    total = 0
+        prefix = file.read(8)
+        if len(prefix) < 8:
+            raise SourceError(f"{path.name} is not a safetensors file: it has {size} bytes")
+        (header_size,) = struct.unpack("<Q", prefix)
+        if header_size > min(_HEADER_LIMIT, size - 8):
+            raise SourceError(f"{path.name} is not a safetensors file: its header claims {header_size} bytes of {size}")
+        try:
+            header = json.loads(file.read(header_size))
+        except ValueError:
+            raise SourceError(f"{path.name} is not a safetensors file: its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise SourceError(f"{path.name} is not a safetensors file: its header is not a table of tensors")
+    total, data_bytes = 0, size - 8 - header_size
     for name, tensor in header.items():
         if name == "__metadata__":
             continue
-        count = 1
-        for dim in tensor["shape"]:
-            count *= int(dim)
+        try:
+            shape, (start, end) = tensor["shape"], tensor["data_offsets"]
+            count = 1
+            for dim in shape:
+                count *= int(dim)
+            if not 0 <= int(start) <= int(end) <= data_bytes:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise SourceError(f"{path.name} is corrupt or truncated: tensor {name[:80]!r} does not fit the file") from None
         total += count
     return total
 
@@ -40,7 +59,10 @@ def safetensors_parameters(path: Path) -> int:
 def gguf_parameters(path: Path) -> int:
     from gguf import GGUFReader
 
-    return sum(int(tensor.n_elements) for tensor in GGUFReader(str(path)).tensors)
+    try:
+        return sum(int(tensor.n_elements) for tensor in GGUFReader(str(path)).tensors)
+    except Exception as exc:  # noqa: BLE001 - the reader fails in many ways on a file that is not GGUF
+        raise SourceError(f"{path.name} is not a readable GGUF file ({type(exc).__name__})") from None
 
 
 def parameter_count(location: Path) -> int | None:
@@ -57,10 +79,11 @@ def parameter_count(location: Path) -> int | None:
 
 def estimate_bytes(args: ModelAppArgs) -> int | None:
     """The estimate for `args`, or None where the source is not on this node's disk (a hub id,
-    or a local path another node has): such a load is checked against the budget once loaded."""
+    or a local path another node has): such a load is checked against the budget once loaded.
+    SourceError for weights that are here and do not parse."""
     try:
         source = parse_source(args.source, args.revision)
-    except SourceError:
+    except SourceNotFoundError:
         return None
     if source.kind == "hub":
         return None

@@ -1,20 +1,12 @@
 """Makes Serve's applications match the run-time model records, from one thread in the state
 actor (one per cluster, so two ingress replicas never deploy the same model twice).
 
-Each pass compares the records (the desired state) with Serve's applications:
-- a record with no application is deployed (`serve.run` of the model's application, not
-  waiting for it to be ready): a load, or a model coming back after a cluster restart;
-- an application that is RUNNING makes its record `ready` (with the time it took);
-- one that is DEPLOY_FAILED makes it `failed` with Serve's message, and is deleted, so a
-  replica that cannot start does not keep retrying and holding its resources;
-- an `unloading` record's application is deleted once the ingress replicas have had a sync
-  period to stop routing to it (Serve then drains: a replica stops once its in-flight requests
-  end, or after graceful_shutdown_timeout_s); when it is gone the record is dropped;
-- an application of the same name that serve_config.yaml now defines (Serve reports it
-  DECLARATIVE) wins: the run-time record is dropped, with a warning in the log.
-
-`serve deploy` of the YAML deletes only the applications that the YAML deployed before (Ray's
-rule for declarative configs), so run-time models survive it.
+Each pass deploys a record that has no application; marks it `ready` when Serve reports it
+RUNNING, `pending` while its replica waits for resources no node has free, and `failed` (deleting
+the application, so nothing keeps retrying) when Serve reports DEPLOY_FAILED or the load outlives
+its load_timeout_s; deletes an `unloading` record's application once the ingress replicas have
+stopped routing to it, then the record; and drops a record whose name serve_config.yaml now
+defines. A failure has two texts: the detail (admins) and a short public reason.
 """
 
 from __future__ import annotations
@@ -27,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from contract.config import ModelAppArgs
 from contract.lifecycle import RuntimeModel
 
+from .resources import describe, replica_needs, short_of
 from .store import RuntimeModelStore
 
 logger = logging.getLogger("ray.serve")
@@ -38,6 +32,11 @@ PASS_PERIOD_S = 2.0  # between passes while nothing changes (a load or unload wa
 # sync the records at least once a second, so by then none routes a new request to it.
 DRAIN_START_S = 1.5
 ERROR_LINE = r"^[\w.]+(Error|Exception|Exit)\b.*:"
+# A replica Ray has not placed for this long, while no node has its resources free, is pending
+# (placing one that fits takes well under a second; starting its worker a few).
+PENDING_AFTER_S = 3.0
+FAILED_TO_LOAD = "its replica failed while loading the model"
+NOT_DEPLOYED = "it could not be deployed on this cluster"
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,12 @@ class ServeApps(Protocol):
 
     def delete(self, name: str) -> None: ...
 
+    def unplaced(self, names: set[str]) -> set[str]:
+        """Those of `names` with a replica Ray has not placed on a node yet."""
+        ...
+
+    def free_per_node(self) -> list[dict[str, float]]: ...
+
 
 class Reconciler:
     def __init__(self, store: Callable[[], RuntimeModelStore], serve_apps: ServeApps, *,
@@ -65,6 +70,7 @@ class Reconciler:
         self._period_s = period_s
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unplaced_since: dict[str, float] = {}
 
     @property
     def store(self) -> RuntimeModelStore:
@@ -93,10 +99,16 @@ class Reconciler:
         if not records:
             return False
         apps = self.serve_apps.list()
+        self._note_unplaced({r.model for r in records if r.state in ("loading", "pending") and r.model in apps})
         moving = False
         for record in records:
             moving |= self._reconcile_one(record, apps.get(record.model))
         return moving
+
+    def _note_unplaced(self, loading: set[str]) -> None:
+        unplaced = self.serve_apps.unplaced(loading) if loading else set()
+        now = self._clock()
+        self._unplaced_since = {name: self._unplaced_since.get(name, now) for name in unplaced}
 
     def _reconcile_one(self, record: RuntimeModel, app: ServeApp | None) -> bool:
         name = record.model
@@ -125,15 +137,43 @@ class Reconciler:
             return True
         if app.status == "RUNNING":
             if record.state != "ready":
-                self._update(name, state="ready", ready_at=self._clock(), error=None)
+                self._update(name, state="ready", ready_at=self._clock(), error=None, reason=None)
                 logger.info("run-time model %s: ready", name)
             return False
         if app.status == "DEPLOY_FAILED":
-            self._update(name, state="failed", error=failure_summary(app.message))
+            self._fail(record, failure_summary(app.message), FAILED_TO_LOAD)
             logger.warning("run-time model %s: failed: %s", name, app.message)
-            self.serve_apps.delete(name)
             return False
+        if self._timed_out(record):
+            return False
+        self._note_pending(record)
         return True  # DEPLOYING, UNHEALTHY (Serve replaces the replica), DELETING
+
+    def _timed_out(self, record: RuntimeModel) -> bool:
+        if record.load_timeout_s is None or self._clock() - record.requested_at < record.load_timeout_s:
+            return False
+        waited = f"not ready within {record.load_timeout_s:g}s (model_load_timeout_s)"
+        why = "; it was waiting for resources" if record.state == "pending" else ""
+        self._fail(record, waited + (f": {record.error}" if record.error else ""), waited + why)
+        logger.warning("run-time model %s: %s", record.model, waited)
+        return True
+
+    def _note_pending(self, record: RuntimeModel) -> None:
+        since = self._unplaced_since.get(record.model)
+        needs = replica_needs(ModelAppArgs.model_validate(record.args))
+        lacking = short_of(needs, self.serve_apps.free_per_node()) if since is not None else {}
+        if since is not None and lacking and self._clock() - since >= PENDING_AFTER_S:
+            reason = f"waiting for resources: each replica needs {describe(needs)}, which no node has free"
+            detail = f"{reason} (the most free on one node: {describe(lacking)})"
+            if record.state != "pending" or record.error != detail:
+                self._update(record.model, state="pending", reason=reason, error=detail)
+                logger.info("run-time model %s: %s", record.model, detail)
+        elif record.state == "pending":  # placed now: it starts
+            self._update(record.model, state="loading", reason=None, error=None)
+
+    def _fail(self, record: RuntimeModel, error: str, reason: str) -> None:
+        self._update(record.model, state="failed", error=error, reason=reason)
+        self.serve_apps.delete(record.model)
 
     def _deploy(self, record: RuntimeModel) -> None:
         try:
@@ -142,7 +182,7 @@ class Reconciler:
         except Exception as exc:  # noqa: BLE001 - a build error (no node has the hardware, ...) is the answer
             message = f"{type(exc).__name__}: {exc}"
             logger.warning("run-time model %s: could not be deployed: %s", record.model, message)
-            self._update(record.model, state="failed", error=message)
+            self._update(record.model, state="failed", error=message, reason=NOT_DEPLOYED)
 
     def _update(self, name: str, **changes: Any) -> None:
         current = self.store.get(name)
@@ -194,6 +234,21 @@ class RayServeApps:
         from ray import serve
 
         serve.delete(name, _blocking=False)
+
+    def unplaced(self, names: set[str]) -> set[str]:
+        # Serve names a replica's actor SERVE_REPLICA::<app>#<deployment>#<id>; the GCS keeps it
+        # PENDING_CREATION until a node with its resources takes it.
+        from ray._private.state import actors
+
+        pending = actors(actor_state_name="PENDING_CREATION").values()
+        apps = {str(actor.get("Name", "")).removeprefix("SERVE_REPLICA::").partition("#")[0] for actor in pending
+                if str(actor.get("Name", "")).startswith("SERVE_REPLICA::")}
+        return apps & names
+
+    def free_per_node(self) -> list[dict[str, float]]:
+        from ray._private.state import available_resources_per_node
+
+        return list(available_resources_per_node().values())
 
     @staticmethod
     def _logging_config() -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from contract.lifecycle import RuntimeModel
@@ -30,7 +31,9 @@ class RuntimeModelStore:
     def __init__(self, path: Path):
         self.path = path
         self._lock = threading.Lock()
-        self.version = 1
+        # Not 1: the ingress replicas compare versions for equality, and a restarted actor counting
+        # from 1 again would, on reaching the number a replica last saw, leave it with stale records.
+        self.version = time.time_ns()
         try:
             with self._connect() as db:
                 db.execute(_SCHEMA)

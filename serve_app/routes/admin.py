@@ -58,10 +58,11 @@ def admin_router(gateway: Gateway) -> APIRouter:
     async def get_key(key_id: str) -> dict:
         return await one_key("get_key", key_id)
 
-    @router.delete("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404)})
+    @router.delete("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404, 409)})
     async def revoke_key(key_id: str) -> dict:
         """Revoke the key: the answer is its final record; afterwards it is gone from this API
-        (404), it stays listed with `include_revoked=true`, and using it is a 401."""
+        (404), it stays listed with `include_revoked=true`, and using it is a 401. The last
+        active admin key is a 409: create another first."""
         return await one_key("revoke_key", key_id)
 
     return router

@@ -24,6 +24,7 @@ from ..gateway import Gateway
 from ..http.openapi import responses, streamed
 from ..http.requests import TextSafeRoute
 from ..http.responses import json_response, respond
+from ..model_directory import public_card
 
 logger = logging.getLogger("ray.serve")
 
@@ -80,21 +81,21 @@ def openai_router(gateway: Gateway) -> APIRouter:
         _note_unknown_fields(body, CLASSIFY.path)
         return await respond(await gateway.classify(request.state.caller, body, no_cache=_no_cache(request)))
 
+    def shown_card(caller, card: ModelCard) -> ModelCard:
+        """The card with the breaker's say in its status; the error's detail for admins only."""
+        card = card.model_copy(update={"status": gateway.model_status(card.status, card.id)})
+        return card if caller.admin else public_card(card)
+
     @router.get("/v1/models", response_model=ModelList, responses=responses(401, 431))
     async def list_models(request: Request) -> Response:
         caller = request.state.caller
-        cards = [
-            card.model_copy(update={"status": gateway.model_status(card.status, card.id)})
-            for card in await directory.cards()
-            if caller.may_use(card.id)
-        ]
-        return json_response(ModelList(data=cards))
+        return json_response(ModelList(data=[shown_card(caller, card) for card in await directory.cards()
+                                             if caller.may_use(card.id)]))
 
     @router.get("/v1/models/{model_id}", response_model=ModelCard, responses=responses(401, 404, 431))
     async def get_model(request: Request, model_id: str) -> Response:
         if not request.state.caller.may_use(model_id):
             raise ModelNotFoundError(model_id)
-        card = await directory.card(model_id)
-        return json_response(card.model_copy(update={"status": gateway.model_status(card.status, card.id)}))
+        return json_response(shown_card(request.state.caller, await directory.card(model_id)))
 
     return router

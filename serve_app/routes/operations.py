@@ -54,7 +54,7 @@ def operations_router(gateway: Gateway, started: float,
         # A model scaled to zero is ready (its next request starts it); a run-time load that
         # is still going or failed is its loader's business, not the server's readiness.
         runtime = gateway.directory.runtime
-        counted = {m: s for m, s in models.items() if not (m in runtime and s in ("loading", "failed"))}
+        counted = {m: s for m, s in models.items() if not (m in runtime and s in ("loading", "pending", "failed"))}
         waiting = sorted(model for model, status in counted.items() if status not in ("ready", "idle"))
         if counted and not waiting:
             return {"status": "ready", "models": models}

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from serve_app.auth import (
     KeyStore,
+    LastAdminKeyError,
     NewKey,
     ensure_admin_key,
     generate_key,
@@ -110,3 +111,44 @@ def test_parse_duration():
     assert parse_duration("45") == 45
     with pytest.raises(ValueError):
         parse_duration("soon")
+
+
+def test_the_last_active_admin_key_cannot_be_revoked(tmp_path):
+    store = KeyStore(tmp_path / "keys.db")
+    _, first = store.create(NewKey(name="first", admin=True), now=1000.0)
+    _, expired = store.create(NewKey(name="expired", admin=True, expires_in_s=60), now=1000.0)
+    _, user = store.create(NewKey(name="user"), now=1000.0)
+    assert store.revoke(user.id, now=2000.0).revoked_at == 2000.0  # not an admin key
+    with pytest.raises(LastAdminKeyError) as refused:  # the other admin key has expired
+        store.revoke(first.id, now=2000.0)
+    assert (refused.value.status_code, refused.value.code, refused.value.param) == (409, "last_admin_key", "key_id")
+    assert store.get(first.id).revoked_at is None
+    assert store.revoke(expired.id, now=2000.0) is not None  # an expired admin key is not the last active one
+    _, second = store.create(NewKey(name="second", admin=True), now=2000.0)
+    assert store.revoke(first.id, now=2001.0) is not None  # another admin remains
+    with pytest.raises(LastAdminKeyError):
+        store.revoke(second.id, now=2002.0)
+    assert store.revoke(second.id, now=2002.0, keep_an_admin=False) is not None  # a static admin key stays
+    assert store.revoke(second.id) is None  # already revoked
+
+
+def test_the_admin_api_and_the_cli_refuse_to_revoke_the_last_admin_key(tmp_path, monkeypatch, capsys):
+    from fastapi.testclient import TestClient
+
+    from serve_app.cli import main
+    from tests.unit.fakes import FakeServe, make_app
+
+    app, _, core = make_app(tmp_path, FakeServe({}))
+    admin_id = core.store.list()[0].id
+    with TestClient(app) as client:
+        headers = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+        refused = client.delete(f"/admin/keys/{admin_id}", headers=headers)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "last_admin_key" and "last active admin key" in refused.json()["error"]["message"]
+        assert client.get("/admin/keys", headers=headers).status_code == 200  # the admin routes still answer
+    core.store.close()
+    monkeypatch.setenv("HF_SERVER_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("HF_SERVER_API_KEY", raising=False)
+    assert main(["keys", "revoke", admin_id]) == 1
+    assert "409" in capsys.readouterr().err
+    assert KeyStore(tmp_path / "keys.db").get(admin_id).revoked_at is None

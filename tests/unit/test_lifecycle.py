@@ -6,7 +6,10 @@ run-time and scaled-to-zero models."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -19,9 +22,17 @@ from contract.errors import (
     ServiceUnavailableError,
 )
 from contract.lifecycle import Autoscaling, LoadModelRequest, RuntimeModel
+from serve_app.auth import read_admin_key_file
 from serve_app.lifecycle.admission import GB, NoRoomError, plan_evictions
 from serve_app.lifecycle.memory import estimate_bytes, safetensors_parameters
-from serve_app.lifecycle.reconciler import DRAIN_START_S, Reconciler, ServeApp, failure_summary
+from serve_app.lifecycle.reconciler import (
+    DRAIN_START_S,
+    FAILED_TO_LOAD,
+    PENDING_AFTER_S,
+    Reconciler,
+    ServeApp,
+    failure_summary,
+)
 from serve_app.lifecycle.requests import check_source
 from serve_app.lifecycle.store import RuntimeModelStore
 from serve_app.model_directory import AppState, ModelDirectory
@@ -33,8 +44,8 @@ NOW = 1_000_000.0
 
 
 def record(model: str, state: str = "ready", used: float = 0.0, size: int | None = None, **fields) -> RuntimeModel:
-    return RuntimeModel(model=model, args={"source": f"/m/{model}", "task": "embedding"}, state=state,
-                        requested_at=NOW - 100, last_used=used, estimated_bytes=size, **fields)
+    fields = {"args": {"source": f"/m/{model}", "task": "embedding"}, "requested_at": NOW - 100, **fields}
+    return RuntimeModel(model=model, state=state, last_used=used, estimated_bytes=size, **fields)
 
 
 # ----------------------------------------------------------------------------- admission
@@ -98,6 +109,8 @@ class FakeServeApps:
         self.deployed: list[str] = []
         self.deleted: list[str] = []
         self.fail_deploy: Exception | None = None
+        self.waiting: set[str] = set()  # apps whose replica Ray has not placed
+        self.free: list[dict[str, float]] = [{"CPU": 0.25}]
 
     def list(self):
         return dict(self.apps)
@@ -111,6 +124,12 @@ class FakeServeApps:
     def delete(self, name):
         self.deleted.append(name)
         self.apps[name] = ServeApp(name, "DELETING", "", False)
+
+    def unplaced(self, names):
+        return self.waiting & names
+
+    def free_per_node(self):
+        return self.free
 
 
 @pytest.fixture
@@ -185,6 +204,10 @@ def test_failure_summary_keeps_the_error_line():
     assert failure_summary("boom") == "boom"
     assert failure_summary("x\nValueError: bad thing\n  hint") == "ValueError: bad thing"
     assert failure_summary("") == "the deployment failed"
+    # The replica's SourceNotFoundError, under Serve's "RuntimeError: Traceback" wrapper line.
+    assert failure_summary("RuntimeError: Traceback (most recent call last):\n  File x\n"
+                           "deployments.sources.SourceNotFoundError: local model path '/x' does not exist") == \
+        "deployments.sources.SourceNotFoundError: local model path '/x' does not exist"
 
 
 # ----------------------------------------------------------------------------- the state actor
@@ -400,3 +423,171 @@ def test_a_load_bigger_than_any_node_s_free_memory_is_refused_with_both_numbers(
         assert error["code"] == "insufficient_memory"
         assert "102 KB" in error["message"] and "59 KB" in error["message"], error["message"]
     assert core.models.all() == []
+
+
+# ----------------------------------------------------------------------------- hostile loads (issue 27)
+
+
+def corrupt_weights(path: Path, how: str) -> Path:
+    model = build_tiny_bert(path)
+    weights = next(model.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(os.urandom(4096) if how == "random" else data[: len(data) // 2])
+    return model
+
+
+@pytest.mark.parametrize(("source", "code", "words"), [
+    ("/dev/null", "invalid_source", "device or special file"),
+    ("/dev/zero", "invalid_source", "device or special file"),
+    ("/" + "a" * 4095, "invalid_source", "File name too long"),
+    ("package:this.x/y", "invalid_source", "top-level package"),
+    ("not a source at all", "invalid_source", "cannot resolve"),
+    ("/models/x\x00", "invalid_source", "control characters"),
+])
+def test_odd_sources_are_400s_naming_the_source(tmp_path, source, code, words):
+    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+    app, _, core = make_app(tmp_path, serve, enable_auth=False)
+    with TestClient(app) as client:
+        for body in ({"model": "m", "source": source, "task": "embedding"}, {"model": "m", "source": source}):
+            refused = client.post("/models/load", json=body)
+            assert refused.status_code == 400, refused.text
+            error = refused.json()["error"]
+            assert (error["param"], error["code"]) == ("source", code) and words in error["message"], error
+            assert len(error["message"]) < 600
+    assert core.models.all() == []
+
+
+@pytest.mark.parametrize("how", ["random", "truncated"])
+def test_weights_that_do_not_parse_are_a_400(tmp_path, how):
+    model = corrupt_weights(tmp_path / "bert", how)
+    app, _, core = make_app(tmp_path / "state", FakeServe({}), enable_auth=False)
+    with TestClient(app) as client:
+        refused = client.post("/models/load", json={"model": "m", "source": str(model), "task": "embedding"})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert (error["param"], error["code"]) == ("source", "invalid_weights") and "model.safetensors" in error["message"]
+    assert core.models.all() == []
+
+
+def test_custom_code_is_a_400_and_never_runs(tmp_path):
+    from tests.unit.test_sources import build_custom_code_model
+
+    marker = tmp_path / "marker"
+    model = build_custom_code_model(tmp_path / "custom", marker)
+    app, _, core = make_app(tmp_path / "state", FakeServe({}), enable_auth=False)
+    with TestClient(app) as client:
+        for body in ({"model": "m", "source": str(model)}, {"model": "m", "source": str(model), "task": "embedding"}):
+            refused = client.post("/models/load", json=body)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["code"] == "custom_code_refused"
+            assert "trust_remote_code is off" in refused.json()["error"]["message"]
+    assert not marker.exists() and core.models.all() == []
+
+
+def test_the_names_of_the_server_s_own_applications_are_409s(tmp_path):
+    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+    serve.states["gateway"] = AppState("gateway", "RUNNING", model=False)
+    app, _, core = make_app(tmp_path, serve, enable_auth=False)
+    with TestClient(app) as client:
+        for name in ("ingress", "gateway"):
+            refused = client.post("/models/load", json={"model": name, "source": "/x", "task": "embedding"})
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "reserved_name", refused.text
+        assert "gateway" not in {card["id"] for card in client.get("/v1/models").json()["data"]}  # not a model
+    assert core.models.all() == []
+
+
+def test_resources_no_node_can_ever_offer_are_a_400():
+    from contract.config import ModelAppArgs
+    from serve_app.lifecycle.requests import check_resources
+    from serve_app.lifecycle.resources import replica_needs
+
+    nodes = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 1.0, "worker_node": 1.0}]
+    args = ModelAppArgs(source="/x", task="embedding", num_cpus=64)
+    assert replica_needs(args) == {"CPU": 64}
+    with pytest.raises(InvalidRequestError, match=r"\(CPU 64\); the most any node has is CPU 2") as refused:
+        check_resources(args, nodes)
+    assert (refused.value.param, refused.value.code) == ("options.num_cpus", "unschedulable")
+    with pytest.raises(InvalidRequestError) as refused:  # each alone is there, but not on one node
+        check_resources(ModelAppArgs(source="/x", task="embedding", num_cpus=2, resources={"worker_node": 1}), nodes)
+    assert refused.value.param == "options.num_cpus"
+    check_resources(ModelAppArgs(source="/x", task="embedding", num_cpus=1, resources={"worker_node": 1}), nodes)
+    check_resources(args, None)  # no Ray here: the reconciler's timeout still bounds it
+    assert replica_needs(ModelAppArgs(source="/x", task="embedding", hardware="cuda")) == {"CPU": 0.5, "GPU": 1.0}
+
+
+def test_a_load_timeout_above_the_server_s_is_a_400(tmp_path):
+    app, _, _ = make_app(tmp_path, FakeServe({}), enable_auth=False, model_load_timeout_s=60)
+    with TestClient(app) as client:
+        refused = client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding", "load_timeout_s": 61})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "load_timeout_s", refused.text
+        assert client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding"}).status_code == 202
+
+
+def test_a_replica_waiting_for_resources_is_pending_then_fails_at_its_timeout(reconciling):
+    store, serve, clock, reconciler = reconciling
+    store.put(record("a", state="loading", load_timeout_s=30, requested_at=NOW, args={"source": "/m/a", "task": "embedding",
+                                                                                        "num_cpus": 1.5}))
+    reconciler.reconcile()
+    serve.waiting = {"a"}
+    reconciler.reconcile()
+    clock.now = NOW + PENDING_AFTER_S - 0.5
+    reconciler.reconcile()
+    assert store.get("a").state == "loading"  # a replica being placed is not pending yet
+    clock.now = NOW + PENDING_AFTER_S + 0.5
+    reconciler.reconcile()
+    pending = store.get("a")
+    assert pending.state == "pending" and pending.reason == "waiting for resources: each replica needs CPU 1.5, which no node has free"
+    assert pending.error.endswith("(the most free on one node: CPU 0.25)")
+    serve.waiting = set()  # placed: it starts
+    reconciler.reconcile()
+    assert (store.get("a").state, store.get("a").reason) == ("loading", None)
+    serve.waiting = {"a"}
+    reconciler.reconcile()
+    clock.now = NOW + 20
+    reconciler.reconcile()
+    assert store.get("a").state == "pending"
+    clock.now = NOW + 30
+    reconciler.reconcile()
+    failed = store.get("a")
+    assert failed.state == "failed" and serve.deleted == ["a"]
+    assert failed.reason == "not ready within 30s (model_load_timeout_s); it was waiting for resources"
+    assert failed.error.startswith("not ready within 30s (model_load_timeout_s): waiting for resources")
+
+
+def test_a_load_that_never_gets_ready_fails_at_its_timeout(reconciling):
+    store, serve, clock, reconciler = reconciling
+    store.put(record("a", state="loading", load_timeout_s=30, requested_at=NOW))
+    reconciler.reconcile()
+    serve.free = [{"CPU": 8.0}]  # it has room: a slow start, never pending
+    serve.waiting = {"a"}
+    clock.now = NOW + 29
+    reconciler.reconcile()
+    assert store.get("a").state == "loading"
+    clock.now = NOW + 30
+    reconciler.reconcile()
+    assert (store.get("a").state, store.get("a").reason) == ("failed", "not ready within 30s (model_load_timeout_s)")
+
+
+def test_non_admin_callers_see_the_status_and_a_public_reason_only(tmp_path):
+    app, _, core = make_app(tmp_path, FakeServe({}))
+    leak = "PermissionError: [Errno 13] Permission denied: '/proc/1/cwd'"
+    core.models.put(record("broken", state="failed", error=leak, reason=FAILED_TO_LOAD))
+    core.models.put(record("waits", state="pending", error="waiting for resources: ... (free: CPU 0.1)",
+                           reason="waiting for resources: each replica needs CPU 2, which no node has free"))
+    with TestClient(app) as client:
+        admin = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+        user = {"Authorization": f"Bearer {client.post('/admin/keys', json={'name': 'u'}, headers=admin).json()['key']}"}
+        wait_synced = time.monotonic() + 5
+        while {c["id"] for c in client.get("/v1/models", headers=user).json()["data"]} != {"broken", "waits"}:
+            assert time.monotonic() < wait_synced, "the records never reached the ingress"
+            time.sleep(0.05)
+        for path in ("/v1/models", "/v1/models/broken"):
+            for headers, sees_detail in ((user, False), (admin, True)):
+                body = client.get(path, headers=headers).json()
+                broken = next(c for c in body["data"] if c["id"] == "broken") if "data" in body else body
+                assert (broken["status"], broken["reason"]) == ("failed", FAILED_TO_LOAD)
+                assert (broken["error"] == leak) is sees_detail and ("/proc" in json.dumps(body)) is sees_detail
+        waits = client.get("/v1/models/waits", headers=user).json()
+        assert (waits["status"], waits["error"]) == ("pending", None) and "needs CPU 2" in waits["reason"]
+        refused = client.post("/v1/embeddings", json={"model": "broken", "input": "x"}, headers=user)
+        assert refused.status_code == 503 and "/proc" not in refused.text

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,10 +16,13 @@ import pytest
 from deployments.sources import (
     ModelSource,
     SourceError,
+    SourceNotFoundError,
     _cached,
     _identity,
     cache_key,
     parse_source,
+    prepare_model,
+    refuse_custom_code,
 )
 
 
@@ -135,3 +142,63 @@ def test_the_packaged_models_are_keyed_by_their_wheels_records():
         identity = _identity(parse_source(text))
         assert identity.startswith("package\n") and ":sha256=" in identity
         assert "site-packages" not in identity
+
+
+# ----------------------------------------------------------------------------- hostile sources (issue 27)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("/dev/null", "device or special file"),
+    ("/dev/zero", "device or special file"),
+    ("/" + "a" * 4095, "cannot be read: File name too long"),
+    ("package:this.x/y", "not an installed top-level package"),
+    ("package:this/y", "not installed"),  # a module, not a package
+    ("/models/a\x00b", "control characters"),  # Path.exists() calls it missing
+])
+def test_odd_sources_are_bad_sources_not_missing_ones(text, message):
+    with pytest.raises(SourceError, match=message) as refused:
+        parse_source(text)
+    assert not isinstance(refused.value, SourceNotFoundError)  # refused at load, not accepted for another node
+    assert len(str(refused.value)) < 400  # a 4096-character source is not echoed whole
+
+
+def test_a_missing_local_path_may_be_on_another_node():
+    with pytest.raises(SourceNotFoundError, match="does not exist"):
+        parse_source("/definitely/not/here")
+
+
+def test_a_package_source_imports_nothing():
+    sys.modules.pop("this", None)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        for text in ("package:this.x/y", "package:this/y"):
+            with pytest.raises(SourceError):
+                parse_source(text)
+    assert "this" not in sys.modules and printed.getvalue() == ""  # `import this` prints the Zen of Python
+
+
+def test_a_local_file_must_be_gguf(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(SourceError, match="not a GGUF file"):
+        parse_source(str(tmp_path / "weights.bin"))
+
+
+def build_custom_code_model(path: Path, marker: Path) -> Path:
+    """A model directory whose config maps AutoModel to its own module, which writes `marker`
+    when it is imported: it must never be."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({
+        "model_type": "marker-model", "architectures": ["MarkerModel"],
+        "auto_map": {"AutoConfig": "marker.MarkerConfig", "AutoModel": "marker.MarkerModel"}}))
+    (path / "marker.py").write_text(f"open({str(marker)!r}, 'w').write('custom code ran')\n")
+    return path
+
+
+def test_custom_code_is_refused_before_anything_loads_it(tmp_path):
+    marker = tmp_path / "marker"
+    model = build_custom_code_model(tmp_path / "custom", marker)
+    with pytest.raises(SourceError, match=r"custom code \(AutoConfig, AutoModel\).*trust_remote_code is off"):
+        refuse_custom_code(model)
+    with pytest.raises(SourceError, match="custom code"):  # what every replica runs before loading weights
+        prepare_model(str(model), "feature-extraction", revision=None, use_openvino=False, weight_format="fp32",
+                      cache_dir=tmp_path / "cache")
+    assert not marker.exists()
