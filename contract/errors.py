@@ -113,6 +113,12 @@ class RequestHeadersTooLargeError(APIError):
     default_code = "request_header_fields_too_large"
 
 
+class RequestTimeoutError(APIError):
+    status_code = 408
+    error_type = "invalid_request_error"
+    default_code = "request_timeout"
+
+
 class ServiceUnavailableError(APIError):
     status_code = 503
     error_type = "service_unavailable"

@@ -1,20 +1,17 @@
-"""One record per request, written once at its end: the JSON access-log line and the request
-metrics (hf_server_requests_total, _request_duration_seconds, _errors_total,
-_rate_limited_total, _auth_failures_total).
+"""One record per request, written once at its end (a stream's last byte, or the client leaving):
+the JSON access-log line and the request metrics (hf_server_requests_total, _request_duration_seconds,
+_errors_total, _rate_limited_total, _auth_failures_total).
 
-The record is created by `AccessLogMiddleware` and lives in a context variable, so the parts
-that learn something about the request fill it in where they learn it, without threading it
-through every signature: the auth middleware (the key id), the gateway (the model, once the
-directory knows it; the cache result; the token counts), the SSE response (time to first
-token; an error reported in-band after the headers went out). A streamed response ends when
-its last byte is sent (or the client leaves), so that is when the line is written.
-
-Label values stay bounded: the model is set only for models that exist, the endpoint is a
-route template, an error is its OpenAI type.
+The record lives in a context variable (gateway/request_record.py), so the parts that learn
+something fill it in where they learn it: the auth middleware the key id, the gateway the model,
+the cache result and the tokens, the SSE response its first token and an in-band error. A client
+that leaves before its answer starts is a 499 (nginx's "client closed request"): no answer, and
+no error of ours. Label values stay bounded: models that exist, route templates, error types.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -38,6 +35,7 @@ ROUTES = frozenset({
 # Ray's log formatters write this `extra` dict's items as top-level fields of the JSON line.
 RAY_FLATTENED = "ray_serve_extra_fields"
 MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is not ours; its type is not parsed
+CLIENT_CLOSED = 499
 
 
 def route_path(scope: Scope) -> str:
@@ -89,8 +87,12 @@ class AccessLogMiddleware:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 finished = True
 
+        cancelled = False
         try:
             await self.app(scope, receive, sending)
+        except asyncio.CancelledError:
+            cancelled = True  # Serve cancels a request whose client disconnected
+            raise
         finally:
             unbind(token)
             record.aborted = not finished
@@ -98,10 +100,10 @@ class AccessLogMiddleware:
             caller = scope.get("state", {}).get("caller")
             if caller is not None:
                 record.key_id = caller.key_id
-            if record.status >= 400 and record.error_type is None:
+            if record.status >= 400 and record.status != CLIENT_CLOSED and record.error_type is None:
                 record.error_type, record.error_code = _error_of(b"".join(error_body))
-            if record.status == 0:  # the app raised before answering: Serve's proxy answers 500
-                record.status = 500
+            if record.status == 0:  # no answer: the client left, or the app raised (Serve answers 500)
+                record.status = CLIENT_CLOSED if cancelled else 500
             self._finish(record)
 
     def _finish(self, record: RequestRecord) -> None:

@@ -8,6 +8,7 @@ lacks them (errors included).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from fastapi import FastAPI
@@ -15,13 +16,18 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.config import IngressArgs
-from contract.errors import APIError, RequestHeadersTooLargeError, RequestTooLargeError
+from contract.errors import (
+    APIError,
+    RequestHeadersTooLargeError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+)
 from observability.recorder import Recorder
 
 from ..gateway import request_record
 from ..gateway.callers import Authenticator, auth_failure_reason
 from ..gateway.quota import Quota
-from .access_log import AccessLogMiddleware, route_path
+from .access_log import CLIENT_CLOSED, AccessLogMiddleware, route_path
 from .errors import error_response
 from .request_id import RequestIdMiddleware
 
@@ -57,15 +63,17 @@ async def _refuse(error: APIError, scope: Scope, receive: Receive, send: Send) -
 
 
 class BodySizeLimitMiddleware:
-    """413 for bodies over the limit, whether announced by Content-Length or streamed.
+    """413 for bodies over the limit, whether announced by Content-Length or streamed; 408 for a
+    body that stops arriving (a Content-Length larger than what is sent held the connection).
 
     The body is read up front (Serve's proxy has already buffered it, so this costs no extra
     waiting) and replayed to the app; an oversized body is refused before anything parses it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
@@ -78,7 +86,14 @@ class BodySizeLimitMiddleware:
         parts: list[bytes] = []
         size = 0
         while True:
-            message = await receive()
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                error = RequestTimeoutError(f"The request body stopped arriving: nothing for {self.timeout_s:g}s, "
+                                            "before the length its headers announced.", headers={"Connection": "close"})
+                await _refuse(error, scope, receive, send)
+                return
             if message["type"] != "http.request":  # the client went away mid-body
                 return
             chunk = message.get("body", b"")
@@ -103,6 +118,86 @@ class BodySizeLimitMiddleware:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         await _refuse(RequestTooLargeError(f"The request body exceeds the limit of {self.max_bytes} bytes."),
                       scope, receive, send)
+
+
+class DisconnectMiddleware:
+    """Cancels a request whose client leaves; 499 in the access log if no answer had started.
+
+    Starlette stops a streamed response when its client leaves, but never an endpoint still
+    computing a whole answer (issue #27 saw abandoned non-streaming generations run to their end).
+    Once the body is read, the app runs as a task while `receive` is watched for `http.disconnect`;
+    cancelling the app cancels the model call, and with it the sequence in the engine.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        first = await receive()
+        if first["type"] != "http.request" or first.get("more_body", False):  # a body not read whole above: not watched
+            await self.app(scope, _replaying(first, receive), send)
+            return
+        disconnect: list[Message] = []
+        gone = asyncio.Event()
+        started = False
+
+        async def receiving() -> Message:
+            nonlocal first
+            if first is not None:
+                message, first = first, None
+                return message
+            await gone.wait()  # after a whole body only the disconnect comes (ASGI)
+            return disconnect[0]
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        app = asyncio.ensure_future(self.app(scope, receiving, sending))
+        watch = asyncio.ensure_future(_disconnect(receive))
+        try:
+            await asyncio.wait({app, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if not app.done():
+                disconnect.append(watch.result())
+                gone.set()
+                record = request_record.current()
+                if record is not None and not started:
+                    record.status = CLIENT_CLOSED
+                app.cancel()
+            await app
+        except asyncio.CancelledError:
+            if app.cancelled() and watch.done() and not _being_cancelled():
+                return  # cancelled here, for a client that is gone: nothing to send
+            raise
+        finally:
+            watch.cancel()
+            if not app.done():  # cancelled by Serve: the app's own cleanup (the model call's) ends first
+                app.cancel()
+                await asyncio.wait({app})
+
+
+async def _disconnect(receive: Receive) -> Message:
+    while (message := await receive())["type"] != "http.disconnect":
+        pass
+    return message
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _replaying(first: Message, receive: Receive) -> Receive:
+    pending = [first]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 class AuthMiddleware:
@@ -159,12 +254,15 @@ def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenti
        request's id in `scope["state"]["request_id"]` (Ray's proxy returns it in responses).
     1. HeaderLimitMiddleware: 431 before anything reads the headers.
     2. AuthMiddleware: 401/403 before anything else runs; rate-limit headers on every response.
-    3. BodySizeLimitMiddleware: 413 for oversized bodies before anything parses them.
+    3. BodySizeLimitMiddleware: 413 for oversized bodies before anything parses them, 408 for one
+       that stops arriving.
+    4. DisconnectMiddleware: a client that leaves cancels its request (499 if no answer had started).
 
     (Rate limits, the cache and the breakers need the parsed request, so they run in the
     gateway, called by the routes.) Starlette runs the middleware added last first.
     """
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=args.max_request_body_bytes)
+    app.add_middleware(DisconnectMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=args.max_request_body_bytes, timeout_s=args.request_body_timeout_s)
     app.add_middleware(AuthMiddleware, authenticator=authenticator, quota=quota)
     app.add_middleware(HeaderLimitMiddleware, max_bytes=args.max_header_bytes, max_count=args.max_header_count)
     # Serve's proxy adds X-Request-ID to every response itself: echo=False keeps it one.
