@@ -7,19 +7,11 @@ import math
 
 import httpx
 
-MSG = [{"role": "user", "content": "Tell me about Paris."}]
+from tests.integration.test_gateway import MSG
+from tests.integration.test_gateway import admin as admin_headers
+from tests.integration.test_gateway import create_key as new_key
 
-
-def admin_headers(server) -> dict[str, str]:
-    return {"Authorization": f"Bearer {server.admin_key()}"}
-
-
-def new_key(server, **fields) -> tuple[str, str]:
-    """A fresh non-admin key on the /gw application: (secret, id)."""
-    with httpx.Client(base_url=server.gateway_url, timeout=30) as http:
-        response = http.post("/admin/keys", json={"name": "hostile", **fields}, headers=admin_headers(server))
-    assert response.status_code == 201, response.text
-    return response.json()["key"], response.json()["id"]
+__all__ = ["admin_headers", "assert_others_served", "new_key"]
 
 
 def assert_others_served(server, key: str | None = None) -> None:
