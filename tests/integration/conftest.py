@@ -28,6 +28,10 @@ MAX_BODY = 65536
 RERANK_MAX_DOCUMENTS = 8
 CLASSIFIER_LABELS = ("negative", "neutral", "positive")
 WIDE_LABELS = tuple(f"label-{i:02d}" for i in range(64))  # 2048 inputs' scores: ~8 MB, over gRPC's 4 MiB
+WIDE_MODELS = tuple(f"wide-{kind}{engine}" for kind in ("bert", "classifier", "reranker") for engine in ("", "-torch"))
+# Every model application of the config below, as /v1/models lists them.
+MODELS = ("tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier", "tiny-llama", "tiny-llama-hf",
+          "tiny-reranker", *WIDE_MODELS)
 GATEWAY_PREFIX = "/gw"
 KEEP_ALIVE_S = 3
 METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000

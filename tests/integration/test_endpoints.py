@@ -9,6 +9,7 @@ from ray import serve
 
 from contract.config import ModelAppArgs
 from deployments.server import model_server_deployment
+from tests.integration.conftest import MODELS
 
 
 def test_model_card(server):
@@ -27,8 +28,7 @@ def test_model_card(server):
 
 def test_openai_client_lists_models(server):
     ids = sorted(m.id for m in server.openai().models.list())
-    assert ids == ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier", "tiny-llama", "tiny-llama-hf",
-                   "tiny-reranker"]
+    assert ids == sorted(MODELS)
     assert server.openai().models.retrieve("tiny-llama").id == "tiny-llama"
 
 
@@ -38,8 +38,7 @@ def test_health_ready_status(server):
         ready = http.get("/ready")
         status = http.get("/status").json()
     assert ready.status_code == 200
-    assert ready.json()["models"] == {m: "ready" for m in ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier",
-                                                           "tiny-llama", "tiny-llama-hf", "tiny-reranker"]}
+    assert ready.json()["models"] == {m: "ready" for m in MODELS}
     by_id = {m["id"]: m for m in status["models"]}
     assert by_id["tiny-llama"]["backend"] == "openvino"
     assert by_id["tiny-llama-hf"]["backend"] == "transformers"
