@@ -382,8 +382,12 @@ def test_scale_to_zero_and_a_cold_request(server, gw):
     scaling = {"min_replicas": 0, "max_replicas": 1, "initial_replicas": 0, "downscale_delay_s": 1,
                "look_back_period_s": 2}
     assert _load(gw, "rt-cold", str(server.models["bert"]), task="embedding", autoscaling=scaling).status_code == 202
-    card = _wait_card(gw, "rt-cold", {"idle"}, timeout_s=60)  # loaded with no replica
-    assert card["loaded_at_runtime"]
+    _wait_card(gw, "rt-cold", {"idle"}, timeout_s=60)  # loaded with no replica
+    # Each gateway replica learns of a run-time record at its own sync (the one that took the
+    # load at once): both must list it as loaded at run time.
+    cards = _wait_every_replica(lambda: gw.get("/v1/models/rt-cold"), 200, 30,
+                                agrees=lambda answer: answer.json()["loaded_at_runtime"] is True)
+    assert all(c.json()["loaded_at_runtime"] and c.json()["status"] == "idle" for c in cards), cards[-1].text
     # The card came from one gateway replica; /ready may be answered by the other, which learns
     # of the state at its own refresh: both must say idle.
     readies = _wait_every_replica(lambda: gw.get("/ready"), 200, 30,
