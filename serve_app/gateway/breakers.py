@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 from typing import Any
@@ -22,7 +23,7 @@ from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from ..breaker import Snapshot, State
 from ..model_directory import ModelDirectory
 from ..state import StateClient, StateUnavailable
-from .failures import classify
+from .failures import classify, is_cancellation
 
 logger = logging.getLogger("ray.serve")
 
@@ -110,9 +111,11 @@ class Breakers:
             claimed, self.snapshots[model] = await self._state.call("breaker_probe", model)
             if not claimed:
                 return None
-            # Shielded from the request that started it: a client that disconnects must not
-            # leave the claim unanswered (the model would stay HALF_OPEN until it lapses).
-            running = self._probes[model] = asyncio.ensure_future(self._run_probe(model))
+            # Shielded from the request that started it, and outside its context (Serve cancels
+            # the model calls made in a request's context when its client leaves): a client that
+            # disconnects must not leave the claim unanswered, nor make it a verdict of failure.
+            probe = asyncio.get_running_loop().create_task(self._run_probe(model), context=contextvars.Context())
+            running = self._probes[model] = probe
             running.add_done_callback(lambda _: self._probes.pop(model, None))
         return await asyncio.shield(running)
 
@@ -135,9 +138,9 @@ class Breakers:
         timeout = entry.info.request_timeout_s
         try:
             await entry.client.call_with_progress(method, request, timeout)
-        except asyncio.CancelledError:
-            raise
         except BaseException as exc:  # noqa: BLE001 - whatever failed, classify says whose fault it is
+            if is_cancellation(exc):
+                raise asyncio.CancelledError from None
             error, failure = classify(exc, model, timeout)
             if failure:
                 return False

@@ -21,6 +21,15 @@ from contract.model_api import NotStartedInTime
 logger = logging.getLogger("ray.serve")
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """The call was cancelled, not failed: by this request's own task, or by Serve, which cancels
+    the model calls of a request whose client left (RequestCancelledError in their awaiter). Serve
+    runs the ingress's code on its own thread, so either of the two may arrive first."""
+    from ray.serve.exceptions import RequestCancelledError
+
+    return isinstance(exc, asyncio.CancelledError | RequestCancelledError)
+
+
 def classify(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError, bool]:
     """(the error to return, whether it counts as a model failure for the breaker)."""
     if isinstance(exc, NotStartedInTime):

@@ -35,7 +35,7 @@ from .cache_client import CacheClient
 from .callers import Authenticator, Caller
 from .classify import classify_inputs
 from .embeddings import embed
-from .failures import classify, own_failure
+from .failures import classify, is_cancellation, own_failure
 from .generation import (
     CHAT_SPEC,
     COMPLETE_SPEC,
@@ -186,9 +186,9 @@ class Gateway:
         try:
             response = await (asyncio.wait_for(call, timeout_s) if bounded else call)
         except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
+            if is_cancellation(exc):
                 self.quota.settle(admission, 0)
-                raise
+                raise asyncio.CancelledError from None
             error, own = await self._failure(exc, model, timeout_s, admission.caller)
             # A request shown to fail by itself is charged its reservation: its caller's limits
             # pay for the work it cost, never the model's breaker.
@@ -285,10 +285,12 @@ class Gateway:
                     yield chunk
                 outcome = "done"
             except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                    outcome = "failed"
-                    raise (await self._failure(exc, model, timeout_s, caller))[0] from None
-                raise
+                if isinstance(exc, GeneratorExit):
+                    raise
+                if is_cancellation(exc):
+                    raise asyncio.CancelledError from None
+                outcome = "failed"
+                raise (await self._failure(exc, model, timeout_s, caller))[0] from None
             finally:
                 self._settle_stream(spec, caller, admission, model, totals, outcome, cache_key)
 

@@ -12,6 +12,7 @@ from contract.endpoints import ENDPOINTS
 from contract.errors import InternalServerError
 from serve_app.auth import read_admin_key_file
 from serve_app.breaker import CircuitBreaker, Snapshot, State
+from serve_app.gateway import request_record
 from serve_app.gateway.breakers import probe_request
 from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
@@ -172,6 +173,8 @@ def gw(serve, tmp_path):
     embed = model.embed
 
     async def fails_on_poison(request):
+        if "ping" in request.inputs():  # the probe: in which request's context it runs
+            model.probe_contexts = [*getattr(model, "probe_contexts", []), request_record.current()]
         if POISON in request.inputs():
             model.calls += 1
             raise InternalServerError("engine broke on this input")
@@ -204,6 +207,9 @@ def test_one_keys_failures_alone_do_not_open_the_breaker_while_the_probe_answers
         response = _embed(client, mallory, POISON)
         assert response.status_code == 500
     assert model.embedded.count("ping") == 2  # a probe each time mallory alone reached the threshold
+    # Outside the context of the request that started it: Serve cancels the model calls made in
+    # a request's context when its client leaves, which would make a probe's verdict "it fails".
+    assert model.probe_contexts == [None, None]
     error = response.json()["error"]
     assert "this request itself is the likely cause" in error["message"] and error["type"] == "internal_error"
     assert core.breaker_snapshots()["embed-model"].state.value == "closed"

@@ -156,6 +156,72 @@ def test_a_request_serve_cancels_is_499_too(ingress):
     assert sink.total(m.REQUESTS, status="499") == 1 and sink.total(m.REQUESTS, status="500") == 0
 
 
+class ServeCancelledModel(SlowModel):
+    """Its call ends as Serve ends a model call it cancels because the request's client left:
+    RequestCancelledError in the awaiter, before the request's own task is cancelled."""
+
+    def __init__(self, model_id: str, task: str):
+        super().__init__(model_id, task)
+        self.cut = asyncio.Event()
+
+    async def _work(self):
+        from ray.serve.exceptions import RequestCancelledError
+
+        self.entered += 1
+        await self.cut.wait()
+        self.stopped += 1
+        raise RequestCancelledError("child")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_serve_cancelling_the_model_call_first_is_a_499_not_a_failure(tmp_path, caplog, stream):
+    """Serve cancels a leaving client's model calls on its own thread: the call may end with
+    RequestCancelledError before the request's task is cancelled. That is the client's choice,
+    not the model's failure: no 500, and nothing counted against the model's breaker."""
+    model = ServeCancelledModel("chat-model", "text-generation")
+    if stream:
+        model = type("Streaming", (ServeCancelledModel, SlowStreamModel), {})("chat-model", "text-generation")
+    sink = Sink()
+    app, _, core = make_app(tmp_path, FakeServe({"chat-model": model}), enable_auth=False, metrics_sink=sink,
+                            scraper=FakeScraper())
+    caplog.set_level(logging.INFO, logger="ray.serve.hfserve.access")
+
+    async def leave() -> tuple[list[dict], bool]:
+        body = json.dumps({"model": "chat-model", "messages": MSG, "stream": stream}).encode()
+        sent: list[dict] = []
+        first = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if first:
+                return first.pop()
+            await asyncio.Event().wait()  # no disconnect comes first
+            raise AssertionError("unreachable")
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        call = asyncio.ensure_future(app(_scope(CHAT, body), receive, send))
+        await _until(lambda: model.entered == 1)
+        model.cut.set()  # Serve cancels the model call; the request's own cancellation is still to come
+        try:
+            async with asyncio.timeout(5):
+                await call
+        except asyncio.CancelledError:
+            return sent, True
+        return sent, False
+
+    with TestClient(app) as client:
+        sent, raised = client.portal.call(leave)
+    (line,) = _access_lines(caplog)
+    assert line["error_type"] is None and sink.count(m.ERRORS) == 0
+    assert sink.total(m.REQUESTS, status="500") == 0
+    if stream:  # its 200 had started: it stays a 200, cut short
+        assert sent[0]["status"] == 200 and line["status"] == 200 and line["aborted"] is True
+    else:
+        assert raised and sent == [] and line["status"] == 499 and sink.total(m.REQUESTS, status="499") == 1
+    assert core.breaker_snapshots().get("chat-model") is None or core.breaker_snapshots()["chat-model"].consecutive_failures == 0
+
+
 def test_a_client_that_leaves_a_stream_stops_it_and_keeps_its_200(ingress):
     client, app, models, sink, caplog = ingress
     payload = {"model": "stream-model", "messages": MSG, "stream": True}
