@@ -3,7 +3,7 @@ loaded then unloaded (timed), then Ctrl-C (timed to exit), once per drain period
 
     flock /tmp/ray-tests.lock .venv/bin/python -m bench.drain [--drain-s 30 default]
 
-`default` is what `hfserve serve` sets (serve_app/haproxy_mode.py: 2 s); a number is passed as
+`default` is what `hfserve serve` sets (serve_app/cli/haproxy.py: 2 s); a number is passed as
 RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S, which the launcher leaves as the operator set it.
 Writes bench/results/drain-<date>.json. Used for docs/performance.md ("Drain period").
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from hardware.detect import cpu_info
-from serve_app.haproxy_mode import DRAIN_ENV
+from serve_app.cli.haproxy import DRAIN_ENV
 
 from .server import free_port
 

@@ -36,8 +36,8 @@ def main() -> int:
 
     from contract.config import EnvOverrides
     from hardware.detect import detect
-    from serve_app.deploy_plan import plan_deploy
-    from serve_app.launcher import shutdown_cluster, start_cluster, wait_until_ready
+    from serve_app.cli.deploy_plan import plan_deploy
+    from serve_app.cli.launcher import shutdown_cluster, start_cluster, wait_until_ready
     from tests.conftest import free_port
     from tests.tiny_models import build_tiny_bert, build_tiny_llama
 

@@ -1,4 +1,4 @@
-"""Run-time model load and unload: an application per model (what serve_app/lifecycle/ does)
+"""Run-time model load and unload: an application per model (what serve_app/state/lifecycle/ does)
 against dropping the model object inside a long-lived replica (a `@serve.multiplexed` pool).
 
 One run, one model (the packaged all-MiniLM-L6-v2, fp32):
@@ -144,7 +144,7 @@ def serve_app_cycle(app: str, args: dict[str, Any], timeout_s: float, session_di
 
     from contract.lifecycle import RuntimeModel
     from contract.protocol import EmbeddingRequest
-    from serve_app.app import build_runtime_model_app
+    from serve_app.model_apps import build_runtime_model_app
 
     gc.collect()
     time.sleep(1.0)

@@ -87,7 +87,7 @@ def recording_cost_us(tokens_per_request: int = 64, iterations: int = 2000) -> d
     import ray
 
     from deployments.serving_metrics import GenerationMeter, ReplicaMeter
-    from observability import catalogue as m
+    from observability import catalogue
     from observability.recorder import Recorder
 
     @ray.remote(num_cpus=0)
@@ -97,10 +97,10 @@ def recording_cost_us(tokens_per_request: int = 64, iterations: int = 2000) -> d
             meter = ReplicaMeter(metrics, "bench-model")
 
             def ingress(endpoint: str, kind: str) -> None:
-                metrics.observe(m.REQUEST_QUEUE, 0.01, model="bench-model")
-                metrics.inc(m.CACHE_MISSES, model="bench-model", kind=kind)
-                metrics.inc(m.REQUESTS, model="bench-model", endpoint=endpoint, status="200", key_id="")
-                metrics.observe(m.REQUEST_DURATION, 0.5, model="bench-model", endpoint=endpoint)
+                metrics.observe(catalogue.REQUEST_QUEUE, 0.01, model="bench-model")
+                metrics.inc(catalogue.CACHE_MISSES, model="bench-model", kind=kind)
+                metrics.inc(catalogue.REQUESTS, model="bench-model", endpoint=endpoint, status="200", key_id="")
+                metrics.observe(catalogue.REQUEST_DURATION, 0.5, model="bench-model", endpoint=endpoint)
 
             def chat() -> None:
                 ingress("/v1/chat/completions", "response")
@@ -114,8 +114,8 @@ def recording_cost_us(tokens_per_request: int = 64, iterations: int = 2000) -> d
             def embed() -> None:
                 ingress("/v1/embeddings", "embedding")
                 meter.started()
-                metrics.inc(m.PROMPT_TOKENS, 12, model="bench-model")
-                metrics.observe(m.BATCH_SIZE, 8, model="bench-model", kind="serve_batch")
+                metrics.inc(catalogue.PROMPT_TOKENS, 12, model="bench-model")
+                metrics.observe(catalogue.BATCH_SIZE, 8, model="bench-model", kind="serve_batch")
                 meter.ended()
 
             out = {}

@@ -23,7 +23,7 @@ from ray.cluster_utils import Cluster
 from contract.config import IngressArgs, ModelAppArgs
 from deployments.server import model_server_deployment
 from serve_app.app import build_ingress_app
-from serve_app.auth import read_admin_key_file
+from serve_app.state.keys import read_admin_key_file
 
 from .server import free_port
 

@@ -65,7 +65,7 @@ class RunningServer:
 
 
 def start(config: Path, *, log_name: str = "server.log") -> RunningServer:
-    from serve_app.auth import KeyStore, NewKey
+    from serve_app.state.keys import KeyStore, NewKey
 
     state_dir = Path(tempfile.mkdtemp(prefix="hfserve-bench-"))
     store = KeyStore(state_dir / "keys.db")

@@ -2,7 +2,7 @@
 engines agree on.
 
 - `protocol`: the OpenAI wire format (pydantic models only);
-- `errors`: the error hierarchy with its HTTP meaning (rendered by serve_app/http);
+- `errors`: the error hierarchy with its HTTP meaning (rendered by serve_app/ingress/http);
 - `config`: the application args and the one reader of HF_SERVER_* variables;
 - `endpoints`: the endpoint table (route path, request model, handle methods);
 - `tasks`: the task table, found through the `hfserve.tasks` entry points;

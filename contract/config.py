@@ -88,7 +88,7 @@ class EnvOverrides(BaseSettings):
         None,
         description="HTTP through Ray's HAProxy with direct ingress (RAY_SERVE_ENABLE_HA_PROXY) instead of Ray's "
         "Python proxy. On unless false, where the host has an HAProxy binary; applies to the Ray cluster "
-        "`hfserve serve` starts (serve_app/haproxy_mode.py, docs/performance.md).",
+        "`hfserve serve` starts (serve_app/cli/haproxy.py, docs/performance.md).",
     )
 
     @field_validator("log_level", mode="before")

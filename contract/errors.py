@@ -3,7 +3,7 @@
 Model replicas raise these too; they cross the DeploymentHandle pickled inside Ray's
 RayTaskError, and `as_api_error` recovers the original. Every response body is the OpenAI
 shape ``{"error": {"message", "type", "param", "code"}}`` (`protocol.ErrorResponse`). The HTTP
-layer renders them in one place (serve_app/http/errors.py); nothing here knows about HTTP
+layer renders them in one place (serve_app/ingress/http/errors.py); nothing here knows about HTTP
 frameworks, so model replicas import this module without loading one.
 """
 

@@ -1,5 +1,5 @@
 """Run-time model lifecycle: what POST /models/load and /models/unload accept and answer, and
-the record the state actor keeps of each run-time model (serve_app/lifecycle/).
+the record the state actor keeps of each run-time model (serve_app/state/lifecycle/).
 
 A run-time model is a Serve application like a config-file model, deployed through the Serve
 API instead of serve_config.yaml; its record (SQLite, beside the API keys) is what brings it

@@ -3,7 +3,7 @@
 JSON may carry `"\\ud800"`, a surrogate without its pair; Python decodes it into a str that
 cannot be encoded as UTF-8, so tokenizers, cache keys and logs fail on it. hfserve replaces
 such characters, as `errors="replace"` does, wherever text enters: request bodies
-(serve_app/http/requests.py) and dicts given to the typed handle methods. Valid pairs (an
+(serve_app/ingress/http/requests.py) and dicts given to the typed handle methods. Valid pairs (an
 emoji written as two escapes) are joined by the JSON decoder first and are not touched.
 """
 

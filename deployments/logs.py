@@ -2,7 +2,7 @@
 ERROR with its traceback ("Request failed."), routine client errors included. This filter
 turns an APIError under 500 (a bad request, a context too long) into one WARNING line with
 its status and message; unexpected errors keep their traceback, logged once here (the
-ingress logs one line for them, see serve_app/gateway/failures.py). Ray's JSON log lines
+ingress logs one line for them, see serve_app/ingress/gateway/failures.py). Ray's JSON log lines
 carry the request id, which ties them to the ingress's lines for the same request.
 """
 

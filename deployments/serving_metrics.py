@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 from contract.model_api import EngineStats
-from observability import catalogue as m
+from observability import catalogue
 from observability.recorder import Recorder
 
 E = TypeVar("E")
@@ -35,17 +35,17 @@ class GenerationMeter:
         now = self._clock()
         if not self._first_seen and tokens_so_far > 0:
             self._first_seen = True
-            self._metrics.observe(m.TIME_TO_FIRST_TOKEN, now - self._started, model=self._model)
+            self._metrics.observe(catalogue.TIME_TO_FIRST_TOKEN, now - self._started, model=self._model)
         previous = self._last.get(sequence)
         if previous is not None and tokens_so_far > previous[1]:
             per_token = (now - previous[0]) / (tokens_so_far - previous[1])
-            self._metrics.observe(m.INTER_TOKEN_LATENCY, per_token, model=self._model)
+            self._metrics.observe(catalogue.INTER_TOKEN_LATENCY, per_token, model=self._model)
         if tokens_so_far > 0:
             self._last[sequence] = (now, tokens_so_far)
 
     def finish(self) -> None:
-        self._metrics.inc(m.PROMPT_TOKENS, self._prompt_tokens, model=self._model)
-        self._metrics.inc(m.GENERATION_TOKENS, sum(tokens for _, tokens in self._last.values()), model=self._model)
+        self._metrics.inc(catalogue.PROMPT_TOKENS, self._prompt_tokens, model=self._model)
+        self._metrics.inc(catalogue.GENERATION_TOKENS, sum(tokens for _, tokens in self._last.values()), model=self._model)
 
 
 async def metered(events: AsyncIterator[tuple[Any, E]], meter: GenerationMeter,
@@ -72,33 +72,33 @@ class ReplicaMeter:
         self.active = 0
 
     def loaded(self, seconds: float) -> None:
-        self.metrics.observe(m.MODEL_LOAD_DURATION, seconds, model=self.model)
-        self.metrics.set(m.MODELS_LOADED, 1, model=self.model)
+        self.metrics.observe(catalogue.MODEL_LOAD_DURATION, seconds, model=self.model)
+        self.metrics.set(catalogue.MODELS_LOADED, 1, model=self.model)
 
     def unloaded(self) -> None:
-        self.metrics.set(m.MODELS_LOADED, 0, model=self.model)
-        self.metrics.set(m.ACTIVE_REQUESTS, 0, model=self.model)
+        self.metrics.set(catalogue.MODELS_LOADED, 0, model=self.model)
+        self.metrics.set(catalogue.ACTIVE_REQUESTS, 0, model=self.model)
 
     def started(self) -> None:
         self.active += 1
-        self.metrics.set(m.ACTIVE_REQUESTS, self.active, model=self.model)
+        self.metrics.set(catalogue.ACTIVE_REQUESTS, self.active, model=self.model)
 
     def ended(self) -> None:
         self.active -= 1
-        self.metrics.set(m.ACTIVE_REQUESTS, self.active, model=self.model)
+        self.metrics.set(catalogue.ACTIVE_REQUESTS, self.active, model=self.model)
 
     def engine(self, stats: EngineStats) -> None:
         """Every gauge again, with the engine's counters: called every gauge_refresh_s(), as
         Ray evicts a gauge not set again within two report intervals."""
-        self.metrics.set(m.MODELS_LOADED, 1, model=self.model)
-        self.metrics.set(m.ACTIVE_REQUESTS, self.active, model=self.model)
-        self.metrics.set(m.ENGINE_RUNNING, stats.running_requests, model=self.model)
-        self.metrics.set(m.ENGINE_WAITING, stats.waiting_requests, model=self.model)
+        self.metrics.set(catalogue.MODELS_LOADED, 1, model=self.model)
+        self.metrics.set(catalogue.ACTIVE_REQUESTS, self.active, model=self.model)
+        self.metrics.set(catalogue.ENGINE_RUNNING, stats.running_requests, model=self.model)
+        self.metrics.set(catalogue.ENGINE_WAITING, stats.waiting_requests, model=self.model)
         if stats.kv_cache_usage is not None:
-            self.metrics.set(m.KV_CACHE_USAGE, stats.kv_cache_usage, model=self.model)
+            self.metrics.set(catalogue.KV_CACHE_USAGE, stats.kv_cache_usage, model=self.model)
 
     def batch_observer(self, kind: str) -> Callable[[int], None]:
         """For an engine's step loop or a @serve.batch function: the size of each batch."""
-        if kind not in m.BATCH_KINDS:
+        if kind not in catalogue.BATCH_KINDS:
             raise ValueError(f"unknown batch kind {kind!r}")
-        return lambda size: self.metrics.observe(m.BATCH_SIZE, size, model=self.model, kind=kind)
+        return lambda size: self.metrics.observe(catalogue.BATCH_SIZE, size, model=self.model, kind=kind)

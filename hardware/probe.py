@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from observability import catalogue as m
+from observability import catalogue
 from observability.recorder import Recorder, gauge_refresh_s
 
 from . import utilization
@@ -96,7 +96,7 @@ class NodeHardware:
         while True:
             try:
                 for device, resource, value in utilization.sample(psutil, self._nvml):
-                    metrics.set(m.HARDWARE_UTILIZATION, value, node=self.node_ip, device=device, resource=resource)
+                    metrics.set(catalogue.HARDWARE_UTILIZATION, value, node=self.node_ip, device=device, resource=resource)
             except Exception:  # noqa: BLE001 - keep sampling; a broken sample is logged once per period
                 logger.exception("hardware utilisation sample failed")
             time.sleep(period_s)

@@ -1,38 +1,20 @@
-"""Application builders named by serve_config.yaml (`import_path`).
+"""The application builders serve_config.yaml names (`import_path`): `build_ingress_app` here,
+`build_model_app` from model_apps.py. Ray validates each application's `args` into the pydantic
+model annotated on the builder, so a typo fails the deploy naming the field. HF_SERVER_*
+overrides are applied where the application is built, inside the cluster, which is also where
+the per-node hardware actors start.
 
-Ray validates each application's `args` into the pydantic model annotated on the builder,
-so a typo in serve_config.yaml fails the deploy naming the field (a model's task and its
-task's fields included, see contract/tasks.py). HF_SERVER_* overrides are applied here, where
-the application is built, and a model's omitted task is inferred from its files
-(deployments/task_inference.py), so the replica gets args with the task written out.
-
-The builders run inside the cluster (`serve deploy`, `serve run`, `hfserve serve`), so this is
-also where the per-node hardware actors are started and a model is placed: its replicas' Ray
-actor options come from its `hardware`, `num_cpus`, `num_gpus` and `resources` args and what
-the nodes have (hardware/placement.py), and hardware or resources that no node has fail the
-deploy with a message naming them. A `deployments: - ray_actor_options:` block in the YAML
-replaces these options as a whole (Ray's rule), GPUs included: prefer the args.
-
-No `from __future__ import annotations` here: Ray inspects the annotation at runtime and
-needs the class, not a string.
+No `from __future__ import annotations`: Ray reads the builder's annotation at run time.
 """
 
-import logging
-
-import ray
 from ray.serve import Application
 
-from contract.config import IngressArgs, ModelAppArgs, model_call_env_vars, read_env
-from contract.lifecycle import RuntimeModel
-from deployments.server import model_server_deployment
-from deployments.task_inference import with_task
-from hardware.detect import detect
-from hardware.placement import Placement, PlacementError, place, unknown_resources
-from hardware.probe import cluster_reports, ensure_supervisor
+from contract.config import IngressArgs, read_env
+from hardware.probe import ensure_supervisor
+from serve_app.ingress.deployment import Ingress
+from serve_app.model_apps import build_model_app
 
-from .ingress import Ingress
-
-logger = logging.getLogger("ray.serve")
+__all__ = ["build_ingress_app", "build_model_app"]
 
 
 def build_ingress_app(args: IngressArgs) -> Application:
@@ -42,44 +24,3 @@ def build_ingress_app(args: IngressArgs) -> Application:
     # (or autoscaling) for the Ingress deployment itself; config-file options win in Ray.
     deployment = Ingress.options(num_replicas=args.workers) if args.workers else Ingress
     return deployment.bind(args)
-
-
-def build_model_app(args: ModelAppArgs) -> Application:
-    # A model without `task` gets the one its files name (or the deploy fails saying why).
-    args = with_task(args.with_env(read_env()))
-    placement = place_model(args)
-    logger.info("model from %s: planned for %s on %s", args.source, placement.platform, ", ".join(placement.nodes))
-    return model_server_deployment().options(ray_actor_options=_actor_options(placement)).bind(args)
-
-
-def build_runtime_model_app(record: RuntimeModel) -> Application:
-    """A model loaded at run time (POST /models/load): the same application as a config-file
-    model's, with the autoscaling the load asked for (one replica when it asked for none)."""
-    args = with_task(ModelAppArgs.model_validate(record.args).with_env(read_env()))  # as build_model_app
-    placement = place_model(args)
-    scaling = ({"autoscaling_config": record.autoscaling.serve_config()} if record.autoscaling is not None
-               else {"num_replicas": 1})
-    return model_server_deployment().options(ray_actor_options=_actor_options(placement), **scaling).bind(args)
-
-
-def _actor_options(placement: Placement) -> dict:
-    # Ray adds these to the env_vars of the application's runtime_env.
-    return {**placement.ray_actor_options, "runtime_env": {"env_vars": model_call_env_vars()}}
-
-
-def place_model(args: ModelAppArgs) -> Placement:
-    # The builder does not know the application's name; Serve's DEPLOY_FAILED message adds it.
-    model = args.source
-    if ray.is_initialized():
-        reports = cluster_reports()
-        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
-        missing = unknown_resources(args.resources, nodes)
-        if missing:
-            raise PlacementError(
-                f"model '{model}': no node has the resources {missing}; start a node with "
-                f"`ray start --resources '{{...}}'` or change the model's resources"
-            )
-    else:
-        reports = [detect()]
-    return place(model, args.hardware_preference, args.backend, reports,
-                 num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=args.resources)

@@ -23,7 +23,7 @@ from contract.model_api import EngineStats, check_request_tokens
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.tasks import TaskSpec
 from contract.vectors import encode_vector
-from observability import catalogue as m
+from observability import catalogue
 
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
 from ..model_files import context_length, load_tokenizer
@@ -84,7 +84,7 @@ class EmbeddingTask:
         self._requests += 1
         self._inputs += len(token_lists)
         if self._meter is not None:
-            self._meter.metrics.inc(m.PROMPT_TOKENS, tokens, model=self.model_id)
+            self._meter.metrics.inc(catalogue.PROMPT_TOKENS, tokens, model=self.model_id)
         return EmbeddingResponse(
             data=[
                 EmbeddingData(index=i, embedding=encode_vector(vector, request.encoding_format))

@@ -20,7 +20,7 @@ import numpy as np
 
 from contract.config import ModelAppArgs
 from contract.model_api import EngineStats
-from observability import catalogue as m
+from observability import catalogue
 
 from ..engines.classifiers import OpenVINOClassifier, Sequence, TorchClassifier
 from ..model_files import context_length
@@ -124,7 +124,7 @@ class SequenceScorer:
         rows = await self._batcher.run(sequences)
         self._requests += 1
         if self._meter is not None:
-            self._meter.metrics.inc(m.PROMPT_TOKENS, sum(len(seq.ids) for seq in sequences), model=self.model_id)
+            self._meter.metrics.inc(catalogue.PROMPT_TOKENS, sum(len(seq.ids) for seq in sequences), model=self.model_id)
         return rows
 
     def _observe_batch(self, size: int) -> None:

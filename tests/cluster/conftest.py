@@ -40,7 +40,7 @@ class TwoNodes:
     haproxy_env: dict[str, str] = field(default_factory=dict)  # each node's `hfserve haproxy-env`
 
     def admin_key(self) -> str:
-        from serve_app.auth import read_admin_key_file
+        from serve_app.state.keys import read_admin_key_file
 
         key = read_admin_key_file(self.work / "state")
         assert key
@@ -71,7 +71,7 @@ def haproxy_mode_environment(work: Path) -> dict[str, str]:
     """What `eval "$(hfserve haproxy-env)"` sets before `ray start` on each node (docs/operations.md),
     unless HF_SERVER_HAPROXY=false: then Ray's Python proxy, as on a cluster started without it."""
     from contract.config import read_env
-    from serve_app import haproxy_mode
+    from serve_app.cli import haproxy as haproxy_mode
 
     if read_env().haproxy is False:
         return {haproxy_mode.ENABLE_ENV: "0"}
@@ -153,7 +153,7 @@ def two_nodes(tmp_path_factory) -> TwoNodes:
         finally:
             ray.shutdown()
             cluster.shutdown()
-            from serve_app import haproxy_mode
+            from serve_app.cli import haproxy as haproxy_mode
 
             haproxy_mode.remove_node_files(node_ids)  # Ray leaves each node's HAProxy files in /tmp
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from serve_app import haproxy_mode
+from serve_app.cli import haproxy as haproxy_mode
 from tests.conftest import ROOT, free_port
 
 CHAT_MODEL = "smollm2-135m-instruct"

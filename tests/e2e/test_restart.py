@@ -16,7 +16,7 @@ import httpx
 import psutil
 import yaml
 
-from serve_app import haproxy_mode
+from serve_app.cli import haproxy as haproxy_mode
 from tests.conftest import ROOT, free_port
 from tests.e2e.test_default_config import _session_processes
 from tests.tiny_models import build_tiny_bert

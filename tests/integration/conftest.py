@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from contract.config import EnvOverrides, read_env
-from serve_app.deploy_plan import DeployPlan, plan_deploy
-from serve_app.launcher import (
+from serve_app.cli.deploy_plan import DeployPlan, plan_deploy
+from serve_app.cli.launcher import (
     bootstrap_admin_key,
     prepare_models,
     shutdown_cluster,
@@ -49,7 +49,7 @@ class Server:
         return self.base_url + GATEWAY_PREFIX
 
     def admin_key(self) -> str:
-        from serve_app.auth import read_admin_key_file
+        from serve_app.state.keys import read_admin_key_file
 
         key = read_admin_key_file(self.state_dir)
         assert key

@@ -18,7 +18,7 @@ import ray
 from ray import serve
 from ray.serve import context as serve_context
 
-from serve_app.http.request_id import is_valid_request_id
+from serve_app.ingress.http.request_id import is_valid_request_id
 
 
 def admin(server) -> dict[str, str]:

@@ -31,7 +31,7 @@ from contract.scoring_protocol import (
     RerankResult,
     RerankUsage,
 )
-from serve_app.model_directory import AppState
+from serve_app.ingress.model_directory import AppState
 
 
 class Clock:
@@ -222,10 +222,11 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     import time
 
     from contract.config import IngressArgs
-    from serve_app.gateway import Gateway
-    from serve_app.ingress import create_app
-    from serve_app.model_directory import ModelDirectory
-    from serve_app.state import StateClient, StateCore, StateSettings
+    from serve_app.ingress.deployment import create_app
+    from serve_app.ingress.gateway import Gateway
+    from serve_app.ingress.model_directory import ModelDirectory
+    from serve_app.state.client import StateClient
+    from serve_app.state.core import StateCore, StateSettings
 
     metrics_sink = ingress_args.pop("metrics_sink", None)  # (spec, value, labels) of every metric recorded
     scraper = ingress_args.pop("scraper", None)  # what /metrics serves

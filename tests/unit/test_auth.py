@@ -8,7 +8,7 @@ import stat
 import pytest
 from pydantic import ValidationError
 
-from serve_app.auth import (
+from serve_app.state.keys import (
     KeyStore,
     LastAdminKeyError,
     NewKey,
@@ -82,7 +82,7 @@ def test_bad_new_keys_are_rejected_before_touching_the_store(tmp_path, fields):
 
 
 def test_usage_accumulates(tmp_path):
-    from serve_app.auth import KeyUsage
+    from serve_app.state.keys import KeyUsage
 
     store = KeyStore(tmp_path / "keys.db")
     _, record = store.create(NewKey(name="u"))
@@ -135,7 +135,7 @@ def test_the_last_active_admin_key_cannot_be_revoked(tmp_path):
 def test_the_admin_api_and_the_cli_refuse_to_revoke_the_last_admin_key(tmp_path, monkeypatch, capsys):
     from fastapi.testclient import TestClient
 
-    from serve_app.cli import main
+    from serve_app.cli.main import main
     from tests.unit.fakes import FakeServe, make_app
 
     app, _, core = make_app(tmp_path, FakeServe({}))

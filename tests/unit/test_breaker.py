@@ -10,10 +10,10 @@ from fastapi.testclient import TestClient
 
 from contract.endpoints import ENDPOINTS
 from contract.errors import InternalServerError
-from serve_app.auth import read_admin_key_file
-from serve_app.breaker import CircuitBreaker, Snapshot, State
-from serve_app.gateway import request_record
-from serve_app.gateway.breakers import probe_request
+from serve_app.ingress.gateway import request_record
+from serve_app.ingress.gateway.breaker_gate import probe_request
+from serve_app.state.circuit_breaker import CircuitBreaker, Snapshot, State
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from serve_app.cache import ResponseCache, canonical_key, embedding_key, is_deterministic
+from serve_app.ingress.gateway.cache_keys import canonical_key, embedding_key, is_deterministic
+from serve_app.state.response_cache import ResponseCache
 from tests.unit.fakes import Clock
 
 

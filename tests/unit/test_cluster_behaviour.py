@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from deployments.server import ModelServer
 from deployments.sources import stable_revision
-from serve_app.auth import read_admin_key_file
-from serve_app.state import StateCore, StateSettings
+from serve_app.state.core import StateCore, StateSettings
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
@@ -241,7 +241,7 @@ def test_the_replica_says_it_started_before_the_first_heartbeat():
 def test_a_replacement_is_ready_before_the_breaker_hears_of_it(serve):
     """A request arriving while the breaker is told of the new replica must not find the model
     still unavailable (its failure report would re-open the breaker just set half-open)."""
-    from serve_app.model_directory import AppState, ModelDirectory
+    from serve_app.ingress.model_directory import AppState, ModelDirectory
 
     seen: list[str | None] = []
 

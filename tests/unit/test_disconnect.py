@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contract.protocol import ChatChunkChoice, ChatCompletionChunk, ChatDelta
-from observability import catalogue as m
-from serve_app.http.access_log import RAY_FLATTENED
+from observability import catalogue
+from serve_app.ingress.http.access_log import RAY_FLATTENED
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 from tests.unit.test_gateway_metrics import FakeScraper, Sink
 
@@ -139,9 +139,9 @@ def test_a_client_that_leaves_cancels_the_model_call_and_is_logged_499(ingress, 
     (line,) = _access_lines(caplog)
     assert line["status"] == 499 and line["aborted"] is True and line["error_type"] is None
     assert line["endpoint"] == path
-    assert sink.total(m.REQUESTS, endpoint=path, status="499") == 1
-    assert sink.total(m.REQUESTS, endpoint=path) == 1  # and no 500 beside it
-    assert sink.count(m.ERRORS) == 0
+    assert sink.total(catalogue.REQUESTS, endpoint=path, status="499") == 1
+    assert sink.total(catalogue.REQUESTS, endpoint=path) == 1  # and no 500 beside it
+    assert sink.count(catalogue.ERRORS) == 0
 
 
 def test_a_request_serve_cancels_is_499_too(ingress):
@@ -153,7 +153,7 @@ def test_a_request_serve_cancels_is_499_too(ingress):
     assert models["chat-model"].stopped == 1
     (line,) = _access_lines(caplog)
     assert line["status"] == 499 and line["aborted"] is True
-    assert sink.total(m.REQUESTS, status="499") == 1 and sink.total(m.REQUESTS, status="500") == 0
+    assert sink.total(catalogue.REQUESTS, status="499") == 1 and sink.total(catalogue.REQUESTS, status="500") == 0
 
 
 class ServeCancelledModel(SlowModel):
@@ -213,12 +213,12 @@ def test_serve_cancelling_the_model_call_first_is_a_499_not_a_failure(tmp_path, 
     with TestClient(app) as client:
         sent, raised = client.portal.call(leave)
     (line,) = _access_lines(caplog)
-    assert line["error_type"] is None and sink.count(m.ERRORS) == 0
-    assert sink.total(m.REQUESTS, status="500") == 0
+    assert line["error_type"] is None and sink.count(catalogue.ERRORS) == 0
+    assert sink.total(catalogue.REQUESTS, status="500") == 0
     if stream:  # its 200 had started: it stays a 200, cut short
         assert sent[0]["status"] == 200 and line["status"] == 200 and line["aborted"] is True
     else:
-        assert raised and sent == [] and line["status"] == 499 and sink.total(m.REQUESTS, status="499") == 1
+        assert raised and sent == [] and line["status"] == 499 and sink.total(catalogue.REQUESTS, status="499") == 1
     assert core.breaker_snapshots().get("chat-model") is None or core.breaker_snapshots()["chat-model"].consecutive_failures == 0
 
 
@@ -230,7 +230,7 @@ def test_a_client_that_leaves_a_stream_stops_it_and_keeps_its_200(ingress):
     assert models["stream-model"].stopped == 1 and models["stream-model"].cancelled == 1  # the model call too
     (line,) = _access_lines(caplog)
     assert line["status"] == 200 and line["aborted"] is True
-    assert sink.total(m.REQUESTS, status="499") == 0
+    assert sink.total(catalogue.REQUESTS, status="499") == 0
 
 
 def test_requests_whose_client_stays_are_answered_as_before(ingress):

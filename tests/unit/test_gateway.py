@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.auth import read_admin_key_file
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
@@ -133,7 +133,7 @@ def test_bad_key_requests_are_400_and_store_nothing(gw, fields):
 def test_expired_key_is_401(gw):
     import time
 
-    from serve_app.auth import NewKey
+    from serve_app.state.keys import NewKey
 
     client, _, core, _ = gw
     key, _ = core.store.create(NewKey(name="old", expires_in_s=60), now=time.time() - 120)
@@ -329,7 +329,7 @@ def test_breaker_opens_rejects_and_recovers(gw, serve):
 
 
 def test_a_model_serve_reports_unavailable_counts_as_a_failure(gw, serve):
-    from serve_app.model_directory import AppState
+    from serve_app.ingress.model_directory import AppState
 
     client, gateway, core, admin = gw
     body = {**CHAT, "temperature": 1}
@@ -348,7 +348,7 @@ def test_a_model_serve_reports_unavailable_counts_as_a_failure(gw, serve):
 
 
 def test_a_replacement_replica_lets_the_breaker_probe_at_once(gw, serve):
-    from serve_app.model_directory import AppState
+    from serve_app.ingress.model_directory import AppState
 
     client, gateway, core, admin = gw
     model = serve.models["chat-model"]

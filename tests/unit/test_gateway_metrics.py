@@ -8,9 +8,9 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from observability import catalogue as m
-from serve_app.auth import read_admin_key_file
-from serve_app.http.access_log import RAY_FLATTENED, endpoint_of
+from observability import catalogue
+from serve_app.ingress.http.access_log import RAY_FLATTENED, endpoint_of
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
@@ -73,11 +73,11 @@ def test_every_request_is_counted_with_its_model_endpoint_and_status(gw):
     assert client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "temperature": 9},
                        headers=admin).status_code == 400
     chat = {"model": "chat-model", "endpoint": "/v1/chat/completions"}
-    assert sink.total(m.REQUESTS, **chat, status="200") == 3
-    assert sink.total(m.REQUESTS, status="400", endpoint="/v1/chat/completions") == 1
-    assert sink.count(m.REQUEST_DURATION, **chat) == 3
-    assert sink.total(m.ERRORS, type="invalid_request_error", endpoint="/v1/chat/completions") == 1
-    assert sink.count(m.REQUEST_QUEUE, model="chat-model") == 3  # each call's start was heard
+    assert sink.total(catalogue.REQUESTS, **chat, status="200") == 3
+    assert sink.total(catalogue.REQUESTS, status="400", endpoint="/v1/chat/completions") == 1
+    assert sink.count(catalogue.REQUEST_DURATION, **chat) == 3
+    assert sink.total(catalogue.ERRORS, type="invalid_request_error", endpoint="/v1/chat/completions") == 1
+    assert sink.count(catalogue.REQUEST_QUEUE, model="chat-model") == 3  # each call's start was heard
 
 
 def test_a_streams_queue_time_leaves_out_the_replicas_time_to_its_first_chunk(serve, gw):
@@ -87,8 +87,8 @@ def test_a_streams_queue_time_leaves_out_the_replicas_time_to_its_first_chunk(se
     with client.stream("POST", "/v1/chat/completions", json=body, headers=admin) as response:
         assert response.status_code == 200
         assert b"[DONE]" in b"".join(response.iter_bytes())
-    [queued] = [v for name, v, labels in sink.records if name == m.REQUEST_QUEUE.name and labels.get("model") == "chat-model"]
-    [took] = [v for name, v, labels in sink.records if name == m.REQUEST_DURATION.name and labels.get("model") == "chat-model"]
+    [queued] = [v for name, v, labels in sink.records if name == catalogue.REQUEST_QUEUE.name and labels.get("model") == "chat-model"]
+    [took] = [v for name, v, labels in sink.records if name == catalogue.REQUEST_DURATION.name and labels.get("model") == "chat-model"]
     assert took >= 0.4 and queued < 0.2  # the call started at once; its first chunk came with the first token
 
 
@@ -99,7 +99,7 @@ def test_a_model_that_does_not_exist_is_never_a_label_value(gw):
         assert response.status_code == 404
     labels = [labels for _, _, labels in sink.records]
     assert all(label.get("model", "") == "" for label in labels)
-    assert sink.total(m.ERRORS, type="invalid_request_error", model="") == 3
+    assert sink.total(catalogue.ERRORS, type="invalid_request_error", model="") == 3
 
 
 def test_raw_paths_are_never_label_values():
@@ -115,8 +115,8 @@ def test_rate_limited_requests_are_counted_by_the_limit_hit(gw):
     statuses = [client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "temperature": 1},
                             headers={"Authorization": f"Bearer {key}"}).status_code for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
-    assert sink.total(m.RATE_LIMITED, model="chat-model", limit="requests") == 2
-    assert sink.total(m.REQUESTS, model="chat-model", status="429") == 2
+    assert sink.total(catalogue.RATE_LIMITED, model="chat-model", limit="requests") == 2
+    assert sink.total(catalogue.REQUESTS, model="chat-model", status="429") == 2
 
 
 def test_auth_failures_are_counted_by_reason(gw):
@@ -125,9 +125,9 @@ def test_auth_failures_are_counted_by_reason(gw):
     assert client.get("/v1/models").status_code == 401
     assert client.get("/v1/models", headers={"Authorization": "Bearer hf_" + "A" * 43}).status_code == 401
     assert client.get("/status", headers={"Authorization": f"Bearer {key}"}).status_code == 403
-    assert sink.total(m.AUTH_FAILURES, reason="missing_key") == 1
-    assert sink.total(m.AUTH_FAILURES, reason="invalid_key") == 1
-    assert sink.total(m.AUTH_FAILURES, reason="forbidden") == 1
+    assert sink.total(catalogue.AUTH_FAILURES, reason="missing_key") == 1
+    assert sink.total(catalogue.AUTH_FAILURES, reason="invalid_key") == 1
+    assert sink.total(catalogue.AUTH_FAILURES, reason="forbidden") == 1
 
 
 def test_cache_hits_and_misses_per_kind(gw):
@@ -136,12 +136,12 @@ def test_cache_hits_and_misses_per_kind(gw):
     first = client.post("/v1/chat/completions", json=body, headers=admin)
     second = client.post("/v1/chat/completions", json=body, headers=admin)
     assert (first.headers["x-cache"], second.headers["x-cache"]) == ("MISS", "HIT")
-    assert sink.total(m.CACHE_MISSES, model="chat-model", kind="response") == 1
-    assert sink.total(m.CACHE_HITS, model="chat-model", kind="response") == 1
+    assert sink.total(catalogue.CACHE_MISSES, model="chat-model", kind="response") == 1
+    assert sink.total(catalogue.CACHE_HITS, model="chat-model", kind="response") == 1
     client.post("/v1/embeddings", json={"model": "embed-model", "input": ["a", "b"]}, headers=admin)
     client.post("/v1/embeddings", json={"model": "embed-model", "input": ["a", "b", "c"]}, headers=admin)
-    assert sink.total(m.CACHE_MISSES, model="embed-model", kind="embedding") == 3  # per input: a, b, then c
-    assert sink.total(m.CACHE_HITS, model="embed-model", kind="embedding") == 2
+    assert sink.total(catalogue.CACHE_MISSES, model="embed-model", kind="embedding") == 3  # per input: a, b, then c
+    assert sink.total(catalogue.CACHE_HITS, model="embed-model", kind="embedding") == 2
 
 
 def test_key_ids_are_a_label_only_when_an_operator_opts_in(serve, tmp_path):
@@ -152,7 +152,7 @@ def test_key_ids_are_a_label_only_when_an_operator_opts_in(serve, tmp_path):
             key, key_id = _key(client, admin)
             client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "temperature": 1},
                         headers={"Authorization": f"Bearer {key}"})
-        keys = {labels["key_id"] for name, _, labels in sink.records if name == m.REQUESTS.name}
+        keys = {labels["key_id"] for name, _, labels in sink.records if name == catalogue.REQUESTS.name}
         if opted_in:  # the admin's own calls (creating the key) are labelled with its key id too
             assert key_id in keys and "" not in keys
         else:
@@ -193,7 +193,7 @@ def test_probes_and_scrapes_log_at_debug_only(gw, caplog):
     client.get("/health")
     client.get("/metrics", headers=admin)
     assert not [r for r in caplog.records if r.name == "ray.serve.hfserve.access"]
-    assert sink.total(m.REQUESTS, endpoint="/health", status="200") == 1  # still counted
+    assert sink.total(catalogue.REQUESTS, endpoint="/health", status="200") == 1  # still counted
 
 
 def test_metrics_is_for_admins_unless_public(serve, tmp_path):
@@ -221,4 +221,4 @@ def test_a_request_refused_for_its_request_id_is_still_logged_and_counted(gw, ca
     (line,) = [getattr(r, RAY_FLATTENED) for r in caplog.records if r.name == "ray.serve.hfserve.access"]
     assert line["status"] == 400 and line["error_code"] == "invalid_request_id"
     assert line["request_id"] != "<bad id>"  # the malformed id is not written to the log
-    assert sink.total(m.REQUESTS, endpoint="/v1/models", status="400") == 1
+    assert sink.total(catalogue.REQUESTS, endpoint="/v1/models", status="400") == 1

@@ -1,4 +1,4 @@
-"""Ray's HAProxy mode as `hfserve serve` sets it up (serve_app/haproxy_mode.py), with the real
+"""Ray's HAProxy mode as `hfserve serve` sets it up (serve_app/cli/haproxy.py), with the real
 HAProxy binary Ray bundles: the wrapper's limits, the ports, and orphans left by a killed server."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import psutil
 import pytest
 
 from contract.config import EnvOverrides, IngressArgs
-from serve_app import haproxy_mode, launcher
-from serve_app.haproxy_mode import HeaderLimits
+from serve_app.cli import haproxy as haproxy_mode
+from serve_app.cli import launcher
+from serve_app.cli.haproxy import HeaderLimits
 from tests.conftest import free_port
 
 BINARY = haproxy_mode.real_binary()
@@ -168,7 +169,7 @@ def test_a_killed_servers_haproxy_is_stopped_and_a_live_ones_is_not(tmp_path):
 
 @needs_haproxy
 def test_haproxy_env_prints_what_a_cluster_node_needs(tmp_path, monkeypatch, capsys):
-    from serve_app.cli import main
+    from serve_app.cli.main import main
 
     config = tmp_path / "serve_config.yaml"
     config.write_text(

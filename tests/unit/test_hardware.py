@@ -155,7 +155,7 @@ def test_bad_hardware_fails_validation_saying_why(bad, says):
 
 
 def test_hfserve_hardware_renders_each_platform_and_the_auto_choice():
-    from serve_app.hardware_cli import render
+    from serve_app.cli.hardware import render
 
     text = render([node("openvino", name="cpu-box", node_id="abcdef0123456789")], "the Ray cluster at x")
     assert "1 node(s) in the Ray cluster at x" in text and "node abcdef012345" in text

@@ -10,7 +10,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.auth import read_admin_key_file
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 
 LONE = "\\ud800"  # as JSON writes it: a high surrogate without its low half

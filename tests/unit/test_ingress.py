@@ -8,7 +8,7 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.model_directory import AppState
+from serve_app.ingress.model_directory import AppState
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
@@ -143,7 +143,7 @@ class _RecordingHandle:
 @pytest.mark.parametrize("over_grpc", [True, False])
 def test_model_calls_go_over_grpc_unless_switched_off(over_grpc):
     from contract.config import IngressArgs
-    from serve_app.serve_models import ServeModelClient
+    from serve_app.ingress.serve_models import ServeModelClient
 
     assert IngressArgs().model_calls_over_grpc is True  # the default: Serve's inter-deployment gRPC
     client = ServeModelClient(_RecordingHandle(), over_grpc=over_grpc)

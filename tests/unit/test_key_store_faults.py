@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.auth import read_admin_key_file
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 
 CHAT = {"model": "chat-model", "messages": [{"role": "user", "content": "hello there"}], "temperature": 1}

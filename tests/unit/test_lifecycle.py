@@ -22,10 +22,13 @@ from contract.errors import (
     ServiceUnavailableError,
 )
 from contract.lifecycle import Autoscaling, LoadModelRequest, RuntimeModel
-from serve_app.auth import read_admin_key_file
-from serve_app.lifecycle.admission import GB, NoRoomError, plan_evictions
-from serve_app.lifecycle.memory import estimate_bytes, safetensors_parameters
-from serve_app.lifecycle.reconciler import (
+from serve_app.ingress.model_directory import AppState, ModelDirectory
+from serve_app.ingress.model_loads import check_source
+from serve_app.state.core import StateCore, StateSettings
+from serve_app.state.keys import read_admin_key_file
+from serve_app.state.lifecycle.admission import GB, NoRoomError, plan_evictions
+from serve_app.state.lifecycle.memory import estimate_bytes, safetensors_parameters
+from serve_app.state.lifecycle.reconciler import (
     DRAIN_START_S,
     FAILED_TO_LOAD,
     PENDING_AFTER_S,
@@ -33,10 +36,7 @@ from serve_app.lifecycle.reconciler import (
     ServeApp,
     failure_summary,
 )
-from serve_app.lifecycle.requests import check_source
-from serve_app.lifecycle.store import RuntimeModelStore
-from serve_app.model_directory import AppState, ModelDirectory
-from serve_app.state import StateCore, StateSettings
+from serve_app.state.lifecycle.store import RuntimeModelStore
 from tests.tiny_models import build_tiny_bert
 from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
@@ -498,8 +498,8 @@ def test_the_names_of_the_server_s_own_applications_are_409s(tmp_path):
 
 def test_resources_no_node_can_ever_offer_are_a_400():
     from contract.config import ModelAppArgs
-    from serve_app.lifecycle.requests import check_resources
-    from serve_app.lifecycle.resources import replica_needs
+    from serve_app.ingress.model_loads import check_resources
+    from serve_app.state.lifecycle.resources import replica_needs
 
     nodes = [{"CPU": 2.0, "memory": 1e9}, {"CPU": 1.0, "worker_node": 1.0}]
     args = ModelAppArgs(source="/x", task="embedding", num_cpus=64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from serve_app.ratelimit import (
+from serve_app.state.rate_limiter import (
     WINDOW_S,
     Limits,
     LocalLease,

@@ -1,5 +1,5 @@
-"""Request ids (serve_app/http/request_id.py): the rules, the middleware on a plain Starlette app
-and in the ingress, and unexpected errors logged with one traceback (serve_app/http/errors.py).
+"""Request ids (serve_app/ingress/http/request_id.py): the rules, the middleware on a plain Starlette app
+and in the ingress, and unexpected errors logged with one traceback (serve_app/ingress/http/errors.py).
 No Ray cluster."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
 from contract.errors import InvalidRequestError
-from serve_app.http.errors import install_error_handlers
-from serve_app.http.request_id import (
+from serve_app.ingress.http.errors import install_error_handlers
+from serve_app.ingress.http.request_id import (
     MAX_REQUEST_ID_LENGTH,
     RequestIdMiddleware,
     effective_request_id,
@@ -244,7 +244,7 @@ def test_an_unexpected_error_is_a_500_logged_once_and_does_not_escape_to_ray(pat
 
 
 def _admin_headers(state_dir) -> dict[str, str]:
-    from serve_app.auth import read_admin_key_file
+    from serve_app.state.keys import read_admin_key_file
 
     key = read_admin_key_file(state_dir)
     assert key
@@ -294,11 +294,11 @@ def test_a_model_replica_failure_is_one_line_without_traceback_in_the_ingress(ca
     """The replica logged the traceback (with the request id); the ingress names the model."""
     from ray.exceptions import RayTaskError
 
-    from serve_app.gateway.failures import classify
+    from serve_app.ingress.gateway.failures import classify_failure
 
     failure = RayTaskError("ModelServer.embed", "Traceback (most recent call last):\n  ...\nTypeError: boom", TypeError("boom"))
     with caplog.at_level(logging.INFO, logger="ray.serve"):
-        error, counts = classify(failure, "tiny-bert", 5.0)
+        error, counts = classify_failure(failure, "tiny-bert", 5.0)
     assert error.status_code == 500 and counts
     (record,) = caplog.records
     assert record.levelname == "ERROR" and record.exc_info is None

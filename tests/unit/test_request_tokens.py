@@ -19,7 +19,7 @@ from contract.protocol import EmbeddingRequest
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from deployments.sources import PreparedModel
 from deployments.tasks import embedding, rerank, text_classification
-from serve_app.auth import read_admin_key_file
+from serve_app.state.keys import read_admin_key_file
 from tests.tiny_models import build_tiny_bert, build_tiny_bert_classifier
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from serve_app.auth import read_admin_key_file
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
 
 QUERY = "where is paris"

@@ -12,7 +12,7 @@ import pytest
 from contract.model_api import EngineStats
 from deployments.serving_metrics import GenerationMeter, ReplicaMeter, metered
 from hardware import utilization
-from observability import catalogue as m
+from observability import catalogue
 from observability.recorder import Recorder
 
 
@@ -28,33 +28,33 @@ def test_the_catalogue_has_the_seeds_names_and_sane_definitions():
     seed = {"hf_server_requests_total", "hf_server_request_duration_seconds", "hf_server_models_loaded",
             "hf_server_model_load_duration_seconds", "hf_server_cache_hits_total", "hf_server_cache_misses_total",
             "hf_server_errors_total", "hf_server_hardware_utilization"}
-    assert seed <= set(m.BY_NAME)
-    assert len(m.BY_NAME) == len(m.CATALOGUE)  # no name twice
-    for spec in m.CATALOGUE:
+    assert seed <= set(catalogue.BY_NAME)
+    assert len(catalogue.BY_NAME) == len(catalogue.CATALOGUE)  # no name twice
+    for spec in catalogue.CATALOGUE:
         assert spec.name.startswith("hf_server_")
         assert spec.name.endswith("_total") == (spec.kind == "counter"), spec.name
         assert (spec.kind == "histogram") == bool(spec.buckets), spec.name
         assert list(spec.buckets) == sorted(set(spec.buckets)), spec.name
         assert spec.help and len(set(spec.labels)) == len(spec.labels)
-    assert m.REQUESTS.labels == ("model", "endpoint", "status", "key_id")
-    assert m.CACHE_HITS.labels == ("model", "kind") and m.ERRORS.labels == ("model", "endpoint", "type")
+    assert catalogue.REQUESTS.labels == ("model", "endpoint", "status", "key_id")
+    assert catalogue.CACHE_HITS.labels == ("model", "kind") and catalogue.ERRORS.labels == ("model", "endpoint", "type")
 
 
 def test_the_recorder_refuses_wrong_labels_and_kinds():
     recorder = Recorder(sink=Sink())
     with pytest.raises(ValueError):
-        recorder.inc(m.REQUESTS, model="m", endpoint="/v1/completions", status="200")  # key_id missing
+        recorder.inc(catalogue.REQUESTS, model="m", endpoint="/v1/completions", status="200")  # key_id missing
     with pytest.raises(ValueError):
-        recorder.observe(m.TIME_TO_FIRST_TOKEN, 0.1, model="m", raw="x")
+        recorder.observe(catalogue.TIME_TO_FIRST_TOKEN, 0.1, model="m", raw="x")
     with pytest.raises(TypeError):
-        recorder.set(m.REQUESTS, 1, model="m", endpoint="e", status="200", key_id="")
+        recorder.set(catalogue.REQUESTS, 1, model="m", endpoint="e", status="200", key_id="")
 
 
 def test_a_disabled_recorder_records_nothing():
     sink = Sink()
     recorder = Recorder(enabled=False, sink=sink)
-    recorder.inc(m.PROMPT_TOKENS, 5, model="m")
-    recorder.observe(m.TIME_TO_FIRST_TOKEN, 0.1, model="m")
+    recorder.inc(catalogue.PROMPT_TOKENS, 5, model="m")
+    recorder.observe(catalogue.TIME_TO_FIRST_TOKEN, 0.1, model="m")
     assert sink == []
 
 
@@ -78,10 +78,10 @@ def test_ttft_once_per_request_and_inter_token_gaps_per_token_per_sequence():
     clock.now += 0.2
     meter.event(0, 3)  # two tokens in 0.3 s since sequence 0's last: 0.15 s each
     meter.finish()
-    assert sink.values(m.TIME_TO_FIRST_TOKEN) == [pytest.approx(0.75)]
-    assert sink.values(m.INTER_TOKEN_LATENCY) == [pytest.approx(0.15)]
-    assert sink.values(m.PROMPT_TOKENS) == [7]
-    assert sink.values(m.GENERATION_TOKENS) == [4]  # 3 + 1
+    assert sink.values(catalogue.TIME_TO_FIRST_TOKEN) == [pytest.approx(0.75)]
+    assert sink.values(catalogue.INTER_TOKEN_LATENCY) == [pytest.approx(0.15)]
+    assert sink.values(catalogue.PROMPT_TOKENS) == [7]
+    assert sink.values(catalogue.GENERATION_TOKENS) == [4]  # 3 + 1
 
 
 def test_metered_events_close_the_engine_stream_when_the_client_leaves():
@@ -103,7 +103,7 @@ def test_metered_events_close_the_engine_stream_when_the_client_leaves():
 
     asyncio.run(run())
     assert closed == [True]
-    assert sink.values(m.GENERATION_TOKENS) == [3] and sink.values(m.PROMPT_TOKENS) == [3]
+    assert sink.values(catalogue.GENERATION_TOKENS) == [3] and sink.values(catalogue.PROMPT_TOKENS) == [3]
 
 
 def test_a_replica_reports_loads_requests_in_flight_and_engine_gauges():
@@ -115,15 +115,15 @@ def test_a_replica_reports_loads_requests_in_flight_and_engine_gauges():
     meter.ended()
     meter.engine(EngineStats(running_requests=3, waiting_requests=2, kv_cache_usage=0.25))
     meter.batch_observer("engine_step")(4)
-    assert sink.values(m.MODEL_LOAD_DURATION) == [12.5]
-    assert sink.values(m.ACTIVE_REQUESTS) == [1, 2, 1, 1] and meter.active == 1  # the last: the refresh
-    assert sink.values(m.ENGINE_RUNNING) == [3] and sink.values(m.ENGINE_WAITING) == [2]
-    assert sink.values(m.KV_CACHE_USAGE) == [0.25]
-    assert [labels for name, _, labels in sink if name == m.BATCH_SIZE.name] == [{"model": "m", "kind": "engine_step"}]
+    assert sink.values(catalogue.MODEL_LOAD_DURATION) == [12.5]
+    assert sink.values(catalogue.ACTIVE_REQUESTS) == [1, 2, 1, 1] and meter.active == 1  # the last: the refresh
+    assert sink.values(catalogue.ENGINE_RUNNING) == [3] and sink.values(catalogue.ENGINE_WAITING) == [2]
+    assert sink.values(catalogue.KV_CACHE_USAGE) == [0.25]
+    assert [labels for name, _, labels in sink if name == catalogue.BATCH_SIZE.name] == [{"model": "m", "kind": "engine_step"}]
     with pytest.raises(ValueError):
         meter.batch_observer("whatever")
     meter.unloaded()
-    assert sink.values(m.MODELS_LOADED) == [1, 1, 0]
+    assert sink.values(catalogue.MODELS_LOADED) == [1, 1, 0]
 
 
 @dataclass

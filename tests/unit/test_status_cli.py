@@ -11,17 +11,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contract.model_api import EngineStats, ReplicaRecord
-from serve_app import status as status_module
-from serve_app.auth import read_admin_key_file
-from serve_app.cli import main
-from serve_app.status_cli import render
-from serve_app.status_model import (
+from contract.status import (
     ServeReplica,
     StatusReport,
     merge_replicas,
     serve_replicas,
     totals,
 )
+from serve_app.cli.main import main
+from serve_app.cli.status import render
+from serve_app.ingress import status_report as status_module
+from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import FakeModel, FakeServe, make_app
 
 NOW = 1_700_000_000.0
@@ -221,7 +221,7 @@ def test_the_cli_prints_the_table_or_the_json(monkeypatch, capsys):
             assert (method, path) == ("GET", "/status")
             return CANNED
 
-    monkeypatch.setattr("serve_app.keys_cli.AdminApi", Api)
+    monkeypatch.setattr("serve_app.cli.keys.AdminApi", Api)
     assert main(["status", "--url", "http://h:1/gw"]) == 0
     assert "tiny-llama" in capsys.readouterr().out and asked == ["http://h:1/gw"]
     assert main(["status", "--json"]) == 0

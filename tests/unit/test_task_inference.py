@@ -18,8 +18,8 @@ from contract.config import EnvOverrides, ModelAppArgs
 from deployments.sources import SourceError
 from deployments.task_inference import infer_task, model_files, with_task
 from deployments.tasks import embedding, text_generation
-from serve_app.cli import main
-from serve_app.deploy_plan import DeployConfigError, plan_deploy
+from serve_app.cli.deploy_plan import DeployConfigError, plan_deploy
+from serve_app.cli.main import main
 from tests.plugins.install import install_plugin, on_path
 from tests.tiny_models import build_tiny_bert, build_tiny_llama
 

@@ -1,0 +1,3 @@
+from serve_app.cli.main import main
+
+main()

@@ -1,0 +1,141 @@
+"""Rate limits on the replica's side: quota leased in chunks from the state actor and spent
+locally, token reservations settled from the real usage, and the rate-limit headers.
+
+The authoritative sliding windows live in the state actor (ratelimit.RateLimiter); a lease is
+charged there when granted and what it did not use is given back when it expires, so every
+replica together never admits more than a key's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from contract.errors import InvalidRequestError, RateLimitError
+from serve_app.ingress.gateway.callers import Caller
+from serve_app.state.client import StateClient, StateUnavailable
+from serve_app.state.rate_limiter import Grant, LocalLease, chunk_for, rate_limit_headers
+
+
+@dataclass
+class Admission:
+    caller: Caller
+    lease_id: int
+    reserved: int
+    headers: dict[str, str]
+
+
+class Quota:
+    """Leases quota chunks from the state actor and spends them locally."""
+
+    def __init__(self, state: StateClient, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
+        self._state = state
+        self._clock = clock
+        self._wall = wall
+        self._leases: dict[str, LocalLease] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._returns: list[tuple[str, int, int, int]] = []
+
+    async def admit(self, caller: Caller, tokens: int, too_large_param: str | None = None) -> Admission:
+        """Admit a request reserving `tokens`, or raise the 429 that says when to retry. A
+        request over the key's whole TPM could never pass: that is a 400 naming
+        `too_large_param`, not a 429."""
+        if caller.limits is None or caller.key_id is None:
+            return Admission(caller, 0, 0, {})
+        if tokens > caller.limits.tpm:
+            raise _too_large(tokens, caller.limits.tpm, too_large_param)
+        key = caller.key_id
+        lease = self._leases.get(key)
+        if lease is None or not lease.covers(self._clock(), tokens):
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:  # one lease request per key per replica at a time
+                lease = self._leases.get(key)
+                if lease is None or not lease.covers(self._clock(), tokens):
+                    if lease is not None:
+                        self._retire(key, lease)
+                    lease = LocalLease.of(await self._lease(caller, tokens))
+                    self._leases[key] = lease
+        lease.take(tokens)
+        return Admission(caller, lease.grant.lease_id, tokens, self._headers(lease))
+
+    def settle(self, admission: Admission, actual_tokens: int) -> None:
+        """Charge (or refund) the difference between the reservation and the real usage."""
+        if admission.lease_id and admission.caller.key_id:
+            self._returns.append((admission.caller.key_id, admission.lease_id, 0, admission.reserved - actual_tokens))
+
+    def headers_for(self, caller: Caller) -> dict[str, str]:
+        if caller.limits is None or caller.key_id is None:
+            return {}
+        lease = self._leases.get(caller.key_id)
+        if lease is not None:
+            return self._headers(lease)
+        return rate_limit_headers(caller.limits, caller.limits.rpm, caller.limits.tpm, 0.0, 0.0, self._wall())
+
+    async def flush(self) -> None:
+        """Give back what expired leases did not use, and send settlements."""
+        now = self._clock()
+        for key, lease in list(self._leases.items()):
+            if now >= lease.grant.expires_at:
+                del self._leases[key]
+                self._retire(key, lease)
+        if not self._returns:
+            return
+        returns, self._returns = self._returns, []
+        try:
+            await self._state.call("give_back", returns)
+        except StateUnavailable:
+            pass  # that window is forgotten by a restarted actor anyway
+
+    async def _lease(self, caller: Caller, tokens: int) -> Grant:
+        limits = caller.limits
+        assert limits is not None and caller.key_id is not None
+        try:
+            grant = await self._state.call(
+                "lease", caller.key_id, limits, 1, tokens, chunk_for(limits.rpm), max(tokens, chunk_for(limits.tpm))
+            )
+        except StateUnavailable:
+            # Degrade: admit on a provisional local lease (not charged anywhere) until the
+            # actor is back; at most one window's worth of accuracy is lost.
+            now = self._clock()
+            return Grant(0, 1, tokens, now + 1.0, limits, limits.rpm - 1, max(0, limits.tpm - tokens), 0.0, 0.0)
+        if grant.requests == 0:
+            kind = "tokens" if grant.remaining_requests >= 1 else "requests"
+            if math.isinf(grant.retry_after_s):  # admit() refuses these first; the actor agrees
+                raise _too_large(tokens, limits.tpm, None)
+            used = limits.rpm - grant.remaining_requests if kind == "requests" else limits.tpm - grant.remaining_tokens
+            limit = limits.rpm if kind == "requests" else limits.tpm
+            unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+            raise RateLimitError(
+                f"Rate limit reached on {unit}: Limit {limit}, Used {used}, Requested {1 if kind == 'requests' else tokens}.",
+                kind=kind,
+                retry_after_s=max(grant.retry_after_s, 0.001),
+                headers=rate_limit_headers(limits, grant.remaining_requests, grant.remaining_tokens,
+                                           grant.reset_requests_s, grant.reset_tokens_s, self._wall()),
+            )
+        return grant
+
+    def _retire(self, key: str, lease: LocalLease) -> None:
+        if lease.grant.lease_id and (lease.requests_left or lease.tokens_left):
+            self._returns.append((key, lease.grant.lease_id, lease.requests_left, lease.tokens_left))
+
+    def _headers(self, lease: LocalLease) -> dict[str, str]:
+        grant = lease.grant
+        return rate_limit_headers(
+            grant.limits,
+            grant.remaining_requests + lease.requests_left,
+            grant.remaining_tokens + lease.tokens_left,
+            grant.reset_requests_s,
+            grant.reset_tokens_s,
+            self._wall(),
+        )
+
+
+def _too_large(tokens: int, tpm: int, param: str | None) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"Request too large: it needs {tokens} tokens but this API key's limit is {tpm} tokens per minute.",
+        param=param,
+        code="request_too_large",
+    )

@@ -1,0 +1,58 @@
+"""Per-key usage (requests, prompt and completion tokens), gathered per replica and flushed
+to the key store in batches; kept for the next flush while the state actor restarts or the
+key store cannot be written (a full disk)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from contract.errors import as_api_error
+from serve_app.ingress.gateway import request_record as access_log
+from serve_app.ingress.gateway.callers import Caller
+from serve_app.state.client import StateClient, StateUnavailable
+from serve_app.state.keys import KeyUsage
+
+logger = logging.getLogger("ray.serve")
+
+
+class UsageRecorder:
+    def __init__(self, state: StateClient):
+        self._state = state
+        self._pending: dict[str, KeyUsage] = {}
+        self._failing = False
+
+    def record(self, caller: Caller, prompt_tokens: int, completion_tokens: int) -> None:
+        request = access_log.current()
+        if request is not None:  # the access-log line reports the request's tokens
+            request.usage(prompt_tokens, completion_tokens)
+        if caller.key_id is None or caller.key_id == "static-admin":
+            return
+        usage = self._pending.setdefault(caller.key_id, KeyUsage())
+        usage.requests += 1
+        usage.prompt_tokens += prompt_tokens
+        usage.completion_tokens += completion_tokens
+        usage.last_used_at = time.time()
+
+    async def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, {}
+            try:
+                await self._state.call("add_usage", pending)
+            except Exception as exc:
+                # The actor restarting, or the store refusing writes (a KeyStoreWriteError):
+                # keep the usage; anything else is a bug and propagates.
+                error = exc if isinstance(exc, StateUnavailable) else as_api_error(exc)
+                if error is None:
+                    raise
+                if not self._failing:  # once per outage, not once a second
+                    logger.warning("key usage not saved yet, kept for the next flush: %s", error)
+                    self._failing = True
+                for key, usage in pending.items():  # keep it for the next flush
+                    mine = self._pending.setdefault(key, KeyUsage())
+                    mine.requests += usage.requests
+                    mine.prompt_tokens += usage.prompt_tokens
+                    mine.completion_tokens += usage.completion_tokens
+                    mine.last_used_at = max(mine.last_used_at or 0, usage.last_used_at or 0)
+            else:
+                self._failing = False

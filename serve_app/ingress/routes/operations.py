@@ -1,0 +1,83 @@
+"""Operations: /health (liveness, open), /ready (every model ready, open), /status (admin) and
+/metrics (admin unless public_metrics; the whole cluster's hf_server_* families)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+from starlette.responses import Response
+
+from contract.errors import ServiceUnavailableError
+from contract.protocol import ErrorResponse
+from observability.exposition import CONTENT_TYPE
+from serve_app.ingress.gateway import Gateway
+from serve_app.ingress.http.errors import error_response
+from serve_app.ingress.http.openapi import responses
+from serve_app.ingress.status_report import status_report
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    uptime_s: float
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    models: dict[str, str]
+
+
+class NotReady(ErrorResponse):
+    status: Literal["not_ready"]
+    models: dict[str, str]
+    not_ready: list[str]
+
+
+def operations_router(gateway: Gateway, started: float,
+                      metrics: Callable[[], Awaitable[bytes]] | None = None) -> APIRouter:
+    router = APIRouter()
+    directory = gateway.directory
+
+    @router.get("/health", response_model=Health, responses=responses(431))
+    async def health():
+        return {"status": "ok", "uptime_s": round(time.time() - started, 1)}
+
+    @router.get("/ready", response_model=Ready, responses={
+        503: {"model": NotReady, "description": "Some model is not ready (or none is deployed)."}, **responses(431)})
+    async def ready():
+        await directory.refresh(max_age_s=0.5)
+        models = {card.id: card.status for card in await directory.cards()}
+        # A model scaled to zero is ready (its next request starts it); a run-time load that
+        # is still going or failed is its loader's business, not the server's readiness.
+        runtime = gateway.directory.runtime
+        counted = {m: s for m, s in models.items() if not (m in runtime and s in ("loading", "pending", "failed"))}
+        waiting = sorted(model for model, status in counted.items() if status not in ("ready", "idle"))
+        if counted and not waiting:
+            return {"status": "ready", "models": models}
+        why = {entry.id: entry.message for entry in directory.entries() if entry.message}
+        # Serve's own words say why (e.g. no node has the resources a replica asks for).
+        message = "No models are deployed." if not models else "No model is ready yet." if not waiting else "Models not ready: " + ", ".join(
+            f"{m} ({models[m]}{': ' + why[m] if m in why else ''})" for m in waiting
+        )
+        # Returned rather than raised: not ready is an answer here, not a failure to log.
+        return error_response(ServiceUnavailableError(
+            message, code="models_not_ready", retry_after_s=2,
+            extra={"status": "not_ready", "models": models, "not_ready": waiting},
+        ))
+
+    @router.get("/status", response_model=dict[str, Any], responses=responses(401, 403, 431))
+    async def status():
+        return await status_report(gateway, time.time() - started)
+
+    @router.get("/metrics", response_class=Response, responses={
+        200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format, the whole cluster."},
+        **responses(401, 403, 431, 503)})
+    async def cluster_metrics():
+        if metrics is None:
+            raise ServiceUnavailableError("Metrics are not collected by this server.", code="metrics_unavailable")
+        return Response(await metrics(), media_type=CONTENT_TYPE)
+
+    return router
