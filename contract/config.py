@@ -15,10 +15,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import tasks
+from .old_names import TakesOldNames, deprecated
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Backend = Literal["auto", "openvino", "transformers"]
@@ -51,7 +52,7 @@ def valid_model_id(name: str) -> bool:
     return _MODEL_ID.fullmatch(name) is not None
 
 
-class StrictModel(BaseModel):
+class StrictModel(TakesOldNames):
     """Config models reject unknown keys so that a typo fails at deploy time."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,10 +70,11 @@ class EnvOverrides(BaseSettings):
     config: Path | None = Field(None, description="Path of the serve_config.yaml to deploy.")
     workers: int | None = Field(None, ge=1, le=64, description="Number of ingress replicas.")
     cache_dir: Path | None = Field(None, description="Where converted models are cached.")
-    enable_batching: bool | None = Field(None, description="Batch embedding requests.")
+    enable_batching: bool | None = Field(None, description="Batch concurrent requests of every model.")
     batch_max_size: int | None = Field(None, ge=1, le=4096, description="Inputs per batch.")
+    batch_timeout_s: float | None = Field(None, ge=0, le=10, description="How long a batch waits to fill, in seconds.")
     batch_timeout_ms: float | None = Field(
-        None, ge=0, le=10_000, description="How long a batch waits to fill, in milliseconds."
+        None, ge=0, le=10_000, description="Deprecated: HF_SERVER_BATCH_TIMEOUT_S in milliseconds, for one release."
     )
     max_request_body_bytes: int | None = Field(
         None, ge=1024, description="Largest accepted request body; larger bodies get a 413."
@@ -95,6 +97,13 @@ class EnvOverrides(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _old_batch_timeout(self) -> EnvOverrides:
+        if self.batch_timeout_ms is not None:  # a new unit too, so not an alias of batch_timeout_s
+            deprecated("HF_SERVER_BATCH_TIMEOUT_MS", "HF_SERVER_BATCH_TIMEOUT_S", self.batch_timeout_s is not None,
+                       f" (in seconds: {self.batch_timeout_ms / 1000.0:g} for {self.batch_timeout_ms:g} ms)")
+        return self
 
 
 def read_env() -> EnvOverrides:
@@ -135,13 +144,8 @@ class IngressArgs(StrictModel):
         "request, all inputs (or query-document pairs) together, as the model's tokenizer counts them, cached ones "
         "included (400 naming the field above). It bounds how long one request holds a model (docs/operations.md).",
     )
-    workers: int | None = Field(
-        None,
-        ge=1,
-        le=64,
-        description="Ingress replicas (HF_SERVER_WORKERS). Unset keeps the deployment's own "
-        "num_replicas from serve_config.yaml, or 1.",
-    )
+    workers: int | None = Field(None, ge=1, le=64, description="Ingress replicas (HF_SERVER_WORKERS). Unset keeps the "
+                                "deployment's own num_replicas from serve_config.yaml, or 1.")
     model_info_ttl_s: float = Field(
         5.0, gt=0, le=300, description="How often the ingress asks Serve and the models for their status "
         "(/ready and requests for an unknown model ask at once).",
@@ -179,7 +183,8 @@ class IngressArgs(StrictModel):
     )
     # --- response cache ---
     enable_caching: bool = Field(True, description="Cache deterministic responses (HF_SERVER_ENABLE_CACHING).")
-    cache_ttl_seconds: float = Field(3600, gt=0, le=30 * 86400, description="Lifetime of a cached response.")
+    cache_ttl_s: float = Field(3600, gt=0, le=30 * 86400, description="Lifetime of a cached response.",
+                               validation_alias=AliasChoices("cache_ttl_s", "cache_ttl_seconds"))
     cache_max_size: int = Field(1000, ge=1, le=10_000_000, description="Most cached entries (LRU).")
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Most cached bytes (LRU).")
     cache_scope: Literal["key", "global"] = Field(
@@ -188,7 +193,8 @@ class IngressArgs(StrictModel):
     # --- circuit breakers ---
     enable_circuit_breaker: bool = Field(True, description="Per-model breakers (HF_SERVER_ENABLE_CIRCUIT_BREAKER).")
     circuit_breaker_threshold: int = Field(5, ge=1, le=1000, description="Consecutive failures that open it.")
-    circuit_breaker_timeout_seconds: float = Field(60, gt=0, le=3600, description="How long it stays open.")
+    circuit_breaker_timeout_s: float = Field(60, gt=0, le=3600, description="How long it stays open.",
+                                             validation_alias=AliasChoices("circuit_breaker_timeout_s", "circuit_breaker_timeout_seconds"))
     # --- metrics ---
     enable_metrics: bool = Field(True, description="Record the hf_server_* metrics /metrics serves (HF_SERVER_ENABLE_METRICS).")
     metrics_refresh_s: float = Field(
@@ -312,17 +318,19 @@ class ModelAppArgs(StrictModel):
     weight_format: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="Weights of the exported OpenVINO IR (int8 = NNCF weight compression)."
     )
-    # --- batching (@serve.batch): embeddings, and transformers generation ---
+    # --- batching: embedding, rerank and text-classification batch with the SlotBatcher
+    # (deployments/slot_batching.py), transformers generation with @serve.batch; OpenVINO
+    # generation batches continuously in its engine and reads neither field below ---
     enable_batching: bool = Field(True, description="Batch concurrent requests (HF_SERVER_ENABLE_BATCHING).")
     enable_metrics: bool = Field(True, description="Record the serving metrics: time to first token, tokens, "
                                  "engine queue (HF_SERVER_ENABLE_METRICS).")
     max_batch_size: int | None = Field(
-        None, ge=1, le=4096, description="@serve.batch max_batch_size, in inputs "
+        None, ge=1, le=4096, description="Most inputs (or sequences) in one batch "
         "(default HF_SERVER_BATCH_MAX_SIZE or 32).",
     )
     batch_wait_timeout_s: float | None = Field(
-        None, ge=0, le=10, description="@serve.batch batch_wait_timeout_s "
-        "(default HF_SERVER_BATCH_TIMEOUT_MS / 1000 or 0.005).",
+        None, ge=0, le=10, description="How long a batch with room waits for more, in seconds "
+        "(default HF_SERVER_BATCH_TIMEOUT_S or 0.005).",
     )
     # --- embeddings (encoder_streams: rerank and text-classification too) ---
     supports_dimensions: bool = Field(
@@ -414,8 +422,9 @@ class ModelAppArgs(StrictModel):
             updates["enable_metrics"] = env.enable_metrics
         if env.batch_max_size is not None:
             updates["max_batch_size"] = env.batch_max_size
-        if env.batch_timeout_ms is not None:
-            updates["batch_wait_timeout_s"] = env.batch_timeout_ms / 1000.0
+        timeout_s = env.batch_timeout_s if env.batch_timeout_ms is None else env.batch_timeout_ms / 1000.0
+        if timeout_s is not None:
+            updates["batch_wait_timeout_s"] = timeout_s
         if env.cache_dir is not None:
             updates["cache_dir"] = env.cache_dir
         return self.model_copy(update=updates)

@@ -2,7 +2,7 @@
 
 `create_app` assembles it: the error handlers (http/errors.py), the middleware in its order
 (http/middleware.py) and the routers (routes/); the gateway (gateway/) and the model
-directory start and stop with the app.
+directory, which `Ingress` builds over Ray Serve with wiring.py, start and stop with the app.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.errors import install_error_handlers
 from serve_app.ingress.http.middleware import build_middleware
 from serve_app.ingress.http.openapi import install_openapi
-from serve_app.ingress.model_directory import ModelDirectory
 from serve_app.ingress.routes.admin import admin_router
 from serve_app.ingress.routes.models import models_router
 from serve_app.ingress.routes.operations import operations_router
@@ -38,8 +37,9 @@ from serve_app.ingress.serve_models import (
     list_serve_model_apps,
     list_serve_replicas,
 )
+from serve_app.ingress.wiring import build_gateway
 from serve_app.state.actor import get_or_create_actor
-from serve_app.state.client import StateClient, StateUnavailable
+from serve_app.state.client import StateClient
 from serve_app.state.core import StateSettings
 
 
@@ -95,23 +95,15 @@ class Ingress:
         self.args = args
         state = StateClient.ray_actor(get_or_create_actor(StateSettings.from_args(args)))
         self.hardware = ensure_supervisor()  # the per-node hardware actors: /status and placement
-        directory = ModelDirectory(
-            list_serve_model_apps,
-            functools.partial(connect_serve_model, over_grpc=args.model_calls_over_grpc and model_calls_fit_grpc()),
-            ttl_s=args.model_info_ttl_s,
-            info_timeout_s=args.readiness_timeout_s,
-            on_reload=lambda model: _quietly(state.call("cache_invalidate", model)),
-            on_new_replica=lambda model: _quietly(state.call("breaker_replaced", model)),
+        over_grpc = args.model_calls_over_grpc and model_calls_fit_grpc()
+        self.gateway = build_gateway(
+            args, state,
+            list_apps=list_serve_model_apps,
+            connect=functools.partial(connect_serve_model, over_grpc=over_grpc),
             list_replicas=lambda: list_serve_replicas(self.hardware),
-            wake_timeout_s=args.model_load_timeout_s,
+            node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0),
         )
-        self.gateway = Gateway(args, state, directory,
-                               node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self.gateway, self.args, ClusterScraper(refresh_s=self.args.metrics_refresh_s))
 
-
-async def _quietly(call) -> None:
-    with contextlib.suppress(StateUnavailable):
-        await call

@@ -23,7 +23,7 @@ from contract.errors import (
 )
 from contract.lifecycle import RuntimeModel
 from contract.model_api import ModelClient, ModelInfo, ReplicaRecord
-from contract.protocol import ModelCard, ModelReplica
+from contract.protocol import ModelCard, ModelReplica, ModelStatus
 
 logger = logging.getLogger("ray.serve")
 
@@ -31,7 +31,8 @@ logger = logging.getLogger("ray.serve")
 @dataclass
 class ModelEntry:
     id: str
-    status: str  # ready | loading | failed | unavailable
+    # ready | idle | loading | failed | unavailable; `card()` adds pending, the gateway circuit_*.
+    status: ModelStatus
     message: str = ""
     info: ModelInfo | None = None
     client: ModelClient | None = None
@@ -59,7 +60,7 @@ class ModelEntry:
             created=info.created if info else self.first_seen,
             owned_by=info.owned_by if info else "hfserve",
             task=info.task if info else None,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             backend=info.backend if info else None,
             device=info.device if info else None,
             platform=info.platform or None if info else None,
@@ -100,7 +101,7 @@ QUIET_BEFORE_WAKE_S = 2.0
 RECOVERING_POLL_S = 0.5  # how often to look while a model is loading or unavailable
 _MAX_REPLICAS_REMEMBERED = 64
 
-_SERVE_TO_MODEL_STATUS = {
+_SERVE_TO_MODEL_STATUS: dict[str, ModelStatus] = {
     "RUNNING": "ready",
     "DEPLOYING": "loading",
     "NOT_STARTED": "loading",
@@ -260,10 +261,10 @@ class ModelDirectory:
             return None
         # Not (or no longer) a Serve application: being deployed (again, after a restart of the
         # cluster, for a record that was ready), failed (its application deleted, or about to be).
-        status = "failed" if record.state == "failed" else "loading"
+        status: ModelStatus = "failed" if record.state == "failed" else "loading"
         return ModelEntry(model, status, first_seen=int(record.requested_at)).card(record)
 
-    def status_of(self, model: str) -> str | None:
+    def status_of(self, model: str) -> ModelStatus | None:
         entry = self._entries.get(model)
         return entry.status if entry else None
 

@@ -160,8 +160,8 @@ async def load(body: LoadModelRequest, *, args_cfg: IngressArgs, directory: Mode
                           autoscaling=body.autoscaling, requested_at=time.time(), estimated_bytes=weights_bytes,
                           load_timeout_s=timeout_s)
     budget = int(args_cfg.model_memory_budget_gb * GB) if args_cfg.model_memory_budget_gb else None
-    result = await state.call("models_load", record, busy_models(directory, used), args_cfg.max_loaded_models, budget,
-                              timeout_s=5.0)
+    result = await state.models_load(record, busy_models(directory, used), args_cfg.max_loaded_models, budget,
+                                     timeout_s=5.0)
     if "error" in result:
         raise ConflictError(result["error"]["message"], code=result["error"]["code"])
     stored = RuntimeModel.model_validate(result["record"])
@@ -175,7 +175,7 @@ async def load(body: LoadModelRequest, *, args_cfg: IngressArgs, directory: Mode
 
 
 async def unload(model: str, *, directory: ModelDirectory, state: StateClient) -> LifecycleReply:
-    result = await state.call("models_unload", model, timeout_s=5.0)
+    result = await state.models_unload(model, timeout_s=5.0)
     if result is None:
         await directory.refresh(max_age_s=0.5)
         if directory.status_of(model) is not None:

@@ -100,7 +100,7 @@ async def status_report(gateway: Gateway, uptime_s: float) -> dict[str, Any]:
     states = asyncio.ensure_future(serve_replica_states())
     engines = await asyncio.gather(*(_engine_stats(entry) for entry in entries))
     try:
-        shared = await gateway.state.call("status")
+        shared = await gateway.state.status()
     except StateUnavailable:
         shared = {"error": "the state actor is restarting"}
     breakers = shared.get("breakers", {})

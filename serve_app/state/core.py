@@ -6,7 +6,7 @@ cache and the circuit breakers, in one named, detached Ray actor.
 does not: the cache (it refills), breakers (they restart closed), and the current rate
 windows (at most one window of quota is forgotten). Ingress replicas keep local copies so
 the actor stays off most requests' critical path, and degrade to those copies while it
-restarts (see gateway.py).
+restarts (see ingress/gateway/).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ class StateSettings(BaseModel):
             static_admin=args.static_admin_key_sha256 is not None,
             cache_max_entries=args.cache_max_size,
             cache_max_bytes=args.cache_max_bytes,
-            cache_ttl_s=args.cache_ttl_seconds,
+            cache_ttl_s=args.cache_ttl_s,
             breaker_threshold=args.circuit_breaker_threshold,
-            breaker_timeout_s=args.circuit_breaker_timeout_seconds,
+            breaker_timeout_s=args.circuit_breaker_timeout_s,
         )
 
 
@@ -154,7 +154,7 @@ class StateCore:
 
     # ------------------------------------------------------------------ cache
 
-    def cache_get(self, keys: list[str]) -> list[bytes | None]:
+    def cache_get(self, keys: list[str]) -> list[tuple[bytes, float] | None]:
         return self.cache.get_many(keys)
 
     def cache_put(self, items: list[tuple[str, bytes, str]]) -> None:

@@ -100,7 +100,7 @@ def cluster_config(models: dict[str, Path], work: Path, port: int) -> dict:
         "applications": [
             {"name": "ingress", "route_prefix": "/", "import_path": "serve_app.app:build_ingress_app",
              "args": {"state_dir": str(work / "state"), "model_info_ttl_s": 1.0,
-                      "circuit_breaker_threshold": 2, "circuit_breaker_timeout_seconds": 60},
+                      "circuit_breaker_threshold": 2, "circuit_breaker_timeout_s": 60},
              # On the head: losing the worker must not take the HTTP face with it.
              "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05, "resources": {"head_node": 0.01}}}]},
             {"name": "chat", "route_prefix": None, "import_path": "serve_app.app:build_model_app",

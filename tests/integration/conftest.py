@@ -35,6 +35,7 @@ MODELS = ("tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier"
 GATEWAY_PREFIX = "/gw"
 KEEP_ALIVE_S = 3
 METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000
+OLD_NAME_CACHE_TTL_S = 1800  # given under a deprecated name (write_config); not the default, 3600
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,10 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
     common = {"cache_dir": str(cache_dir), "num_threads": 2}
     # Both ingress applications share the one state actor, so they share its settings.
     # A long breaker timeout: recovery must come from Serve's healthy replacement (the breaker
-    # goes half-open at once), not from the timeout running out.
-    shared_state = {"state_dir": str(state_dir), "circuit_breaker_threshold": 2, "circuit_breaker_timeout_seconds": 60}
+    # goes half-open at once), not from the timeout running out. `cache_ttl_seconds` is the old
+    # name of cache_ttl_s, on purpose: a config of the last release still deploys (test_status_report.py).
+    shared_state = {"state_dir": str(state_dir), "circuit_breaker_threshold": 2, "circuit_breaker_timeout_s": 60,
+                    "cache_ttl_seconds": OLD_NAME_CACHE_TTL_S}
     config = {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": 8000, "keep_alive_timeout_s": KEEP_ALIVE_S},

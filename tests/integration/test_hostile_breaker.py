@@ -1,5 +1,5 @@
 """One caller cannot open a model's breaker for others: before it opens, or while it is half
-open, the ingress sends the model a small probe request of its own (gateway/breakers.py), and
+open, the ingress sends the model a small probe request of its own (gateway/breaker_gate.py), and
 that probe must be one each task's real model answers. With the tiny models and their limits no
 key can make the model itself fail by its requests alone (what is over a limit is a 4xx), so the
 caller-specific paths are unit tests (tests/unit/test_breaker.py); a replica killed under one
@@ -15,7 +15,7 @@ import ray
 
 from tests.integration.hostile import admin_headers, assert_others_served, new_key
 
-SYNC_IDLE_S = 1.0  # gateway/orchestrator.py: an idle ingress replica syncs its breakers once a second
+SYNC_IDLE_S = 1.0  # gateway/state_sync.py: an idle ingress replica syncs its breakers once a second
 PROBED = {  # a model of each task, and a request of its endpoint
     "tiny-bert": ("/v1/embeddings", {"input": "hello"}),
     "tiny-reranker": ("/v1/rerank", {"query": "hello", "documents": ["a", "b"]}),

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ROOT
+from tests.integration.conftest import OLD_NAME_CACHE_TTL_S
 
 MODELS = ["tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-llama", "tiny-llama-hf"]
 HFSERVE = Path(sys.executable).parent / "hfserve"
@@ -122,3 +123,10 @@ def _without_free_memory(platforms: dict) -> dict:
     return {name: {**p, "devices": [{k: v for k, v in d.items() if k != "free_memory_bytes"} for d in p["devices"]]}
             for name, p in platforms.items()}
 
+
+def test_a_config_with_an_old_setting_name_still_deploys(server):
+    """tests/integration/conftest.py gives the cache's lifetime under its old name,
+    `cache_ttl_seconds`: it took effect, and /status shows it under its new one."""
+    settings = _admin_status(server)["state"]["settings"]
+    assert settings["cache_ttl_s"] == OLD_NAME_CACHE_TTL_S != 3600  # not the default
+    assert all(ingress.cache_ttl_s == OLD_NAME_CACHE_TTL_S for ingress in server.plan.ingresses)

@@ -223,8 +223,7 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
 
     from contract.config import IngressArgs
     from serve_app.ingress.deployment import create_app
-    from serve_app.ingress.gateway import Gateway
-    from serve_app.ingress.model_directory import ModelDirectory
+    from serve_app.ingress.wiring import build_gateway
     from serve_app.state.client import StateClient
     from serve_app.state.core import StateCore, StateSettings
 
@@ -232,15 +231,11 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     scraper = ingress_args.pop("scraper", None)  # what /metrics serves
     clock = ingress_args.pop("clock", time.monotonic)
     state_clock = ingress_args.pop("state_clock", time.monotonic)
-    args = IngressArgs(state_dir=tmp_path, **ingress_args)
+    # The directory lists the applications again only when a test asks it to (or moves `clock`).
+    args = IngressArgs(state_dir=tmp_path, **{"model_info_ttl_s": 60, **ingress_args})
     core = StateCore(StateSettings.from_args(args), clock=state_clock)
-    state = StateClient.local(core)
-    directory = ModelDirectory(fake_serve.list_apps, fake_serve.connect, ttl_s=60, clock=clock,
-                               on_reload=lambda model: state.call("cache_invalidate", model),
-                               on_new_replica=lambda model: state.call("breaker_replaced", model))
-    gateway = Gateway(args, state, directory)
-    if metrics_sink is not None:
-        from observability.recorder import Recorder
+    from observability.recorder import Recorder
 
-        gateway.metrics = Recorder(sink=metrics_sink)
+    gateway = build_gateway(args, StateClient.local(core), list_apps=fake_serve.list_apps, connect=fake_serve.connect,
+                            clock=clock, metrics=Recorder(sink=metrics_sink) if metrics_sink is not None else None)
     return create_app(gateway, args, scraper), gateway, core

@@ -132,13 +132,14 @@ def test_the_last_active_admin_key_cannot_be_revoked(tmp_path):
     assert store.revoke(second.id) is None  # already revoked
 
 
-def test_the_admin_api_and_the_cli_refuse_to_revoke_the_last_admin_key(tmp_path, monkeypatch, capsys):
+@pytest.mark.models({})
+def test_the_admin_api_and_the_cli_refuse_to_revoke_the_last_admin_key(tmp_path, monkeypatch, capsys, serve):
     from fastapi.testclient import TestClient
 
     from serve_app.cli.main import main
-    from tests.unit.fakes import FakeServe, make_app
+    from tests.unit.fakes import make_app
 
-    app, _, core = make_app(tmp_path, FakeServe({}))
+    app, _, core = make_app(tmp_path, serve)
     admin_id = core.store.list()[0].id
     with TestClient(app) as client:
         headers = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}

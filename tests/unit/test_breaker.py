@@ -14,7 +14,7 @@ from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.breaker_gate import probe_request
 from serve_app.state.circuit_breaker import CircuitBreaker, Snapshot, State
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
+from tests.unit.fakes import Clock, make_app
 
 
 def test_opens_after_consecutive_failures_only():
@@ -160,14 +160,8 @@ POISON = "poison"  # an input the fake model fails on, as some request's content
 
 
 @pytest.fixture
-def serve():
-    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"),
-                      "embed-model": FakeModel("embed-model", "embedding")})
-
-
-@pytest.fixture
 def gw(serve, tmp_path):
-    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=2, circuit_breaker_timeout_seconds=30,
+    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=2, circuit_breaker_timeout_s=30,
                                   state_clock=Clock(1000.0))
     model = serve.models["embed-model"]
     embed = model.embed
@@ -251,7 +245,7 @@ def test_one_key_cannot_keep_a_half_open_breaker_open(gw, serve):
     assert core.breaker_snapshots()["embed-model"].state.value == "open"
     model.fail = False
     core._clock.now += 31  # HALF_OPEN: the probe is the ingress's own, not mallory's request
-    client.portal.call(gateway.sync)
+    client.portal.call(gateway.state_sync.sync)
     assert _embed(client, mallory, POISON).status_code == 500
     assert core.breaker_snapshots()["embed-model"].state.value == "closed"
     assert _embed(client, alice, "hello").status_code == 200
@@ -285,7 +279,7 @@ def test_a_stale_half_open_copy_lets_the_request_on_once_another_replicas_probe_
     for _ in range(2):
         core.breaker_report("embed-model", False)  # Serve reported the replicas lost
     core.breaker_replaced("embed-model")
-    client.portal.call(gateway.sync)  # this ingress's copy: half open
+    client.portal.call(gateway.state_sync.sync)  # this ingress's copy: half open
     assert core.breaker_probe("embed-model")[0]  # another ingress claims the probe ...
     core.breaker_probed("embed-model", True)  # ... and the model answers it
     assert _embed(client, key(), "hello").status_code == 200

@@ -14,19 +14,14 @@ from deployments.server import ModelServer
 from deployments.sources import stable_revision
 from serve_app.state.core import StateCore, StateSettings
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
+from tests.unit.fakes import Clock, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
 
 
 @pytest.fixture
-def serve():
-    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"), "embed-model": FakeModel("embed-model", "embedding")})
-
-
-@pytest.fixture
 def gw(serve, tmp_path):
-    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=2, circuit_breaker_timeout_seconds=30,
+    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=2, circuit_breaker_timeout_s=30,
                                   state_clock=Clock(1000.0))
     with TestClient(app) as client:
         yield client, gateway, core, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
@@ -205,10 +200,10 @@ def test_the_state_takes_a_redeploys_settings(tmp_path):
 
 def test_the_gateway_gives_the_state_its_settings_after_a_restart(gw):
     client, gateway, core, _ = gw
-    client.portal.call(gateway.sync)
+    client.portal.call(gateway.state_sync.sync)
     core.settings = core.settings.model_copy(update={"breaker_threshold": 9})  # as a restarted actor would have
     core.started += 1
-    client.portal.call(gateway.sync)
+    client.portal.call(gateway.state_sync.sync)
     assert core.settings.breaker_threshold == 2
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_env_overrides_are_read_when_asked(monkeypatch):
     monkeypatch.setenv("HF_SERVER_LOG_LEVEL", "debug")
     monkeypatch.setenv("HF_SERVER_WORKERS", "3")
     monkeypatch.setenv("HF_SERVER_ENABLE_BATCHING", "false")
-    monkeypatch.setenv("HF_SERVER_BATCH_TIMEOUT_MS", "25")
+    monkeypatch.setenv("HF_SERVER_BATCH_TIMEOUT_S", "0.025")
     monkeypatch.setenv("HF_SERVER_HAPROXY", "true")
     env = read_env()
     assert env.port == 9001
@@ -62,6 +63,55 @@ def test_env_overrides_are_read_when_asked(monkeypatch):
     assert model.enable_batching is False
     assert model.effective_max_batch_size == 1
     assert model.batch_wait_timeout_s == pytest.approx(0.025)
+
+
+@pytest.mark.parametrize(
+    "old,new,value",
+    [("cache_ttl_seconds", "cache_ttl_s", 120.0), ("circuit_breaker_timeout_seconds", "circuit_breaker_timeout_s", 7.0)],
+)
+def test_an_old_duration_name_still_works_for_one_release_with_one_warning(caplog, old, new, value):
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        args = IngressArgs.model_validate({old: value})
+    assert getattr(args, new) == value and new in args.model_dump() and old not in args.model_dump()
+    (warning,) = [r for r in caplog.records if r.name == "ray.serve"]  # one, naming the new name
+    assert warning.levelno == logging.WARNING and old in warning.getMessage() and new in warning.getMessage()
+    caplog.clear()
+    assert getattr(IngressArgs.model_validate({new: value}), new) == value
+    assert getattr(IngressArgs(**{new: value}), new) == value  # by field name too, as the code builds it
+    assert not caplog.records  # the new name warns about nothing
+
+
+@pytest.mark.parametrize("old,new", [("cache_ttl_seconds", "cache_ttl_s"),
+                                     ("circuit_breaker_timeout_seconds", "circuit_breaker_timeout_s")])
+def test_an_old_name_beside_its_new_one_is_refused_naming_both(old, new):
+    with pytest.raises(ValidationError) as error:
+        IngressArgs.model_validate({old: 10, new: 10})
+    assert old in str(error.value) and new in str(error.value) and "both" in str(error.value)
+
+
+def test_a_deploy_plan_reads_an_old_name(tmp_path, caplog):
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    ingress = next(app for app in config["applications"] if app["import_path"].endswith(":build_ingress_app"))
+    ingress["args"] = {k: v for k, v in ingress["args"].items() if k != "cache_ttl_s"} | {"cache_ttl_seconds": 60}
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        plan = plan_deploy(_write(tmp_path, config), EnvOverrides())
+    assert [ingress.cache_ttl_s for ingress in plan.ingresses] == [60]
+    assert any("cache_ttl_s" in r.getMessage() for r in caplog.records if r.name == "ray.serve")
+
+
+def test_the_old_batch_timeout_variable_in_milliseconds_still_works_with_one_warning(monkeypatch, caplog):
+    monkeypatch.delenv("HF_SERVER_BATCH_TIMEOUT_S", raising=False)
+    monkeypatch.setenv("HF_SERVER_BATCH_TIMEOUT_MS", "25")
+    with caplog.at_level(logging.WARNING, logger="ray.serve"):
+        env = read_env()
+    (warning,) = [r for r in caplog.records if r.name == "ray.serve"]
+    assert "HF_SERVER_BATCH_TIMEOUT_MS" in warning.getMessage() and "HF_SERVER_BATCH_TIMEOUT_S" in warning.getMessage()
+    model = ModelAppArgs.model_validate(MODEL).with_env(env)
+    assert model.batch_wait_timeout_s == pytest.approx(0.025)  # milliseconds, as before
+    monkeypatch.setenv("HF_SERVER_BATCH_TIMEOUT_S", "0.025")
+    with pytest.raises(ValidationError) as error:
+        read_env()
+    assert "HF_SERVER_BATCH_TIMEOUT_MS" in str(error.value) and "HF_SERVER_BATCH_TIMEOUT_S" in str(error.value)
 
 
 def test_haproxy_mode_is_unset_unless_asked(monkeypatch):

@@ -244,10 +244,10 @@ def test_requests_whose_client_stays_are_answered_as_before(ingress):
     assert not any(line["aborted"] for line in _access_lines(caplog))
 
 
-def test_a_body_that_stops_arriving_is_a_408_that_closes_the_connection(tmp_path):
+@pytest.mark.models({"chat-model": "text-generation"})
+def test_a_body_that_stops_arriving_is_a_408_that_closes_the_connection(tmp_path, serve):
     """A Content-Length larger than what is sent held the connection until the client gave up."""
-    app, _, _ = make_app(tmp_path, FakeServe({"chat-model": FakeModel("chat-model", "text-generation")}),
-                         enable_auth=False, request_body_timeout_s=0.2)
+    app, _, _ = make_app(tmp_path, serve, enable_auth=False, request_body_timeout_s=0.2)
     scope = _scope(CHAT, b"x" * 100)  # announces 100 bytes, sends 10
     sent: list[dict] = []
 

@@ -12,22 +12,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
+from tests.unit.fakes import Clock, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
 CHAT = {"model": "chat-model", "messages": MSG, "temperature": 0}
 
 
 @pytest.fixture
-def serve():
-    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"), "embed-model": FakeModel("embed-model", "embedding")})
-
-
-@pytest.fixture
 def gw(serve, tmp_path):
     """(client, gateway, state core, admin headers) with API keys on."""
     app, gateway, core = make_app(tmp_path, serve, key_cache_ttl_s=0.001, circuit_breaker_threshold=2,
-                                  circuit_breaker_timeout_seconds=30, state_clock=Clock(1000.0))
+                                  circuit_breaker_timeout_s=30, state_clock=Clock(1000.0))
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
         yield client, gateway, core, admin
@@ -297,7 +292,7 @@ def test_cache_stats_in_status(gw):
     client.post("/v1/chat/completions", json=CHAT, headers=admin)
     client.portal.call(gateway.cache.flush)
     client.post("/v1/chat/completions", json=CHAT, headers=admin)
-    client.portal.call(gateway.sync)  # replicas report the lookups they answered themselves
+    client.portal.call(gateway.state_sync.sync)  # replicas report the lookups they answered themselves
     cache = client.get("/status", headers=admin).json()["cache"]
     assert cache["entries"] == 1 and cache["hits"] == 1 and cache["misses"] == 1 and cache["hit_rate"] == 0.5
 
@@ -322,7 +317,7 @@ def test_breaker_opens_rejects_and_recovers(gw, serve):
     assert statuses["chat-model"] == "circuit_open"
     assert client.get("/status", headers=admin).json()["models"][0]["circuit_breaker"]["state"] in ("open",)
     core._clock.now += 31  # the breaker's timeout passes: HALF_OPEN
-    client.portal.call(gateway.sync)
+    client.portal.call(gateway.state_sync.sync)
     model.fail = False
     assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 200  # the probe
     assert gateway.breakers.status_of("chat-model") is None  # closed again
@@ -366,13 +361,13 @@ def test_a_replacement_replica_lets_the_breaker_probe_at_once(gw, serve):
     serve.states["chat-model"] = AppState("chat-model", "RUNNING")
     client.portal.call(gateway.directory.refresh)
     assert core.breaker_snapshots()["chat-model"].state.value == "half_open"
-    client.portal.call(gateway.sync)
+    client.portal.call(gateway.state_sync.sync)
     assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 200  # the probe
     assert gateway.breakers.status_of("chat-model") is None
 
 
 def test_a_new_ingress_does_not_mistake_known_replicas_for_replacements(serve, tmp_path):
-    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=1, circuit_breaker_timeout_seconds=30,
+    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=1, circuit_breaker_timeout_s=30,
                                   state_clock=Clock(1000.0))
     core.breaker_report("chat-model", False)  # opened before this ingress started
     with TestClient(app) as client:

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from observability import catalogue
 from serve_app.ingress.http.access_log import RAY_FLATTENED, endpoint_of
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
 
@@ -36,12 +36,6 @@ class FakeScraper:
 
     async def close(self) -> None:
         return None
-
-
-@pytest.fixture
-def serve():
-    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"),
-                      "embed-model": FakeModel("embed-model", "embedding")})
 
 
 def _app(serve, tmp_path, **args):

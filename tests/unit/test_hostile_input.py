@@ -11,14 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import make_app
 
 LONE = "\\ud800"  # as JSON writes it: a high surrogate without its low half
-
-
-@pytest.fixture
-def serve():
-    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"), "embed-model": FakeModel("embed-model", "embedding")})
 
 
 @pytest.fixture

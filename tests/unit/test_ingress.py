@@ -9,19 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.ingress.model_directory import AppState
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import FakeModel, make_app
 
 MSG = [{"role": "user", "content": "hello big world"}]
 
 
 @pytest.fixture
-def fake_serve():
-    return FakeServe({"chat-model": FakeModel("chat-model", "text-generation"), "embed-model": FakeModel("embed-model", "embedding")})
-
-
-@pytest.fixture
-def client(fake_serve, tmp_path):
-    app, _, _ = make_app(tmp_path, fake_serve, max_request_body_bytes=2048, enable_auth=False, enable_caching=False)
+def client(serve, tmp_path):
+    app, _, _ = make_app(tmp_path, serve, max_request_body_bytes=2048, enable_auth=False, enable_caching=False)
     with TestClient(app) as test_client:
         yield test_client
 
@@ -33,7 +28,7 @@ def test_chat_routes_to_the_model(client):
     assert response.json()["choices"][0]["message"]["content"] == "hello big world"
 
 
-def test_stream_is_sse_ending_with_done(client, fake_serve):
+def test_stream_is_sse_ending_with_done(client, serve):
     with client.stream("POST", "/v1/chat/completions", json={"model": "chat-model", "messages": MSG, "stream": True}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -41,7 +36,7 @@ def test_stream_is_sse_ending_with_done(client, fake_serve):
     assert events[-1] == "data: [DONE]"
     words = [json.loads(e[6:])["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert words == ["", "hello", " big", " world", None]
-    assert fake_serve.models["chat-model"].cancelled == 1  # always released when the stream ends
+    assert serve.models["chat-model"].cancelled == 1  # always released when the stream ends
 
 
 def test_errors_raised_before_the_first_chunk_are_real_status_codes(client):
@@ -87,11 +82,11 @@ def test_models_and_health(client):
     assert client.get("/ready").status_code == 200
 
 
-def test_ready_names_models_that_are_not_ready(fake_serve, tmp_path):
-    fake_serve.states["embed-model"] = AppState("embed-model", "DEPLOYING")
-    fake_serve.states["broken"] = AppState("broken", "DEPLOY_FAILED", "ImportError: no module")
-    fake_serve.models["broken"] = FakeModel("broken", "embedding")
-    app, _, _ = make_app(tmp_path, fake_serve, enable_auth=False)
+def test_ready_names_models_that_are_not_ready(serve, tmp_path):
+    serve.states["embed-model"] = AppState("embed-model", "DEPLOYING")
+    serve.states["broken"] = AppState("broken", "DEPLOY_FAILED", "ImportError: no module")
+    serve.models["broken"] = FakeModel("broken", "embedding")
+    app, _, _ = make_app(tmp_path, serve, enable_auth=False)
     with TestClient(app) as client:
         response = client.get("/ready")
         assert response.status_code == 503
@@ -105,24 +100,24 @@ def test_ready_names_models_that_are_not_ready(fake_serve, tmp_path):
         assert "loading" in refused.json()["error"]["message"]
 
 
-def test_a_model_deployed_later_is_found_without_waiting_for_the_refresh(fake_serve, tmp_path):
+def test_a_model_deployed_later_is_found_without_waiting_for_the_refresh(serve, tmp_path):
     now = [1000.0]
-    app, _, _ = make_app(tmp_path, fake_serve, enable_auth=False, clock=lambda: now[0])
+    app, _, _ = make_app(tmp_path, serve, enable_auth=False, clock=lambda: now[0])
     with TestClient(app) as client:
         assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["chat-model", "embed-model"]
         now[0] += 0.2
-        fake_serve.models["late"] = FakeModel("late", "text-generation")
-        fake_serve.states["late"] = AppState("late", "RUNNING")
+        serve.models["late"] = FakeModel("late", "text-generation")
+        serve.states["late"] = AppState("late", "RUNNING")
         response = client.post("/v1/chat/completions", json={"model": "late", "messages": MSG})
         assert response.status_code == 200
 
 
-def test_unhandled_errors_are_a_generic_500(fake_serve, tmp_path):
+def test_unhandled_errors_are_a_generic_500(serve, tmp_path):
     async def broken_chat(request):
         raise RuntimeError("secret internal detail")
 
-    fake_serve.models["chat-model"].chat = broken_chat
-    app, _, _ = make_app(tmp_path, fake_serve, enable_auth=False)
+    serve.models["chat-model"].chat = broken_chat
+    app, _, _ = make_app(tmp_path, serve, enable_auth=False)
     with TestClient(app, raise_server_exceptions=False) as client:
         response = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG})
     assert response.status_code == 500

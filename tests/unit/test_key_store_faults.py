@@ -12,8 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import make_app
 
+pytestmark = pytest.mark.models({"chat-model": "text-generation"})  # what `serve` runs
 CHAT = {"model": "chat-model", "messages": [{"role": "user", "content": "hello there"}], "temperature": 1}
 
 
@@ -30,8 +31,7 @@ def small_disk(tmp_path):
 
 
 @pytest.fixture
-def running(small_disk):
-    serve = FakeServe({"chat-model": FakeModel("chat-model", "text-generation")})
+def running(small_disk, serve):
     app, gateway, core = make_app(small_disk, serve, key_cache_ttl_s=0.001)
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {read_admin_key_file(small_disk)}"}
@@ -82,10 +82,9 @@ def test_a_full_disk_refuses_key_writes_with_a_503_and_serving_goes_on(running):
     assert _integrity(disk / "keys.db") == "ok"
 
 
-def test_a_read_only_disk_refuses_key_writes_with_a_503_and_serving_goes_on(small_disk):
+def test_a_read_only_disk_refuses_key_writes_with_a_503_and_serving_goes_on(small_disk, serve):
     """The state directory turns read-only (a read-only volume, or a disk the kernel remounted
     read-only after errors); hfserve starts on it and serves the keys it has."""
-    serve = FakeServe({"chat-model": FakeModel("chat-model", "text-generation")})
     app, _, first = make_app(small_disk, serve)
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {read_admin_key_file(small_disk)}"}

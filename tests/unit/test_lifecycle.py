@@ -301,8 +301,8 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_run_time_records_show_in_the_directory():
-    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+@pytest.mark.models({"cfg": "embedding"})
+def test_run_time_records_show_in_the_directory(serve):
     directory = ModelDirectory(serve.list_apps, serve.connect, ttl_s=60)
     directory.set_runtime(2, [record("rt-loading", state="loading").model_dump(),
                               record("rt-failed", state="failed", error="SourceError: gone").model_dump(),
@@ -378,8 +378,8 @@ def test_a_model_the_state_actor_calls_ready_is_looked_up_not_refused_by_a_repli
     run(check())
 
 
-def test_lifecycle_routes_answer_with_clear_errors(tmp_path):
-    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+@pytest.mark.models({"cfg": "embedding"})
+def test_lifecycle_routes_answer_with_clear_errors(tmp_path, serve):
     app, _, core = make_app(tmp_path, serve, enable_auth=False)
     with TestClient(app) as client:
         clash = client.post("/models/load", json={"model": "cfg", "source": "/x", "task": "embedding"})
@@ -407,9 +407,9 @@ def test_conflict_errors_are_409s():
     assert ConflictError("x").status_code == 409
 
 
-def test_a_load_bigger_than_any_node_s_free_memory_is_refused_with_both_numbers(tmp_path):
+@pytest.mark.models({"cfg": "embedding"})
+def test_a_load_bigger_than_any_node_s_free_memory_is_refused_with_both_numbers(tmp_path, serve):
     path = build_tiny_bert(tmp_path / "bert")
-    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
     app, gateway, core = make_app(tmp_path / "state", serve, enable_auth=False)
 
     async def reports():
@@ -444,8 +444,8 @@ def corrupt_weights(path: Path, how: str) -> Path:
     ("not a source at all", "invalid_source", "cannot resolve"),
     ("/models/x\x00", "invalid_source", "control characters"),
 ])
-def test_odd_sources_are_400s_naming_the_source(tmp_path, source, code, words):
-    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+@pytest.mark.models({"cfg": "embedding"})
+def test_odd_sources_are_400s_naming_the_source(tmp_path, source, code, words, serve):
     app, _, core = make_app(tmp_path, serve, enable_auth=False)
     with TestClient(app) as client:
         for body in ({"model": "m", "source": source, "task": "embedding"}, {"model": "m", "source": source}):
@@ -458,9 +458,10 @@ def test_odd_sources_are_400s_naming_the_source(tmp_path, source, code, words):
 
 
 @pytest.mark.parametrize("how", ["random", "truncated"])
-def test_weights_that_do_not_parse_are_a_400(tmp_path, how):
+@pytest.mark.models({})
+def test_weights_that_do_not_parse_are_a_400(tmp_path, how, serve):
     model = corrupt_weights(tmp_path / "bert", how)
-    app, _, core = make_app(tmp_path / "state", FakeServe({}), enable_auth=False)
+    app, _, core = make_app(tmp_path / "state", serve, enable_auth=False)
     with TestClient(app) as client:
         refused = client.post("/models/load", json={"model": "m", "source": str(model), "task": "embedding"})
     assert refused.status_code == 400, refused.text
@@ -469,12 +470,13 @@ def test_weights_that_do_not_parse_are_a_400(tmp_path, how):
     assert core.models.all() == []
 
 
-def test_custom_code_is_a_400_and_never_runs(tmp_path):
+@pytest.mark.models({})
+def test_custom_code_is_a_400_and_never_runs(tmp_path, serve):
     from tests.unit.test_sources import build_custom_code_model
 
     marker = tmp_path / "marker"
     model = build_custom_code_model(tmp_path / "custom", marker)
-    app, _, core = make_app(tmp_path / "state", FakeServe({}), enable_auth=False)
+    app, _, core = make_app(tmp_path / "state", serve, enable_auth=False)
     with TestClient(app) as client:
         for body in ({"model": "m", "source": str(model)}, {"model": "m", "source": str(model), "task": "embedding"}):
             refused = client.post("/models/load", json=body)
@@ -484,8 +486,8 @@ def test_custom_code_is_a_400_and_never_runs(tmp_path):
     assert not marker.exists() and core.models.all() == []
 
 
-def test_the_names_of_the_server_s_own_applications_are_409s(tmp_path):
-    serve = FakeServe({"cfg": FakeModel("cfg", "embedding")})
+@pytest.mark.models({"cfg": "embedding"})
+def test_the_names_of_the_server_s_own_applications_are_409s(tmp_path, serve):
     serve.states["gateway"] = AppState("gateway", "RUNNING", model=False)
     app, _, core = make_app(tmp_path, serve, enable_auth=False)
     with TestClient(app) as client:
@@ -515,8 +517,9 @@ def test_resources_no_node_can_ever_offer_are_a_400():
     assert replica_needs(ModelAppArgs(source="/x", task="embedding", hardware="cuda")) == {"CPU": 0.5, "GPU": 1.0}
 
 
-def test_a_load_timeout_above_the_server_s_is_a_400(tmp_path):
-    app, _, _ = make_app(tmp_path, FakeServe({}), enable_auth=False, model_load_timeout_s=60)
+@pytest.mark.models({})
+def test_a_load_timeout_above_the_server_s_is_a_400(tmp_path, serve):
+    app, _, _ = make_app(tmp_path, serve, enable_auth=False, model_load_timeout_s=60)
     with TestClient(app) as client:
         refused = client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding", "load_timeout_s": 61})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "load_timeout_s", refused.text
@@ -568,8 +571,9 @@ def test_a_load_that_never_gets_ready_fails_at_its_timeout(reconciling):
     assert (store.get("a").state, store.get("a").reason) == ("failed", "not ready within 30s (model_load_timeout_s)")
 
 
-def test_non_admin_callers_see_the_status_and_a_public_reason_only(tmp_path):
-    app, _, core = make_app(tmp_path, FakeServe({}))
+@pytest.mark.models({})
+def test_non_admin_callers_see_the_status_and_a_public_reason_only(tmp_path, serve):
+    app, _, core = make_app(tmp_path, serve)
     leak = "PermissionError: [Errno 13] Permission denied: '/proc/1/cwd'"
     core.models.put(record("broken", state="failed", error=leak, reason=FAILED_TO_LOAD))
     core.models.put(record("waits", state="pending", error="waiting for resources: ... (free: CPU 0.1)",

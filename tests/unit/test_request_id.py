@@ -25,7 +25,7 @@ from serve_app.ingress.http.request_id import (
     is_valid_request_id,
     new_request_id,
 )
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import make_app
 
 VALID = [
     "test-6f1c2c1e-8a4b-4d8e-9a57-1f4c2d3e4f50",  # a uuid, prefixed
@@ -174,10 +174,10 @@ def test_other_scopes_pass_through():
 MSG = [{"role": "user", "content": "hello"}]
 
 
-def test_the_ingress_checks_the_id_first(tmp_path):
+@pytest.mark.models({"chat-model": "text-generation"})
+def test_the_ingress_checks_the_id_first(tmp_path, serve):
     """Outermost: a bad id is a 400 before the auth middleware asks for a key."""
-    fake_serve = FakeServe({"chat-model": FakeModel("chat-model", "text-generation")})
-    app, _, _ = make_app(tmp_path, fake_serve, enable_caching=False)
+    app, _, _ = make_app(tmp_path, serve, enable_caching=False)
     with TestClient(app) as client:
         refused = client.post("/v1/chat/completions", json={"model": "chat-model", "messages": MSG},
                               headers={"x-request-id": "<bad id>"})
@@ -251,10 +251,10 @@ def _admin_headers(state_dir) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_a_route_error_is_a_500_that_every_middleware_sees(tmp_path, caplog):
+@pytest.mark.models({"chat-model": "text-generation"})
+def test_a_route_error_is_a_500_that_every_middleware_sees(tmp_path, caplog, serve):
     """In the ingress: the auth middleware adds its rate-limit headers to the 500 too."""
-    fake_serve = FakeServe({"chat-model": FakeModel("chat-model", "text-generation")})
-    app, gateway, _ = make_app(tmp_path, fake_serve, enable_caching=False)
+    app, gateway, _ = make_app(tmp_path, serve, enable_caching=False)
 
     async def broken(*args, **kwargs):
         raise RuntimeError("a bug in the gateway")

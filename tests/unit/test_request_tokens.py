@@ -21,7 +21,7 @@ from deployments.sources import PreparedModel
 from deployments.tasks import embedding, rerank, text_classification
 from serve_app.state.keys import read_admin_key_file
 from tests.tiny_models import build_tiny_bert, build_tiny_bert_classifier
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import make_app
 
 TORCH = SimpleNamespace(backend="transformers", device="cpu", dtype="float32")
 TEXTS = ["the capital of france is paris", "a fox jumps over the dog", "paris"]
@@ -76,10 +76,9 @@ def test_the_replica_caps_the_tokenizers_exact_count(tasks, name, param):
 # ----------------------------------------------------------------------------- the gateway
 
 
-@pytest.fixture
-def serve():
-    return FakeServe({name: FakeModel(name, task) for name, task in
-                      (("embed-model", "embedding"), ("rerank-model", "rerank"), ("classify-model", "text-classification"))})
+# The gateway's tests below: what `serve` runs.
+pytestmark = pytest.mark.models({"embed-model": "embedding", "rerank-model": "rerank",
+                                 "classify-model": "text-classification"})
 
 
 CAP = 40

@@ -8,16 +8,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import Clock, FakeModel, FakeServe, make_app
+from tests.unit.fakes import Clock, make_app
 
 QUERY = "where is paris"
 
 
-@pytest.fixture
-def serve():
-    return FakeServe({"rerank-model": FakeModel("rerank-model", "rerank"),
-                      "classify-model": FakeModel("classify-model", "text-classification"),
-                      "embed-model": FakeModel("embed-model", "embedding")})
+# What `serve` runs.
+pytestmark = pytest.mark.models({"rerank-model": "rerank", "classify-model": "text-classification",
+                                 "embed-model": "embedding"})
 
 
 @pytest.fixture

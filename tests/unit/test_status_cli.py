@@ -22,8 +22,9 @@ from serve_app.cli.main import main
 from serve_app.cli.status import render
 from serve_app.ingress import status_report as status_module
 from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import FakeModel, FakeServe, make_app
+from tests.unit.fakes import make_app
 
+pytestmark = pytest.mark.models({"chat-model": "text-generation"})  # what `serve` runs
 NOW = 1_700_000_000.0
 
 
@@ -82,8 +83,7 @@ def test_serve_details_give_the_model_deployments_replicas_only():
 
 
 @pytest.fixture
-def gw(tmp_path):
-    serve = FakeServe({"chat-model": FakeModel("chat-model", "text-generation")})
+def gw(tmp_path, serve):
     app, gateway, _ = make_app(tmp_path, serve)
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}

@@ -1,15 +1,13 @@
-"""The gateway: API keys, per-key model access, rate limits, the response cache and circuit
-breakers between the parsed request and the model. HTTP-free; serve_app/ingress/http and
-serve_app/ingress/routes adapt it to HTTP.
+"""The gateway between the parsed request and the model: API keys, model access, rate limits,
+the response cache and circuit breakers. HTTP-free; ingress/http and ingress/routes adapt it.
 
-- callers.py: who is calling (keys, open and admin paths);
-- quota.py: leased rate limits, token reservation and settlement, rate-limit headers;
-- cache_client.py, breakers.py, usage.py: replica-side copies of the shared state;
-- failures.py: what a failed model call means for the client and the breaker;
-- generation.py: what differs between chat and completions, one spec each;
-- embeddings.py: the per-input cached embeddings flow;
-- orchestrator.py: the Gateway that runs each request through them;
-- reply.py: what it answers.
+- orchestrator.py: the Gateway, where each endpoint enters; reply.py: what it answers;
+- callers.py, quota.py, cache_client.py (+ cache_keys.py), breaker_gate.py, usage.py: the
+  replica-side copies of the shared state, which state_sync.py keeps fresh;
+- generation_flow.py (chat, completions; their specs in generation.py), and item_flow.py (the
+  per-item cache) for embeddings.py, rerank.py, classify.py: each endpoint's flow;
+- model_call.py: one call to a model past its breaker; failures.py: what its failure means;
+- request_record.py: what one request did, for the access log.
 """
 
 from serve_app.ingress.gateway.callers import ANONYMOUS, Caller

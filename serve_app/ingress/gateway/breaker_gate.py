@@ -87,7 +87,7 @@ class Breakers:
         if not self.enabled or snapshot is None or (snapshot.state is State.CLOSED and snapshot.consecutive_failures == 0):
             return  # nothing to reset: successes cost no call to the actor
         with contextlib.suppress(StateUnavailable):
-            self.snapshots[model] = await self._state.call("breaker_report", model, True)
+            self.snapshots[model] = await self._state.breaker_report(model, True)
 
     async def failed(self, model: str, caller: str | None) -> bool:
         """Report a failed call of `caller` (None: no request caused it). True when the failure
@@ -96,7 +96,7 @@ class Breakers:
         if not self.enabled:
             return False
         try:
-            snapshot = self.snapshots[model] = await self._state.call("breaker_report", model, False, caller)
+            snapshot = self.snapshots[model] = await self._state.breaker_report(model, False, caller)
             return snapshot.probe_due and await self._probe(model) is True
         except StateUnavailable:
             return False
@@ -107,7 +107,7 @@ class Breakers:
         StateUnavailable when the actor cannot be asked for the claim."""
         running = self._probes.get(model)
         if running is None:
-            claimed, self.snapshots[model] = await self._state.call("breaker_probe", model)
+            claimed, self.snapshots[model] = await self._state.breaker_probe(model)
             if not claimed:
                 return None
             # Shielded from the request that started it, and outside its context (Serve cancels
@@ -123,7 +123,7 @@ class Breakers:
         logger.warning("circuit breaker probe of %s: %s", model,
                        {True: "it answers", False: "it fails", None: "no verdict"}[verdict])
         with contextlib.suppress(StateUnavailable):
-            self.snapshots[model] = await self._state.call("breaker_probed", model, verdict)
+            self.snapshots[model] = await self._state.breaker_probed(model, verdict)
         return verdict
 
     async def _probe_verdict(self, model: str) -> bool | None:

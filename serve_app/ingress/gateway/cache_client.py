@@ -24,7 +24,7 @@ class CacheClient:
         self._state = state
         self.enabled = args.enable_caching
         self._global = args.cache_scope == "global"
-        self._ttl_s = args.cache_ttl_seconds
+        self._ttl_s = args.cache_ttl_s
         self._clock = clock
         self._max_entries = min(args.cache_max_size, 1000)
         self._max_bytes = min(args.cache_max_bytes, 16 * 1024 * 1024)
@@ -53,7 +53,7 @@ class CacheClient:
                 self.local_misses += 1
         if remote:
             try:
-                found = await self._state.call("cache_get", [keys[i] for i in remote], timeout_s=0.5)
+                found = await self._state.cache_get([keys[i] for i in remote], timeout_s=0.5)
             except StateUnavailable:
                 found = [None] * len(remote)
             for i, item in zip(remote, found, strict=True):
@@ -84,7 +84,7 @@ class CacheClient:
         if self._pending:
             items, self._pending = self._pending, []
             with contextlib.suppress(StateUnavailable):
-                await self._state.call("cache_put", items)
+                await self._state.cache_put(items)
 
     def _local_get(self, key: str) -> bytes | None:
         item = self._local.get(key)

@@ -109,7 +109,7 @@ class Authenticator:
         if cached is not None and now - cached[1] < self._ttl_s:
             return cached[0]
         try:
-            record = await self._state.call("find_key", digest)
+            record = await self._state.find_key(digest)
         except StateUnavailable:
             if cached is not None:
                 return cached[0]  # a stale answer beats refusing everyone while the state restarts

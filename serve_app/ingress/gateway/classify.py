@@ -3,8 +3,6 @@ the cache (keyed by the input) or the model, then the answer in the request's or
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from contract.model_api import with_token_budget
 from contract.protocol import new_id, now
 from contract.scoring_protocol import (
@@ -15,12 +13,10 @@ from contract.scoring_protocol import (
 )
 from serve_app.ingress.gateway.cache_keys import item_key
 from serve_app.ingress.gateway.callers import Caller
+from serve_app.ingress.gateway.item_flow import Item, ItemFlow
+from serve_app.ingress.gateway.model_call import ModelCall
 from serve_app.ingress.gateway.reply import Reply
-from serve_app.ingress.gateway.scoring import call_scoring_model, score_items
 from serve_app.ingress.model_directory import ModelEntry
-
-if TYPE_CHECKING:
-    from serve_app.ingress.gateway.orchestrator import Gateway
 
 
 def reservation(request: ClassificationRequest) -> int:
@@ -28,29 +24,26 @@ def reservation(request: ClassificationRequest) -> int:
     return sum(len(text) // 4 + 2 for text in request.inputs())
 
 
-async def classify_inputs(gateway: Gateway, entry: ModelEntry, caller: Caller, request: ClassificationRequest,
-                   no_cache: bool) -> Reply:
+async def classify_inputs(items: ItemFlow, calls: ModelCall, entry: ModelEntry, caller: Caller,
+                          request: ClassificationRequest, no_cache: bool) -> Reply:
     assert entry.client is not None and entry.info is not None
     texts = request.inputs()
-    admission = await gateway.quota.admit(caller, reservation(request), too_large_param="input")
-    scope = gateway.cache.scope(caller)
-    keys = [item_key("classification", entry.info.revision, scope, text) if gateway.cache.enabled else None
-            for text in texts]
+    admission = await items.admit(caller, reservation(request), "input")
+    revision = entry.info.revision
+    keys = items.keys(caller, texts, lambda scope, text: item_key("classification", revision, scope, text))
 
-    async def compute(missing: list[int], counted: int):
+    async def compute(missing: list[int], counted: int) -> tuple[list[Item], int]:
         sub = with_token_budget(request.model_copy(update={"input": [texts[i] for i in missing]}),
-                                gateway.args.max_request_tokens, counted)
-        response: ClassificationResponse = await call_scoring_model(gateway, entry, "classify", sub, admission)
+                                items.max_request_tokens, counted)
+        response: ClassificationResponse = await calls.with_progress(entry, "classify", sub, admission)
         tokens = response.usage.input_tokens or [0] * len(missing)
-        items = [{"tokens": tokens[j], "data": data.model_dump(mode="json", exclude={"index"})}
-                 for j, data in enumerate(response.data)]
-        return items, response.usage.prompt_tokens
+        computed = [{"tokens": tokens[j], "data": data.model_dump(mode="json", exclude={"index"})}
+                    for j, data in enumerate(response.data)]
+        return computed, response.usage.prompt_tokens
 
-    scored = await score_items(gateway, request.model, admission, keys, kind="classification", no_cache=no_cache,
-                               compute=compute, param="input")
-    gateway.quota.settle(admission, scored.computed_tokens)
+    scored = await items.run(caller, request.model, admission, keys, kind="classification", param="input",
+                             no_cache=no_cache, compute=compute)
     total = scored.total_tokens
-    gateway.usage.record(caller, total, 0)
     response = ClassificationResponse(
         id=new_id("classify"), created=now(), model=request.model,
         data=[ClassificationData(index=i, **item["data"]) for i, item in enumerate(scored.items)],

@@ -1,7 +1,7 @@
 """What differs between the two generation endpoints, chat and completions, as one spec each:
 the prompt-size estimate for the token reservation, where a chunk's text is, the response a
 finished stream amounts to (what the cache stores), and the chunks a cached response is
-replayed as. The gateway's flow (orchestrator.py) is the same for both.
+replayed as. The flow (generation_flow.py) is the same for both.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Rate limits on the replica's side: quota leased in chunks from the state actor and spent
 locally, token reservations settled from the real usage, and the rate-limit headers.
 
-The authoritative sliding windows live in the state actor (ratelimit.RateLimiter); a lease is
+The authoritative sliding windows live in the state actor (state/rate_limiter.py RateLimiter); a lease is
 charged there when granted and what it did not use is given back when it expires, so every
 replica together never admits more than a key's limit.
 """
@@ -85,7 +85,7 @@ class Quota:
             return
         returns, self._returns = self._returns, []
         try:
-            await self._state.call("give_back", returns)
+            await self._state.give_back(returns)
         except StateUnavailable:
             pass  # that window is forgotten by a restarted actor anyway
 
@@ -93,8 +93,8 @@ class Quota:
         limits = caller.limits
         assert limits is not None and caller.key_id is not None
         try:
-            grant = await self._state.call(
-                "lease", caller.key_id, limits, 1, tokens, chunk_for(limits.rpm), max(tokens, chunk_for(limits.tpm))
+            grant = await self._state.lease(
+                caller.key_id, limits, 1, tokens, chunk_for(limits.rpm), max(tokens, chunk_for(limits.tpm))
             )
         except StateUnavailable:
             # Degrade: admit on a provisional local lease (not charged anywhere) until the

@@ -38,7 +38,7 @@ class UsageRecorder:
         if self._pending:
             pending, self._pending = self._pending, {}
             try:
-                await self._state.call("add_usage", pending)
+                await self._state.add_usage(pending)
             except Exception as exc:
                 # The actor restarting, or the store refusing writes (a KeyStoreWriteError):
                 # keep the usage; anything else is a bug and propagates.

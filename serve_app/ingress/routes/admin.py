@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Awaitable
+from typing import Literal, TypeVar
 
 from fastapi import APIRouter
 from pydantic import BaseModel
@@ -26,42 +27,43 @@ class KeyList(BaseModel):
 
 ADMIN_ERRORS = responses(401, 403, 431, 503)
 
+T = TypeVar("T")
+
 
 def admin_router(gateway: Gateway) -> APIRouter:
     router = APIRouter(prefix="/admin", route_class=TextSafeRoute)
 
-    async def call(method: str, *args):
+    async def ask(call: Awaitable[T]) -> T:
         try:
-            return await gateway.state.call(method, *args, timeout_s=5.0)
+            return await call
         except StateUnavailable:
             raise ServiceUnavailableError("The key store is restarting; retry shortly.", code="state_unavailable") from None
 
+    def found(record: KeyRecord | None, key_id: str) -> dict:
+        if record is None:
+            raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
+        return record.model_dump()
+
     @router.post("/keys", status_code=201, response_model=CreatedKey, responses={**ADMIN_ERRORS, **responses(400, 413)})
     async def create_key(body: NewKey) -> dict:
-        key, record = await call("create_key", body)
+        key, record = await ask(gateway.state.create_key(body, timeout_s=5.0))
         return {"key": key, **record.model_dump()}  # the only time the key is shown
 
     @router.get("/keys", response_model=KeyList, responses={**ADMIN_ERRORS, **responses(400)})
     async def list_keys(include_revoked: bool = False) -> dict:
         """Every key without its secret; revoked ones only with `include_revoked=true`."""
-        records: list[KeyRecord] = await call("list_keys", include_revoked)
+        records = await ask(gateway.state.list_keys(include_revoked, timeout_s=5.0))
         return {"object": "list", "data": [record.model_dump() for record in records]}
-
-    async def one_key(method: str, key_id: str) -> dict:
-        record: KeyRecord | None = await call(method, key_id)
-        if record is None:
-            raise NotFoundError(f"No API key with id '{key_id}'.", param="key_id")
-        return record.model_dump()
 
     @router.get("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404)})
     async def get_key(key_id: str) -> dict:
-        return await one_key("get_key", key_id)
+        return found(await ask(gateway.state.get_key(key_id, timeout_s=5.0)), key_id)
 
     @router.delete("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404, 409)})
     async def revoke_key(key_id: str) -> dict:
         """Revoke the key: the answer is its final record; afterwards it is gone from this API
         (404), it stays listed with `include_revoked=true`, and using it is a 401. The last
         active admin key is a 409: create another first."""
-        return await one_key("revoke_key", key_id)
+        return found(await ask(gateway.state.revoke_key(key_id, timeout_s=5.0)), key_id)
 
     return router

@@ -50,7 +50,7 @@ def models_router(gateway: Gateway) -> APIRouter:
     @router.get("", response_model=RuntimeModelList, responses=responses(401, 403, 431, 503))
     async def list_models():
         """Every run-time model's record: its args, state, estimated memory, last use."""
-        records = await state_call(gateway.state.call("models_list", timeout_s=5.0))
+        records = await state_call(gateway.state.models_list(timeout_s=5.0))
         data = [{**record, "load_seconds": RuntimeModel.model_validate(record).load_seconds} for record in records]
         return {"object": "list", "data": data}
 
