@@ -1,16 +1,10 @@
 """The task table: one TaskSpec per task, found through the `hfserve.tasks` entry points.
 
-A task turns requests of some endpoints into engine calls for one kind of model. Its module
-defines ``TASK = TaskSpec(...)``: its name, the endpoints it serves (and through the endpoint
-table, the handle methods behind them), the ModelAppArgs fields it reads, its own checks of
-those args, and its load(). The module is named in the `hfserve.tasks` entry-point group:
-the built-in tasks (deployments/tasks/) in this project's pyproject.toml, a plug-in in its
-own package's metadata. Adding a task is adding a module and that one line.
-
-Everything else reads this table: config validation (ModelAppArgs.task and its fields),
-ModelServer (what to load, which methods to serve), the model directory (through the
-endpoints each model reports in ModelInfo) and `hfserve discover`. A model that omits its
-task gets the one task whose claims() recognises its files (infer_task), when it is deployed.
+A task's module defines ``TASK = TaskSpec(...)``: its name, its endpoints (and through the endpoint
+table their handle methods), the ModelAppArgs fields it reads with its checks of them, and load().
+Adding a task is a module and one entry-point line (pyproject.toml, or a plug-in's metadata).
+Config validation, ModelServer, the model directory and `hfserve discover` all read this table;
+a model that omits its task gets the one whose claims() recognise its files (infer_task).
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
-"""ModelServer: the class behind every model application.
+"""ModelServer: the class behind every model application (the application's name is the model id).
 
-It loads one model (preparing its files first, see sources.py) with the backend chosen for
-this node, through its task's load() from the task table, and exposes typed methods that take
-and return the protocol models. The ingress calls them through a DeploymentHandle, and so can
-any other Ray job:
+It loads one model through its task's load() (files prepared first, sources.py) with the backend
+chosen for this node, and exposes typed methods over the protocol models, which the ingress and
+any other Ray job call through a DeploymentHandle (examples/handle_call.py).
 
-    handle = serve.get_app_handle("smollm2-135m-instruct")
-    response = await handle.chat.remote(ChatCompletionRequest(...))
-    async for chunk in handle.options(stream=True).chat_stream.remote(request): ...
-
-The application's name is the model id.
-
-ModelServer is a plain class; `model_server_deployment()` makes it a Serve deployment (as
-Ray Serve LLM does with its LLMServer). Importing this module therefore loads neither Ray
-Serve nor, through it, FastAPI and Starlette: a model replica's own code has no HTTP framework
-in it (tests/unit/test_architecture.py).
+A plain class: `model_server_deployment()` makes it a Serve deployment (as Ray Serve LLM does with
+LLMServer), so importing it loads no Ray Serve, FastAPI or Starlette (tests/unit/test_architecture.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Deploy-time placement: from the model's hardware preference and every node's report, the
 platform the model is planned for and the Ray actor options that put its replicas on a node
-that has it. Pure: the builder (serve_app/app.py) passes the reports of the per-node actors.
+that has it. Pure: the builder (serve_app/model_apps.py) passes the reports of the per-node actors.
 
 Ray schedules GPUs as a resource, so a cuda or rocm model gets `num_gpus` (1 by default, or a
 fraction to share one) and Ray puts it on a GPU node; the replica then confirms the choice on

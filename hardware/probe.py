@@ -1,16 +1,10 @@
-"""Per-node hardware actors: one `NodeHardware` actor on every alive node of the cluster, kept
-in step with the nodes by one `HardwareSupervisor`.
+"""Per-node hardware actors: a `NodeHardware` on every alive node, kept in step with the node table
+by one `HardwareSupervisor` on the head node (every RECONCILE_PERIOD_S: joins get one, leavers go).
 
-- NodeHardware is pinned to its node (NodeAffinitySchedulingStrategy, soft=False), reserves no
-  CPU, and detects the node's hardware in a child process, so the actor itself stays small (the
-  probe imports torch and OpenVINO) and a crashing driver cannot take it down. It also keeps
-  the records model replicas on its node report about themselves (see deployments/server.py),
-  which is how /status lists every replica of every model with its node.
-- HardwareSupervisor, on the head node, looks at the node table every RECONCILE_PERIOD_S: a
-  node that joins gets its actor, a node that leaves is dropped.
-
-Both are named, detached and restarted by Ray. `ensure_supervisor()` starts them: the
-application builders call it, so they exist under `hfserve serve` and under `serve deploy`.
+NodeHardware is pinned to its node, reserves no CPU and detects in a child process (the probe
+imports torch and OpenVINO); it also keeps the records its node's model replicas report, which is
+how /status lists every replica. Both are named, detached and restarted by Ray; the application
+builders start them (`ensure_supervisor()`), under `hfserve serve` and `serve deploy` alike.
 """
 
 from __future__ import annotations

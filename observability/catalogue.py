@@ -1,19 +1,10 @@
-"""Every metric hfserve exports: its name, help, labels, buckets and how /metrics folds the
-series of many replicas into one.
+"""Every metric hfserve exports: name, help, labels, buckets, and how /metrics folds the series
+of many replicas into one (`combine`; recording: recorder.py, gathering: exposition.py).
 
-The names are a public contract (dashboards, alerts, the seed's feature list): change one
-here and deploy/grafana/hfserve.json, deploy/prometheus/alerts.yml and the docs must follow
-(tests/unit/test_deploy_assets.py holds them to it).
-
-Recording goes through `ray.util.metrics` (observability/recorder.py): each Ray node's
-metrics agent exports them with Ray's `ray_` prefix, beside `ray_serve_*`, to Ray's own
-Prometheus and Grafana setup; the ingress's `/metrics` (observability/exposition.py) gathers
-them from every node, drops the prefix and Ray's per-process labels, and folds replicas
-together as `combine` says.
-
-Label values are bounded: model ids the directory knows (never what a client sent), route
-templates, HTTP status codes, OpenAI error types, fixed enums. A key id is a label only when
-an operator opts in (`metrics_key_label`), and it is the key's id, never its secret.
+The names are a public contract: deploy/grafana/hfserve.json, deploy/prometheus/alerts.yml and
+the docs follow them (tests/unit/test_deploy_assets.py). Label values are bounded: known model ids
+(never what a client sent), route templates, status codes, error types, fixed enums; a key id
+(never its secret) only when an operator opts in with `metrics_key_label`.
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
-"""The cluster-wide `/metrics`: hfserve's families gathered from every Ray node's metrics agent
-and folded into one scrape target.
+"""The cluster-wide `/metrics`: hfserve's families gathered from every Ray node's metrics agent.
 
-Every process records through `ray.util.metrics` (recorder.py); each node's metrics agent
-exports what the processes on that node recorded, one series per process, with Ray's prefix
-and per-process labels (WorkerId, NodeAddress, SessionName...). Here the series of every node
-are summed (or, for a state or a ratio, the largest taken: the spec's `combine`) over those
-labels, so N requests sent through any ingress replica on any node read as N. Like Ray's own
-metrics, values are up to Ray's report interval (`metrics_report_interval_ms`, 10 s by
-default) behind.
-
-Only lines of our families are parsed: a node's agent exports a few hundred kilobytes, most
-of them Ray's own metrics, and a scrape must stay cheap.
+Each agent exports its node's processes' series, one per process, with Ray's prefix and labels
+(WorkerId, NodeAddress...). Here they are folded over those labels (summed, or the largest for a
+state or ratio: the spec's `combine`), so N requests through any replica read as N; values lag by
+up to Ray's report interval (`metrics_report_interval_ms`). Only our families' lines are parsed:
+an agent exports a few hundred kilobytes, mostly Ray's own, and a scrape must stay cheap.
 """
 
 from __future__ import annotations

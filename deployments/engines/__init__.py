@@ -1,1 +1,3 @@
-"""One module per engine; all behind the Protocols in base.py."""
+"""One module per engine. Generation and embedding engines implement the Protocols in
+contract/engine.py; the sequence classifiers (classifiers.py) have no Protocol of their own:
+deployments/tasks/sequence_scoring.py is their one caller."""

@@ -1,20 +1,10 @@
 """The OpenVINO engine core: a process of its own that owns the ContinuousBatchingPipeline.
 
-Why a separate process: the pipeline's Python binding holds the GIL for a whole ``step()``.
-In the replica process that stalls the event loop (streaming, Ray's own threads) for every
-step, and the event loop's work in turn delays the next step, so the engine idles while
-Python runs. Here the step loop has a GIL to itself; the replica talks to it over a socket
-pair (see openvino_genai.py), one message per step carrying every sequence's new tokens.
-
-Protocol (pickled tuples over multiprocessing.connection.Connection):
-  replica -> core: ("add", id, prompt_ids, sampling dict) | ("cancel", id) | ("stop",)
-  core -> replica: ("ready", None) | ("error", text)            once, after loading
-                   ("step", [(id, token_ids, finish, refusal)], stats dict)
-                   ("failed", text)                             the pipeline broke
-A refusal ends one sequence without failing the core: None, or ("context", text) when the
-prompt does not fit the KV cache, or ("invalid", text) when the pipeline refused the
-request's settings (one caller's bad request must never take the engine down for everyone).
-The core exits when the replica closes its end (the replica died), so it never outlives it.
+The pipeline's binding holds the GIL for a whole ``step()``: in the replica that stalled the event
+loop (streaming, Ray's threads), whose work in turn delayed the next step. Here the step loop has a
+GIL to itself and talks to the replica over a socket pair, one message per step with every
+sequence's new tokens (the protocol: the comment below). The core exits when the replica closes its
+end, so it never outlives it (docs/architecture.md, "Engines").
 """
 
 from __future__ import annotations
@@ -23,6 +13,15 @@ import random
 import sys
 from multiprocessing.connection import Connection
 from typing import Any
+
+# The protocol: pickled tuples over a multiprocessing.connection.Connection.
+#   replica -> core: ("add", id, prompt_ids, sampling dict) | ("cancel", id) | ("stop",)
+#   core -> replica: ("ready", None) | ("error", text)            once, after loading
+#                    ("step", [(id, token_ids, finish, refusal)], stats dict)
+#                    ("failed", text)                             the pipeline broke
+# A refusal ends one sequence without failing the core: None, or ("context", text) when the
+# prompt does not fit the KV cache, or ("invalid", text) when the pipeline refused the
+# request's settings (one caller's bad request must never take the engine down for everyone).
 
 
 def _generation_config(ov_genai, sampling: dict[str, Any], eos: list[int]):

@@ -1,17 +1,11 @@
-"""Continuous batching on CPUs: openvino_genai.ContinuousBatchingPipeline.
+"""Continuous batching on CPUs: openvino_genai.ContinuousBatchingPipeline, replica side.
 
-The pipeline runs in an engine-core process of its own (openvino_core.py) that loops over
-``step()`` while any sequence is alive. Each step schedules prefill chunks of newly arrived
-requests together with one decode token of every running sequence (dynamic split-fuse), so
-a request that arrives mid-generation starts decoding at the next step instead of waiting
-for the batch to drain.
-
-This side lives in the replica: it sends requests and cancellations to the core and hands
-each step's tokens to the waiting coroutines. A reader thread blocks on the socket (without
-the GIL) and passes each step's tokens to the event loop in one call.
-
-The pipeline is fed pre-tokenised prompts: tokenisation and detokenisation stay with the HF
-tokenizer in the task (openvino_tokenizers cannot convert every tokenizer we serve).
+The pipeline runs in an engine-core process of its own (openvino_core.py says why) whose every
+``step()`` prefills new requests' chunks beside one decode token of each running sequence, so a
+request that arrives mid-generation starts at the next step. This side sends requests and
+cancellations; a reader thread blocks on the socket without the GIL and hands each step's tokens
+to the event loop in one call. Prompts arrive tokenised: the task's HF tokenizer does that both
+ways (openvino_tokenizers cannot convert every tokenizer we serve).
 """
 
 from __future__ import annotations

@@ -2,34 +2,9 @@
 
 In this mode (Ray's `RAY_SERVE_ENABLE_HA_PROXY`) HTTP reaches the ingress replicas through an
 HAProxy on each node instead of Ray's Python proxy actor, which on 2 cores is the largest single
-piece of a request's CPU (docs/performance.md). What Ray leaves to us:
-
-- **Header limits.** HAProxy answers a request with more than `tune.http.maxhdr` headers (101 by
-  default) or headers larger than its buffer with its own HTML 400, before the ingress could give
-  its JSON 431. Ray exposes the buffer size (`RAY_SERVE_HAPROXY_TUNE_BUFSIZE`) but not `maxhdr`,
-  and it builds HAProxy's command line itself: the one hook is `RAY_SERVE_HAPROXY_BINARY_PATH`. So
-  we point it at a two-line wrapper that runs Ray's own binary with one more config file, whose
-  `global` section (HAProxy merges every file's `global`) raises `maxhdr` well above the
-  ingresses' `max_header_count`; the buffer is sized to twice their `max_header_bytes`. Beyond
-  those (over 1024 headers, or 64 KiB of them, by default) HAProxy still answers its own 400.
-- **Drain period.** A stopping replica behind HAProxy keeps accepting for 30 s (Ray's default,
-  sized for external load balancers), every application's ingress included: 2 s here (below).
-- **Fixed ports.** Every node's HAProxy binds a metrics port (9101) and a stats port (8404) on all
-  interfaces; a second server on the same host (a test run beside `make serve`) could not start.
-  Taken ports are replaced by free ones.
-- **Leftover files.** Ray writes each node's HAProxy config, admin socket, logs and server state
-  under `/tmp/haproxy-serve/<node id>/` and never removes them: about 40 KB per start, hundreds of
-  directories after a day of test runs. `hfserve serve` removes its own nodes' directories when it
-  stops, once no HAProxy runs a config there, and a killed server's with its orphaned HAProxy (below).
-  A server killed together with its HAProxy (SIGKILL to the whole process group) leaves its
-  directory with nothing to find it by: a start also removes every directory of this user that no
-  running HAProxy reads and that nothing has written to for an hour (the hour keeps a cluster that
-  is starting, its files written and its HAProxy not yet running, out of reach).
-- **Orphans.** HAProxy is a child of Ray's HAProxyManager actor. If `hfserve serve` is killed
-  with SIGKILL, Ray's processes go with it but HAProxy is re-parented to init and keeps the HTTP port (with
-  SO_REUSEPORT, sharing it with the next server's HAProxy, whose requests it would then drop). A
-  start first stops such orphans: an `haproxy` of this user running a config in Ray's HAProxy
-  directory whose parent is not a Ray worker.
+piece of a request's CPU (docs/performance.md). What Ray leaves to us, each where it is done:
+header limits (`HeaderLimits`, `write_wrapper`), the drain period (`DRAIN_S`), fixed ports
+(`PORT_ENVS`), leftover files (`remove_node_files`) and orphans (`stop_orphaned_haproxies`).
 """
 
 from __future__ import annotations
@@ -52,7 +27,10 @@ from contract.config import EnvOverrides, IngressArgs, default_cache_dir
 ENABLE_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 BUFSIZE_ENV = "RAY_SERVE_HAPROXY_TUNE_BUFSIZE"
-PORT_ENVS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}  # Ray's defaults
+# Every node's HAProxy binds a metrics and a stats port on all interfaces (Ray's defaults here), so
+# a second server on the same host (a test run beside `make serve`) could not start: taken ports
+# are replaced by free ones.
+PORT_ENVS = {"RAY_SERVE_HAPROXY_METRICS_PORT": 9101, "RAY_SERVE_HAPROXY_STATS_PORT": 8404}
 # How long a stopping direct-ingress replica keeps accepting, so that load balancers can drop it
 # first. Ray's 30 s is for an external one (an ALB); its own HAProxy hears of the replica's end
 # within a reload (about half a second) and retries a refused connection on another replica. Every
@@ -69,6 +47,13 @@ HAPROXY_MAX_MAXHDR = 32767
 
 @dataclass(frozen=True)
 class HeaderLimits:
+    """HAProxy answers a request with more than `tune.http.maxhdr` headers (101 by default) or
+    headers larger than its buffer with its own HTML 400, before the ingress could give its JSON
+    431. Ray exposes the buffer size (`RAY_SERVE_HAPROXY_TUNE_BUFSIZE`) but not `maxhdr`, and builds
+    HAProxy's command line itself; its one hook is `RAY_SERVE_HAPROXY_BINARY_PATH`, which we point
+    at a wrapper (`write_wrapper`). Beyond these limits (over 1024 headers, or 64 KiB of them, by
+    default) HAProxy still answers its own 400."""
+
     max_count: int
     max_bytes: int
 
@@ -110,8 +95,9 @@ def real_binary() -> str | None:
 
 
 def write_wrapper(directory: Path, binary: str, limits: HeaderLimits) -> Path:
-    """The executable Ray runs as HAProxy: `binary` with our `global` limits as a first config file.
-    Named by its content, so servers with different limits on one host do not share one."""
+    """The executable Ray runs as HAProxy: `binary` with our `global` limits as a first config file
+    (HAProxy merges every file's `global`). Named by its content, so servers with different limits
+    on one host do not share one."""
     config = (
         "# Written by hfserve serve (serve_app/cli/haproxy.py): HAProxy's header-count limit above\n"
         "# the ingress's max_header_count, so that the ingress answers with its JSON 431.\n"
@@ -195,7 +181,10 @@ def node_dirs(cmdline: Iterable[str], config_dir: Path | None = None) -> set[Pat
 
 
 def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None = None, wait_s: float = 5.0) -> list[int]:
-    """Stop the HAProxy processes a SIGKILLed server left behind (see the module's docstring)."""
+    """Stop the HAProxy processes a SIGKILLed server left behind. HAProxy is a child of Ray's
+    HAProxyManager actor: when `hfserve serve` is SIGKILLed, Ray's processes go with it but HAProxy
+    is re-parented to init and keeps the HTTP port (with SO_REUSEPORT, sharing it with the next
+    server's HAProxy, whose requests it would then drop). A start stops these first."""
     config_dir, orphans = config_dir or _ray_config_dir(), []
     for process in psutil.process_iter(["name", "cmdline", "uids"]):
         info = process.info
@@ -218,7 +207,7 @@ def stop_orphaned_haproxies(say: Callable[[str], None], config_dir: Path | None 
             process.kill()
     if alive:
         psutil.wait_procs(alive, timeout=wait_s)
-    # And the files Ray wrote for the killed server's node (see "Leftover files" above).
+    # And the files Ray wrote for the killed server's node (remove_node_files).
     remove_node_files(sorted(path.name for path in orphan_dirs), config_dir, wait_s=wait_s)
     return [process.pid for process in orphans]
 
@@ -233,9 +222,14 @@ def _node_dirs_in_use(config_dir: Path) -> set[Path]:
 
 
 def remove_node_files(node_ids: Iterable[str], config_dir: Path | None = None, wait_s: float = 5.0) -> list[Path]:
-    """Remove these nodes' directories of HAProxy files (see the module's docstring), waiting up
-    to `wait_s` for the HAProxy still reading one to exit (Ray stops it as the cluster stops); a
-    directory that some HAProxy still uses is kept. Returns the directories removed."""
+    """Remove these nodes' directories of HAProxy files, waiting up to `wait_s` for the HAProxy
+    still reading one to exit (Ray stops it as the cluster stops); a directory that some HAProxy
+    still uses is kept. Returns the directories removed.
+
+    Ray writes each node's HAProxy config, admin socket, logs and server state under
+    `/tmp/haproxy-serve/<node id>/` and never removes them (about 40 KB per start, hundreds of
+    directories after a day of test runs): `hfserve serve` removes its own nodes' when it stops,
+    and a killed server's with its orphaned HAProxy."""
     config_dir = config_dir or _ray_config_dir()
     pending = [config_dir / node_id for node_id in node_ids if node_id and (config_dir / node_id).is_dir()]
     deadline = time.monotonic() + wait_s
@@ -254,7 +248,9 @@ STALE_AFTER_S = 3600.0
 
 def remove_stale_node_files(config_dir: Path | None = None, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove the node directories of this user that no running HAProxy reads and nothing has
-    written to for `older_than_s` (see "Leftover files" above). Returns the directories removed."""
+    written to for `older_than_s`. Returns the directories removed. A server killed together with
+    its HAProxy (SIGKILL to the process group) leaves its directory with nothing to find it by; the
+    hour keeps a cluster that is starting (files written, HAProxy not yet running) out of reach."""
     config_dir = config_dir or _ray_config_dir()
     if not config_dir.is_dir():
         return []

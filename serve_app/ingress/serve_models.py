@@ -18,10 +18,9 @@ class ServeModelClient:
     `over_grpc` sends the calls over the gRPC server every Serve replica runs for calls between
     deployments (`_by_reference=False`, what Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED turns on for
     every handle) instead of as Ray actor tasks: no object references to create, track and free
-    per call. On single-input embeddings it cut the ingress's and the model replica's CPU per
-    request by about an eighth each, over four alternating A/B pairs (docs/performance.md).
-    Nothing we send needs to be a reference: requests and answers are small pydantic objects
-    passed by value anyway."""
+    per call, so less CPU on both sides (docs/performance.md, "Levers";
+    bench/results/levers-2026-11-29.json, `grpc-ab-*`). Nothing we send needs to be a reference:
+    requests and answers are small pydantic objects passed by value anyway."""
 
     def __init__(self, handle: Any, over_grpc: bool = True):
         if over_grpc:

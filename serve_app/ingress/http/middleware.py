@@ -1,9 +1,10 @@
-"""The ingress's ASGI middleware, and `build_middleware`, the one place that sets their order.
+"""The ingress's ASGI middleware, and `build_middleware`, which orders them. Two more wrap the
+app from http/errors.py (`install_error_handlers`, run before this): the innermost, which answers
+a route's bug with the generic 500, and one around the whole stack that ends the re-raise of a
+middleware's bug; they belong to error rendering, not to the request's checks.
 
-Both are thin: the body-size limit refuses oversized bodies before anything parses them, and
-the auth middleware adapts the HTTP-free Authenticator (gateway/callers.py) to ASGI, storing
-the caller for the routes and adding the caller's rate-limit headers to every response that
-lacks them (errors included).
+The auth middleware adapts the HTTP-free Authenticator (gateway/callers.py) to ASGI, storing the
+caller for the routes and adding its rate-limit headers to every response that lacks them.
 """
 
 from __future__ import annotations
@@ -245,21 +246,10 @@ def _with_headers(send: Send, extra: Callable[[], dict[str, str]]) -> Send:
 
 def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenticator, quota: Quota,
                      metrics: Recorder) -> None:
-    """Middleware, outermost first:
-
-    -1. AccessLogMiddleware: one access-log line and the request metrics per request, every
-        refusal below included (it reads the request id the next one stores, at the end).
-    0. RequestIdMiddleware (http/request_id.py): 400 for a malformed x-request-id; the
-       request's id in `scope["state"]["request_id"]` (Ray's proxy returns it in responses).
-    1. HeaderLimitMiddleware: 431 before anything reads the headers.
-    2. AuthMiddleware: 401/403 before anything else runs; rate-limit headers on every response.
-    3. BodySizeLimitMiddleware: 413 for oversized bodies before anything parses them, 408 for one
-       that stops arriving.
-    4. DisconnectMiddleware: a client that leaves cancels its request (499 if no answer had started).
-
-    (Rate limits, the cache and the breakers need the parsed request, so they run in the
-    gateway, called by the routes.) Starlette runs the middleware added last first.
-    """
+    """Adds the middleware; Starlette runs the one added last first, so they run bottom-up:
+    the access log (every refusal below included), the request id (400), header limits (431),
+    auth (401/403), body size (413/408), then disconnect cancellation (499). Rate limits, the
+    cache and the breakers need the parsed request: the gateway runs them."""
     app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=args.max_request_body_bytes, timeout_s=args.request_body_timeout_s)
     app.add_middleware(AuthMiddleware, authenticator=authenticator, quota=quota)

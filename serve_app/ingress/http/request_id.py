@@ -1,31 +1,9 @@
 """Request ids: the `x-request-id` a request is known by, in its response and on every log line.
 
-Ray Serve's proxy does most of the work: it takes the client's `x-request-id` as Serve's request
-id, or makes one (a uuid4) and adds it to the request's headers; it returns that id in the
-response's `X-Request-ID`, always, appending it to whatever headers the replica sent; and Serve's
-log filter writes it as `request_id` on every log line of every replica that handles the request,
-the model replicas called through DeploymentHandles included (a handle call carries the caller's
-request context). What the proxy does not do is check the id: any length, any characters.
-
-`RequestIdMiddleware`, the ingress's outermost middleware, adds the check:
-
-- a valid id (`is_valid_request_id`: 1 to 128 characters of `A-Z a-z 0-9 . _ : + / = -`) is kept;
-- an invalid one (empty, too long, other characters) or more than one `x-request-id` header is a
-  400 `invalid_request_id`.
-
-Why refuse rather than replace: the proxy appends the id it received to every response, after the
-replica has answered, so an ingress that replaced it would send two `x-request-id` headers (the
-client's and its own), and its log lines would disagree with the proxy's access log. A refusal
-carries exactly one header, the client's own value, and nothing runs under the bad id. With two
-headers the proxy echoes the first but puts the last in the request context, so they are refused
-too. The charset covers uuids, hex and ULIDs, W3C trace ids, and base64 and base64url ids, and
-nothing that could break a log line or a header.
-
-The effective id is stored in `scope["state"]["request_id"]` (`request.state.request_id`) for the
-middleware and routes inside, and in Serve's request context. Without a proxy in front (a plain
-Starlette app, the unit tests) a request without the header gets a new id (`new_request_id`,
-uuid4 hex), added to the request headers too, and `echo=True` returns the id in the response;
-behind Serve's proxy `echo=False`, because the proxy returns it.
+Ray Serve's proxy takes the client's `x-request-id` as Serve's request id (or makes a uuid4),
+returns it in the response's `X-Request-ID`, and Serve's log filter writes it on every log line
+of every replica the request reaches, model replicas included. It does not check the id:
+`RequestIdMiddleware` does (a valid id is kept; a bad one, or two headers, is a 400).
 """
 
 from __future__ import annotations
@@ -79,8 +57,18 @@ def install_in_serve_context(request_id: str) -> None:
 
 class RequestIdMiddleware:
     """Checks the request id, refuses a bad one, makes one where none came, and stores it in
-    `scope["state"]["request_id"]`. `echo`: add it to the response (not behind Serve's proxy,
-    which does so itself)."""
+    `scope["state"]["request_id"]` and Serve's request context. `echo`: add it to the response
+    (not behind Serve's proxy, which does so itself; without a proxy, as in the unit tests, a
+    request without the header gets a new id and `echo=True` returns it).
+
+    A valid id (`is_valid_request_id`: 1 to 128 characters of `A-Z a-z 0-9 . _ : + / = -`, which
+    covers uuids, hex, ULIDs, W3C trace ids and base64(url) ids, and nothing that could break a log
+    line or a header) is kept; an invalid one, or more than one header, is a 400
+    `invalid_request_id`. Refused rather than replaced: the proxy appends the id it received to
+    every response after the replica has answered, so a replaced id would send two headers and log
+    lines that disagree with the proxy's access log; a refusal carries exactly one header, the
+    client's own, and nothing runs under the bad id. With two headers the proxy echoes the first
+    but puts the last in the request context, so they are refused too."""
 
     def __init__(self, app: ASGIApp, *, echo: bool = True):
         self.app = app
