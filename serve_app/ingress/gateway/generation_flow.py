@@ -11,8 +11,7 @@ from typing import Any
 
 from contract.config import IngressArgs
 from contract.protocol import SamplingFields, StreamOptions
-from observability import catalogue
-from observability.recorder import Recorder
+from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.cache_client import CacheClient
 from serve_app.ingress.gateway.cache_keys import canonical_key, is_deterministic
 from serve_app.ingress.gateway.callers import Caller
@@ -31,14 +30,12 @@ from serve_app.ingress.model_directory import ModelEntry
 
 
 class GenerationFlow:
-    def __init__(self, args: IngressArgs, quota: Quota, cache: CacheClient, usage: UsageRecorder, calls: ModelCall,
-                 metrics: Recorder):
+    def __init__(self, args: IngressArgs, quota: Quota, cache: CacheClient, usage: UsageRecorder, calls: ModelCall):
         self._default_reservation = args.default_token_reservation
         self._quota = quota
         self._cache = cache
         self._usage = usage
         self._calls = calls
-        self._metrics = metrics
 
     async def run(self, spec: GenerationSpec, entry: ModelEntry, caller: Caller, request: SamplingFields,
                   no_cache: bool) -> Reply:
@@ -51,7 +48,8 @@ class GenerationFlow:
                                       self._cache.scope(caller))
             if not no_cache:
                 (hit,) = await self._cache.get_many([cache_key])
-                self._metrics.inc(catalogue.CACHE_HITS if hit is not None else catalogue.CACHE_MISSES, model=request.model, kind="response")
+                if (record := request_record.current()) is not None:
+                    record.looked_up("response", int(hit is not None), int(hit is None))
                 if hit is not None:
                     return self._from_cache(spec, caller, request, admission, hit)
         await self._calls.admit(request.model, admission)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from contract.model_api import request_tokens_exceeded
-from observability import catalogue
-from observability.recorder import Recorder
+from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.cache_client import CacheClient
 from serve_app.ingress.gateway.callers import Caller
 from serve_app.ingress.gateway.model_call import ModelCall
@@ -48,13 +47,12 @@ class Items:
 
 
 class ItemFlow:
-    def __init__(self, cache: CacheClient, quota: Quota, usage: UsageRecorder, calls: ModelCall, metrics: Recorder,
+    def __init__(self, cache: CacheClient, quota: Quota, usage: UsageRecorder, calls: ModelCall,
                  max_request_tokens: int):
         self._cache = cache
         self._quota = quota
         self._usage = usage
         self._calls = calls
-        self._metrics = metrics
         self.max_request_tokens = max_request_tokens
 
     async def admit(self, caller: Caller, tokens: int, param: str) -> Admission:
@@ -79,8 +77,8 @@ class ItemFlow:
             for key, value in zip(lookup, await self._cache.get_many(lookup), strict=True):
                 if value is not None:
                     found[key] = value
-            self._metrics.inc(catalogue.CACHE_HITS, len(found), model=model, kind=kind)
-            self._metrics.inc(catalogue.CACHE_MISSES, len(lookup) - len(found), model=model, kind=kind)
+            if (record := request_record.current()) is not None:
+                record.looked_up(kind, len(found), len(lookup) - len(found))
         items: list[Item | None] = [codec.decode(found[key]) if key in found else None for key in keys]
         missing = [i for i, item in enumerate(items) if item is None]
         counted = sum(item["tokens"] for item in items if item is not None)

@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contract.errors import APIError
-from observability import catalogue
-from observability.recorder import Recorder
+from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.breaker_gate import Breakers
 from serve_app.ingress.gateway.callers import Caller
 from serve_app.ingress.gateway.failures import classify_failure, is_cancellation, own_failure
@@ -22,10 +21,9 @@ from serve_app.ingress.model_directory import ModelEntry
 
 
 class ModelCall:
-    def __init__(self, breakers: Breakers, quota: Quota, metrics: Recorder):
+    def __init__(self, breakers: Breakers, quota: Quota):
         self._breakers = breakers
         self._quota = quota
-        self._metrics = metrics
 
     async def admit(self, model: str, admission: Admission) -> None:
         """The breaker's word before a model call; a refusal refunds the reservation."""
@@ -37,12 +35,14 @@ class ModelCall:
 
     def queue_timer(self, model: str) -> Callable[..., None]:
         """Called with a call's first heartbeat or chunk, and the seconds the replica worked
-        before sending it (a stream's prefill): the time the call waited in Serve's queue, as
-        hf_server_request_queue_seconds."""
+        before sending it (a stream's prefill): the time the call waited in Serve's queue, noted
+        on the request's record (hf_server_request_queue_seconds)."""
         sent = time.monotonic()
+        record = request_record.current()
 
         def started(replica_s: float = 0.0) -> None:
-            self._metrics.observe(catalogue.REQUEST_QUEUE, max(0.0, time.monotonic() - sent - replica_s), model=model)
+            if record is not None:
+                record.queued_s.append(max(0.0, time.monotonic() - sent - replica_s))
 
         return started
 

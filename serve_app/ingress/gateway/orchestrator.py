@@ -56,9 +56,9 @@ class Gateway:
         self.usage = UsageRecorder(state)
         self.state_sync = StateSync(state, StateSettings.from_args(args), directory, self.breakers, self.cache,
                                     self.quota, self.usage)
-        self.calls = ModelCall(self.breakers, self.quota, self.metrics)
-        self.generation = GenerationFlow(args, self.quota, self.cache, self.usage, self.calls, self.metrics)
-        self.items = ItemFlow(self.cache, self.quota, self.usage, self.calls, self.metrics, args.max_request_tokens)
+        self.calls = ModelCall(self.breakers, self.quota)
+        self.generation = GenerationFlow(args, self.quota, self.cache, self.usage, self.calls)
+        self.items = ItemFlow(self.cache, self.quota, self.usage, self.calls, args.max_request_tokens)
         # When this replica last sent each model a request: the LRU order of run-time models.
         self.last_used: dict[str, float] = {}
 
@@ -87,6 +87,8 @@ class Gateway:
                 await self.breakers.failed(model, None)
             self.breakers.raise_if_open(model)  # the breaker's answer says how long to wait
             raise
+        if record is not None:
+            record.model = model  # it exists: the directory just gave its entry
         self.last_used[model] = at = time.time()  # a model that exists: bounded
         self.state_sync.used(model, at)
         return entry

@@ -2,16 +2,16 @@
 (serve_app/ingress/http/access_log.py), which writes the log line and the request metrics from it.
 
 It lives in a context variable, so the parts that learn something about the request record
-it where they learn it (the gateway: the model once the directory knows it, the cache result,
-the tokens, the first token) without threading it through every signature; outside a request
-(unit tests of the gateway alone, background jobs) there is none and nothing is recorded.
+it where they learn it (the gateway: the model once the directory knows it, the cache lookups,
+the model call's time in Serve's queue, the tokens, the first token) without threading it
+through every signature; outside a request (background jobs) there is none and nothing is recorded.
 """
 
 from __future__ import annotations
 
 import contextvars
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -28,6 +28,10 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cache: str | None = None  # HIT, MISS, or None when the cache was not asked
+    cache_kind: str | None = None  # what the cache was asked for (response, embedding, ...)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    queued_s: list[float] = field(default_factory=list)  # each model call's wait in Serve's queue
     error_type: str | None = None
     error_code: str | None = None
     auth_failure: str | None = None  # one of catalogue.AUTH_REASONS
@@ -39,6 +43,11 @@ class RequestRecord:
 
     def usage(self, prompt_tokens: int, completion_tokens: int) -> None:
         self.prompt_tokens, self.completion_tokens = prompt_tokens, completion_tokens
+
+    def looked_up(self, kind: str, hits: int, misses: int) -> None:
+        self.cache_kind = kind
+        self.cache_hits += hits
+        self.cache_misses += misses
 
     def failed_in_band(self, error_type: str, code: str | None) -> None:
         self.error_type, self.error_code = error_type, code

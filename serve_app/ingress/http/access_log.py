@@ -1,10 +1,10 @@
 """One record per request, written once at its end (a stream's last byte, or the client leaving):
 the JSON access-log line and the request metrics (hf_server_requests_total, _request_duration_seconds,
-_errors_total, _rate_limited_total, _auth_failures_total).
+_errors_total, _rate_limited_total, _auth_failures_total, _cache_hits/_misses_total, _request_queue_seconds).
 
 The record lives in a context variable (gateway/request_record.py), so the parts that learn
 something fill it in where they learn it: the auth middleware the key id, the gateway the model,
-the cache result and the tokens, the SSE response its first token and an in-band error. A client
+the cache lookups, the queue time and the tokens, the SSE response its first token and an in-band error. A client
 that leaves before its answer starts is a 499 (nginx's "client closed request"): no answer, and
 no error of ours. Label values stay bounded: models that exist, route templates, error types.
 """
@@ -117,6 +117,11 @@ class AccessLogMiddleware:
             self.metrics.inc(catalogue.RATE_LIMITED, model=model, limit=record.error_type)
         if record.auth_failure is not None:
             self.metrics.inc(catalogue.AUTH_FAILURES, reason=record.auth_failure)
+        if record.cache_kind is not None:
+            self.metrics.inc(catalogue.CACHE_HITS, record.cache_hits, model=model, kind=record.cache_kind)
+            self.metrics.inc(catalogue.CACHE_MISSES, record.cache_misses, model=model, kind=record.cache_kind)
+        for queued_s in record.queued_s:
+            self.metrics.observe(catalogue.REQUEST_QUEUE, queued_s, model=model)
         level = logging.DEBUG if endpoint in QUIET_PATHS and record.status < 400 else logging.INFO
         if access_logger.isEnabledFor(level):
             access_logger.log(level, "%s %s %s %.1fms", record.method, endpoint, record.status, elapsed * 1000,
