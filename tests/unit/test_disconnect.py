@@ -93,8 +93,9 @@ async def _until(condition, timeout_s: float = 5.0) -> None:
 
 
 async def _request(app, path: str, payload: dict, model: SlowModel, *, how: str) -> tuple[list[dict], bool]:
-    """Send a request; once the model works on it, the client leaves (`disconnect`) or Serve
-    cancels the request's task (`cancel`). What was sent back, and whether the call raised CancelledError."""
+    """Send a request; once the model works on it, the client leaves (`disconnect`), Serve
+    cancels the request's task (`cancel`), or Serve ends the model call first (`cut`, a
+    ServeCancelledModel). What was sent back, and whether the call raised CancelledError."""
     body = json.dumps(payload).encode()
     gone, sent, read = asyncio.Event(), [], False
 
@@ -113,6 +114,8 @@ async def _request(app, path: str, payload: dict, model: SlowModel, *, how: str)
     await _until(lambda: model.entered == 1)
     if how == "cancel":
         call.cancel()
+    elif how == "cut":
+        model.cut.set()  # the request's own cancellation is still to come
     else:
         gone.set()
     try:
@@ -186,32 +189,9 @@ def test_serve_cancelling_the_model_call_first_is_a_499_not_a_failure(tmp_path, 
                             scraper=FakeScraper())
     caplog.set_level(logging.INFO, logger="ray.serve.hfserve.access")
 
-    async def leave() -> tuple[list[dict], bool]:
-        body = json.dumps({"model": "chat-model", "messages": MSG, "stream": stream}).encode()
-        sent: list[dict] = []
-        first = [{"type": "http.request", "body": body, "more_body": False}]
-
-        async def receive() -> dict:
-            if first:
-                return first.pop()
-            await asyncio.Event().wait()  # no disconnect comes first
-            raise AssertionError("unreachable")
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-
-        call = asyncio.ensure_future(app(_scope(CHAT, body), receive, send))
-        await _until(lambda: model.entered == 1)
-        model.cut.set()  # Serve cancels the model call; the request's own cancellation is still to come
-        try:
-            async with asyncio.timeout(5):
-                await call
-        except asyncio.CancelledError:
-            return sent, True
-        return sent, False
-
+    payload = {"model": "chat-model", "messages": MSG, "stream": stream}
     with TestClient(app) as client:
-        sent, raised = client.portal.call(leave)
+        sent, raised = client.portal.call(lambda: _request(app, CHAT, payload, model, how="cut"))
     (line,) = _access_lines(caplog)
     assert line["error_type"] is None and sink.count(catalogue.ERRORS) == 0
     assert sink.total(catalogue.REQUESTS, status="500") == 0
