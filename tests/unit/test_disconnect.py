@@ -202,6 +202,54 @@ def test_serve_cancelling_the_model_call_first_is_a_499_not_a_failure(tmp_path, 
     assert core.breaker_snapshots().get("chat-model") is None or core.breaker_snapshots()["chat-model"].consecutive_failures == 0
 
 
+def test_a_call_serve_cancelled_as_the_disconnect_arrived_is_a_499(caplog):
+    """Serve's cancellation of the call and the client's disconnect land in the same turn of
+    the loop: the app has ended cancelled before the middleware sees the disconnect."""
+    from observability.recorder import Recorder
+    from serve_app.ingress.http.access_log import AccessLogMiddleware
+    from serve_app.ingress.http.middleware import DisconnectMiddleware
+
+    sink = Sink()
+    both = asyncio.Event()
+
+    async def app(scope, receive, send):
+        await both.wait()
+        raise asyncio.CancelledError  # as the gateway ends a call Serve cancelled
+
+    stack = AccessLogMiddleware(DisconnectMiddleware(app), metrics=Recorder(sink=sink))
+    caplog.set_level(logging.INFO, logger="ray.serve.hfserve.access")
+    body = json.dumps({"model": "chat-model", "messages": MSG}).encode()
+
+    async def run() -> tuple[list[dict], bool]:
+        read, sent = False, []
+
+        async def receive() -> dict:
+            nonlocal read
+            if not read:
+                read = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await both.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        call = asyncio.ensure_future(stack(_scope(CHAT, body), receive, send))
+        await asyncio.sleep(0)
+        both.set()
+        try:
+            async with asyncio.timeout(5):
+                await call
+        except asyncio.CancelledError:
+            return sent, True
+        return sent, False
+
+    sent, _ = asyncio.run(run())
+    (line,) = _access_lines(caplog)
+    assert sent == [] and line["status"] == 499 and line["aborted"] is True and line["error_type"] is None
+    assert sink.total(catalogue.REQUESTS, status="499") == 1 and sink.total(catalogue.REQUESTS, status="500") == 0
+
+
 def test_a_client_that_leaves_a_stream_stops_it_and_keeps_its_200(ingress):
     client, app, models, sink, caplog = ingress
     payload = {"model": "stream-model", "messages": MSG, "stream": True}

@@ -157,6 +157,11 @@ class DisconnectMiddleware:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        def client_closed() -> None:
+            record = request_record.current()
+            if record is not None and not started:
+                record.status = CLIENT_CLOSED
+
         app = asyncio.ensure_future(self.app(scope, receiving, sending))
         watch = asyncio.ensure_future(_disconnect(receive))
         try:
@@ -164,14 +169,15 @@ class DisconnectMiddleware:
             if not app.done():
                 disconnect.append(watch.result())
                 gone.set()
-                record = request_record.current()
-                if record is not None and not started:
-                    record.status = CLIENT_CLOSED
+                client_closed()
                 app.cancel()
             await app
         except asyncio.CancelledError:
             if app.cancelled() and watch.done() and not _being_cancelled():
-                return  # cancelled here, for a client that is gone: nothing to send
+                # The client is gone and its call was cancelled, here or by Serve (which cancels
+                # a leaving client's model calls, possibly before the disconnect reaches us).
+                client_closed()
+                return
             raise
         finally:
             watch.cancel()
