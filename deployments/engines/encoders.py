@@ -108,6 +108,20 @@ class OpenVINOStreams:
             self._idle.put(self.compiled.create_infer_request())
         self.inputs = {port.get_any_name() for port in self.compiled.inputs}
         self.output = self.compiled.outputs[0]
+        self._first_inference()
+
+    def _first_inference(self) -> None:
+        """One inference on this thread before any concurrent one. OpenVINO's Python binding
+        sets up its numpy bridge on first use inside a C++ static guard while waiting for the
+        GIL: two threads making the first call at once deadlock the whole process (the replica
+        stops answering even its health checks). Also takes the first inference's one-time
+        cost out of the first request."""
+        feeds = {
+            port.get_any_name(): np.ones([dim.get_length() if dim.is_static else 1 for dim in port.get_partial_shape()],
+                                         dtype=port.get_element_type().to_dtype())
+            for port in self.compiled.inputs
+        }
+        self.infer(feeds)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The first output for `feeds` (those the model takes), as a numpy array of its own."""

@@ -1,10 +1,13 @@
 """How many embedding batches run at once: the OpenVINO encoder's streams (the same vectors
-as one stream, as many batches at once as it has infer requests), and the embedding task's
-SlotBatcher running exactly the engine's `concurrency` batches at once, never more."""
+as one stream, as many batches at once as it has infer requests, even as a process's first
+inferences), and the embedding task's SlotBatcher running exactly the engine's `concurrency`
+batches at once, never more."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,40 @@ def test_encoder_streams_is_an_embedding_arg():
         ModelAppArgs(source="x", task="embedding", encoder_streams=0)
     with pytest.raises(ValueError, match="not used by text-generation"):
         ModelAppArgs(source="x", task="text-generation", encoder_streams=2)
+
+
+# A fresh process per try: what deadlocked is OpenVINO's first numpy call, once per process.
+_FIRST_CALLS = """
+import sys, threading
+from pathlib import Path
+from deployments.engines.encoders import OpenVINOEncoder, PoolingSpec
+engine = OpenVINOEncoder(Path(sys.argv[1]), PoolingSpec.from_model_dir(Path(sys.argv[2])), 0, num_threads=2, streams=2)
+start, finished = threading.Barrier(2), threading.Event()
+def encode():
+    start.wait()
+    engine.encode([[2, 7, 9, 3]] * 8)
+def loop():  # the replica's event loop, taking the GIL in turn with the two
+    while not finished.is_set():
+        sum(range(1000))
+threads = [threading.Thread(target=encode) for _ in range(2)]
+busy = threading.Thread(target=loop)
+for thread in [*threads, busy]:
+    thread.start()
+for thread in threads:
+    thread.join()
+finished.set()
+print("done")
+"""
+
+
+def test_two_first_inferences_at_once_do_not_deadlock(tiny_ir):
+    """Two batches at once as a replica's first request runs them (two slots, two threads).
+    Without the engine's own first inference this hung about one process in two."""
+    hf_dir, ir_dir = tiny_ir
+    for _ in range(6):
+        try:
+            run = subprocess.run([sys.executable, "-c", _FIRST_CALLS, str(ir_dir), str(hf_dir)], capture_output=True,
+                                 text=True, timeout=30, cwd=Path(__file__).resolve().parents[2])
+        except subprocess.TimeoutExpired:
+            pytest.fail("two first inferences at once deadlocked the process")
+        assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr[-2000:]
