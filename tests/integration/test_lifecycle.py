@@ -384,10 +384,14 @@ def test_scale_to_zero_and_a_cold_request(server, gw):
     assert _load(gw, "rt-cold", str(server.models["bert"]), task="embedding", autoscaling=scaling).status_code == 202
     _wait_card(gw, "rt-cold", {"idle"}, timeout_s=60)  # loaded with no replica
     # Each gateway replica learns of a run-time record at its own sync (the one that took the
-    # load at once): both must list it as loaded at run time.
-    cards = _wait_every_replica(lambda: gw.get("/v1/models/rt-cold"), 200, 30,
-                                agrees=lambda answer: answer.json()["loaded_at_runtime"] is True)
-    assert all(c.json()["loaded_at_runtime"] and c.json()["status"] == "idle" for c in cards), cards[-1].text
+    # load at once), and of Serve's application state at its own refresh: both must list it as
+    # loaded at run time and idle.
+    def cold_and_idle(answer: httpx.Response) -> bool:
+        card = answer.json()
+        return answer.status_code == 200 and card.get("loaded_at_runtime") is True and card.get("status") == "idle"
+
+    cards = _wait_every_replica(lambda: gw.get("/v1/models/rt-cold"), 200, 30, agrees=cold_and_idle)
+    assert all(cold_and_idle(c) for c in cards), [c.text for c in cards if not cold_and_idle(c)]
     # The card came from one gateway replica; /ready may be answered by the other, which learns
     # of the state at its own refresh: both must say idle.
     readies = _wait_every_replica(lambda: gw.get("/ready"), 200, 30,
