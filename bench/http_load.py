@@ -37,7 +37,7 @@ def _session(base_url: str, concurrency: int, headers: dict | None) -> aiohttp.C
                                  connector=aiohttp.TCPConnector(limit=concurrency + 4))
 
 
-async def _stream_chat(client: aiohttp.ClientSession, i: int) -> tuple[float, int]:
+async def _stream_chat(client: aiohttp.ClientSession, i: int, extra: dict | None = None) -> tuple[float, int]:
     """One streamed chat request: (time to first content, completion tokens).
 
     Parses only what it needs (a cheap client leaves the cores to the server): the first
@@ -45,7 +45,7 @@ async def _stream_chat(client: aiohttp.ClientSession, i: int) -> tuple[float, in
     """
     body = {
         "model": CHAT_MODEL, "messages": chat_messages(i), "max_tokens": NEW_TOKENS, "temperature": 0,
-        "stream": True, "stream_options": {"include_usage": True},
+        "stream": True, "stream_options": {"include_usage": True}, **(extra or {}),
     }
     started = time.perf_counter()
     first, tail = None, b""
@@ -60,12 +60,15 @@ async def _stream_chat(client: aiohttp.ClientSession, i: int) -> tuple[float, in
     return first or 0.0, tokens
 
 
-async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = True, headers: dict | None = None) -> GenerationRun:
+async def chat_run(base_url: str, concurrency: int, rounds: int, steady: bool = True, headers: dict | None = None,
+                   extra: dict | None = None) -> GenerationRun:
+    """Streamed chats in a closed loop; `extra`: more body fields for every request."""
     async with _session(base_url, concurrency, headers) as client:
         warm = time.perf_counter()
-        await asyncio.gather(*(_stream_chat(client, i) for i in range(concurrency)))  # warm-up
+        await asyncio.gather(*(_stream_chat(client, i, extra) for i in range(concurrency)))  # warm-up
         stagger = (time.perf_counter() - warm) / concurrency if steady else 0.0
-        measured = await closed_loop(concurrency, rounds * concurrency, lambda i: _stream_chat(client, i % 64), stagger)
+        measured = await closed_loop(concurrency, rounds * concurrency, lambda i: _stream_chat(client, i % 64, extra),
+                                     stagger)
     return generation_run(concurrency, measured)
 
 

@@ -26,6 +26,12 @@ from .scoring_protocol import (
     RerankRequest,
     RerankResponse,
 )
+from .tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 
 @dataclass(frozen=True)
@@ -51,5 +57,9 @@ COMPLETE = Endpoint("complete", "/v1/completions", CompletionRequest, Completion
 EMBED = Endpoint("embed", "/v1/embeddings", EmbeddingRequest, EmbeddingResponse, "embed")
 RERANK = Endpoint("rerank", "/v1/rerank", RerankRequest, RerankResponse, "rerank", aliases=("/rerank",))
 CLASSIFY = Endpoint("classify", "/v1/classify", ClassificationRequest, ClassificationResponse, "classify")
+# vLLM's paths, without /v1: the model's own tokenizer, no engine involved.
+TOKENIZE = Endpoint("tokenize", "/tokenize", TokenizeRequest, TokenizeResponse, "tokenize")
+DETOKENIZE = Endpoint("detokenize", "/detokenize", DetokenizeRequest, DetokenizeResponse, "detokenize")
 
-ENDPOINTS: dict[str, Endpoint] = {endpoint.name: endpoint for endpoint in (CHAT, COMPLETE, EMBED, RERANK, CLASSIFY)}
+ENDPOINTS: dict[str, Endpoint] = {endpoint.name: endpoint
+                                  for endpoint in (CHAT, COMPLETE, EMBED, RERANK, CLASSIFY, TOKENIZE, DETOKENIZE)}

@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .model_api import EngineStats
+from .structured_outputs import Constraint
 
 EngineFinish = Literal["stop", "length"]
 
@@ -28,6 +29,13 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    top_k: int = 0  # 0: every token
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0  # before which EOS and stop_token_ids cannot be sampled
+    ignore_eos: bool = False
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)
+    constraint: Constraint | None = None
 
     @property
     def greedy(self) -> bool:
@@ -47,6 +55,8 @@ class TokenDelta:
 class GenerationEngine(Protocol):
     name: str
     device: str
+    supports_logit_bias: bool
+    supports_structured_output: bool
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenDelta]: ...
 

@@ -2,7 +2,7 @@
 
 Model replicas raise these too; they cross the DeploymentHandle pickled inside Ray's
 RayTaskError, and `as_api_error` recovers the original. Every response body is the OpenAI
-shape ``{"error": {"message", "type", "param", "code"}}`` (`protocol.ErrorResponse`). The HTTP
+shape ``{"error": {"message", "type", "param", "code"}}`` (`ErrorResponse`). The HTTP
 layer renders them in one place (serve_app/ingress/http/errors.py); nothing here knows about HTTP
 frameworks, so model replicas import this module without loading one.
 """
@@ -13,9 +13,22 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .protocol import ErrorDetail, ErrorResponse
+from pydantic import BaseModel
 
 INTERNAL_ERROR_MESSAGE = "The server had an error while processing your request."
+
+
+class ErrorDetail(BaseModel):
+    """The body of every error response (errors.APIError.body)."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
 
 
 class APIError(Exception):
@@ -192,6 +205,9 @@ def as_api_error(exc: BaseException) -> APIError | None:
     return None
 
 
+MAX_NAMED_PARAM = 64
+
+
 def validation_error_to_api_error(errors: list[dict[str, Any]]) -> InvalidRequestError:
     """Render pydantic/FastAPI validation errors as one 400 naming the first bad param."""
     first = _most_telling(errors) if errors else {"msg": "Invalid request", "loc": ()}
@@ -203,6 +219,10 @@ def validation_error_to_api_error(errors: list[dict[str, Any]]) -> InvalidReques
     loc = list(first.get("loc", ()))
     if loc and loc[0] in ("body", "query", "path", "header"):  # where FastAPI found it, not the name
         loc = loc[1:]
+    if first.get("type") == "extra_forbidden":  # OpenAI's words for a field it does not know
+        name = _format_param(loc)[:MAX_NAMED_PARAM]  # a client chooses it: any length
+        return InvalidRequestError(f"Unrecognized request argument supplied: {name}", param=name or None,
+                                   code="unknown_parameter")
     # FastAPI adds the union member name (e.g. 'str', 'list[int]') to the location of
     # union fields; drop those so the param is the user's field path.
     param = _format_param(loc)

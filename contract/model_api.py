@@ -14,6 +14,7 @@ from typing import Protocol, TypeVar
 from pydantic import BaseModel
 
 from .errors import InvalidRequestError
+from .model_cards import ModelCapabilities
 from .protocol import (
     BudgetedRequest,
     ChatCompletionChunk,
@@ -24,6 +25,12 @@ from .protocol import (
     EmbeddingRequest,
     EmbeddingResponse,
     TokenBudget,
+)
+from .tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 
 
@@ -49,6 +56,7 @@ class ModelInfo(BaseModel):
     # the response cache is shared by them; a new version's answers never match an old one's.
     revision: str = ""
     platform: str = ""  # hardware.report.PLATFORMS: where this replica runs
+    capabilities: ModelCapabilities | None = None  # generation models: what their engine supports
     node_id: str | None = None
     node_ip: str | None = None
     hostname: str | None = None
@@ -132,6 +140,10 @@ class ModelClient(Protocol):
     def complete_stream(self, request: CompletionRequest) -> AsyncIterator[CompletionResponse]: ...
 
     async def embed(self, request: EmbeddingRequest) -> EmbeddingResponse: ...
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse: ...
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse: ...
 
     async def call_with_progress(self, method: str, request, timeout_s: float,
                                  on_start: Callable[[], None] | None = None):

@@ -1,12 +1,15 @@
 """OpenAI wire format: request and response models. Pydantic only (no torch, no Ray).
 
-Requests accept unknown fields (clients send newer OpenAI fields all the time); the ingress
-logs them. Fields we cannot honour are declared so that setting them is a clear 400 rather
-than a silent no-op.
+Generation requests (chat, completions) refuse a field they do not know, as OpenAI does: one
+that changed what is sampled would otherwise be silently ignored. The fields that change
+nothing a client relies on are declared and accepted (NO_EFFECT_FIELDS). Other requests accept
+unknown fields, which the ingress logs. Fields we cannot honour yet are declared so that
+setting them is a clear 400 rather than a silent no-op.
 """
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -21,10 +24,13 @@ from pydantic import (
     model_serializer,
 )
 
-from .schema_rules import STREAM_OPTIONS_NEED_STREAM, best_of_is_n, exactly, integer, with_rules
+from .schema_rules import STREAM_OPTIONS_NEED_STREAM, exactly, integer, with_rules
+from .structured_outputs import ONE_STRUCTURED_OUTPUT, Constraint, ResponseFormat, StructuredOutputs
 
 MAX_STOP_SEQUENCES = 16
 MAX_N = 16
+MAX_LOGIT_BIAS = 300  # OpenAI's own limit on logit_bias entries
+TOKEN_ID_KEY = "^[0-9]{1,10}$"  # a logit_bias key: a token id, as a string
 MAX_EMBEDDING_INPUTS = 2048
 
 
@@ -84,9 +90,10 @@ NonEmptyText = Annotated[str, Field(min_length=1)]
 
 
 class SamplingFields(OpenAIRequest):
-    """Sampling parameters shared by /v1/chat/completions and /v1/completions."""
+    """Sampling parameters shared by /v1/chat/completions and /v1/completions. A field not
+    declared here is a 400 (extra="forbid")."""
 
-    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM))
+    model_config = ConfigDict(extra="forbid", json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM))
 
     model: str = Field(..., min_length=1)
     max_tokens: integer(ge=1) | None = None
@@ -104,9 +111,52 @@ class SamplingFields(OpenAIRequest):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
     logprobs: Annotated[Any, exactly({"enum": [False, 0]})] = None
-    logit_bias: Annotated[dict[str, float] | None, exactly({"type": "object", "maxProperties": 0})] = None
+    # Token id (as a string) -> bias added to its logit before sampling, as OpenAI defines it.
+    # Engines that cannot apply it refuse it (the replica knows its engine).
+    logit_bias: Annotated[
+        dict[str, float] | None,
+        exactly({"type": "object", "maxProperties": MAX_LOGIT_BIAS, "propertyNames": {"pattern": TOKEN_ID_KEY},
+                 "additionalProperties": {"type": "number", "minimum": -100, "maximum": 100}}),
+    ] = None
+    # vLLM's sampling extras (clients send them through extra_body).
+    top_k: integer(ge=-1) = Field(-1, description="Sample from the k most likely tokens; -1 or 0: all.")
+    min_p: float = Field(0.0, ge=0.0, le=1.0, description="Drop tokens less likely than min_p times the most likely.")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="Above 1 discourages tokens already in "
+                                      "the prompt or the output (divides a positive logit, multiplies a negative one).")
+    min_tokens: integer(ge=0) = Field(0, description="Tokens to generate before EOS, stop_token_ids or stop may end it.")
+    ignore_eos: bool = Field(False, description="Keep generating past the model's end-of-sequence token.")
+    stop_token_ids: Annotated[list[integer(ge=0)], Field(max_length=MAX_STOP_SEQUENCES)] | None = None
+    include_stop_str_in_output: bool = Field(False, description="Keep the stop string that ended the text in it.")
+    skip_special_tokens: bool = Field(True, description="Leave special tokens out of the text.")
+    structured_outputs: StructuredOutputs | None = None
+    # NO_EFFECT_FIELDS: accepted, and change nothing a client relies on here (OpenAI's
+    # bookkeeping, caching and latency hints; vLLM's scheduling hints).
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prediction: dict[str, Any] | None = None
+    priority: integer() | None = None
+    request_id: str | None = None
+    cache_salt: str | None = None
+    modalities: list[Literal["text"]] | None = None
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if not value:
+            return None
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} tokens may be biased")
+        for token, bias in value.items():
+            if not re.fullmatch(TOKEN_ID_KEY, token):
+                raise ValueError(f"keys are token ids (non-negative integers as strings), not {token[:32]!r}")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"the bias of token {token} is {bias}; biases are between -100 and 100")
+        return value
 
     @field_validator("stop")
     @classmethod
@@ -128,19 +178,18 @@ class SamplingFields(OpenAIRequest):
             raise ValueError("logprobs are not supported by this server")
         return value
 
-    @field_validator("logit_bias")
-    @classmethod
-    def _no_logit_bias(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("logit_bias is not supported by this server")
-        return value
-
     @field_validator("stream_options")
     @classmethod
     def _stream_options_need_stream(cls, value: Any, info: ValidationInfo) -> Any:
         if value is not None and not info.data.get("stream"):
             raise ValueError("stream_options is only allowed when stream is true")
         return value
+
+    def constraint(self) -> tuple[Constraint, str] | None:
+        """What the output must match, and the field that asked for it."""
+        if self.structured_outputs is not None:
+            return self.structured_outputs.constraint(), "structured_outputs"
+        return None
 
     @property
     def include_usage_in_stream(self) -> bool:
@@ -150,6 +199,13 @@ class SamplingFields(OpenAIRequest):
     def requested_max_tokens(self) -> int | None:
         """The completion budget the client asked for (None: the rest of the context)."""
         return self.max_tokens
+
+
+# The declared fields that change nothing a client relies on (see SamplingFields).
+NO_EFFECT_FIELDS = frozenset({
+    "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key", "prediction", "priority",
+    "request_id", "cache_salt", "modalities", "parallel_tool_calls",
+})
 
 
 class StreamOptions(OpenAIRequest):
@@ -191,13 +247,14 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
+    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM, ONE_STRUCTURED_OUTPUT))
+
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: integer(ge=1) | None = None
+    parallel_tool_calls: bool | None = None  # NO_EFFECT_FIELDS while tools are refused
     tools: Annotated[list[Any] | None, exactly({"type": "array", "maxItems": 0})] = None
     tool_choice: Annotated[Any, exactly({"enum": ["none"]})] = None
-    response_format: Annotated[
-        dict[str, Any] | None, exactly({"type": "object", "properties": {"type": {"enum": ["text", None]}}})
-    ] = None
+    response_format: ResponseFormat | None = None
 
     @field_validator("tools")
     @classmethod
@@ -215,10 +272,15 @@ class ChatCompletionRequest(SamplingFields):
 
     @field_validator("response_format")
     @classmethod
-    def _text_only(cls, value: Any) -> Any:
-        if value and value.get("type") not in (None, "text"):
-            raise ValueError("only response_format type 'text' is supported")
+    def _one_format(cls, value: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
+        if value is not None and value.constraint() is not None and info.data.get("structured_outputs") is not None:
+            raise ValueError("give response_format or structured_outputs, not both")
         return value
+
+    def constraint(self) -> tuple[Constraint, str] | None:
+        if self.response_format is not None and (constraint := self.response_format.constraint()) is not None:
+            return constraint, "response_format"
+        return super().constraint()
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -279,14 +341,13 @@ TokenIds = Annotated[list[integer(ge=0)], Field(min_length=1)]
 
 
 class CompletionRequest(SamplingFields):
-    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM, *best_of_is_n(MAX_N)))
-
     prompt: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1)] | TokenIds | Annotated[
         list[TokenIds], Field(min_length=1)
     ]
     echo: bool = False
     suffix: Annotated[str | None, exactly({"type": "string", "maxLength": 0})] = None
-    best_of: Annotated[integer() | None, exactly({"type": "integer", "minimum": 1, "maximum": MAX_N})] = None
+    # Candidates to pick the best n from: not done here (nor by vLLM's V1 engine), so only 1.
+    best_of: Annotated[integer() | None, exactly({"type": "integer", "const": 1})] = None
 
     @field_validator("suffix")
     @classmethod
@@ -297,9 +358,9 @@ class CompletionRequest(SamplingFields):
 
     @field_validator("best_of")
     @classmethod
-    def _no_best_of(cls, value: Any, info: ValidationInfo) -> Any:
-        if value not in (None, 1, info.data.get("n")):
-            raise ValueError("best_of is not supported by this server")
+    def _no_best_of(cls, value: Any) -> Any:
+        if value not in (None, 1):
+            raise ValueError("best_of is not supported by this server; n gives that many completions")
         return value
 
     def prompts(self) -> list[str | list[int]]:
@@ -369,64 +430,6 @@ class EmbeddingResponse(OpenAIResponse):
     data: list[EmbeddingData]
     model: str
     usage: EmbeddingUsage
-
-
-# ----------------------------------------------------------------------------- models
-
-# idle: scaled to zero (min_replicas 0); the next request starts a replica and waits for it.
-ModelStatus = Literal["ready", "idle", "loading", "pending", "failed", "unavailable", "circuit_open", "circuit_half_open"]
-
-
-class ModelReplica(OpenAIResponse):
-    """Where one replica of a model runs (hfserve's extension of the model object)."""
-
-    id: str
-    node_id: str | None = None
-    node_ip: str | None = None
-    hostname: str | None = None
-    platform: str
-    device: str
-
-
-class ModelCard(OpenAIResponse):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    task: str | None
-    status: ModelStatus
-    # hfserve's extensions: where the model runs (null until a replica answered).
-    backend: str | None = None
-    device: str | None = None
-    platform: str | None = None
-    replicas: list[ModelReplica] = []
-    # Run-time models (POST /models/load): how long the load took; why it waits or failed, in a
-    # few public words (`reason`) and, for admin keys only, in detail (`error`).
-    loaded_at_runtime: bool = False
-    load_seconds: float | None = None
-    reason: str | None = None
-    error: str | None = None
-
-
-class ModelList(OpenAIResponse):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class ErrorDetail(BaseModel):
-    """The body of every error response (errors.APIError.body)."""
-
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
 
 
 SamplingFields.model_rebuild()

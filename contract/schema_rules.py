@@ -39,17 +39,6 @@ STREAM_OPTIONS_NEED_STREAM: dict[str, Any] = {
 }
 
 
-def best_of_is_n(max_n: int) -> list[dict[str, Any]]:
-    """best_of may only repeat n: for each k > 1, best_of = k requires n = k."""
-    return [
-        {
-            "if": {"properties": {"best_of": {"const": k}}, "required": ["best_of"]},
-            "then": {"properties": {"n": {"const": k}}, "required": ["n"]},
-        }
-        for k in range(2, max_n + 1)
-    ]
-
-
 def with_rules(*rules: dict[str, Any]):
     """A `json_schema_extra` that adds `rules` to the model's schema under allOf."""
 

@@ -42,6 +42,12 @@ from contract.scoring_protocol import (
     RerankResponse,
 )
 from contract.text import replace_lone_surrogates
+from contract.tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from hardware.detect import detect
 from hardware.probe import PROBE_TIMEOUT_S, node_actor
 from hardware.report import NodeReport
@@ -69,8 +75,9 @@ DEPLOYMENT_OPTIONS: dict[str, Any] = {
 }
 
 
-# The handle methods that may run long: the ingress calls them through call_with_heartbeats.
-PROGRESS_METHODS = ("chat", "complete", "embed", "rerank", "classify")
+# The handle methods the ingress calls through call_with_heartbeats: those that may run long,
+# and the tokenizer's, which a circuit breaker's probe may use (breaker_gate.py probe_request).
+PROGRESS_METHODS = ("chat", "complete", "embed", "rerank", "classify", "tokenize", "detokenize")
 
 
 def model_server_deployment():
@@ -202,6 +209,7 @@ class ModelServer:
             source=args.source,
             max_model_len=getattr(self._task, "max_model_len", None),
             embedding_dimensions=getattr(self._task, "embedding_dimensions", None),
+            capabilities=getattr(self._task, "capabilities", None),
             request_timeout_s=args.request_timeout_s,
             endpoints=list(self._spec.endpoints),
             replica_id=replica_id,
@@ -254,6 +262,14 @@ class ModelServer:
     async def classify(self, request: ClassificationRequest | dict) -> ClassificationResponse:
         with self._in_flight():
             return await self._serving("classify").classify(_parse(ClassificationRequest, request))
+
+    async def tokenize(self, request: TokenizeRequest | dict) -> TokenizeResponse:
+        """The token ids the model reads for a prompt, or for chat messages (its chat template
+        applied, as chat does); no engine is involved, so the call is not counted as in flight."""
+        return await self._serving("tokenize").tokenize(_parse(TokenizeRequest, request))
+
+    async def detokenize(self, request: DetokenizeRequest | dict) -> DetokenizeResponse:
+        return await self._serving("detokenize").detokenize(_parse(DetokenizeRequest, request))
 
     @contextlib.contextmanager
     def _in_flight(self):

@@ -30,14 +30,15 @@ class IncrementalDetokenizer:
     and `flush` releases whatever is left when the sequence ends.
     """
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]):
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int], skip_special_tokens: bool = True):
         self._tokenizer = tokenizer
+        self._skip_special_tokens = skip_special_tokens
         self._ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
 
     def _decode(self, ids: Sequence[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True)
+        return self._tokenizer.decode(ids, skip_special_tokens=self._skip_special_tokens)
 
     def feed(self, token_ids: Sequence[int]) -> str:
         self._ids.extend(token_ids)
@@ -56,17 +57,20 @@ class IncrementalDetokenizer:
 
 
 class StopStringMatcher:
-    def __init__(self, stops: Sequence[str]):
+    def __init__(self, stops: Sequence[str], include_stop: bool = False):
         self._stops = [s for s in stops if s]
+        self._include_stop = include_stop
         self._held = ""
 
     def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text that is safe to emit now, whether a stop string was reached)."""
+        """Returns (text that is safe to emit now, whether a stop string was reached); the text
+        ends before the first stop string, or with it when `include_stop`."""
         buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, len(s)) for i, s in ((buffer.find(s), s) for s in self._stops) if i >= 0]
         if hits:
             self._held = ""
-            return buffer[: min(hits)], True
+            start, length = min(hits)
+            return buffer[: start + length if self._include_stop else start], True
         keep = self._longest_partial_suffix(buffer)
         self._held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep], False
@@ -86,6 +90,17 @@ class StopStringMatcher:
 
 
 @dataclass(frozen=True)
+class TextOptions:
+    """What a request asks of its text: stop strings (the stop that ended it kept when
+    `include_stop`), special tokens left out or kept, and no stop string before `min_tokens`."""
+
+    stop: tuple[str, ...] = ()
+    include_stop: bool = False
+    skip_special_tokens: bool = True
+    min_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class TextEvent:
     text: str
     completion_tokens: int  # cumulative for this sequence
@@ -97,7 +112,7 @@ async def generate_text(
     tokenizer: Tokenizer,
     prompt_ids: list[int],
     params: SamplingParams,
-    stop: Sequence[str] | None,
+    options: TextOptions = TextOptions(),
     chunk_tokens: Callable[[], int] = lambda: 1,
 ) -> AsyncIterator[TextEvent]:
     """One sequence as text events; the last one carries finish_reason.
@@ -105,9 +120,10 @@ async def generate_text(
     The first text goes out at once; after that an event is sent every `chunk_tokens()`
     tokens (as vLLM's --stream-interval): each event costs a trip through Ray and HTTP,
     and on a small machine that per-event cost competes with the engine for the cores.
+    Stop strings are looked for only in the text of tokens past `min_tokens`, as vLLM does.
     """
-    detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids)
-    matcher = StopStringMatcher(stop) if stop else None
+    detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids, options.skip_special_tokens)
+    matcher = StopStringMatcher(options.stop, options.include_stop) if options.stop else None
     tokens = 0
     pending_text, pending_tokens, sent_first = "", 0, False
     deltas = engine.generate(prompt_ids, params)
@@ -118,7 +134,7 @@ async def generate_text(
             text = detokenizer.feed(delta.token_ids)
             if delta.finish_reason is not None:
                 text += detokenizer.flush()
-            if matcher is not None:
+            if matcher is not None and tokens >= options.min_tokens:
                 text, stopped = matcher.feed(text)
                 if stopped:
                     yield TextEvent(pending_text + text, tokens, "stop")

@@ -25,17 +25,32 @@ from typing import Any
 
 
 def _generation_config(ov_genai, sampling: dict[str, Any], eos: list[int]):
+    if sampling["logit_bias"]:  # the task refuses it first: GenerationConfig has no such field
+        raise ValueError("logit_bias is not supported by OpenVINO GenAI")
     config = ov_genai.GenerationConfig()
     config.max_new_tokens = sampling["max_tokens"]
-    if eos:
+    config.min_new_tokens = sampling["min_tokens"]
+    # ignore_eos: the model's EOS is no stop token at all (the config insists that a set EOS be
+    # one); the client's stop ids still end the sequence.
+    if eos and not sampling["ignore_eos"]:
         config.eos_token_id = eos[0]
-    config.stop_token_ids = set(eos) | set(sampling["stop_token_ids"])
+    config.ignore_eos = sampling["ignore_eos"]
+    config.stop_token_ids = (set() if sampling["ignore_eos"] else set(eos)) | set(sampling["stop_token_ids"])
+    config.repetition_penalty = sampling["repetition_penalty"]
+    if sampling["constraint"]:
+        structured = ov_genai.StructuredOutputConfig()
+        # The constraint's kinds are the config's own field names: json_schema, regex, grammar.
+        setattr(structured, sampling["constraint"]["kind"], sampling["constraint"]["spec"])
+        config.structured_output_config = structured
     if sampling["temperature"] < 1e-5:
         config.do_sample = False
     else:
         config.do_sample = True
         config.temperature = sampling["temperature"]
         config.top_p = sampling["top_p"]
+        config.min_p = sampling["min_p"]
+        if sampling["top_k"] > 0:  # the config's default is every token
+            config.top_k = sampling["top_k"]
     # The pipeline's default seed is 0 for every request, which would make every unseeded
     # sample identical; draw one per request unless the client chose it.
     seed = sampling["seed"]

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import itertools
 import logging
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -46,14 +49,60 @@ class _Sequence:
     finished: bool = False
 
 
+def add_openvino_tokenizer(ir_dir: Path, tokenizer) -> str:
+    """The model's tokenizer as OpenVINO models beside the IR, converted once (the pipeline's
+    structured output reads the vocabulary from them); "" once there, else why not."""
+    if all((ir_dir / f"{name}.xml").exists() for name in _TOKENIZER_MODELS):
+        return ""
+    try:
+        import openvino as ov
+        from openvino_tokenizers import convert_tokenizer
+
+        try:
+            models = convert_tokenizer(tokenizer, with_detokenizer=True)
+        except Exception:  # noqa: BLE001 - one known cause has a fix; anything else is reported below
+            models = convert_tokenizer(_byte_level_decoding(tokenizer), with_detokenizer=True)
+        with tempfile.TemporaryDirectory(dir=ir_dir) as scratch:  # another replica may convert at once
+            for name, model in zip(_TOKENIZER_MODELS, models, strict=True):
+                ov.save_model(model, str(Path(scratch) / f"{name}.xml"))
+            for name in _TOKENIZER_MODELS:  # the weights first: a reader that sees the .xml finds its .bin
+                os.replace(Path(scratch) / f"{name}.bin", ir_dir / f"{name}.bin")
+                os.replace(Path(scratch) / f"{name}.xml", ir_dir / f"{name}.xml")
+    except Exception as exc:  # noqa: BLE001 - many tokenizers have no OpenVINO conversion
+        logger.warning("%s: no OpenVINO tokenizer (%s: %s); structured outputs are off for it", ir_dir.name,
+                       type(exc).__name__, exc)
+        return f"its tokenizer has no OpenVINO conversion ({type(exc).__name__}), which OpenVINO GenAI needs for them."
+    return ""
+
+
+_TOKENIZER_MODELS = ("openvino_tokenizer", "openvino_detokenizer")
+
+
+def _byte_level_decoding(tokenizer):
+    """The tokenizer with ByteLevel as its whole decoder. transformers' GGUF loader gives a
+    byte-level BPE tokenizer (SmolLM2's) Llama's decoder chain, byte fallback first, which
+    openvino_tokenizers cannot convert; over a byte-level vocabulary the other steps change
+    nothing (SmolLM2: the same text for all but 4 of 49157 tokens, FIM markers the loader added)."""
+    from tokenizers import decoders, pre_tokenizers
+
+    backend = tokenizer.backend_tokenizer
+    if not isinstance(backend.pre_tokenizer, pre_tokenizers.ByteLevel) or "ByteLevel" not in str(backend.decoder):
+        raise ValueError(f"cannot convert a tokenizer with decoder {type(backend.decoder).__name__}")
+    clone = copy.deepcopy(tokenizer)
+    clone.backend_tokenizer.decoder = decoders.ByteLevel()
+    return clone
+
+
 class OpenVINOGenerationEngine:
     name = "openvino_genai"
+    supports_logit_bias = False  # GenerationConfig has no logit bias
 
     def __init__(
         self,
         ir_dir: Path,
         *,
         eos_token_ids: list[int],
+        why_unstructured: str = "",
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 256,
         kv_cache_gb: float = 1.0,
@@ -62,6 +111,8 @@ class OpenVINOGenerationEngine:
         device: str = "CPU",
     ):
         self.device = device.lower()
+        self.why_unstructured = why_unstructured
+        self.supports_structured_output = not why_unstructured
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "deployments.engines.openvino_core", str(theirs.fileno())],

@@ -24,6 +24,8 @@ from ray import serve
 from contract.engine import SamplingParams, TokenDelta
 from contract.model_api import EngineStats
 
+from ..grammars import GrammarCompiler, TokenMask
+
 logger = logging.getLogger("ray.serve")
 
 
@@ -37,12 +39,82 @@ class _Job:
     reported_end: bool = False
 
 
+class RowSampler:
+    """One sequence's next token from its logits, in vLLM's order: logit_bias; EOS and the stop
+    ids held back until min_tokens; repetition, presence and frequency penalties; then greedy,
+    or transformers' temperature, top-k, top-p and min-p warpers and a seeded draw."""
+
+    def __init__(self, torch, params: SamplingParams, eos: set[int], device: str, mask: TokenMask | None = None):
+        from transformers.generation.logits_process import (
+            LogitsProcessorList,
+            MinPLogitsWarper,
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self._torch, self.params, self._device, self.mask = torch, params, device, mask
+        self._bias = [(torch.tensor([t for t, _ in params.logit_bias], device=device),
+                       torch.tensor([b for _, b in params.logit_bias], device=device))] if params.logit_bias else []
+        held = (set() if params.ignore_eos else eos) | set(params.stop_token_ids)
+        self._held = torch.tensor(sorted(held), device=device) if params.min_tokens and held else None
+        self._repetition = (RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
+                            if params.repetition_penalty != 1.0 else None)
+        warpers = LogitsProcessorList()
+        if not params.greedy:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_k > 0:
+                warpers.append(TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(params.top_p))
+            if params.min_p > 0.0:
+                warpers.append(MinPLogitsWarper(params.min_p))
+        self._warpers = warpers
+        self._generator = None
+        if not params.greedy:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+
+    def next_token(self, logits, prompt_ids: list[int], generated: list[int]) -> int:
+        torch, params = self._torch, self.params
+        logits = logits.clone()
+        if self.mask is not None:  # first, as vLLM applies it: what the constraint forbids is out
+            self.mask.apply(logits)
+        for ids, biases in self._bias:
+            logits[ids] += biases
+        if self._held is not None and len(generated) < params.min_tokens:
+            logits[self._held] = -float("inf")
+        seen = None
+        if self._repetition is not None:  # the prompt's tokens count too, as in vLLM and transformers
+            seen = torch.tensor([prompt_ids + generated], device=self._device)
+            logits = self._repetition(seen, logits[None])[0]
+        if generated and (params.presence_penalty or params.frequency_penalty):
+            # OpenAI semantics: these penalties count the tokens generated so far.
+            counts = torch.bincount(torch.tensor(generated, device=logits.device), minlength=logits.shape[-1])[
+                : logits.shape[-1]].to(logits.dtype)
+            logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0)
+        if params.greedy:
+            token = int(torch.argmax(logits))
+        else:
+            ids = seen if seen is not None else torch.tensor([prompt_ids + generated], device=self._device)
+            logits = self._warpers(ids, logits[None])[0]
+            token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator))
+        if self.mask is not None:
+            self.mask.accept(token)
+        return token
+
+
 class TransformersGenerationEngine:
     name = "transformers"
+    supports_logit_bias = True
+    supports_structured_output = True  # xgrammar masks the logits
+    why_unstructured = ""
 
     def __init__(
         self,
         hf_dir: Path,
+        tokenizer,
         *,
         eos_token_ids: list[int],
         device: str = "cpu",
@@ -59,6 +131,8 @@ class TransformersGenerationEngine:
         self.device = device
         self._model = AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=getattr(torch, dtype)).to(device).eval()
         self._eos = set(eos_token_ids)
+        self._tokenizer = tokenizer
+        self._grammars: GrammarCompiler | None = None  # built with the first constrained request
         self._pad_id = min(self._eos) if self._eos else 0
         self._generate_batch.set_max_batch_size(max_batch_size)
         self._generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
@@ -105,10 +179,10 @@ class TransformersGenerationEngine:
         torch = self._torch
         self._running += len(jobs)
         try:
-            generators = [self._row_generator(job.params) for job in jobs]
+            samplers = [RowSampler(torch, job.params, self._eos, self.device, self._mask(job.params)) for job in jobs]
             logits, cache, mask, positions = await asyncio.to_thread(self._prefill, jobs)
             while True:
-                next_tokens = self._sample(logits, jobs, generators)
+                next_tokens = self._sample(logits, jobs, samplers)
                 if self.on_step is not None:
                     self.on_step(sum(1 for job in jobs if not job.reported_end))  # rows still generating
                 out: list = []
@@ -124,6 +198,13 @@ class TransformersGenerationEngine:
         finally:
             self._running -= len(jobs)
 
+    def _mask(self, params: SamplingParams) -> TokenMask | None:
+        if params.constraint is None:
+            return None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self._tokenizer, self._model.config.vocab_size, sorted(self._eos))
+        return self._grammars.matcher(params.constraint)
+
     def _advance(self, job: _Job, token: int):
         """This step's result for one row: a delta, or StopIteration once the row ended."""
         if job.reported_end:
@@ -134,7 +215,7 @@ class TransformersGenerationEngine:
             return StopIteration
         job.generated.append(token)
         self._generated_total += 1
-        if token in self._eos or token in job.params.stop_token_ids:
+        if (token in self._eos and not job.params.ignore_eos) or token in job.params.stop_token_ids:
             job.finish_reason = "stop"
         elif len(job.generated) >= job.params.max_tokens:
             job.finish_reason = "length"
@@ -164,36 +245,8 @@ class TransformersGenerationEngine:
             )
         return out.logits[:, -1, :].float(), out.past_key_values
 
-    def _row_generator(self, params: SamplingParams):
-        if params.greedy:
-            return None
-        generator = self._torch.Generator(device=self.device)
-        generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
-        return generator
-
-    def _sample(self, logits, jobs: list[_Job], generators) -> list[int]:
-        torch = self._torch
-        tokens: list[int] = []
-        for row, job in enumerate(jobs):
-            if job.reported_end:
-                tokens.append(self._pad_id)
-                continue
-            row_logits = logits[row]
-            params = job.params
-            if job.generated and (params.presence_penalty or params.frequency_penalty):
-                # OpenAI semantics: penalties count the tokens generated so far.
-                counts = torch.bincount(
-                    torch.tensor(job.generated, device=row_logits.device), minlength=row_logits.shape[-1]
-                )[: row_logits.shape[-1]].to(row_logits.dtype)
-                row_logits = row_logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0)
-            if params.greedy:
-                tokens.append(int(torch.argmax(row_logits)))
-                continue
-            probs = torch.softmax(row_logits / params.temperature, dim=-1)
-            if params.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                keep = sorted_probs.cumsum(dim=-1) - sorted_probs < params.top_p  # always keeps the top token
-                sorted_probs = sorted_probs * keep
-                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-            tokens.append(int(torch.multinomial(probs, 1, generator=generators[row])))
-        return tokens
+    def _sample(self, logits, jobs: list[_Job], samplers: list[RowSampler]) -> list[int]:
+        return [
+            self._pad_id if job.reported_end else sampler.next_token(logits[row], job.prompt_ids, job.generated)
+            for row, (job, sampler) in enumerate(zip(jobs, samplers, strict=True))
+        ]

@@ -22,9 +22,16 @@ from contract.errors import ContextLengthExceededError, InvalidRequestError
 from contract.model_api import EngineStats, check_request_tokens
 from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.tasks import TaskSpec
+from contract.tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from contract.vectors import encode_vector
 from observability import catalogue
 
+from .. import tokenization
 from ..engines.encoders import OpenVINOEncoder, PoolingSpec, TorchEncoder
 from ..model_files import context_length, load_tokenizer
 from ..serving_metrics import ReplicaMeter
@@ -93,6 +100,12 @@ class EmbeddingTask:
             model=self.model_id,
             usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens, input_tokens=[len(ids) for ids in token_lists]),
         )
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        return tokenization.tokenize(self.tokenizer, request, self.max_input_tokens, self.model_id)
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        return tokenization.detokenize(self.tokenizer, request)
 
     def _observe_batch(self, size: int) -> None:
         if self._on_batch is not None:
@@ -212,7 +225,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
 TASK = TaskSpec(
     name="embedding",
     summary="sentence embeddings (/v1/embeddings), batched across requests as the engine frees up",
-    endpoints=("embed",),
+    endpoints=("embed", "tokenize", "detokenize"),
     load=load,
     fields=frozenset({"supports_dimensions", "max_input_tokens", "encoder_streams"}),
     claims=claims,

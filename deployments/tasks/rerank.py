@@ -112,7 +112,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> RerankTask:
 TASK = TaskSpec(
     name="rerank",
     summary="cross-encoder reranking (/v1/rerank, /rerank), query-document pairs batched across requests as the engine frees up",
-    endpoints=("rerank",),
+    endpoints=("rerank", "tokenize", "detokenize"),
     load=load,
     hf_task="text-classification",
     fields=frozenset({"max_rerank_documents", "encoder_streams"}),

@@ -20,8 +20,15 @@ import numpy as np
 
 from contract.config import ModelAppArgs
 from contract.model_api import EngineStats
+from contract.tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 from observability import catalogue
 
+from .. import tokenization
 from ..engines.classifiers import OpenVINOClassifier, Sequence, TorchClassifier
 from ..model_files import context_length
 from ..serving_metrics import ReplicaMeter
@@ -126,6 +133,13 @@ class SequenceScorer:
         if self._meter is not None:
             self._meter.metrics.inc(catalogue.PROMPT_TOKENS, sum(len(seq.ids) for seq in sequences), model=self.model_id)
         return rows
+
+    # The subclass sets `tokenizer` and `max_model_len`.
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        return tokenization.tokenize(self.tokenizer, request, self.max_model_len, self.model_id)
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        return tokenization.detokenize(self.tokenizer, request)
 
     def _observe_batch(self, size: int) -> None:
         if self._on_batch is not None:

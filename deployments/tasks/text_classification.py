@@ -103,7 +103,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> Classification
 TASK = TaskSpec(
     name="text-classification",
     summary="sequence classification (/v1/classify): every label's score per input, batched across requests as the engine frees up",
-    endpoints=("classify",),
+    endpoints=("classify", "tokenize", "detokenize"),
     load=load,
     hf_task="text-classification",
     fields=frozenset({"encoder_streams"}),

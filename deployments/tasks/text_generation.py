@@ -12,8 +12,9 @@ from collections.abc import AsyncIterator
 
 from contract.config import ModelAppArgs
 from contract.engine import GenerationEngine, SamplingParams
-from contract.errors import ContextLengthExceededError, InvalidRequestError
+from contract.errors import InvalidRequestError
 from contract.model_api import EngineStats
+from contract.model_cards import ModelCapabilities
 from contract.protocol import (
     ChatChoice,
     ChatChunkChoice,
@@ -31,16 +32,22 @@ from contract.protocol import (
     now,
 )
 from contract.tasks import TaskSpec
+from contract.tokenize_protocol import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
+from .. import tokenization
 from ..choices import Choice, choices_for, run_concurrently
 from ..model_files import context_length, eos_token_ids, load_tokenizer
+from ..sampling import check_request_fields, sampling_params
 from ..serving_metrics import GenerationMeter, ReplicaMeter, metered
-from ..text_stream import TextEvent, generate_text
+from ..text_stream import TextEvent, TextOptions, generate_text
 from ..token_ids import check_in_vocabulary
 
 logger = logging.getLogger("ray.serve")
-
-MIN_TOP_P = 1e-6
 
 
 class TextGenerationTask:
@@ -65,6 +72,8 @@ class TextGenerationTask:
         self.default_max_tokens = default_max_tokens
         self.stream_interval = stream_interval
         self._backend_tokenizer = tokenizer.backend_tokenizer
+        self.capabilities = ModelCapabilities(structured_outputs=engine.supports_structured_output,
+                                              logit_bias=engine.supports_logit_bias)
         self._vocab_size = len(tokenizer)
         self._meter: ReplicaMeter | None = None
 
@@ -107,7 +116,7 @@ class TextGenerationTask:
             )
 
         opened: set[int] = set()
-        async for choice, event in self._run(choices, [prompt_ids], params, request.stop):
+        async for choice, event in self._run(choices, [prompt_ids], params, request):
             if choice.index not in opened:
                 # OpenAI opens every choice with a role-only delta. It goes with the choice's
                 # first token, as vLLM sends it: sent before, it would hold back the engine
@@ -156,7 +165,7 @@ class TextGenerationTask:
             )
 
         opened: set[int] = set()
-        async for choice, event in self._run(choices, prompts, params, request.stop):
+        async for choice, event in self._run(choices, prompts, params, request):
             if choice.index not in opened:  # the echoed prompt goes with the first token, as chat's role delta
                 opened.add(choice.index)
                 if prefixes[choice.prompt_index]:
@@ -168,6 +177,18 @@ class TextGenerationTask:
                 yield chunk(choice.index, event.text)
         if request.include_usage_in_stream:
             yield CompletionResponse(id=chunk_id, created=created, model=self.model_id, choices=[], usage=usage.total())
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        """The ids of a prompt, or of messages rendered as chat renders them."""
+        def chat_ids(r: TokenizeRequest) -> list[int]:
+            chat = ChatCompletionRequest.model_construct(model=r.model, messages=r.messages)  # validated as r was
+            return self._chat_prompt_ids(chat, add_generation_prompt=r.add_generation_prompt,
+                                         add_special_tokens=r.special_tokens)
+
+        return tokenization.tokenize(self.tokenizer, request, self.max_model_len, self.model_id, chat_ids)
+
+    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
+        return tokenization.detokenize(self.tokenizer, request)
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
@@ -186,7 +207,9 @@ class TextGenerationTask:
 
     # ------------------------------------------------------------------ prompts
 
-    def _chat_prompt_ids(self, request: ChatCompletionRequest) -> list[int]:
+    def _chat_prompt_ids(self, request: ChatCompletionRequest, *, add_generation_prompt: bool = True,
+                         add_special_tokens: bool = False) -> list[int]:
+        self._check_request_fields(request)
         if not self.tokenizer.chat_template:
             raise InvalidRequestError(
                 f"Model '{self.model_id}' has no chat template; use /v1/completions instead.",
@@ -195,13 +218,14 @@ class TextGenerationTask:
             )
         messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in request.messages]
         try:
-            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
         except Exception as exc:  # jinja raises TemplateError for e.g. bad role order
             raise InvalidRequestError(f"The messages do not fit the model's chat template: {exc}", param="messages") from exc
-        # The template already contains any BOS the model wants.
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        # The template already contains any BOS the model wants (/tokenize may ask for more).
+        return self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
 
     def _completion_prompt_ids(self, request: CompletionRequest) -> list[list[int]]:
+        self._check_request_fields(request)
         out = []
         for prompt in request.prompts():
             if isinstance(prompt, str):
@@ -226,36 +250,11 @@ class TextGenerationTask:
     # ------------------------------------------------------------------ sampling
 
     def _sampling(self, request: SamplingFields, prompt_len: int, param: str, choice: Choice) -> SamplingParams:
-        requested = request.requested_max_tokens
-        room = self.max_model_len - prompt_len
-        if requested is not None and prompt_len + requested > self.max_model_len:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, you "
-                f"requested {prompt_len + requested} tokens ({prompt_len} in the {param}, {requested} "
-                f"in the completion). Please reduce the length of the {param} or completion.",
-                param=param,
-            )
-        if room < 1:
-            raise ContextLengthExceededError(
-                f"This model's maximum context length is {self.max_model_len} tokens. However, your "
-                f"{param} resulted in {prompt_len} tokens. Please reduce the length of the {param}.",
-                param=param,
-            )
-        max_tokens = requested if requested is not None else min(room, self.default_max_tokens or room)
-        seed = request.seed
-        if seed is not None:
-            # Distinct but reproducible samples for n > 1 with a fixed seed; 63 bits for engines.
-            seed = (seed + choice.sample) % 2**63
-        return SamplingParams(
-            max_tokens=max_tokens,
-            temperature=request.temperature,
-            # Engines keep top_p in float32, where a tiny positive top_p (5e-324) is 0 and
-            # refused; below MIN_TOP_P the nucleus is the most likely token either way.
-            top_p=max(request.top_p, MIN_TOP_P),
-            seed=seed,
-            presence_penalty=request.presence_penalty,
-            frequency_penalty=request.frequency_penalty,
-        )
+        return sampling_params(request, prompt_len, param, choice.sample, max_model_len=self.max_model_len,
+                               default_max_tokens=self.default_max_tokens)
+
+    def _check_request_fields(self, request: SamplingFields) -> None:
+        check_request_fields(request, self.engine, self.model_id, self._vocab_size)
 
     # ------------------------------------------------------------------ running sequences
 
@@ -265,7 +264,7 @@ class TextGenerationTask:
         texts = [""] * len(choices)
         finishes: list[str] = ["stop"] * len(choices)
         completion_tokens = 0
-        async for choice, event in self._run(choices, prompts, params, request.stop):
+        async for choice, event in self._run(choices, prompts, params, request):
             texts[choice.index] += event.text
             if event.finish_reason is not None:
                 finishes[choice.index] = event.finish_reason
@@ -273,13 +272,15 @@ class TextGenerationTask:
         return choices, texts, finishes, completion_tokens
 
     def _run(
-        self, choices: list[Choice], prompts: list[list[int]], params: list[SamplingParams], stop
+        self, choices: list[Choice], prompts: list[list[int]], params: list[SamplingParams], request: SamplingFields
     ) -> AsyncIterator[tuple[Choice, TextEvent]]:
         sampling = {choice.index: p for choice, p in zip(choices, params, strict=True)}
+        text = TextOptions(stop=tuple(request.stop or ()), include_stop=request.include_stop_str_in_output,
+                           skip_special_tokens=request.skip_special_tokens, min_tokens=request.min_tokens)
 
         def start(choice: Choice) -> AsyncIterator[TextEvent]:
             return generate_text(
-                self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling[choice.index], stop,
+                self.engine, self._backend_tokenizer, prompts[choice.prompt_index], sampling[choice.index], text,
                 self._chunk_tokens,
             )
 
@@ -325,11 +326,12 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
     eos = eos_token_ids(prepared.hf_dir, tokenizer)
     max_model_len = args.max_model_len or context_length(prepared.hf_dir, default=2048)
     if backend.backend == "openvino":
-        from ..engines.openvino_genai import OpenVINOGenerationEngine
+        from ..engines.openvino_genai import OpenVINOGenerationEngine, add_openvino_tokenizer
 
         engine = OpenVINOGenerationEngine(
             prepared.openvino_dir,
             eos_token_ids=eos,
+            why_unstructured=add_openvino_tokenizer(prepared.openvino_dir, tokenizer),
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             kv_cache_gb=args.kv_cache_gb,
@@ -342,6 +344,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
 
         engine = TransformersGenerationEngine(
             prepared.hf_dir,
+            tokenizer,
             eos_token_ids=eos,
             device=backend.device,
             dtype=backend.dtype,
@@ -385,7 +388,7 @@ def _check_args(args: ModelAppArgs) -> None:
 TASK = TaskSpec(
     name="text-generation",
     summary="chat and text completions (/v1/chat/completions, /v1/completions), streamed or whole",
-    endpoints=("chat", "complete"),
+    endpoints=("chat", "complete", "tokenize", "detokenize"),
     load=load,
     hf_task="text-generation",
     fields=frozenset({

@@ -23,7 +23,7 @@ from contract.errors import (
 )
 from contract.lifecycle import RuntimeModel
 from contract.model_api import ModelClient, ModelInfo, ReplicaRecord
-from contract.protocol import ModelCard, ModelReplica, ModelStatus
+from contract.model_cards import ModelCard, ModelReplica, ModelStatus
 
 logger = logging.getLogger("ray.serve")
 
@@ -69,6 +69,7 @@ class ModelEntry:
                              platform=r.platform, device=r.device)
                 for r in self.placed
             ],
+            capabilities=info.capabilities if info else None,
         )
 
 

@@ -43,6 +43,12 @@ class ServeModelClient:
     async def embed(self, request):
         return await self._handle.embed.remote(request)
 
+    async def tokenize(self, request):
+        return await self._handle.tokenize.remote(request)
+
+    async def detokenize(self, request):
+        return await self._handle.detokenize.remote(request)
+
     async def call_with_progress(self, method, request, timeout_s, on_start=None):
         # Heartbeats come four times per timeout (at most every 2 s), so one late beat on a
         # busy replica is not mistaken for a dead one.

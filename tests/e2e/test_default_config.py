@@ -101,6 +101,29 @@ def test_capital_of_france(served):
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == response.choices[0].message.content
 
 
+def test_a_json_schema_holds_at_temperature_1_for_20_seeds(served):
+    """SmolLM2 on OpenVINO GenAI: an enum and a nested object, valid in every one of 20 samples
+    (n=10 with seed s gives its choices seeds s..s+9: two requests, seeds 0 to 19)."""
+    from openai import OpenAI
+
+    schema = {"type": "object", "additionalProperties": False, "required": ["city", "weather"], "properties": {
+        "city": {"type": "string", "maxLength": 20},
+        "weather": {"type": "object", "additionalProperties": False, "required": ["sky", "celsius"],
+                    "properties": {"sky": {"enum": ["sunny", "cloudy", "rainy"]},
+                                   "celsius": {"type": "integer", "minimum": -40, "maximum": 50}}}}}
+    client = OpenAI(base_url=f"{served['base']}/v1", api_key=served["key"], max_retries=0)
+    choices = [choice for seed in (0, 10) for choice in client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": "What is the weather in Paris? Answer in JSON."}],
+        temperature=1.0, seed=seed, n=10, max_tokens=80,
+        response_format={"type": "json_schema", "json_schema": {"name": "report", "schema": schema, "strict": True}},
+    ).choices]
+    assert len(choices) == 20
+    for choice in choices:
+        report = json.loads(choice.message.content)
+        assert set(report) == {"city", "weather"} and report["weather"]["sky"] in ("sunny", "cloudy", "rainy")
+        assert -40 <= report["weather"]["celsius"] <= 50 and len(report["city"]) <= 20
+
+
 def test_paraphrases_are_closer_than_unrelated_sentences(served):
     from openai import OpenAI
 

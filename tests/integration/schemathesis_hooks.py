@@ -8,7 +8,8 @@ from __future__ import annotations
 import schemathesis
 
 MODELS = {"/v1/chat/completions": "tiny-llama", "/v1/completions": "tiny-llama", "/v1/embeddings": "tiny-bert",
-          "/v1/rerank": "tiny-reranker", "/rerank": "tiny-reranker", "/v1/classify": "tiny-classifier"}
+          "/v1/rerank": "tiny-reranker", "/rerank": "tiny-reranker", "/v1/classify": "tiny-classifier",
+          "/tokenize": "tiny-llama", "/detokenize": "tiny-llama"}
 MAX_TOKENS = 16
 
 

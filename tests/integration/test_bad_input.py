@@ -42,7 +42,9 @@ CASES = [
     ("stream_options without stream", CHAT, {"model": "tiny-llama", "messages": MSG, "stream_options": {"include_usage": True}}, 400, "stream_options", None),
     ("tools", CHAT, {"model": "tiny-llama", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", None),
     ("logprobs", CHAT, {"model": "tiny-llama", "messages": MSG, "logprobs": True}, 400, "logprobs", None),
-    ("json response_format", CHAT, {"model": "tiny-llama", "messages": MSG, "response_format": {"type": "json_object"}}, 400, "response_format", None),
+    ("json_schema without a schema", CHAT, {"model": "tiny-llama", "messages": MSG, "response_format": {"type": "json_schema"}}, 400, "response_format", None),
+    ("two structured outputs", CHAT, {"model": "tiny-llama", "messages": MSG, "structured_outputs": {"regex": "a", "choice": ["b"]}}, 400, "structured_outputs", None),
+    ("response_format and structured_outputs", CHAT, {"model": "tiny-llama-hf", "messages": MSG, "structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, 400, "response_format", None),
     ("chat on embedding model", CHAT, {"model": "tiny-bert", "messages": MSG}, 400, "model", "model_not_supported"),
     ("chat prompt over context", CHAT, {"model": "tiny-llama", "messages": [{"role": "user", "content": LONG_TEXT}]}, 400, "messages", "context_length_exceeded"),
     ("chat stream over context", CHAT, {"model": "tiny-llama", "messages": [{"role": "user", "content": LONG_TEXT}], "stream": True}, 400, "messages", "context_length_exceeded"),
@@ -55,6 +57,18 @@ CASES = [
     ("completion negative token", COMPLETIONS, {"model": "tiny-llama", "prompt": [1, -2]}, 400, "prompt[1]", None),
     ("completion empty string", COMPLETIONS, {"model": "tiny-llama", "prompt": ""}, 400, "prompt", None),
     ("suffix", COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "suffix": "y"}, 400, "suffix", None),
+    ("unknown chat field", CHAT, {"model": "tiny-llama", "messages": MSG, "guided_json": {}}, 400, "guided_json", "unknown_parameter"),
+    ("unknown completion field", COMPLETIONS, {"model": "tiny-llama", "prompt": "x", "best_of_n": 2}, 400, "best_of_n", "unknown_parameter"),
+    ("top_k -2", CHAT, {"model": "tiny-llama", "messages": MSG, "top_k": -2}, 400, "top_k", None),
+    ("min_p above 1", CHAT, {"model": "tiny-llama", "messages": MSG, "min_p": 1.5}, 400, "min_p", None),
+    ("repetition_penalty 0", CHAT, {"model": "tiny-llama", "messages": MSG, "repetition_penalty": 0}, 400, "repetition_penalty", None),
+    ("min_tokens over max_tokens", CHAT, {"model": "tiny-llama", "messages": MSG, "max_tokens": 2, "min_tokens": 3}, 400, "min_tokens", None),
+    ("hf min_tokens over max_tokens", COMPLETIONS, {"model": "tiny-llama-hf", "prompt": "x", "max_tokens": 2, "min_tokens": 3}, 400, "min_tokens", None),
+    ("stop_token_ids out of vocab", CHAT, {"model": "tiny-llama", "messages": MSG, "stop_token_ids": [999999]}, 400, "stop_token_ids", None),
+    ("logit_bias on openvino", CHAT, {"model": "tiny-llama", "messages": MSG, "logit_bias": {"5": 1}}, 400, "logit_bias", "unsupported_parameter"),
+    ("logit_bias over 100", CHAT, {"model": "tiny-llama-hf", "messages": MSG, "logit_bias": {"5": 101}}, 400, "logit_bias", None),
+    ("logit_bias not a token id", CHAT, {"model": "tiny-llama-hf", "messages": MSG, "logit_bias": {"fox": 1}}, 400, "logit_bias", None),
+    ("logit_bias out of vocab", COMPLETIONS, {"model": "tiny-llama-hf", "prompt": "x", "logit_bias": {"999999": 1}}, 400, "logit_bias", None),
     ("embeddings of chat model", EMBEDDINGS, {"model": "tiny-llama", "input": "x"}, 400, "model", "model_not_supported"),
     ("embeddings empty string", EMBEDDINGS, {"model": "tiny-bert", "input": ""}, 400, "input", None),
     ("embeddings empty list", EMBEDDINGS, {"model": "tiny-bert", "input": []}, 400, "input", None),
@@ -124,12 +138,13 @@ def test_unknown_route_and_method(server):
         assert_openai_error(http.get(CHAT), 405, None, "method_not_allowed")
 
 
-def test_unknown_fields_are_accepted(server):
+def test_fields_that_change_nothing_are_accepted(server):
+    noop = {"user": "u", "metadata": {"team": "a"}, "store": False, "service_tier": "auto", "prompt_cache_key": "k",
+            "safety_identifier": "s", "priority": 0, "request_id": "r", "cache_salt": "c", "modalities": ["text"],
+            "parallel_tool_calls": False, "prediction": {"type": "content", "content": "x"}}
     with server.http() as http:
-        response = http.post(
-            CHAT, json={"model": "tiny-llama", "messages": MSG, "max_tokens": 2, "some_future_field": {"a": 1}}
-        )
-    assert response.status_code == 200
+        response = http.post(CHAT, json={"model": "tiny-llama", "messages": MSG, "max_tokens": 2, **noop})
+    assert response.status_code == 200, response.text
 
 
 def test_openai_client_error_types(server):

@@ -31,6 +31,7 @@ from contract.scoring_protocol import (
     RerankResult,
     RerankUsage,
 )
+from deployments import tokenization
 from serve_app.ingress.model_directory import AppState
 
 
@@ -42,6 +43,25 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class CharTokenizer:
+    """A tokenizer whose tokens are a text's characters' codes (below 256); BOS is 1."""
+
+    def __len__(self) -> int:
+        return 256
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [1] * add_special_tokens + [ord(c) % 256 for c in text]}
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [chr(i) for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+CHARS = CharTokenizer()
 
 
 class FakeModel:
@@ -182,6 +202,24 @@ class FakeModel:
         return ClassificationResponse(id="classify-1", created=1, model=self.model_id, data=data,
                                       usage=ClassificationUsage(prompt_tokens=sum(tokens), total_tokens=sum(tokens),
                                                                 input_tokens=tokens))
+
+    async def tokenize(self, request):
+        """The replica's own tokenize (deployments/tokenization.py) over CharTokenizer; messages,
+        for a text-generation model only, as 'role: text' lines."""
+        self.calls += 1
+        if self.fail:
+            raise InternalServerError("engine broke")
+
+        def chat_ids(r):
+            text = "".join(f"{m.role}: {m.text()}\n" for m in r.messages)
+            return CHARS(text + ("assistant: " if r.add_generation_prompt else ""), add_special_tokens=r.special_tokens)["input_ids"]
+
+        return tokenization.tokenize(CHARS, request, 2048, self.model_id,
+                                     chat_ids if self.task == "text-generation" else None)
+
+    async def detokenize(self, request):
+        self.calls += 1
+        return tokenization.detokenize(CHARS, request)
 
     async def call_with_progress(self, method, request, timeout_s, on_start=None):
         # A fake sends no heartbeats: a call slower than timeout_s times out, as a silent replica's would.

@@ -8,10 +8,12 @@ import pytest
 
 pytest.importorskip("openvino_genai")
 
+import dataclasses  # noqa: E402
+
+from contract.engine import SamplingParams  # noqa: E402
 from deployments.engines.openvino_core import EngineCore  # noqa: E402
 
-SAMPLING = {"max_tokens": 4, "temperature": 0.0, "top_p": 1.0, "seed": 1, "presence_penalty": 0.0,
-            "frequency_penalty": 0.0, "stop_token_ids": []}
+SAMPLING = dataclasses.asdict(SamplingParams(max_tokens=4, temperature=0.0, seed=1))  # as the replica sends it
 
 
 class FakeHandle:

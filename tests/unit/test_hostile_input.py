@@ -34,8 +34,8 @@ def post_raw(client, path, raw: str, headers):
     [
         ("/v1/chat/completions", '{"model": "chat-model", "messages": [{"role": "user", "content": "a%sb"}]}'),
         ("/v1/chat/completions", '{"model": "chat-model", "messages": [{"role": "user", "content": [{"type": "text", "text": "a%sb"}]}]}'),
-        ("/v1/chat/completions", '{"model": "chat-model", "messages": [{"role": "user", "content": "a b"}], "x%s": "y%s"}'),
         ("/v1/embeddings", '{"model": "embed-model", "input": "a%sb"}'),
+        ("/v1/embeddings", '{"model": "embed-model", "input": "a%sb", "x%s": "y%s"}'),
         ("/v1/embeddings", '{"model": "embed-model", "input": ["a%sb", "c"], "user": "%s"}'),
     ],
 )
@@ -43,7 +43,7 @@ def test_lone_surrogates_are_replaced_not_a_500(app, serve, path, raw):
     client, *_, admin = app
     response = post_raw(client, path, raw.replace("%s", LONE), admin)
     assert response.status_code == 200, response.text
-    if path == "/v1/chat/completions" and "x%s" not in raw:
+    if path == "/v1/chat/completions":
         assert response.json()["choices"][0]["message"]["content"] == "a\ufffdb"
     if path == "/v1/embeddings":
         assert serve.models["embed-model"].embedded[0] == "a\ufffdb"
@@ -122,12 +122,21 @@ def test_a_budget_over_the_keys_whole_tpm_is_400_not_429(app, serve):
 
 def test_unknown_field_names_are_logged_truncated(app, caplog):
     client, *_, admin = app
-    body = {"model": "chat-model", "messages": [{"role": "user", "content": "hi"}], "f" * 100_000: "v" * 100_000}
+    body = {"model": "embed-model", "input": "hi", "f" * 100_000: "v" * 100_000}
     body.update({f"extra{i}": i for i in range(20)})
     with caplog.at_level(logging.INFO, logger="ray.serve"):
-        assert client.post("/v1/chat/completions", json=body, headers=admin).status_code == 200
+        assert client.post("/v1/embeddings", json=body, headers=admin).status_code == 200
     logged = "\n".join(record.getMessage() for record in caplog.records if "unknown request fields" in record.getMessage())
     assert logged and len(logged) < 2000 and "v" * 100 not in logged and "more" in logged
+
+
+def test_an_unknown_generation_field_is_a_400_that_names_it_briefly(app, serve):
+    client, *_, admin = app
+    body = {"model": "chat-model", "messages": [{"role": "user", "content": "hi"}], "f" * 100_000: "v"}
+    response = client.post("/v1/chat/completions", json=body, headers=admin)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "unknown_parameter" and error["param"] == "f" * 64
+    assert len(response.text) < 1000 and serve.models["chat-model"].calls == 0
 
 
 def test_405_carries_allow(app):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from contract.errors import validation_error_to_api_error
 from contract.protocol import (
+    NO_EFFECT_FIELDS,
     ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -13,6 +15,7 @@ from contract.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from serve_app.ingress.gateway.cache_keys import canonical_key
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -44,15 +47,44 @@ def test_content_parts_join_with_newlines():
     assert request.messages[0].text() == "a\nb"
 
 
-def test_unknown_fields_are_kept_and_reported():
-    request = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "reasoning_effort": "low"})
-    assert request.unknown_fields() == ["reasoning_effort"]
+@pytest.mark.parametrize("request_type,body", [(ChatCompletionRequest, {"messages": MSG}), (CompletionRequest, {"prompt": "a"})])
+def test_a_generation_field_this_server_does_not_know_is_refused_by_name(request_type, body):
+    """A field that may change what is sampled is never silently ignored (OpenAI refuses them too)."""
+    for field in ("reasoning_effort", "guided_json", "some_future_field"):
+        with pytest.raises(ValidationError) as error:
+            request_type.model_validate({"model": "m", **body, field: "x"})
+        assert [(e["type"], e["loc"]) for e in error.value.errors()] == [("extra_forbidden", (field,))]
+        rendered = validation_error_to_api_error(error.value.errors())
+        assert rendered.param == field and rendered.code == "unknown_parameter"
+        assert rendered.message == f"Unrecognized request argument supplied: {field}"
+
+
+def test_fields_that_change_nothing_are_accepted_and_kept_out_of_the_cache_key():
+    noop = {"user": "u", "metadata": {"a": "b"}, "store": False, "service_tier": "auto", "safety_identifier": "s",
+            "prompt_cache_key": "k", "prediction": {"type": "content", "content": "x"}, "priority": 1,
+            "request_id": "r", "cache_salt": "c", "modalities": ["text"], "parallel_tool_calls": False}
+    assert set(noop) == NO_EFFECT_FIELDS
+    plain = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG})
+    request = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, **noop})
+    assert canonical_key("chat", request.model_dump(), "r1", "k") == canonical_key("chat", plain.model_dump(), "r1", "k")
+    sampled = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "top_k": 3})
+    assert canonical_key("chat", sampled.model_dump(), "r1", "k") != canonical_key("chat", plain.model_dump(), "r1", "k")
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, "modalities": ["text", "audio"]})
 
 
 @pytest.mark.parametrize(
     "field,value",
-    [("logprobs", True), ("tools", [{"type": "function"}]), ("tool_choice", "auto"), ("logit_bias", {"1": 2})],
+    [("top_k", -2), ("min_p", 1.5), ("repetition_penalty", 0), ("min_tokens", -1), ("stop_token_ids", [-1]),
+     ("logit_bias", {"a": 1}), ("logit_bias", {"1": 101}), ("ignore_eos", "yes")],
 )
+def test_bad_sampling_extras_fail_on_their_own_field(field, value):
+    with pytest.raises(ValidationError) as error:
+        ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, field: value})
+    assert error.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize("field,value", [("logprobs", True), ("tools", [{"type": "function"}]), ("tool_choice", "auto")])
 def test_unsupported_features_fail_on_their_own_field(field, value):
     with pytest.raises(ValidationError) as error:
         ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, field: value})
@@ -75,10 +107,13 @@ def test_completion_prompt_forms():
         CompletionRequest(model="m", prompt=[[1], []])
 
 
-def test_best_of_equal_to_n_is_allowed():
-    assert CompletionRequest(model="m", prompt="a", n=2, best_of=2).best_of == 2
-    with pytest.raises(ValidationError):
-        CompletionRequest(model="m", prompt="a", n=1, best_of=3)
+def test_best_of_is_only_1():
+    """Picking the best of more candidates is not done here (nor by vLLM's V1 engine): a 400."""
+    assert CompletionRequest(model="m", prompt="a", n=2, best_of=1).best_of == 1
+    for n, best_of in ((2, 2), (1, 3)):
+        with pytest.raises(ValidationError) as error:
+            CompletionRequest(model="m", prompt="a", n=n, best_of=best_of)
+        assert error.value.errors()[0]["loc"] == ("best_of",)
 
 
 def test_embedding_input_forms():

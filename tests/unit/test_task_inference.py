@@ -250,7 +250,7 @@ def test_discover_lists_tasks_and_the_models_of_a_config(models, tmp_path, capsy
     assert "/v1/chat/completions, /v1/completions" in blocks["text-generation"][0]
     assert "/v1/embeddings" in blocks["embedding"][0]
     assert "models          emb" in blocks["embedding"] and "models          gen (inferred)" in blocks["text-generation"]
-    assert "handle methods  chat, chat_stream, complete, complete_stream" in blocks["text-generation"]
+    assert "handle methods  chat, chat_stream, complete, complete_stream, tokenize, detokenize" in blocks["text-generation"]
     generation = "\n".join(blocks["text-generation"])
     assert "openvino: OpenVINO GenAI" in generation and "transformers:" in generation
     assert "task not set: inferred at deploy" in out and "hub" in out
@@ -259,8 +259,9 @@ def test_discover_lists_tasks_and_the_models_of_a_config(models, tmp_path, capsy
     assert main(["discover", "--config", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     table = {task["name"]: task for task in data["tasks"]}
-    assert [e["path"] for e in table["text-generation"]["endpoints"]] == ["/v1/chat/completions", "/v1/completions"]
-    assert table["embedding"]["handle_methods"] == ["embed"]
+    assert [e["path"] for e in table["text-generation"]["endpoints"]] == ["/v1/chat/completions", "/v1/completions",
+                                                                          "/tokenize", "/detokenize"]
+    assert table["embedding"]["handle_methods"] == ["embed", "tokenize", "detokenize"]
     assert [e["backend"] for e in table["embedding"]["engines"]] == ["openvino", "transformers"]
     assert table["text-generation"]["models"] == [{"model": "gen", "how": "inferred"}]
     assert table["embedding"]["models"] == [{"model": "emb", "how": "config"}]

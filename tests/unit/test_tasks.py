@@ -30,9 +30,10 @@ def plugin_site(tmp_path):
 def test_built_in_tasks_come_from_the_entry_points():
     table = tasks.registry()
     assert set(tasks.task_names()) >= {"text-generation", "embedding"}
-    assert table["text-generation"].endpoints == ("chat", "complete")
-    assert table["text-generation"].handle_methods == ("chat", "chat_stream", "complete", "complete_stream")
-    assert table["embedding"].handle_methods == ("embed",)
+    assert table["text-generation"].endpoints == ("chat", "complete", "tokenize", "detokenize")
+    assert table["text-generation"].handle_methods == ("chat", "chat_stream", "complete", "complete_stream", "tokenize",
+                                                       "detokenize")
+    assert table["embedding"].handle_methods == ("embed", "tokenize", "detokenize")
     for spec in table.values():
         assert all(endpoint in ENDPOINTS for endpoint in spec.endpoints)
 

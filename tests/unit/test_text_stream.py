@@ -8,7 +8,12 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 from contract.engine import SamplingParams, TokenDelta
-from deployments.text_stream import IncrementalDetokenizer, StopStringMatcher, generate_text
+from deployments.text_stream import (
+    IncrementalDetokenizer,
+    StopStringMatcher,
+    TextOptions,
+    generate_text,
+)
 
 
 def test_stop_matcher_holds_back_possible_prefixes():
@@ -90,9 +95,11 @@ class ScriptedEngine:
                 self.closed_early = True
 
 
-def _run(engine, tokenizer, stop):
+def _run(engine, tokenizer, stop, **options):
+    text = TextOptions(stop=tuple(stop or ()), **options)
+
     async def collect():
-        return [e async for e in generate_text(engine, tokenizer, [], SamplingParams(max_tokens=100), stop)]
+        return [e async for e in generate_text(engine, tokenizer, [], SamplingParams(max_tokens=100), text)]
 
     return asyncio.run(collect())
 
@@ -123,3 +130,26 @@ def test_generate_text_flushes_held_back_text_at_the_end(byte_tokenizer):
     events = _run(engine, byte_tokenizer, ["world"])
     assert "".join(e.text for e in events) == "abc wo"
     assert events[-1].finish_reason == "stop"
+
+
+def test_the_stop_string_is_kept_when_asked(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "hello world and more text")
+    events = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, ["wor", "and"], include_stop=True)
+    assert "".join(e.text for e in events) == "hello wor" and events[-1].finish_reason == "stop"
+
+
+def test_no_stop_string_ends_the_text_before_min_tokens(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "ab ab ab cd")
+    events = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, ["ab"], min_tokens=4)
+    # The stop is looked for from the 4th token on: "ab " went out, the second "ab" ends it.
+    assert "".join(e.text for e in events) == "ab " and events[-1].finish_reason == "stop"
+    assert events[-1].completion_tokens == len(_ids(byte_tokenizer, "ab ab"))
+
+
+def test_special_tokens_are_kept_when_asked(byte_tokenizer):
+    byte_tokenizer.add_special_tokens(["<eos>"])
+    special = byte_tokenizer.token_to_id("<eos>")
+    ids = [*_ids(byte_tokenizer, "hi"), special]
+    kept = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, None, skip_special_tokens=False)
+    skipped = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, None)
+    assert "".join(e.text for e in kept) == "hi<eos>" and "".join(e.text for e in skipped) == "hi"

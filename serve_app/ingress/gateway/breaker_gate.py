@@ -15,10 +15,11 @@ import logging
 import math
 from typing import Any
 
-from contract.endpoints import CHAT, CLASSIFY, COMPLETE, EMBED, RERANK
+from contract.endpoints import CHAT, CLASSIFY, COMPLETE, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ServiceUnavailableError
 from contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
+from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from serve_app.ingress.gateway.failures import classify_failure, is_cancellation
 from serve_app.ingress.model_directory import ModelDirectory
 from serve_app.state.circuit_breaker import Snapshot, State
@@ -39,8 +40,11 @@ def probe_request(model: str, endpoints: list[str]) -> tuple[str, Any] | None:
         COMPLETE.name: lambda: CompletionRequest(model=model, prompt=PROBE_TEXT, max_tokens=1, temperature=0),
         CHAT.name: lambda: ChatCompletionRequest(model=model, messages=[{"role": "user", "content": PROBE_TEXT}],
                                                  max_tokens=1, temperature=0),
+        # Last: a tokenizer that answers says little of the model's engine.
+        TOKENIZE.name: lambda: TokenizeRequest(model=model, prompt=PROBE_TEXT),
+        DETOKENIZE.name: lambda: DetokenizeRequest(model=model, tokens=[0]),
     }
-    for endpoint in (EMBED, CLASSIFY, RERANK, COMPLETE, CHAT):
+    for endpoint in (EMBED, CLASSIFY, RERANK, COMPLETE, CHAT, TOKENIZE, DETOKENIZE):
         if endpoint.name in endpoints:
             return endpoint.method, requests[endpoint.name]()
     return None

@@ -8,8 +8,10 @@ import hashlib
 import json
 from typing import Any
 
+from contract.protocol import NO_EFFECT_FIELDS
+
 # Fields that change how a request is delivered, not what it computes.
-_DELIVERY_FIELDS = {"stream", "stream_options", "user"}
+_DELIVERY_FIELDS = {"stream", "stream_options", *NO_EFFECT_FIELDS}
 
 
 def is_deterministic(body: dict[str, Any]) -> bool:

@@ -56,10 +56,10 @@ class ModelCall:
         return await self.run(call, request.model, timeout, admission, bounded=False)
 
     async def run(self, call: Awaitable[Any], model: str, timeout_s: float, admission: Admission, *,
-                  bounded: bool = True) -> Any:
+                  bounded: bool = True, healthy: bool = True) -> Any:
         """A whole (non-streaming) model call: its timeout (unless the call bounds itself by
-        progress: bounded=False), the breaker report, and on failure the refund of the
-        reserved tokens and the error the client gets."""
+        progress: bounded=False), the breaker report (of a success only where it shows the model
+        healthy), and on failure the refund of the reserved tokens and the error the client gets."""
         try:
             response = await (asyncio.wait_for(call, timeout_s) if bounded else call)
         except BaseException as exc:
@@ -71,7 +71,8 @@ class ModelCall:
             # pay for the work it cost, never the model's breaker.
             self._quota.settle(admission, admission.reserved if own else 0)
             raise error from None
-        await self._breakers.succeeded(model)
+        if healthy:
+            await self._breakers.succeeded(model)
         return response
 
     async def failure(self, exc: BaseException, model: str, timeout_s: float, caller: Caller) -> tuple[APIError, bool]:

@@ -1,7 +1,8 @@
 """The Gateway: the parts between the parsed request and the model, and each endpoint's entry.
 Each request passes model access (404) here, then its endpoint's flow: generation_flow.py for
-chat and completions, embeddings.py, rerank.py and classify.py through item_flow.py; each
-reserves tokens, asks the response cache, and calls the model through model_call.py.
+chat and completions, embeddings.py, rerank.py and classify.py through item_flow.py (each
+reserves tokens, asks the response cache, and calls the model through model_call.py), and
+tokenize.py for /tokenize and /detokenize.
 
 HTTP-free: each endpoint method takes the caller and a protocol request and returns a Reply;
 the routes shape JSON or SSE. Each part keeps a local copy of the state actor's data, kept
@@ -15,10 +16,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contract.config import IngressArgs
-from contract.endpoints import CLASSIFY, EMBED, RERANK
+from contract.endpoints import CLASSIFY, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ModelNotFoundError, ServiceUnavailableError
 from contract.protocol import CompletionRequest, EmbeddingRequest, SamplingFields
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
+from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from observability.recorder import Recorder
 from serve_app.ingress.gateway import request_record as access_log
 from serve_app.ingress.gateway.breaker_gate import Breakers
@@ -34,6 +36,7 @@ from serve_app.ingress.gateway.quota import Quota
 from serve_app.ingress.gateway.reply import Reply
 from serve_app.ingress.gateway.rerank import rerank_documents
 from serve_app.ingress.gateway.state_sync import StateSync
+from serve_app.ingress.gateway.tokenize import tokenizer_call
 from serve_app.ingress.gateway.usage import UsageRecorder
 from serve_app.ingress.model_directory import ModelDirectory, ModelEntry
 from serve_app.state.client import StateClient
@@ -118,3 +121,11 @@ class Gateway:
     async def classify(self, caller: Caller, request: ClassificationRequest, *, no_cache: bool = False) -> Reply:
         entry = await self.model(caller, request.model, CLASSIFY.name)
         return await classify_inputs(self.items, self.calls, entry, caller, request, no_cache)
+
+    async def tokenize(self, caller: Caller, request: TokenizeRequest) -> Reply:
+        entry = await self.model(caller, request.model, TOKENIZE.name)
+        return await tokenizer_call(self.quota, self.calls, self.usage, TOKENIZE, entry, caller, request)
+
+    async def detokenize(self, caller: Caller, request: DetokenizeRequest) -> Reply:
+        entry = await self.model(caller, request.model, DETOKENIZE.name)
+        return await tokenizer_call(self.quota, self.calls, self.usage, DETOKENIZE, entry, caller, request)

@@ -29,6 +29,7 @@ access_logger = logging.getLogger("ray.serve.hfserve.access")
 QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 ROUTES = frozenset({
     "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/rerank", "/v1/classify", "/v1/models",
+    "/tokenize", "/detokenize",
     "/health", "/ready", "/status", "/metrics", "/docs", "/openapi.json",
 })
 # Ray's log formatters write this `extra` dict's items as top-level fields of the JSON line.

@@ -19,7 +19,8 @@ from fastapi.openapi.utils import get_openapi
 
 from contract.config import IngressArgs
 from contract.endpoints import ENDPOINTS, Endpoint
-from contract.protocol import MAX_EMBEDDING_INPUTS, ErrorResponse
+from contract.errors import ErrorResponse
+from contract.protocol import MAX_EMBEDDING_INPUTS
 from serve_app.ingress.gateway.callers import OPEN_PATHS
 
 _MEANING = {

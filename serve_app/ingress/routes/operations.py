@@ -11,8 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from contract.errors import ServiceUnavailableError
-from contract.protocol import ErrorResponse
+from contract.errors import ErrorResponse, ServiceUnavailableError
 from observability.exposition import CONTENT_TYPE
 from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.errors import error_response

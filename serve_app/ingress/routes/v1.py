@@ -1,5 +1,5 @@
 """The OpenAI API: /v1/chat/completions, /v1/completions, /v1/embeddings and /v1/models, and the
-scoring endpoints beside it: /v1/rerank (also /rerank) and /v1/classify."""
+endpoints beside it: /v1/rerank (also /rerank), /v1/classify, and vLLM's /tokenize, /detokenize."""
 
 from __future__ import annotations
 
@@ -8,17 +8,17 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from contract.endpoints import CHAT, CLASSIFY, COMPLETE, EMBED, RERANK
+from contract.endpoints import CHAT, CLASSIFY, COMPLETE, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ModelNotFoundError
+from contract.model_cards import ModelCard, ModelList
 from contract.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
-    ModelCard,
-    ModelList,
     OpenAIRequest,
 )
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
+from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.openapi import responses, streamed
 from serve_app.ingress.http.requests import TextSafeRoute
@@ -79,6 +79,15 @@ def openai_router(gateway: Gateway) -> APIRouter:
     async def classify(request: Request, body: ClassificationRequest) -> Response:
         _note_unknown_fields(body, CLASSIFY.path)
         return await respond(await gateway.classify(request.state.caller, body, no_cache=_no_cache(request)))
+
+    # Unknown fields are refused (extra="forbid"), and no response cache: nothing to log or skip.
+    @router.post(TOKENIZE.path, response_model=TOKENIZE.response, responses=MODEL_CALL_ERRORS)
+    async def tokenize(request: Request, body: TokenizeRequest) -> Response:
+        return await respond(await gateway.tokenize(request.state.caller, body))
+
+    @router.post(DETOKENIZE.path, response_model=DETOKENIZE.response, responses=MODEL_CALL_ERRORS)
+    async def detokenize(request: Request, body: DetokenizeRequest) -> Response:
+        return await respond(await gateway.detokenize(request.state.caller, body))
 
     def shown_card(caller, card: ModelCard) -> ModelCard:
         """The card with the breaker's say in its status; the error's detail for admins only."""
