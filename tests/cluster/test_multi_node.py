@@ -163,7 +163,9 @@ def test_a_redeploy_reaches_the_state_actor_and_bad_placements_fail_naming_model
 
 
 def _stream_until_killed(nodes: TwoNodes, events: list, first: threading.Event) -> None:
-    body = {**CHAT, "max_tokens": 4000, "stream": True}  # still streaming when the worker goes
+    # Still streaming when the worker goes: 4000 tokens of a 4096-context model, and no EOS
+    # (sampled at temperature 1, the random model's EOS used to end it before the kill).
+    body = {**CHAT, "max_tokens": 4000, "ignore_eos": True, "stream": True}
     with httpx.Client(base_url=nodes.head_url, headers=_admin(nodes), timeout=120) as http:
         with http.stream("POST", "/v1/chat/completions", json=body) as response:
             for line in response.iter_lines():
