@@ -23,7 +23,7 @@ from contract.config import read_env
 from hardware.detect import cpu_info
 
 from . import chat_peer, http_load, metrics_cost, peers, raw, server, structured
-from .stats import EmbeddingRun, GenerationRun, ratio
+from .stats import EmbeddingRun, GenerationRun, ratio, unused
 
 ROOT = server.ROOT
 
@@ -165,15 +165,6 @@ def targets(r: RawRuns, s: ServerRuns, p: PeerRuns | None) -> dict[str, tuple[fl
     return goals
 
 
-def _unused(path: Path) -> Path:
-    """path, or path-2, path-3, ... if a run earlier that day wrote it (results are kept, not replaced)."""
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
 def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, float]]) -> dict:
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -288,7 +279,7 @@ def main() -> int:
         results["ratios"].update(chat_peer.ratios(server_runs.chat, server_runs.burst, chat_peer_runs))
     if not results["peers"]:
         del results["peers"]
-    out = Path(args.out) if args.out else _unused(ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}.json")
+    out = Path(args.out) if args.out else unused(ROOT / "bench" / "results" / f"{datetime.date.today().isoformat()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print_table(raw_runs, server_runs, results, goals, peer, chat_peer_runs)

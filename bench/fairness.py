@@ -25,10 +25,9 @@ from contract.protocol import EmbeddingRequest
 from deployments.tasks import embedding
 from hardware.detect import cpu_info
 
-from .__main__ import _unused
 from .raw import embedding_model
 from .server import ROOT
-from .stats import percentile
+from .stats import percentile, unused
 from .workload import EMBED_SOURCE, sentences
 
 OPENVINO = SimpleNamespace(backend="openvino", device="cpu")
@@ -126,7 +125,7 @@ def main() -> None:
             took = "/".join(f"{s:.1f}" for s in large[order]["large_s"])
             print(f"| {name} | {large['tokens']} | {large['one_full_batch_ms']} ms | {order} | {took} | "
                   f"{small['p50_ms']} / {small['p90_ms']} / {small['max_ms']} (n={small['n']}) |")
-    path = _unused(ROOT / "bench" / "results" / f"fairness-{report['date']}.json")
+    path = unused(ROOT / "bench" / "results" / f"fairness-{report['date']}.json")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,3 +87,12 @@ def generation_run(concurrency: int, measured) -> GenerationRun:
 def ratio(a: float, b: float) -> float:
     """a over b, to 3 places (what every bench table and results file shows)."""
     return round(a / b, 3) if b else float("nan")
+
+
+def unused(path: Path) -> Path:
+    """path, or path-2, path-3, ... if a run earlier that day wrote it (results are kept, not replaced)."""
+    candidate, n = path, 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate

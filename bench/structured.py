@@ -20,7 +20,7 @@ import httpx
 from hardware.detect import cpu_info
 
 from . import http_load, server
-from .stats import GenerationRun, ratio
+from .stats import GenerationRun, ratio, unused
 from .workload import CHAT_MODEL, chat_messages
 
 TARGET = 0.8  # constrained over unconstrained tokens/s, issue 23
@@ -88,7 +88,7 @@ def main() -> None:
         running.stop()
     found = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
              "machine": {"cpu": cpu_info().model, "cpus": os.cpu_count()}, **found}
-    out = server.ROOT / "bench" / "results" / f"structured-{datetime.date.today().isoformat()}.json"
+    out = unused(server.ROOT / "bench" / "results" / f"structured-{datetime.date.today().isoformat()}.json")
     out.write_text(json.dumps(found, indent=2) + "\n")
     print(f"\nCPU: {found['machine']['cpu']} ({found['machine']['cpus']} cores); {out.relative_to(server.ROOT)}\n")
     print("| measurement | value | ratio |\n|---|---|---|")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from bench.__main__ import _unused
+from bench.stats import unused
 
 
 def test_a_second_run_on_one_day_does_not_replace_the_first(tmp_path):
     first = tmp_path / "2026-11-29.json"
-    assert _unused(first) == first
+    assert unused(first) == first
     first.write_text("{}")
-    assert _unused(first) == tmp_path / "2026-11-29-2.json"
+    assert unused(first) == tmp_path / "2026-11-29-2.json"
     (tmp_path / "2026-11-29-2.json").write_text("{}")
-    assert _unused(first) == tmp_path / "2026-11-29-3.json"
+    assert unused(first) == tmp_path / "2026-11-29-3.json"
     assert first.read_text() == "{}"
