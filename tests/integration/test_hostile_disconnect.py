@@ -72,10 +72,13 @@ def _abandon(server, model: str, path: str, body: dict, key: str) -> tuple[dict,
     ("tiny-llama", CHAT), ("tiny-llama-hf", CHAT), ("tiny-llama", COMPLETE),
 ], ids=["openvino-chat", "transformers-chat", "openvino-completion"])
 def test_an_abandoned_generation_is_cancelled_in_the_engine_and_logged_499(server, model, path):
-    key, key_id = new_key(server)
     body = {"model": model, "max_tokens": LONG, "temperature": 0,
             **({"messages": MSG} if path == CHAT else {"prompt": "Tell me everything."})}
-    before, after, request_id = _abandon(server, model, path, body, key)
+    for _ in range(3):  # a fast engine may finish the tiny model's 472 tokens before the client's leaving arrives
+        key, key_id = new_key(server)  # a key per try: the metric below counts this request alone
+        before, after, request_id = _abandon(server, model, path, body, key)
+        if after["finished_requests_total"] == before["finished_requests_total"]:
+            break
     # Cut short, not finished: one more cancelled sequence, none finished, fewer tokens than asked.
     assert after["cancelled_requests_total"] == before["cancelled_requests_total"] + 1
     assert after["finished_requests_total"] == before["finished_requests_total"]
