@@ -112,7 +112,6 @@ class OpenVINOGenerationEngine:
     ):
         self.device = device.lower()
         self.why_unstructured = why_unstructured
-        self.supports_structured_output = not why_unstructured
         ours, theirs = socket.socketpair()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "deployments.engines.openvino_core", str(theirs.fileno())],
@@ -167,6 +166,10 @@ class OpenVINOGenerationEngine:
                 # The consumer left early (client disconnect, stop string): free the KV cache.
                 with contextlib.suppress(EngineDeadError):  # a dead core has no cache to free
                     self._send(("cancel", request_id))
+
+    @property
+    def supports_structured_output(self) -> bool:
+        return not self.why_unstructured
 
     def stats(self) -> EngineStats:
         return EngineStats(running_requests=len(self._active), **self._stats)

@@ -85,9 +85,8 @@ class RowSampler:
             logits[ids] += biases
         if self._held is not None and len(generated) < params.min_tokens:
             logits[self._held] = -float("inf")
-        seen = None
+        seen = torch.tensor([prompt_ids + generated], device=self._device)  # what the processors read
         if self._repetition is not None:  # the prompt's tokens count too, as in vLLM and transformers
-            seen = torch.tensor([prompt_ids + generated], device=self._device)
             logits = self._repetition(seen, logits[None])[0]
         if generated and (params.presence_penalty or params.frequency_penalty):
             # OpenAI semantics: these penalties count the tokens generated so far.
@@ -97,8 +96,7 @@ class RowSampler:
         if params.greedy:
             token = int(torch.argmax(logits))
         else:
-            ids = seen if seen is not None else torch.tensor([prompt_ids + generated], device=self._device)
-            logits = self._warpers(ids, logits[None])[0]
+            logits = self._warpers(seen, logits[None])[0]
             token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator))
         if self.mask is not None:
             self.mask.accept(token)
