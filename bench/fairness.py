@@ -21,7 +21,7 @@ import time
 from types import SimpleNamespace
 
 from contract.config import ModelAppArgs
-from contract.protocol import EmbeddingRequest
+from contract.embedding_protocol import EmbeddingRequest
 from deployments.tasks import embedding
 from hardware.detect import cpu_info
 

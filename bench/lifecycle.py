@@ -142,8 +142,8 @@ def serve_app_cycle(app: str, args: dict[str, Any], timeout_s: float, session_di
     import psutil
     from ray import serve
 
+    from contract.embedding_protocol import EmbeddingRequest
     from contract.lifecycle import RuntimeModel
-    from contract.protocol import EmbeddingRequest
     from serve_app.model_apps import build_runtime_model_app
 
     gc.collect()

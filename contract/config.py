@@ -154,9 +154,7 @@ class IngressArgs(StrictModel):
         True, description="Call the models over the gRPC server Serve runs in every replica for calls between "
         "deployments, not as Ray actor tasks: less CPU per request (docs/performance.md).",
     )
-    readiness_timeout_s: float = Field(
-        2.0, gt=0, le=60, description="How long /ready waits for each model's answer."
-    )
+    readiness_timeout_s: float = Field(2.0, gt=0, le=60, description="How long /ready waits for each model's answer.")
     # --- API keys ---
     enable_auth: bool = Field(True, description="Require an API key on /v1, /status and /admin (HF_SERVER_ENABLE_AUTH).")
     state_dir: Path | None = Field(
@@ -288,9 +286,7 @@ class ModelAppArgs(StrictModel):
         "which the model sends while it works. No progress for this long is a 504, so a request to a "
         "replica that died with its node is answered, not left hanging.",
     )
-    cache_dir: Path | None = Field(
-        None, description="Conversion cache (default HF_SERVER_CACHE_DIR or ~/.cache/hfserve)."
-    )
+    cache_dir: Path | None = Field(None, description="Conversion cache (default HF_SERVER_CACHE_DIR or ~/.cache/hfserve).")
     num_threads: int | None = Field(
         None, ge=1, le=1024, description="Inference threads per replica (default: all cores)."
     )
@@ -305,7 +301,7 @@ class ModelAppArgs(StrictModel):
     max_num_batched_tokens: int = Field(
         256, ge=16, le=65536, description="Tokens per engine step (prefill chunks plus decodes)."
     )
-    kv_cache_gb: float = Field(1.0, gt=0, le=1024, description="KV-cache size of the OpenVINO engine.")
+    kv_cache_gb: int = Field(1, ge=1, le=1024, description="KV-cache size of the OpenVINO engine, in whole GB (its unit).")
     stream_interval: int | Literal["auto"] = Field(
         "auto",
         description="Streamed tokens per chunk after the first (as vLLM's --stream-interval). 'auto' sends "
@@ -315,9 +311,17 @@ class ModelAppArgs(StrictModel):
     enable_prefix_caching: bool = Field(
         True, description="Reuse the KV cache of shared prompt prefixes (system prompts, chat templates)."
     )
+    tool_parser: Literal["auto", "hermes", "llama3_json", "pythonic"] | None = Field(
+        "auto", description="How tool calls are read from the model's text (tool_choice auto), as vLLM's "
+        "--tool-call-parser; 'auto': the chat template's format, if it has one.")
+    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(None, description="Move the model's "
+                                                                      "<think> text into reasoning_content (vLLM's --reasoning-parser).")
     weight_format: Literal["fp32", "fp16", "int8"] = Field(
         "fp32", description="Weights of the exported OpenVINO IR (int8 = NNCF weight compression)."
     )
+    inference_precision: Literal["auto", "f32"] = Field(
+        "auto", description="What OpenVINO generation computes and keeps its KV cache in: 'auto', the CPU's fastest "
+        "(bf16 where it has AVX512-BF16 or AMX); 'f32', slower, for log-probabilities as the model gives them.")
     # --- batching: embedding, rerank and text-classification batch with the SlotBatcher
     # (deployments/slot_batching.py), transformers generation with @serve.batch; OpenVINO
     # generation batches continuously in its engine and reads neither field below ---

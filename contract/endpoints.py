@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from .embedding_protocol import EmbeddingRequest, EmbeddingResponse
 from .protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    EmbeddingRequest,
-    EmbeddingResponse,
 )
 from .scoring_protocol import (
     ClassificationRequest,

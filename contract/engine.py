@@ -36,6 +36,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)
     constraint: Constraint | None = None
+    # None: no log-probabilities; 0: each sampled token's own; k: and the k likeliest tokens'.
+    logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -45,11 +47,23 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A sampled token's log-probability in the model's own distribution: the log-softmax of its
+    logits before temperature, penalties, bias or a constraint (vLLM's default, raw_logprobs).
+    `top`: the likeliest tokens there as (token id, log-probability), likeliest first."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenDelta:
-    """New tokens of one sequence; finish_reason is set on the last delta."""
+    """New tokens of one sequence; finish_reason is set on the last delta. `logprobs`, one per
+    token id, when the sampling parameters asked for them."""
 
     token_ids: Sequence[int]
     finish_reason: EngineFinish | None = None
+    logprobs: Sequence[TokenLogprob] | None = None
 
 
 class GenerationEngine(Protocol):
@@ -57,6 +71,7 @@ class GenerationEngine(Protocol):
     device: str
     supports_logit_bias: bool
     supports_structured_output: bool
+    max_top_logprobs: int  # the most alternatives per token it can give (SamplingParams.logprobs)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenDelta]: ...
 

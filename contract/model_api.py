@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
 
+from .embedding_protocol import EmbeddingRequest, EmbeddingResponse
 from .errors import InvalidRequestError
 from .model_cards import ModelCapabilities
 from .protocol import (
@@ -22,8 +23,6 @@ from .protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    EmbeddingRequest,
-    EmbeddingResponse,
     TokenBudget,
 )
 from .tokenize_protocol import (

@@ -29,6 +29,7 @@ class ModelCapabilities(OpenAIResponse):
     structured_outputs: bool  # response_format json_object/json_schema, vLLM's structured_outputs
     logit_bias: bool
     logprobs: bool = False
+    top_logprobs: int = 0  # the most alternatives per token it gives (chat top_logprobs, completions logprobs)
     tool_parser: str | None = None  # None: no tool calling
     reasoning_parser: str | None = None
 

@@ -24,14 +24,32 @@ from pydantic import (
     model_serializer,
 )
 
+from .chat_messages import ChatMessage
+from .logprobs import (
+    MAX_TOP_LOGPROBS,
+    TOP_LOGPROBS_NEED_LOGPROBS,
+    ChatLogprobs,
+    CompletionLogprobs,
+    TopLogprobs,
+)
 from .schema_rules import STREAM_OPTIONS_NEED_STREAM, exactly, integer, with_rules
 from .structured_outputs import ONE_STRUCTURED_OUTPUT, Constraint, ResponseFormat, StructuredOutputs
+from .tool_calling import (
+    MAX_TOOLS,
+    ONE_FORCED_OUTPUT,
+    TOOL_CHOICE_NEEDS_TOOLS,
+    NamedToolChoice,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    tool_choice_constraint,
+)
 
 MAX_STOP_SEQUENCES = 16
 MAX_N = 16
 MAX_LOGIT_BIAS = 300  # OpenAI's own limit on logit_bias entries
 TOKEN_ID_KEY = "^[0-9]{1,10}$"  # a logit_bias key: a token id, as a string
-MAX_EMBEDDING_INPUTS = 2048
 
 
 class OpenAIRequest(BaseModel):
@@ -111,7 +129,6 @@ class SamplingFields(OpenAIRequest):
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    logprobs: Annotated[Any, exactly({"enum": [False, 0]})] = None
     # Token id (as a string) -> bias added to its logit before sampling, as OpenAI defines it.
     # Engines that cannot apply it refuse it (the replica knows its engine).
     logit_bias: Annotated[
@@ -170,14 +187,6 @@ class SamplingFields(OpenAIRequest):
             raise ValueError("stop sequences must not be empty strings")
         return stops or None
 
-    # Validators on the field itself, so the 400 names the parameter (param="logprobs").
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value not in (None, False, 0):
-            raise ValueError("logprobs are not supported by this server")
-        return value
-
     @field_validator("stream_options")
     @classmethod
     def _stream_options_need_stream(cls, value: Any, info: ValidationInfo) -> Any:
@@ -204,7 +213,7 @@ class SamplingFields(OpenAIRequest):
 # The declared fields that change nothing a client relies on (see SamplingFields).
 NO_EFFECT_FIELDS = frozenset({
     "user", "metadata", "store", "service_tier", "safety_identifier", "prompt_cache_key", "prediction", "priority",
-    "request_id", "cache_salt", "modalities", "parallel_tool_calls",
+    "request_id", "cache_salt", "modalities",
 })
 
 
@@ -221,63 +230,48 @@ class Usage(OpenAIResponse):
     total_tokens: int
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 # ----------------------------------------------------------------------------- chat
 
 
-class TextContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | Annotated[list[TextContentPart], Field(min_length=1)]  # every role needs content
-    name: str | None = None
-
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        # Same joining rule as vLLM: text parts are separated by newlines.
-        return "\n".join(part.text for part in self.content or [])
-
-
 class ChatCompletionRequest(SamplingFields):
-    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM, ONE_STRUCTURED_OUTPUT))
+    model_config = ConfigDict(json_schema_extra=with_rules(STREAM_OPTIONS_NEED_STREAM, ONE_STRUCTURED_OUTPUT,
+                                                           TOOL_CHOICE_NEEDS_TOOLS, ONE_FORCED_OUTPUT,
+                                                           TOP_LOGPROBS_NEED_LOGPROBS))
 
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: integer(ge=1) | None = None
-    parallel_tool_calls: bool | None = None  # NO_EFFECT_FIELDS while tools are refused
-    tools: Annotated[list[Any] | None, exactly({"type": "array", "maxItems": 0})] = None
-    tool_choice: Annotated[Any, exactly({"enum": ["none"]})] = None
+    logprobs: bool | None = None  # the sampled tokens' log-probabilities
+    top_logprobs: TopLogprobs = None
+    tools: Annotated[list[Tool], Field(min_length=1, max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one call
     response_format: ResponseFormat | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value: Any) -> Any:
-        if value:
-            raise ValueError("tool calling is not supported by this server")
-        return value
 
     @field_validator("tool_choice")
     @classmethod
-    def _no_tool_choice(cls, value: Any) -> Any:
-        if value not in (None, "none"):
-            raise ValueError("tool calling is not supported by this server")
+    def _tools_to_choose_from(cls, value: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        if value not in (None, "none") and not info.data.get("tools"):
+            raise ValueError("tool_choice needs tools to choose from")
+        if _forces(value) and info.data.get("structured_outputs") is not None:
+            raise ValueError(FORCED_FORMAT)
         return value
 
     @field_validator("response_format")
     @classmethod
     def _one_format(cls, value: ResponseFormat | None, info: ValidationInfo) -> ResponseFormat | None:
-        if value is not None and value.constraint() is not None and info.data.get("structured_outputs") is not None:
-            raise ValueError("give response_format or structured_outputs, not both")
+        if value is not None and value.constraint() is not None:
+            if info.data.get("structured_outputs") is not None:
+                raise ValueError("give response_format or structured_outputs, not both")
+            if _forces(info.data.get("tool_choice")):
+                raise ValueError(FORCED_FORMAT)
         return value
 
     def constraint(self) -> tuple[Constraint, str] | None:
+        if self.tools and (forced := tool_choice_constraint(self.tools, self.tool_choice, self.parallel_tool_calls)):
+            return forced, "tools"  # the tools' schemas make it
         if self.response_format is not None and (constraint := self.response_format.constraint()) is not None:
             return constraint, "response_format"
         return super().constraint()
@@ -288,16 +282,31 @@ class ChatCompletionRequest(SamplingFields):
         return self.max_completion_tokens or self.max_tokens
 
 
+FORCED_FORMAT = "a required or named tool_choice fixes the output's format: no response_format or structured_outputs"
+
+
+def _forces(choice: ToolChoice | None) -> bool:
+    return choice == "required" or isinstance(choice, NamedToolChoice)
+
+
 class ChatMessageOut(OpenAIResponse):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    # vLLM's name for the text a reasoning parser took out of the answer.
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler):
+        # content is always there (null with tool calls, as OpenAI sends it); the rest when set.
+        return {key: value for key, value in handler(self).items() if value is not None or key == "content"}
 
 
 class ChatChoice(OpenAIResponse):
     index: int
     message: ChatMessageOut
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(OpenAIResponse):
@@ -312,6 +321,8 @@ class ChatCompletionResponse(OpenAIResponse):
 class ChatDelta(OpenAIResponse):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler):
@@ -323,7 +334,7 @@ class ChatChunkChoice(OpenAIResponse):
     index: int
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(StreamedResponse):
@@ -345,6 +356,8 @@ class CompletionRequest(SamplingFields):
         list[TokenIds], Field(min_length=1)
     ]
     echo: bool = False
+    # The sampled tokens' log-probabilities, with this many alternatives for each.
+    logprobs: integer(ge=0, le=MAX_TOP_LOGPROBS) | None = None
     suffix: Annotated[str | None, exactly({"type": "string", "maxLength": 0})] = None
     # Candidates to pick the best n from: not done here (nor by vLLM's V1 engine), so only 1.
     best_of: Annotated[integer() | None, exactly({"type": "integer", "const": 1})] = None
@@ -377,7 +390,7 @@ class CompletionChoice(OpenAIResponse):
     index: int
     text: str
     finish_reason: FinishReason | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(StreamedResponse):
@@ -387,49 +400,6 @@ class CompletionResponse(StreamedResponse):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
-
-
-# ----------------------------------------------------------------------------- embeddings
-
-
-class EmbeddingRequest(BudgetedRequest):
-    model: str = Field(..., min_length=1)
-    # At most MAX_EMBEDDING_INPUTS inputs (OpenAI's limit); the ingress may be set lower
-    # (IngressArgs.max_embedding_inputs), which its OpenAPI document then shows.
-    input: NonEmptyText | Annotated[list[NonEmptyText], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)] | TokenIds | Annotated[
-        list[TokenIds], Field(min_length=1, max_length=MAX_EMBEDDING_INPUTS)
-    ]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: integer(ge=1) | None = None
-    user: str | None = None
-
-    def inputs(self) -> list[str | list[int]]:
-        i = self.input
-        if isinstance(i, str):
-            return [i]
-        if i and isinstance(i[0], int):
-            return [list(i)]
-        return list(i)
-
-
-class EmbeddingData(OpenAIResponse):
-    object: Literal["embedding"] = "embedding"
-    index: int
-    embedding: list[float] | str
-
-
-class EmbeddingUsage(OpenAIResponse):
-    prompt_tokens: int
-    total_tokens: int
-    # Tokens of each input, for the gateway's per-input cache. Never serialised to clients.
-    input_tokens: list[int] | None = Field(None, exclude=True)
-
-
-class EmbeddingResponse(OpenAIResponse):
-    object: Literal["list"] = "list"
-    data: list[EmbeddingData]
-    model: str
-    usage: EmbeddingUsage
 
 
 SamplingFields.model_rebuild()

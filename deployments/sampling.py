@@ -1,13 +1,14 @@
 """From a generation request to what the engine samples with: the completion's length within
 the context, per-choice seeds, and the checks of the fields an engine could not survive or could
 not honour (token ids outside the vocabulary, logit_bias or a structured output on an engine
-without them, a constraint that does not compile): each a 400 naming its field."""
+without them, a constraint that does not compile, more alternative tokens than the engine gives):
+each a 400 naming its field."""
 
 from __future__ import annotations
 
 from contract.engine import GenerationEngine, SamplingParams
 from contract.errors import ContextLengthExceededError, InvalidRequestError
-from contract.protocol import SamplingFields
+from contract.protocol import ChatCompletionRequest, CompletionRequest, SamplingFields
 
 from . import grammars
 from .token_ids import check_in_vocabulary
@@ -61,12 +62,24 @@ def sampling_params(request: SamplingFields, prompt_len: int, param: str, sample
         ignore_eos=request.ignore_eos,
         logit_bias=tuple((int(token), float(bias)) for token, bias in (request.logit_bias or {}).items()),
         constraint=constrained[0] if constrained else None,
+        logprobs=None if (asked := requested_logprobs(request)) is None else asked[0],
     )
 
 
+def requested_logprobs(request: SamplingFields) -> tuple[int, str] | None:
+    """The alternatives per token a request wants with its tokens' log-probabilities, and the field
+    that says how many (chat: top_logprobs; completions: logprobs); None when it wants none."""
+    if isinstance(request, ChatCompletionRequest):
+        return (request.top_logprobs or 0, "top_logprobs") if request.logprobs else None
+    if isinstance(request, CompletionRequest) and request.logprobs is not None:
+        return request.logprobs, "logprobs"
+    return None
+
+
 def check_request_fields(request: SamplingFields, engine: GenerationEngine, model_id: str, vocab_size: int) -> None:
-    """Token ids the client named must exist, a logit_bias needs an engine that applies it, and a
-    structured output one that enforces it and a constraint that compiles."""
+    """Token ids the client named must exist, a logit_bias needs an engine that applies it, a
+    structured output one that enforces it and a constraint that compiles, and alternative tokens
+    an engine that gives them."""
     if (constrained := request.constraint()) is not None:
         constraint, param = constrained
         if not engine.supports_structured_output:
@@ -85,3 +98,21 @@ def check_request_fields(request: SamplingFields, engine: GenerationEngine, mode
             )
         check_in_vocabulary([int(token) for token in request.logit_bias], vocab_size, where="logit_bias",
                             param="logit_bias")
+    if (asked := requested_logprobs(request)) is not None:
+        _check_logprobs(request, *asked, engine, model_id)
+
+
+def _check_logprobs(request: SamplingFields, alternatives: int, param: str, engine: GenerationEngine,
+                    model_id: str) -> None:
+    if alternatives > engine.max_top_logprobs:
+        gives = (f"at most {engine.max_top_logprobs} alternative tokens" if engine.max_top_logprobs
+                 else f"the sampled token's log-probability only ({param} 0)")
+        raise InvalidRequestError(
+            f"{param} {alternatives} is not supported by model '{model_id}': its {engine.name} engine gives {gives}.",
+            param=param, code="unsupported_parameter",
+        )
+    if isinstance(request, CompletionRequest) and request.echo:
+        raise InvalidRequestError(
+            "echo with logprobs is not supported: the prompt's log-probabilities are not computed.",
+            param="echo", code="unsupported_parameter",
+        )

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from contract import tasks
 from contract.config import MODEL_DEPLOYMENT_NAME, ModelAppArgs
+from contract.embedding_protocol import EmbeddingRequest, EmbeddingResponse
 from contract.errors import InvalidRequestError, validation_error_to_api_error
 from contract.model_api import EngineStats, ModelInfo, ReplicaRecord
 from contract.protocol import (
@@ -31,8 +32,6 @@ from contract.protocol import (
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    EmbeddingRequest,
-    EmbeddingResponse,
     StreamedResponse,
 )
 from contract.scoring_protocol import (

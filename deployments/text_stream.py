@@ -3,7 +3,9 @@
 Shared by every generation engine, so stop strings behave the same on OpenVINO and
 transformers. Stop strings are matched on text, not tokens (a stop string can start or end
 inside a token); text that might be the beginning of a stop string is held back until the
-next delta settles it, so a client never sees any part of a stop string.
+next delta settles it, so a client never sees any part of a stop string. When log-probabilities
+are asked for, each token gets its own text, and an event carries the entries of the tokens whose
+text it carries (their texts spell the event's text).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from tokenizers import Tokenizer
 
-from contract.engine import GenerationEngine, SamplingParams
+from contract.engine import GenerationEngine, SamplingParams, TokenDelta
 
 # Prompt tokens given to the decoder as left context: enough for tokenizers whose first
 # token's leading space depends on what precedes it (SentencePiece/Metaspace).
@@ -101,10 +103,65 @@ class TextOptions:
 
 
 @dataclass(frozen=True)
+class TokenEntry:
+    """One generated token for log-probabilities: its id, its share of the text, its
+    log-probability, and the likeliest tokens' (text, log-probability), likeliest first."""
+
+    token_id: int
+    text: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class TextEvent:
     text: str
     completion_tokens: int  # cumulative for this sequence
     finish_reason: str | None = None
+    tokens: tuple[TokenEntry, ...] | None = None  # None: no log-probabilities were asked for
+
+
+class _TokenEntries:
+    """Per-token text and the entries waiting for their text to go out: an entry is released
+    once the text sent so far covers it; a stop string cuts the entry it falls in and drops
+    the ones after it."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self._waiting: list[tuple[int, TokenEntry]] = []  # (where its text starts, entry)
+        self._produced = 0  # characters of text produced so far
+        self._names: dict[int, str] = {}
+
+    def feed(self, detokenizer: IncrementalDetokenizer, delta: TokenDelta, last: bool) -> str:
+        texts = [detokenizer.feed([token]) for token in delta.token_ids]
+        tail = detokenizer.flush() if last else ""
+        if texts:  # what the end releases (a character cut short) is the last token's
+            texts[-1], tail = texts[-1] + tail, ""
+        for token, text, logprob in zip(delta.token_ids, texts, delta.logprobs or (), strict=True):
+            # The sampled token among the alternatives reads as it does in the text.
+            top = tuple((text if alternative == token else self._name(alternative), value)
+                        for alternative, value in logprob.top)
+            self._waiting.append((self._produced, TokenEntry(token, text, logprob.logprob, top)))
+            self._produced += len(text)
+        self._produced += len(tail)
+        return "".join(texts) + tail
+
+    def take(self, sent: int, cut: bool = False) -> tuple[TokenEntry, ...]:
+        """The entries whose text lies within the first `sent` characters; with `cut`, the text
+        ends there: the entry that straddles it keeps its part, the later ones are dropped."""
+        out = [entry for start, entry in self._waiting if start + len(entry.text) <= sent]
+        if cut:
+            out += [TokenEntry(e.token_id, e.text[: sent - start], e.logprob, e.top)
+                    for start, e in self._waiting if start < sent < start + len(e.text)]
+            self._waiting = []
+        else:
+            self._waiting = [(start, e) for start, e in self._waiting if start + len(e.text) > sent]
+        return tuple(out)
+
+    def _name(self, token: int) -> str:
+        if token not in self._names:
+            self._names[token] = self._tokenizer.decode([token], skip_special_tokens=False)
+        return self._names[token]
 
 
 async def generate_text(
@@ -124,29 +181,39 @@ async def generate_text(
     """
     detokenizer = IncrementalDetokenizer(tokenizer, prompt_ids, options.skip_special_tokens)
     matcher = StopStringMatcher(options.stop, options.include_stop) if options.stop else None
-    tokens = 0
+    entries = _TokenEntries(tokenizer) if params.logprobs is not None else None
+    tokens = sent = 0  # sent: characters of text that went out, or go with this event
     pending_text, pending_tokens, sent_first = "", 0, False
     deltas = engine.generate(prompt_ids, params)
+
+    def event(finish: str | None = None, cut: bool = False) -> TextEvent:
+        return TextEvent(pending_text, tokens, finish, None if entries is None else entries.take(sent, cut))
+
     try:
         async for delta in deltas:
             tokens += len(delta.token_ids)
             pending_tokens += len(delta.token_ids)
-            text = detokenizer.feed(delta.token_ids)
-            if delta.finish_reason is not None:
-                text += detokenizer.flush()
+            last = delta.finish_reason is not None
+            if entries is not None:
+                text = entries.feed(detokenizer, delta, last)
+            else:
+                text = detokenizer.feed(delta.token_ids) + (detokenizer.flush() if last else "")
             if matcher is not None and tokens >= options.min_tokens:
                 text, stopped = matcher.feed(text)
                 if stopped:
-                    yield TextEvent(pending_text + text, tokens, "stop")
+                    pending_text += text
+                    sent += len(text)
+                    yield event("stop", cut=True)
                     return  # closing `deltas` below cancels the sequence in the engine
-                if delta.finish_reason is not None:
+                if last:
                     text += matcher.flush()
             pending_text += text
-            if delta.finish_reason is not None:
-                yield TextEvent(pending_text, tokens, delta.finish_reason)
+            sent += len(text)
+            if last:
+                yield event(delta.finish_reason)
                 return
             if pending_text and (not sent_first or pending_tokens >= chunk_tokens()):
-                yield TextEvent(pending_text, tokens)
+                yield event()
                 pending_text, pending_tokens, sent_first = "", 0, True
     finally:
         await deltas.aclose()

@@ -9,7 +9,8 @@ import sys
 import ray
 from ray import serve
 
-from contract.protocol import ChatCompletionRequest, EmbeddingRequest
+from contract.embedding_protocol import EmbeddingRequest
+from contract.protocol import ChatCompletionRequest
 
 ray.init(address=sys.argv[1] if len(sys.argv) > 1 else "auto", log_to_driver=False)
 

@@ -17,8 +17,10 @@ from typing import Any
 # The protocol: pickled tuples over a multiprocessing.connection.Connection.
 #   replica -> core: ("add", id, prompt_ids, sampling dict) | ("cancel", id) | ("stop",)
 #   core -> replica: ("ready", None) | ("error", text)            once, after loading
-#                    ("step", [(id, token_ids, finish, refusal)], stats dict)
+#                    ("step", [(id, token_ids, logprobs, finish, refusal)], stats dict)
 #                    ("failed", text)                             the pipeline broke
+# logprobs: None, or one float per token id (the sampled token's log-probability) when the
+# sampling dict asked for them.
 # A refusal ends one sequence without failing the core: None, or ("context", text) when the
 # prompt does not fit the KV cache, or ("invalid", text) when the pipeline refused the
 # request's settings (one caller's bad request must never take the engine down for everyone).
@@ -57,6 +59,10 @@ def _generation_config(ov_genai, sampling: dict[str, Any], eos: list[int]):
     config.rng_seed = seed if seed is not None else random.getrandbits(63)
     config.presence_penalty = sampling["presence_penalty"]
     config.frequency_penalty = sampling["frequency_penalty"]
+    if sampling["logprobs"] is not None:
+        # The sampled token's log-probability in the model's raw distribution; the pipeline gives
+        # no alternatives (it treats any value above 1 as 1), so the task refuses asking for them.
+        config.logprobs = 1
     return config
 
 
@@ -70,6 +76,10 @@ def _pipeline(settings: dict[str, Any]):
     scheduler.dynamic_split_fuse = True
     scheduler.enable_prefix_caching = settings["enable_prefix_caching"]
     properties = {"INFERENCE_NUM_THREADS": settings["num_threads"]} if settings["num_threads"] else {}
+    if settings["exact"]:
+        # The CPU plugin computes in bf16 where the CPU has it (AVX512-BF16, AMX) and keeps the KV
+        # cache in a smaller type: log-probabilities then differ from the model's by ~1e-2.
+        properties |= {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
     return ov_genai.ContinuousBatchingPipeline(settings["ir_dir"], scheduler, settings["device"], properties)
 
 
@@ -88,7 +98,8 @@ class EngineCore:
         self._done = {ov_genai.GenerationStatus.FINISHED, ov_genai.GenerationStatus.STOP, ov_genai.GenerationStatus.CANCEL}
         self._ignored = ov_genai.GenerationStatus.IGNORED
         self.handles: dict[int, Any] = {}
-        self.refused: list[tuple[int, list[int], None, tuple[str, str]]] = []  # sent with the next step
+        self.with_logprobs: set[int] = set()  # the sequences whose updates carry log-probabilities
+        self.refused: list[tuple[int, list[int], None, None, tuple[str, str]]] = []  # sent with the next step
         self.generated = self.cancelled = self.finished = 0
 
     def apply(self, message: tuple) -> bool:
@@ -101,9 +112,13 @@ class EngineCore:
                 config = _generation_config(self._ov_genai, sampling, self._eos)
                 self.handles[request_id] = self._pipe.add_request(request_id, tensor, config)
             except Exception as exc:  # noqa: BLE001 - this request's settings, not the engine
-                self.refused.append((request_id, [], None, ("invalid", f"{type(exc).__name__}: {exc}")))
+                self.refused.append((request_id, [], None, None, ("invalid", f"{type(exc).__name__}: {exc}")))
+                return True
+            if sampling["logprobs"] is not None:
+                self.with_logprobs.add(request_id)
         elif kind == "cancel":
             handle = self.handles.pop(message[1], None)
+            self.with_logprobs.discard(message[1])
             if handle is not None:
                 handle.cancel()
                 self.cancelled += 1
@@ -113,32 +128,40 @@ class EngineCore:
         refused, self.refused = self.refused, []
         return refused
 
-    def step(self) -> list[tuple[int, list[int], str | None, tuple[str, str] | None]]:
-        """One engine step: (id, new token ids, finish reason when done, refusal) per sequence
-        that moved."""
+    def step(self) -> list[tuple[int, list[int], list[float] | None, str | None, tuple[str, str] | None]]:
+        """One engine step: (id, new token ids, their log-probabilities if asked, finish reason
+        when done, refusal) per sequence that moved."""
         self._pipe.step()
         updates = self.take_refused()
         for request_id, handle in list(self.handles.items()):
             new_ids: list[int] = []
+            logprobs: list[float] | None = [] if request_id in self.with_logprobs else None
             finish = None
             while handle.can_read():
                 for output in handle.read().values():
                     new_ids.extend(output.generated_ids)
+                    if logprobs is not None:
+                        logprobs.extend(output.generated_log_probs)
                     finish = self._finish_names.get(output.finish_reason, finish)
             status = handle.get_status()
             if status == self._ignored:
-                del self.handles[request_id]
-                updates.append((request_id, [], None, ("context", "the prompt does not fit in the engine's KV cache")))
+                self._forget(request_id)
+                updates.append((request_id, [], None, None,
+                                ("context", "the prompt does not fit in the engine's KV cache")))
                 continue
             done = status in self._done
             if done:
-                del self.handles[request_id]
+                self._forget(request_id)
                 self.finished += 1
                 finish = finish or "stop"
             if new_ids or done:
                 self.generated += len(new_ids)
-                updates.append((request_id, new_ids, finish if done else None, None))
+                updates.append((request_id, new_ids, logprobs, finish if done else None, None))
         return updates
+
+    def _forget(self, request_id: int) -> None:
+        del self.handles[request_id]
+        self.with_logprobs.discard(request_id)
 
     def stats(self) -> dict[str, Any]:
         metrics = self._pipe.get_metrics()

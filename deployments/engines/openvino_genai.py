@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from contract.engine import SamplingParams, TokenDelta
+from contract.engine import SamplingParams, TokenDelta, TokenLogprob
 from contract.errors import ContextLengthExceededError, InvalidRequestError, ServiceUnavailableError
 from contract.model_api import EngineStats
 
@@ -96,6 +96,7 @@ def _byte_level_decoding(tokenizer):
 class OpenVINOGenerationEngine:
     name = "openvino_genai"
     supports_logit_bias = False  # GenerationConfig has no logit bias
+    max_top_logprobs = 0  # the pipeline gives the sampled token's log-probability only
 
     def __init__(
         self,
@@ -105,11 +106,14 @@ class OpenVINOGenerationEngine:
         why_unstructured: str = "",
         max_num_seqs: int = 64,
         max_num_batched_tokens: int = 256,
-        kv_cache_gb: float = 1.0,
+        kv_cache_gb: int = 1,
         enable_prefix_caching: bool = True,
         num_threads: int | None = None,
         device: str = "CPU",
+        exact: bool = False,
     ):
+        """`exact`: compute in f32 with an f32 KV cache whatever faster types the CPU has, so
+        log-probabilities match the model's (at a cost in speed where the CPU has bf16)."""
         self.device = device.lower()
         self.why_unstructured = why_unstructured
         ours, theirs = socket.socketpair()
@@ -127,9 +131,10 @@ class OpenVINOGenerationEngine:
                 "eos_token_ids": sorted(set(eos_token_ids)),
                 "max_num_seqs": max_num_seqs,
                 "max_num_batched_tokens": max_num_batched_tokens,
-                "kv_cache_gb": max(1, int(round(kv_cache_gb))),
+                "kv_cache_gb": kv_cache_gb,  # whole GB: the scheduler's cache_size takes no fraction
                 "enable_prefix_caching": enable_prefix_caching,
                 "num_threads": num_threads,
+                "exact": exact,
             }
         )
         kind, detail = self._conn.recv()
@@ -216,7 +221,7 @@ class OpenVINOGenerationEngine:
                 if updates and self.on_step is not None:
                     self.on_step(len(updates))  # sequences that advanced in this step
                 deliveries = []
-                for request_id, token_ids, finish, refusal in updates:
+                for request_id, token_ids, logprobs, finish, refusal in updates:
                     seq = self._active.get(request_id)
                     if seq is None:
                         continue  # cancelled while this step ran
@@ -227,7 +232,8 @@ class OpenVINOGenerationEngine:
                             f"the generation engine refused this request's settings: {text}")
                     else:
                         seq.finished = finish is not None
-                        item = TokenDelta(token_ids, finish)
+                        item = TokenDelta(token_ids, finish,
+                                          None if logprobs is None else [TokenLogprob(lp) for lp in logprobs])
                     deliveries.append((seq, item))
                 by_loop: dict[asyncio.AbstractEventLoop, list] = {}
                 for seq, item in deliveries:

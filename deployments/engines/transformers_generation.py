@@ -21,7 +21,8 @@ from pathlib import Path
 
 from ray import serve
 
-from contract.engine import SamplingParams, TokenDelta
+from contract.engine import SamplingParams, TokenDelta, TokenLogprob
+from contract.logprobs import MAX_TOP_LOGPROBS
 from contract.model_api import EngineStats
 
 from ..grammars import GrammarCompiler, TokenMask
@@ -42,7 +43,8 @@ class _Job:
 class RowSampler:
     """One sequence's next token from its logits, in vLLM's order: logit_bias; EOS and the stop
     ids held back until min_tokens; repetition, presence and frequency penalties; then greedy,
-    or transformers' temperature, top-k, top-p and min-p warpers and a seeded draw."""
+    or transformers' temperature, top-k, top-p and min-p warpers and a seeded draw. Log-probabilities,
+    when asked, are read from the row as the model gave it (vLLM's raw_logprobs)."""
 
     def __init__(self, torch, params: SamplingParams, eos: set[int], device: str, mask: TokenMask | None = None):
         from transformers.generation.logits_process import (
@@ -102,11 +104,22 @@ class RowSampler:
             self.mask.accept(token)
         return token
 
+    def logprobs(self, logits, token: int) -> TokenLogprob:
+        """`token`'s log-probability in the model's row `logits` (before next_token's changes), and
+        the params.logprobs likeliest tokens'."""
+        logprobs = self._torch.log_softmax(logits.float(), dim=-1)
+        top: tuple[tuple[int, float], ...] = ()
+        if self.params.logprobs:
+            values, ids = self._torch.topk(logprobs, min(self.params.logprobs, logprobs.shape[-1]))
+            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+        return TokenLogprob(float(logprobs[token]), top)
+
 
 class TransformersGenerationEngine:
     name = "transformers"
     supports_logit_bias = True
     supports_structured_output = True  # xgrammar masks the logits
+    max_top_logprobs = MAX_TOP_LOGPROBS
     why_unstructured = ""
 
     def __init__(
@@ -180,12 +193,12 @@ class TransformersGenerationEngine:
             samplers = [RowSampler(torch, job.params, self._eos, self.device, self._mask(job.params)) for job in jobs]
             logits, cache, mask, positions = await asyncio.to_thread(self._prefill, jobs)
             while True:
-                next_tokens = self._sample(logits, jobs, samplers)
+                next_tokens, logprobs = self._sample(logits, jobs, samplers)
                 if self.on_step is not None:
                     self.on_step(sum(1 for job in jobs if not job.reported_end))  # rows still generating
                 out: list = []
-                for job, token in zip(jobs, next_tokens, strict=True):
-                    out.append(self._advance(job, token))
+                for job, token, logprob in zip(jobs, next_tokens, logprobs, strict=True):
+                    out.append(self._advance(job, token, logprob))
                 yield out
                 if all(job.reported_end for job in jobs):
                     return
@@ -203,7 +216,7 @@ class TransformersGenerationEngine:
             self._grammars = GrammarCompiler(self._tokenizer, self._model.config.vocab_size, sorted(self._eos))
         return self._grammars.matcher(params.constraint)
 
-    def _advance(self, job: _Job, token: int):
+    def _advance(self, job: _Job, token: int, logprob: TokenLogprob | None):
         """This step's result for one row: a delta, or StopIteration once the row ended."""
         if job.reported_end:
             return StopIteration
@@ -220,7 +233,7 @@ class TransformersGenerationEngine:
         if job.finish_reason is not None:
             job.reported_end = True
             self._finished_total += 1
-        return TokenDelta([token], job.finish_reason)
+        return TokenDelta([token], job.finish_reason, None if logprob is None else (logprob,))
 
     def _prefill(self, jobs: list[_Job]):
         torch = self._torch
@@ -243,8 +256,13 @@ class TransformersGenerationEngine:
             )
         return out.logits[:, -1, :].float(), out.past_key_values
 
-    def _sample(self, logits, jobs: list[_Job], samplers: list[RowSampler]) -> list[int]:
-        return [
-            self._pad_id if job.reported_end else sampler.next_token(logits[row], job.prompt_ids, job.generated)
-            for row, (job, sampler) in enumerate(zip(jobs, samplers, strict=True))
-        ]
+    def _sample(self, logits, jobs: list[_Job], samplers: list[RowSampler]):
+        """Each row's next token, and its TokenLogprob where the row's request asked for one."""
+        tokens: list[int] = []
+        logprobs: list[TokenLogprob | None] = []
+        for row, (job, sampler) in enumerate(zip(jobs, samplers, strict=True)):
+            token = self._pad_id if job.reported_end else sampler.next_token(logits[row], job.prompt_ids, job.generated)
+            tokens.append(token)
+            wanted = not job.reported_end and job.params.logprobs is not None
+            logprobs.append(sampler.logprobs(logits[row], token) if wanted else None)
+        return tokens, logprobs

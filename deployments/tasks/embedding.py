@@ -17,10 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from contract.config import ModelAppArgs
+from contract.embedding_protocol import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
 from contract.engine import EmbeddingEngine
 from contract.errors import ContextLengthExceededError, InvalidRequestError
 from contract.model_api import EngineStats, check_request_tokens
-from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.tasks import TaskSpec
 from contract.tokenize_protocol import (
     DetokenizeRequest,

@@ -22,7 +22,6 @@ from contract.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
-    ChatMessageOut,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -40,7 +39,15 @@ from contract.tokenize_protocol import (
 )
 
 from .. import tokenization
+from ..chat_output import ChoiceOutput
+from ..chat_tools import ToolMode, resolve_tool_parser, template_messages, template_tools, tool_mode
 from ..choices import Choice, choices_for, run_concurrently
+from ..logprob_entries import (
+    ChatStreamLogprobs,
+    CompletionOffsets,
+    chat_logprobs,
+    completion_logprobs,
+)
 from ..model_files import context_length, eos_token_ids, load_tokenizer
 from ..sampling import check_request_fields, sampling_params
 from ..serving_metrics import GenerationMeter, ReplicaMeter, metered
@@ -62,6 +69,8 @@ class TextGenerationTask:
         max_model_len: int,
         default_max_tokens: int | None,
         stream_interval: int | str = 1,
+        tool_parser: str | None = None,
+        reasoning_parser: str | None = None,
     ):
         if not tokenizer.is_fast:
             raise ValueError(f"{model_id}: a fast (tokenizers) tokenizer is required")
@@ -72,8 +81,12 @@ class TextGenerationTask:
         self.default_max_tokens = default_max_tokens
         self.stream_interval = stream_interval
         self._backend_tokenizer = tokenizer.backend_tokenizer
+        self.tool_parser = resolve_tool_parser(tool_parser, tokenizer.chat_template)
+        self.reasoning_parser = reasoning_parser
         self.capabilities = ModelCapabilities(structured_outputs=engine.supports_structured_output,
-                                              logit_bias=engine.supports_logit_bias)
+                                              logit_bias=engine.supports_logit_bias, tool_parser=self.tool_parser,
+                                              reasoning_parser=reasoning_parser, logprobs=True,
+                                              top_logprobs=engine.max_top_logprobs)
         self._vocab_size = len(tokenizer)
         self._meter: ReplicaMeter | None = None
 
@@ -86,32 +99,35 @@ class TextGenerationTask:
     # ------------------------------------------------------------------ public API
 
     async def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
-        prompt_ids = self._chat_prompt_ids(request)
-        choices, texts, finishes, completion_tokens = await self._collect([prompt_ids], request, "messages")
+        prompt_text, prompt_ids, mode = self._chat_prompt(request)
+        choices, texts, finishes, completion_tokens, tokens = await self._collect([prompt_ids], request, "messages")
+        outputs = [ChoiceOutput(mode, self.reasoning_parser, prompt_text).message(texts[c.index], finishes[c.index])
+                   for c in choices]
         return ChatCompletionResponse(
             id=new_id("chatcmpl"),
             created=now(),
             model=self.model_id,
-            choices=[
-                ChatChoice(index=c.index, message=ChatMessageOut(content=texts[c.index]), finish_reason=finishes[c.index])
-                for c in choices
-            ],
+            choices=[ChatChoice(index=c.index, message=message, finish_reason=finish, logprobs=chat_logprobs(tokens[c.index]))
+                     for c, (message, finish) in zip(choices, outputs, strict=True)],
             usage=_usage(len(prompt_ids), completion_tokens),
         )
 
     async def chat_stream(self, request: ChatCompletionRequest) -> AsyncIterator[ChatCompletionChunk]:
-        prompt_ids = self._chat_prompt_ids(request)
+        prompt_text, prompt_ids, mode = self._chat_prompt(request)
         choices = choices_for(1, request.n)
+        outputs = {c.index: ChoiceOutput(mode, self.reasoning_parser, prompt_text) for c in choices}
         params = [self._sampling(request, len(prompt_ids), "messages", c) for c in choices]
         chunk_id, created = new_id("chatcmpl"), now()
         usage = _StreamUsage(len(prompt_ids), request)
+        logprobs = ChatStreamLogprobs(bool(request.logprobs))
 
         def chunk(choice: int, delta: ChatDelta, finish: str | None = None) -> ChatCompletionChunk:
             return ChatCompletionChunk(
                 id=chunk_id,
                 created=created,
                 model=self.model_id,
-                choices=[ChatChunkChoice(index=choice, delta=delta, finish_reason=finish)],
+                choices=[ChatChunkChoice(index=choice, delta=delta, finish_reason=finish,
+                                         logprobs=None if delta.role else logprobs.take(choice))],
                 usage=usage.continuous(),
             )
 
@@ -125,16 +141,21 @@ class TextGenerationTask:
                 opened.add(choice.index)
                 yield chunk(choice.index, ChatDelta(role="assistant", content=""))
             usage.update(choice.index, event.completion_tokens)
-            if event.text:
-                yield chunk(choice.index, ChatDelta(content=event.text))
+            logprobs.add(choice.index, event.tokens)
+            output = outputs[choice.index]
+            if event.text and (delta := output.feed(event.text)) is not None:
+                yield chunk(choice.index, delta)
             if event.finish_reason is not None:
-                yield chunk(choice.index, ChatDelta(), event.finish_reason)
+                delta, finish = output.finish(event.finish_reason)
+                if delta is not None:
+                    yield chunk(choice.index, delta)
+                yield chunk(choice.index, ChatDelta(), finish)
         if request.include_usage_in_stream:
             yield ChatCompletionChunk(id=chunk_id, created=created, model=self.model_id, choices=[], usage=usage.total())
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse:
         prompts = self._completion_prompt_ids(request)
-        choices, texts, finishes, completion_tokens = await self._collect(prompts, request, "prompt")
+        choices, texts, finishes, completion_tokens, tokens = await self._collect(prompts, request, "prompt")
         prefixes = self._echo_prefixes(request, prompts)
         return CompletionResponse(
             id=new_id("cmpl"),
@@ -142,7 +163,8 @@ class TextGenerationTask:
             model=self.model_id,
             choices=[
                 CompletionChoice(
-                    index=c.index, text=prefixes[c.prompt_index] + texts[c.index], finish_reason=finishes[c.index]
+                    index=c.index, text=prefixes[c.prompt_index] + texts[c.index], finish_reason=finishes[c.index],
+                    logprobs=completion_logprobs(tokens[c.index]),  # at offset 0: echo with logprobs is refused
                 )
                 for c in choices
             ],
@@ -156,11 +178,13 @@ class TextGenerationTask:
         prefixes = self._echo_prefixes(request, prompts)
         chunk_id, created = new_id("cmpl"), now()
         usage = _StreamUsage(sum(len(p) for p in prompts), request)
+        offsets = CompletionOffsets()
 
-        def chunk(choice: int, text: str, finish: str | None = None) -> CompletionResponse:
+        def chunk(choice: int, text: str, finish: str | None = None, tokens=None) -> CompletionResponse:
             return CompletionResponse(
                 id=chunk_id, created=created, model=self.model_id,
-                choices=[CompletionChoice(index=choice, text=text, finish_reason=finish)],
+                choices=[CompletionChoice(index=choice, text=text, finish_reason=finish,
+                                          logprobs=offsets.logprobs(choice, tokens))],
                 usage=usage.continuous(),
             )
 
@@ -171,10 +195,8 @@ class TextGenerationTask:
                 if prefixes[choice.prompt_index]:
                     yield chunk(choice.index, prefixes[choice.prompt_index])
             usage.update(choice.index, event.completion_tokens)
-            if event.finish_reason is not None:
-                yield chunk(choice.index, event.text, event.finish_reason)
-            elif event.text:
-                yield chunk(choice.index, event.text)
+            if event.finish_reason is not None or event.text or event.tokens:
+                yield chunk(choice.index, event.text, event.finish_reason, event.tokens)
         if request.include_usage_in_stream:
             yield CompletionResponse(id=chunk_id, created=created, model=self.model_id, choices=[], usage=usage.total())
 
@@ -183,7 +205,7 @@ class TextGenerationTask:
         def chat_ids(r: TokenizeRequest) -> list[int]:
             chat = ChatCompletionRequest.model_construct(model=r.model, messages=r.messages)  # validated as r was
             return self._chat_prompt_ids(chat, add_generation_prompt=r.add_generation_prompt,
-                                         add_special_tokens=r.special_tokens)
+                                         add_special_tokens=r.special_tokens)[1]
 
         return tokenization.tokenize(self.tokenizer, request, self.max_model_len, self.model_id, chat_ids)
 
@@ -207,22 +229,30 @@ class TextGenerationTask:
 
     # ------------------------------------------------------------------ prompts
 
-    def _chat_prompt_ids(self, request: ChatCompletionRequest, *, add_generation_prompt: bool = True,
-                         add_special_tokens: bool = False) -> list[int]:
+    def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[str, list[int], ToolMode]:
+        """The rendered prompt, its ids, and how the output becomes tool calls."""
+        mode = tool_mode(request, self.engine, self.model_id, self.tool_parser)
         self._check_request_fields(request)
+        return *self._chat_prompt_ids(request, checked=True), mode
+
+    def _chat_prompt_ids(self, request: ChatCompletionRequest, *, add_generation_prompt: bool = True,
+                         add_special_tokens: bool = False, checked: bool = False) -> tuple[str, list[int]]:
+        if not checked:
+            self._check_request_fields(request)
         if not self.tokenizer.chat_template:
             raise InvalidRequestError(
                 f"Model '{self.model_id}' has no chat template; use /v1/completions instead.",
                 param="messages",
                 code="chat_template_missing",
             )
-        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in request.messages]
+        messages = template_messages(request, self.tokenizer.chat_template)
         try:
-            prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+            prompt = self.tokenizer.apply_chat_template(messages, tools=template_tools(request), tokenize=False,
+                                                        add_generation_prompt=add_generation_prompt)
         except Exception as exc:  # jinja raises TemplateError for e.g. bad role order
             raise InvalidRequestError(f"The messages do not fit the model's chat template: {exc}", param="messages") from exc
         # The template already contains any BOS the model wants (/tokenize may ask for more).
-        return self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+        return prompt, self.tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
 
     def _completion_prompt_ids(self, request: CompletionRequest) -> list[list[int]]:
         self._check_request_fields(request)
@@ -263,13 +293,16 @@ class TextGenerationTask:
         params = [self._sampling(request, len(prompts[c.prompt_index]), param, c) for c in choices]
         texts = [""] * len(choices)
         finishes: list[str] = ["stop"] * len(choices)
+        tokens: list[list | None] = [None if p.logprobs is None else [] for p in params]  # entries for logprobs
         completion_tokens = 0
         async for choice, event in self._run(choices, prompts, params, request):
             texts[choice.index] += event.text
+            if event.tokens is not None:
+                tokens[choice.index].extend(event.tokens)
             if event.finish_reason is not None:
                 finishes[choice.index] = event.finish_reason
                 completion_tokens += event.completion_tokens
-        return choices, texts, finishes, completion_tokens
+        return choices, texts, finishes, completion_tokens, tokens
 
     def _run(
         self, choices: list[Choice], prompts: list[list[int]], params: list[SamplingParams], request: SamplingFields
@@ -338,6 +371,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
             enable_prefix_caching=args.enable_prefix_caching,
             num_threads=args.num_threads,
             device=backend.device.upper(),
+            exact=args.inference_precision == "f32",
         )
     else:
         from ..engines.transformers_generation import TransformersGenerationEngine
@@ -360,6 +394,8 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
         max_model_len=max_model_len,
         default_max_tokens=args.default_max_tokens,
         stream_interval=args.stream_interval,
+        tool_parser=args.tool_parser,
+        reasoning_parser=args.reasoning_parser,
     )
 
 
@@ -393,7 +429,7 @@ TASK = TaskSpec(
     hf_task="text-generation",
     fields=frozenset({
         "max_model_len", "default_max_tokens", "max_num_seqs", "max_num_batched_tokens", "kv_cache_gb",
-        "stream_interval", "enable_prefix_caching",
+        "stream_interval", "enable_prefix_caching", "tool_parser", "reasoning_parser", "inference_precision",
     }),
     check=_check_args,
     claims=claims,

@@ -124,6 +124,26 @@ def test_a_json_schema_holds_at_temperature_1_for_20_seeds(served):
         assert -40 <= report["weather"]["celsius"] <= 50 and len(report["city"]) <= 20
 
 
+def test_the_135m_model_makes_valid_tool_calls_when_they_are_required(served):
+    """The README's tool round trip on SmolLM2: `required` is forced through structured output,
+    so the call is valid; the tool's result then goes back and the model answers in text."""
+    from openai import OpenAI
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "additionalProperties": False, "required": ["city"],
+        "properties": {"city": {"type": "string", "maxLength": 20}}}}}]
+    client = OpenAI(base_url=f"{served['base']}/v1", api_key=served["key"], max_retries=0)
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    asked = client.chat.completions.create(model=CHAT_MODEL, messages=messages, tools=tools, tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=60, seed=0)
+    assert asked.choices[0].finish_reason == "tool_calls"
+    (call,) = asked.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and len(json.loads(call.function.arguments)["city"]) <= 20
+    messages += [asked.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"}]
+    final = client.chat.completions.create(model=CHAT_MODEL, messages=messages, max_tokens=20, temperature=0)
+    assert final.choices[0].message.content and final.choices[0].message.tool_calls is None
+
+
 def test_paraphrases_are_closer_than_unrelated_sentences(served):
     from openai import OpenAI
 

@@ -117,14 +117,16 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
             _model_app(
                 "tiny-llama",
                 {"source": str(models["llama"]), "task": "text-generation", "backend": "openvino",
-                 "max_num_seqs": 16, "max_num_batched_tokens": 128, **common},
+                 "max_num_seqs": 16, "max_num_batched_tokens": 128, "inference_precision": "f32", **common},
                 0.2,
                 max_ongoing_requests=64,
             ),
             _model_app(
                 "tiny-llama-hf",
                 {"source": str(models["llama"]), "task": "text-generation", "backend": "transformers",
-                 "max_batch_size": 8, "batch_wait_timeout_s": 0.02, **common},
+                 "max_batch_size": 8, "batch_wait_timeout_s": 0.02, **common,
+                 # test_tool_calling.py: the parsers, on output a structured output makes
+                 "tool_parser": "hermes", "reasoning_parser": "qwen3"},
                 0.2,
                 max_ongoing_requests=2,
                 max_queued_requests=2,  # backpressure: the rest get a fast 503

@@ -17,6 +17,7 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 MSG = [{"role": "user", "content": "hello"}]
 LONG_TEXT = "Paris " * (LLAMA_CONTEXT + 10)
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]
 
 CASES = [
     # (id, path, body, status, param, code)
@@ -40,8 +41,12 @@ CASES = [
     ("empty stop", CHAT, {"model": "tiny-llama", "messages": MSG, "stop": [""]}, 400, "stop", None),
     ("negative seed", CHAT, {"model": "tiny-llama", "messages": MSG, "seed": -1}, 400, "seed", None),
     ("stream_options without stream", CHAT, {"model": "tiny-llama", "messages": MSG, "stream_options": {"include_usage": True}}, 400, "stream_options", None),
-    ("tools", CHAT, {"model": "tiny-llama", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", None),
-    ("logprobs", CHAT, {"model": "tiny-llama", "messages": MSG, "logprobs": True}, 400, "logprobs", None),
+    ("tools without a tool parser", CHAT, {"model": "tiny-llama", "messages": MSG, "tools": TOOLS}, 400, "tool_choice", "unsupported_parameter"),
+    ("tool_choice naming no tool", CHAT, {"model": "tiny-llama", "messages": MSG, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "g"}}}, 400, "tool_choice", None),
+    ("tool_choice without tools", CHAT, {"model": "tiny-llama", "messages": MSG, "tool_choice": "required"}, 400, "tool_choice", None),
+    ("tool with a broken schema", CHAT, {"model": "tiny-llama-hf", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}], "tool_choice": "required"}, 400, "tools", "invalid_structured_output"),
+    ("tool message without its call id", CHAT, {"model": "tiny-llama", "messages": [{"role": "tool", "content": "4"}]}, 400, "messages[0]", None),
+    ("top_logprobs without logprobs", CHAT, {"model": "tiny-llama", "messages": MSG, "top_logprobs": 2}, 400, "top_logprobs", None),
     ("json_schema without a schema", CHAT, {"model": "tiny-llama", "messages": MSG, "response_format": {"type": "json_schema"}}, 400, "response_format", None),
     ("two structured outputs", CHAT, {"model": "tiny-llama", "messages": MSG, "structured_outputs": {"regex": "a", "choice": ["b"]}}, 400, "structured_outputs", None),
     ("response_format and structured_outputs", CHAT, {"model": "tiny-llama-hf", "messages": MSG, "structured_outputs": {"regex": "a"}, "response_format": {"type": "json_object"}}, 400, "response_format", None),

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from contract.config import IngressArgs
-from contract.protocol import MAX_EMBEDDING_INPUTS
+from contract.embedding_protocol import MAX_EMBEDDING_INPUTS
 from contract.scoring_protocol import MAX_CLASSIFY_INPUTS
 from tests.integration.conftest import WIDE_LABELS
 from tests.integration.hostile import admin_headers, assert_others_served, new_key

@@ -78,7 +78,7 @@ def test_a_constraint_that_does_not_compile_is_a_400_and_the_engine_serves_on(se
 def test_the_models_list_says_what_each_engine_supports(server):
     with server.http() as http:
         cards = {card["id"]: card for card in http.get("/v1/models").json()["data"]}
-    assert cards["tiny-llama"]["capabilities"] == {"structured_outputs": True, "logit_bias": False, "logprobs": False,
+    assert cards["tiny-llama"]["capabilities"] == {"structured_outputs": True, "logit_bias": False, "logprobs": True, "top_logprobs": 0,
                                                    "tool_parser": None, "reasoning_parser": None}
     assert cards["tiny-llama-hf"]["capabilities"]["structured_outputs"] is True
     assert cards["tiny-llama-hf"]["capabilities"]["logit_bias"] is True

@@ -8,6 +8,7 @@ import base64
 import numpy as np
 
 from contract import tasks
+from contract.embedding_protocol import EmbeddingData, EmbeddingResponse, EmbeddingUsage
 from contract.errors import ContextLengthExceededError, InternalServerError
 from contract.model_api import EngineStats, ModelInfo, check_request_tokens
 from contract.protocol import (
@@ -17,9 +18,6 @@ from contract.protocol import (
     ChatCompletionResponse,
     ChatDelta,
     ChatMessageOut,
-    EmbeddingData,
-    EmbeddingResponse,
-    EmbeddingUsage,
     Usage,
 )
 from contract.scoring_protocol import (

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from contract.config import ModelAppArgs
-from contract.protocol import EmbeddingRequest
+from contract.embedding_protocol import EmbeddingRequest
 from deployments.engines.encoders import OpenVINOEncoder, PoolingSpec
 from deployments.sources import export_openvino
 from deployments.tasks.embedding import EmbeddingTask

@@ -73,7 +73,7 @@ def test_one_users_bad_input_never_opens_the_breaker_for_others(app, serve):
         '{"model": "chat-model", "messages": [{"role": "user", "content": "TOO LONG"}]}',
         '{"model": "chat-model", "messages": [{"role": "user", "content": "x"}], "n": 0}',
         '{"model": "chat-model", "messages": []}',
-        '{"model": "chat-model", "messages": [{"role": "user", "content": "%s"}], "logprobs": true}',
+        '{"model": "chat-model", "messages": [{"role": "user", "content": "%s"}], "top_logprobs": 21}',
     ]
     for _ in range(3):
         for raw in bad_bodies:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from contract.embedding_protocol import EmbeddingRequest
 from contract.errors import validation_error_to_api_error
 from contract.protocol import (
     NO_EFFECT_FIELDS,
@@ -13,7 +14,6 @@ from contract.protocol import (
     ChatCompletionRequest,
     ChatDelta,
     CompletionRequest,
-    EmbeddingRequest,
 )
 from serve_app.ingress.gateway.cache_keys import canonical_key
 
@@ -62,7 +62,7 @@ def test_a_generation_field_this_server_does_not_know_is_refused_by_name(request
 def test_fields_that_change_nothing_are_accepted_and_kept_out_of_the_cache_key():
     noop = {"user": "u", "metadata": {"a": "b"}, "store": False, "service_tier": "auto", "safety_identifier": "s",
             "prompt_cache_key": "k", "prediction": {"type": "content", "content": "x"}, "priority": 1,
-            "request_id": "r", "cache_salt": "c", "modalities": ["text"], "parallel_tool_calls": False}
+            "request_id": "r", "cache_salt": "c", "modalities": ["text"]}
     assert set(noop) == NO_EFFECT_FIELDS
     plain = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG})
     request = ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, **noop})
@@ -84,8 +84,8 @@ def test_bad_sampling_extras_fail_on_their_own_field(field, value):
     assert error.value.errors()[0]["loc"][0] == field
 
 
-@pytest.mark.parametrize("field,value", [("logprobs", True), ("tools", [{"type": "function"}]), ("tool_choice", "auto")])
-def test_unsupported_features_fail_on_their_own_field(field, value):
+@pytest.mark.parametrize("field,value", [("logprobs", 1), ("top_logprobs", 21)])
+def test_bad_log_probability_fields_fail_on_their_own_field(field, value):
     with pytest.raises(ValidationError) as error:
         ChatCompletionRequest.model_validate({"model": "m", "messages": MSG, field: value})
     assert error.value.errors()[0]["loc"] == (field,)

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from contract.config import ModelAppArgs
+from contract.embedding_protocol import EmbeddingRequest
 from contract.errors import APIError
 from contract.model_api import with_token_budget
-from contract.protocol import EmbeddingRequest
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from deployments.sources import PreparedModel
 from deployments.tasks import embedding, rerank, text_classification

@@ -65,6 +65,30 @@ def test_a_seed_draws_the_same_tokens():
     assert [first.next_token(LOGITS, [4], []) for _ in range(20)] == [second.next_token(LOGITS, [4], []) for _ in range(20)]
 
 
+RAW = torch.log_softmax(LOGITS, dim=-1)
+
+
+@pytest.mark.parametrize("fields", [
+    {"temperature": 0.0},
+    {"temperature": 0.3, "seed": 1, "top_k": 2},
+    {"temperature": 0.0, "logit_bias": ((5, 100.0),), "repetition_penalty": 2.0, "frequency_penalty": 1.0},
+])
+def test_logprobs_are_the_models_own_whatever_changes_the_draw(fields):
+    params = SamplingParams(max_tokens=16, logprobs=3, **fields)
+    sampler = RowSampler(torch, params, {EOS}, "cpu")
+    token = sampler.next_token(LOGITS, [0], [0])
+    entry = sampler.logprobs(LOGITS, token)
+    assert entry.logprob == pytest.approx(float(RAW[token]))
+    assert [t for t, _ in entry.top] == [0, 1, 2]  # the likeliest first, as the model ranks them
+    assert [v for _, v in entry.top] == pytest.approx(RAW[:3].tolist())
+
+
+def test_logprobs_0_gives_the_sampled_token_alone():
+    sampler = RowSampler(torch, SamplingParams(max_tokens=16, temperature=0.0, logprobs=0), {EOS}, "cpu")
+    entry = sampler.logprobs(LOGITS, sampler.next_token(LOGITS, [4], []))
+    assert entry.logprob == pytest.approx(float(RAW[0])) and entry.top == ()
+
+
 @pytest.fixture(scope="module")
 def llama_tokenizer(tmp_path_factory):
     from transformers import AutoTokenizer

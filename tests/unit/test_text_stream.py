@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from contract.engine import SamplingParams, TokenDelta
+from contract.engine import SamplingParams, TokenDelta, TokenLogprob
 from deployments.text_stream import (
     IncrementalDetokenizer,
     StopStringMatcher,
@@ -89,17 +89,21 @@ class ScriptedEngine:
                 last = i == len(self.script) - 1
                 if last:
                     finished = True
-                yield TokenDelta(ids, self.finish if last else None)
+                # A token's log-probability is minus its id, so a test can tell which token it is.
+                logprobs = None if params.logprobs is None else [
+                    TokenLogprob(-float(t), tuple((t + k, -float(t + k)) for k in range(params.logprobs))) for t in ids]
+                yield TokenDelta(ids, self.finish if last else None, logprobs)
         finally:
             if not finished:
                 self.closed_early = True
 
 
-def _run(engine, tokenizer, stop, **options):
+def _run(engine, tokenizer, stop, logprobs=None, chunk_tokens=1, **options):
     text = TextOptions(stop=tuple(stop or ()), **options)
+    params = SamplingParams(max_tokens=100, logprobs=logprobs)
 
     async def collect():
-        return [e async for e in generate_text(engine, tokenizer, [], SamplingParams(max_tokens=100), text)]
+        return [e async for e in generate_text(engine, tokenizer, [], params, text, lambda: chunk_tokens)]
 
     return asyncio.run(collect())
 
@@ -153,3 +157,75 @@ def test_special_tokens_are_kept_when_asked(byte_tokenizer):
     kept = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, None, skip_special_tokens=False)
     skipped = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, None)
     assert "".join(e.text for e in kept) == "hi<eos>" and "".join(e.text for e in skipped) == "hi"
+
+
+# ----------------------------------------------------------------------------- log-probabilities
+
+
+@pytest.fixture(scope="module")
+def word_tokenizer() -> Tokenizer:
+    """Byte-level BPE with whole words as tokens (" world" is one), so a stop string can fall
+    inside a token."""
+    from tokenizers import trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(["hello world and more text"] * 20, trainer)
+    return tokenizer
+
+
+def _spelled(event) -> str:
+    return "".join(entry.text for entry in event.tokens)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3])
+def test_each_event_carries_the_tokens_that_spell_its_text(byte_tokenizer, chunk_tokens):
+    ids = _ids(byte_tokenizer, "héllo 😀!")
+    engine = ScriptedEngine([ids[:2], ids[2:3], ids[3:7], ids[7:]])
+    events = _run(engine, byte_tokenizer, None, logprobs=0, chunk_tokens=chunk_tokens)
+    assert "".join(e.text for e in events) == "héllo 😀!"
+    assert all(_spelled(e) == e.text for e in events)
+    entries = [entry for e in events for entry in e.tokens]
+    assert [entry.token_id for entry in entries] == ids  # one entry per token, in order
+    assert [entry.logprob for entry in entries] == [-float(t) for t in ids]
+    assert sum(entry.text == "" for entry in entries) == 4  # the bytes of é and 😀 before their last
+
+
+def test_no_logprobs_asked_no_entries(byte_tokenizer):
+    events = _run(ScriptedEngine([[i] for i in _ids(byte_tokenizer, "hi")]), byte_tokenizer, None)
+    assert all(e.tokens is None for e in events)
+
+
+def test_alternatives_are_named_by_their_text(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "ab")
+    (event,) = [e for e in _run(ScriptedEngine([ids]), byte_tokenizer, None, logprobs=2) if e.tokens]
+    first = event.tokens[0]
+    assert first.top == (("a", -float(ids[0])), (byte_tokenizer.decode([ids[0] + 1]), -float(ids[0] + 1)))
+
+
+def test_text_held_back_for_a_stop_string_keeps_its_tokens_back_too(byte_tokenizer):
+    ids = _ids(byte_tokenizer, "ab xy cd")
+    events = _run(ScriptedEngine([[i] for i in ids]), byte_tokenizer, ["xyz"], logprobs=0)
+    assert "".join(e.text for e in events) == "ab xy cd"
+    assert all(_spelled(e) == e.text for e in events)
+    assert [e.text for e in events][:3] == ["a", "b", " "]  # "x" waits: it may start "xyz"
+
+
+def test_a_stop_string_cuts_the_token_it_starts_in_and_drops_the_rest(word_tokenizer):
+    ids = _ids(word_tokenizer, "hello world and more text")
+    assert len(ids) == 5  # whole words
+    events = _run(ScriptedEngine([[i] for i in ids]), word_tokenizer, ["wor"], logprobs=0)
+    assert "".join(e.text for e in events) == "hello " and events[-1].finish_reason == "stop"
+    entries = [entry for e in events for entry in e.tokens]
+    assert [entry.text for entry in entries] == ["hello", " "]  # " world" keeps what precedes the stop
+    assert [entry.token_id for entry in entries] == ids[:2]
+
+
+def test_a_kept_stop_string_keeps_its_tokens(word_tokenizer):
+    ids = _ids(word_tokenizer, "hello world and more text")
+    events = _run(ScriptedEngine([[i] for i in ids]), word_tokenizer, ["wor"], logprobs=0, include_stop=True)
+    entries = [entry for e in events for entry in e.tokens]
+    assert "".join(e.text for e in events) == "hello wor"
+    assert [entry.text for entry in entries] == ["hello", " wor"]

@@ -15,9 +15,10 @@ import logging
 import math
 from typing import Any
 
+from contract.embedding_protocol import EmbeddingRequest
 from contract.endpoints import CHAT, CLASSIFY, COMPLETE, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ServiceUnavailableError
-from contract.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from contract.protocol import ChatCompletionRequest, CompletionRequest
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from serve_app.ingress.gateway.failures import classify_failure, is_cancellation

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from contract.embedding_protocol import (
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
+)
 from contract.errors import InvalidRequestError
 from contract.model_api import with_token_budget
-from contract.protocol import EmbeddingData, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from contract.vectors import decode_base64_vector, encode_vector
 from serve_app.ingress.gateway.cache_keys import embedding_key
 from serve_app.ingress.gateway.callers import Caller

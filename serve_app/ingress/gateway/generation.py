@@ -7,6 +7,7 @@ replayed as. The flow (generation_flow.py) is the same for both.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contract.endpoints import CHAT, COMPLETE, Endpoint
+from contract.logprobs import ChatLogprobs
 from contract.model_api import NotStartedInTime
 from contract.protocol import (
     ChatChoice,
@@ -32,6 +34,7 @@ from contract.protocol import (
     new_id,
     now,
 )
+from contract.tool_calling import FunctionCall, ToolCall, ToolCallDelta
 from serve_app.ingress.gateway import request_record
 
 
@@ -42,6 +45,10 @@ class StreamTotals:
     texts: dict[int, str] = field(default_factory=dict)
     finishes: dict[int, str] = field(default_factory=dict)
     usage: Usage | None = None
+    # chat: per choice, the reasoning text and the tool calls (by their index) so far
+    reasoning: dict[int, str] = field(default_factory=dict)
+    tool_calls: dict[int, dict[int, ToolCall]] = field(default_factory=dict)
+    logprobs: dict[int, Any] = field(default_factory=dict)  # per choice: its logprobs so far
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,7 @@ class GenerationSpec:
     prompt_estimate: Callable[[Any], tuple[int, int]]
     chunk_text: Callable[[Any], str | None]  # a chunk choice's new text
     assemble: Callable[[str, StreamTotals], BaseModel]  # (model, totals) -> the whole response
+    absorb: Callable[[Any, StreamTotals], None]  # bookkeeps a chunk choice's other parts
     replay: Callable[[Any, StreamOptions], Iterator[BaseModel]]  # a stored response as chunks
 
     def reservation(self, request: SamplingFields, default_completion: int) -> tuple[int, str]:
@@ -83,16 +91,34 @@ def _totals_usage(totals: StreamTotals) -> Usage:
 
 
 def _chat_estimate(request: ChatCompletionRequest) -> tuple[int, int]:
-    return 1, sum(len(m.text()) // 4 + 4 for m in request.messages) + 8
+    tools = sum(len(json.dumps(tool.function.parameters or {})) // 4 + 16 for tool in request.tools or [])
+    return 1, sum(len(m.text()) // 4 + 4 for m in request.messages) + 8 + tools
+
+
+def _chat_absorb(choice: ChatChunkChoice, totals: StreamTotals) -> None:
+    delta, index = choice.delta, choice.index
+    if choice.logprobs is not None and choice.logprobs.content:
+        totals.logprobs.setdefault(index, ChatLogprobs(content=[])).content.extend(choice.logprobs.content)
+    if delta.reasoning_content:
+        totals.reasoning[index] = totals.reasoning.get(index, "") + delta.reasoning_content
+    calls = totals.tool_calls.setdefault(index, {}) if delta.tool_calls else {}
+    for part in delta.tool_calls or []:
+        call = calls.setdefault(part.index, ToolCall(id=part.id or "", function=FunctionCall(name="", arguments="")))
+        if part.function is not None:
+            call.function.name += part.function.name or ""
+            call.function.arguments += part.function.arguments or ""
 
 
 def _chat_assemble(model: str, totals: StreamTotals) -> ChatCompletionResponse:
+    def message(i: int) -> ChatMessageOut:
+        calls = [call for _, call in sorted(totals.tool_calls.get(i, {}).items())]
+        return ChatMessageOut(content=totals.texts[i] or (None if calls else ""), tool_calls=calls or None,
+                              reasoning_content=totals.reasoning.get(i))
+
     return ChatCompletionResponse(
         id=new_id("chatcmpl"), created=now(), model=model,
-        choices=[
-            ChatChoice(index=i, message=ChatMessageOut(content=totals.texts[i]), finish_reason=totals.finishes.get(i, "stop"))  # type: ignore[arg-type]
-            for i in sorted(totals.texts)
-        ],
+        choices=[ChatChoice(index=i, message=message(i), finish_reason=totals.finishes.get(i, "stop"),  # type: ignore[arg-type]
+                            logprobs=totals.logprobs.get(i)) for i in sorted(totals.texts)],
         usage=_totals_usage(totals),
     )
 
@@ -100,8 +126,12 @@ def _chat_assemble(model: str, totals: StreamTotals) -> ChatCompletionResponse:
 def _chat_replay(stored: ChatCompletionResponse, options: StreamOptions) -> Iterator[ChatCompletionChunk]:
     base = {"id": stored.id, "created": stored.created, "model": stored.model}
     for choice in stored.choices:
+        message = choice.message
+        calls = [ToolCallDelta.opening(i, call.id, call.function.name, call.function.arguments)
+                 for i, call in enumerate(message.tool_calls or [])]
         yield ChatCompletionChunk(**base, choices=[ChatChunkChoice(index=choice.index, delta=ChatDelta(role="assistant", content=""))])
-        yield ChatCompletionChunk(**base, choices=[ChatChunkChoice(index=choice.index, delta=ChatDelta(content=choice.message.content))])
+        yield ChatCompletionChunk(**base, choices=[ChatChunkChoice(index=choice.index, logprobs=choice.logprobs, delta=ChatDelta(
+            content=message.content, reasoning_content=message.reasoning_content, tool_calls=calls or None))])
         yield ChatCompletionChunk(
             **base, choices=[ChatChunkChoice(index=choice.index, delta=ChatDelta(), finish_reason=choice.finish_reason)],
             usage=stored.usage if options.continuous_usage_stats else None,
@@ -118,6 +148,7 @@ CHAT_SPEC = GenerationSpec(
     prompt_estimate=_chat_estimate,
     chunk_text=lambda choice: choice.delta.content,
     assemble=_chat_assemble,
+    absorb=_chat_absorb,
     replay=_chat_replay,
 )
 
@@ -134,11 +165,22 @@ def _completion_assemble(model: str, totals: StreamTotals) -> CompletionResponse
     return CompletionResponse(
         id=new_id("cmpl"), created=now(), model=model,
         choices=[
-            CompletionChoice(index=i, text=totals.texts[i], finish_reason=totals.finishes.get(i, "stop"))  # type: ignore[arg-type]
+            CompletionChoice(index=i, text=totals.texts[i], finish_reason=totals.finishes.get(i, "stop"),  # type: ignore[arg-type]
+                             logprobs=totals.logprobs.get(i))
             for i in sorted(totals.texts)
         ],
         usage=_totals_usage(totals),
     )
+
+
+def _completion_absorb(choice: CompletionChoice, totals: StreamTotals) -> None:
+    if (part := choice.logprobs) is None:
+        return
+    if (so_far := totals.logprobs.get(choice.index)) is None:
+        totals.logprobs[choice.index] = part.model_copy(deep=True)
+        return
+    for name in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):  # offsets are in the whole text
+        getattr(so_far, name).extend(getattr(part, name))
 
 
 def _completion_replay(stored: CompletionResponse, options: StreamOptions) -> Iterator[CompletionResponse]:
@@ -157,6 +199,7 @@ COMPLETE_SPEC = GenerationSpec(
     prompt_estimate=_completion_estimate,
     chunk_text=lambda choice: choice.text,
     assemble=_completion_assemble,
+    absorb=_completion_absorb,
     replay=_completion_replay,
 )
 
@@ -196,6 +239,7 @@ async def trimmed_chunks(
             if text and record is not None and record.ttft_s is None:
                 record.first_token()  # the access log's time to first token: the first text, not the role chunk
             totals.texts[choice.index] = totals.texts.get(choice.index, "") + text
+            spec.absorb(choice, totals)
             if choice.finish_reason:
                 totals.finishes[choice.index] = choice.finish_reason
         if not chunk.choices:  # the usage-only chunk

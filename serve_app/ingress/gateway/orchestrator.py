@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from contract.config import IngressArgs
+from contract.embedding_protocol import EmbeddingRequest
 from contract.endpoints import CLASSIFY, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ModelNotFoundError, ServiceUnavailableError
-from contract.protocol import CompletionRequest, EmbeddingRequest, SamplingFields
+from contract.protocol import CompletionRequest, SamplingFields
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from observability.recorder import Recorder

@@ -18,9 +18,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from contract.config import IngressArgs
+from contract.embedding_protocol import MAX_EMBEDDING_INPUTS
 from contract.endpoints import ENDPOINTS, Endpoint
 from contract.errors import ErrorResponse
-from contract.protocol import MAX_EMBEDDING_INPUTS
 from serve_app.ingress.gateway.callers import OPEN_PATHS
 
 _MEANING = {

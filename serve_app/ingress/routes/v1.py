@@ -8,15 +8,11 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from contract.embedding_protocol import EmbeddingRequest
 from contract.endpoints import CHAT, CLASSIFY, COMPLETE, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ModelNotFoundError
 from contract.model_cards import ModelCard, ModelList
-from contract.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    OpenAIRequest,
-)
+from contract.protocol import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
 from serve_app.ingress.gateway import Gateway
