@@ -1,6 +1,7 @@
 """The GPU check behind bench/gpu_check.sh: on a machine with an NVIDIA GPU, hfserve must
 - detect the GPU (`hfserve hardware`, the per-node hardware actor),
-- place a `hardware: auto` model on it (the replica reserves `num_gpus`) and run transformers on CUDA,
+- place two `hardware: auto` models on it with no num_gpus set (each replica reserves the share of
+  the GPU its estimated memory needs, hardware/placement.py) and run transformers on CUDA,
 - answer chat and embeddings correctly (token counts; vectors as the CPU computes them).
 
     python -m bench.gpu_check            # expects cuda
@@ -57,9 +58,9 @@ def main() -> int:
             {"name": "ingress", "route_prefix": "/", "import_path": "serve_app.app:build_ingress_app",
              "args": {"enable_auth": False, "enable_caching": False, "state_dir": str(work / "state")}},
             {"name": "chat", "route_prefix": None, "import_path": "serve_app.app:build_model_app",
-             "args": {"source": str(llama), "task": "text-generation", **common, "num_gpus": 0.5}},
+             "args": {"source": str(llama), "task": "text-generation", **common}},
             {"name": "embed", "route_prefix": None, "import_path": "serve_app.app:build_model_app",
-             "args": {"source": str(bert), "task": "embedding", **common, "num_gpus": 0.5}},
+             "args": {"source": str(bert), "task": "embedding", **common}},
         ],
     }
     path = work / "serve_config.yaml"
@@ -80,8 +81,8 @@ def main() -> int:
                 replica = next(a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)
                                if a.class_name == f"ServeReplica:{name}:ModelServer")
                 gpus = replica.required_resources.get("GPU", 0)
-                check(gpus == (0.5 if expect == "cuda" else 0), f"{name}: the replica reserved {gpus} GPU",
-                      replica.required_resources)
+                sized = 0 < gpus < 1 if expect == "cuda" else gpus == 0  # a tiny model: a small share
+                check(sized, f"{name}: the replica reserved {gpus} GPU", replica.required_resources)
                 if expect == "cuda":
                     check(card["device"] == "cuda" and card["backend"] == "transformers", f"{name}: transformers on CUDA")
             chat = http.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": "hi"}],
@@ -95,7 +96,8 @@ def main() -> int:
             while True:
                 status = http.get("/status").json()
                 gpus = {m["id"]: [r["platform"] for r in m["replicas"]] for m in status["models"]}
-                if all(gpus.values()) or time.monotonic() > deadline:
+                # Serve lists a replica before it reports itself (platform null until then).
+                if all(p and all(p) for p in gpus.values()) or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             check(all(p == [expect] for name, p in gpus.items() if name in ("chat", "embed")), "every replica's platform", gpus)

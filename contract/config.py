@@ -80,6 +80,7 @@ class EnvOverrides(BaseSettings):
         None, ge=1024, description="Largest accepted request body; larger bodies get a 413."
     )
     dashboard_port: int | None = Field(None, ge=1, le=65535, description="Ray dashboard port.")
+    dashboard_host: str | None = Field(None, description="Ray dashboard bind address (default 127.0.0.1).")
     enable_auth: bool | None = Field(None, description="Require API keys (default true).")
     api_key: SecretStr | None = Field(None, description="A static admin key (replaces the generated admin.key).")
     state_dir: Path | None = Field(None, description="Where API keys (SQLite) and admin.key live.")
@@ -87,8 +88,7 @@ class EnvOverrides(BaseSettings):
     enable_circuit_breaker: bool | None = Field(None, description="Per-model circuit breakers on or off.")
     enable_metrics: bool | None = Field(None, description="Record hf_server_* metrics (ingress and models).")
     haproxy: bool | None = Field(
-        None,
-        description="HTTP through Ray's HAProxy with direct ingress (RAY_SERVE_ENABLE_HA_PROXY) instead of Ray's "
+        None, description="HTTP through Ray's HAProxy with direct ingress (RAY_SERVE_ENABLE_HA_PROXY) instead of Ray's "
         "Python proxy. On unless false, where the host has an HAProxy binary; applies to the Ray cluster "
         "`hfserve serve` starts (serve_app/cli/haproxy.py, docs/performance.md).",
     )
@@ -271,7 +271,7 @@ class ModelAppArgs(StrictModel):
     num_cpus: float = Field(0.5, ge=0, le=1024, description="CPUs Ray reserves per replica.")
     num_gpus: float | None = Field(
         None, ge=0, le=64, description="GPUs Ray reserves per replica when the model is placed on cuda or rocm "
-        "(a fraction shares one; default 1). A placement on another platform reserves none.",
+        "(a fraction shares one; default: the share its estimated memory needs). Other platforms reserve none.",
     )
     resources: dict[str, float] = Field(
         {}, description="Custom Ray resources per replica, e.g. {worker_node: 0.01} to pin a model to "

@@ -51,6 +51,7 @@ from hardware.detect import detect
 from hardware.probe import PROBE_TIMEOUT_S, node_actor
 from hardware.report import NodeReport
 from hardware.select import BackendChoice, select_backend
+from observability.log_once import DistinctWarnings
 from observability.recorder import Recorder, gauge_refresh_s
 
 from .logs import quiet_client_errors
@@ -311,13 +312,14 @@ class ModelServer:
         self._report_replica()
 
     def _refresh_gauges(self) -> None:
-        period_s = gauge_refresh_s()
+        period_s, problems = gauge_refresh_s(), DistinctWarnings(logger)
         while not self._stopped:
             time.sleep(period_s)
             try:
                 self._meter.engine(self._task.stats())
-            except Exception:  # noqa: BLE001 - an engine shutting down; the next round or the end
-                pass
+            except Exception as exc:  # noqa: BLE001 - the gauges must outlive one bad round; said once per error
+                if not self._stopped:  # an engine shutting down is no news
+                    problems.warn("%s: engine gauges not refreshed: %s: %s", self.model_id, type(exc).__name__, exc)
 
     def _report_replica(self) -> None:
         """Tell this node's hardware actor about this replica (fire and forget): /status lists

@@ -2,14 +2,15 @@
 platform the model is planned for and the Ray actor options that put its replicas on a node
 that has it. Pure: the builder (serve_app/model_apps.py) passes the reports of the per-node actors.
 
-Ray schedules GPUs as a resource, so a cuda or rocm model gets `num_gpus` (1 by default, or a
-fraction to share one) and Ray puts it on a GPU node; the replica then confirms the choice on
-its own node (select.py). The other platforms are not Ray resources: they are checked here
-against the nodes that exist, and pinned, where a model needs it, with custom `resources`.
+Ray schedules GPUs as a resource, so a cuda or rocm model gets `num_gpus`: the share of one GPU
+its estimated memory needs (so several models pack onto one GPU), or the `num_gpus` it sets. The
+other platforms are not Ray resources: they are checked here against the nodes that exist, and
+pinned, where a model needs it, with custom `resources`. The replica confirms the choice (select.py).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,9 +23,34 @@ from .select import (
     engine_platforms,
 )
 
+GIB = 2**30
+DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
+# Every replica is a torch process with its own CUDA context, cuBLAS workspace and kernels.
+CONTEXT_BYTES = 1 * GIB
+# A model without a KV cache (an encoder, a classifier) holds a batch's activations instead.
+MIN_ACTIVATION_BYTES = GIB // 4
+# Shares are rounded up to this step: a little headroom, and at most 1 / GPU_STEP replicas a GPU.
+GPU_STEP = 0.05
+
 
 class PlacementError(BackendUnavailableError):
     """No node of the cluster can run the model as configured; the message names both."""
+
+
+@dataclass(frozen=True)
+class MemoryNeed:
+    """What one replica holds in GPU memory besides its CUDA context: its weights (the parameter
+    count, at the dtype of the platform it is placed on) and its KV cache, or, for a model
+    without one, its activations: a quarter of its weights, at least MIN_ACTIVATION_BYTES."""
+
+    parameters: int
+    kv_cache_bytes: int = 0
+
+    def parts(self, dtype: str) -> dict[str, int]:
+        weights = self.parameters * DTYPE_BYTES.get(dtype, 4)
+        reserve = ({"KV cache": self.kv_cache_bytes} if self.kv_cache_bytes
+                   else {"activations": max(MIN_ACTIVATION_BYTES, weights // 4)})
+        return {f"weights in {dtype}": weights, **reserve, "CUDA context": CONTEXT_BYTES}
 
 
 @dataclass(frozen=True)
@@ -32,10 +58,44 @@ class Placement:
     platform: str
     nodes: tuple[str, ...]  # hostnames (node ids where known) that have it
     ray_actor_options: dict[str, Any]
+    sizing: str = ""  # how num_gpus was chosen, for the deploy log
 
 
 def _node_name(report: NodeReport) -> str:
     return f"{report.hostname} ({report.node_id[:8]})" if report.node_id else report.hostname
+
+
+def _gib(size: float) -> str:
+    return f"{size / GIB:.2f} GiB"
+
+
+def gpu_share(model: str, platform: str, memory: MemoryNeed | None, reports: list[NodeReport]) -> tuple[float, str]:
+    """`num_gpus` for a replica of `model` on `platform`: its estimated memory over the memory of
+    the smallest such GPU of the cluster (Ray may start it on any of them), rounded up to GPU_STEP;
+    a whole GPU when either figure is unknown. PlacementError when it fits no GPU at all."""
+    gpus = [(device.total_memory_bytes, f"{device.name} on {_node_name(report)}")
+            for report in reports if report.available(platform)
+            for device in report.platforms[platform].devices if device.total_memory_bytes]
+    if memory is None:
+        return 1.0, "num_gpus 1: the model's size is not known before it loads (set num_gpus to share a GPU)"
+    if not gpus:
+        return 1.0, f"num_gpus 1: no node reported its {platform} GPU memory"
+    parts = memory.parts(ENGINES[platform][2])
+    need = sum(parts.values())
+    breakdown = " + ".join(f"{name} {_gib(size)}" for name, size in parts.items())
+    largest, largest_name = max(gpus)
+    if need > largest:
+        raise PlacementError(
+            f"model '{model}': needs about {_gib(need)} of GPU memory ({breakdown}), more than the largest "
+            f"{platform} GPU of the cluster has: {_gib(largest)} ({largest_name}). Choose a smaller model or "
+            "kv_cache_gb, or a CPU platform; set num_gpus to place it regardless"
+        )
+    smallest, smallest_name = min(gpus)
+    if need > smallest:
+        return 1.0, (f"num_gpus 1: about {_gib(need)} ({breakdown}), more than the smallest {platform} GPU has "
+                     f"({_gib(smallest)}, {smallest_name}); pin the model to larger ones with resources")
+    share = min(1.0, round(math.ceil(need / smallest / GPU_STEP - 1e-9) * GPU_STEP, 2))
+    return share, f"num_gpus {share:g}: about {_gib(need)} ({breakdown}) of {_gib(smallest)} ({smallest_name})"
 
 
 def place(
@@ -47,6 +107,7 @@ def place(
     num_cpus: float,
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
+    memory: MemoryNeed | None = None,
 ) -> Placement:
     candidates = engine_platforms(backend, preference)
     if not candidates:
@@ -62,15 +123,18 @@ def place(
             continue
         # num_gpus is what a GPU placement reserves; a preference list that lands on a CPU
         # platform reserves none (a GPU it cannot use would only make it unschedulable).
-        gpus = (1.0 if num_gpus is None else num_gpus) if platform in GPU_PLATFORMS else 0.0
-        if platform in GPU_PLATFORMS and gpus <= 0:
-            raise PlacementError(f"model '{model}': hardware '{platform}' needs num_gpus > 0 (got {gpus:g})")
+        gpus, sizing = 0.0, ""
+        if platform in GPU_PLATFORMS:
+            gpus, sizing = ((num_gpus, f"num_gpus {num_gpus:g} as set") if num_gpus is not None
+                            else gpu_share(model, platform, memory, reports))
+            if gpus <= 0:
+                raise PlacementError(f"model '{model}': hardware '{platform}' needs num_gpus > 0 (got {gpus:g})")
         options: dict[str, Any] = {"num_cpus": num_cpus}
         if gpus:
             options["num_gpus"] = gpus
         if resources:
             options["resources"] = dict(resources)
-        return Placement(platform, nodes, options)
+        return Placement(platform, nodes, options, sizing)
     have = sorted({p for r in reports for p, found in r.platforms.items() if found.available})
     raise PlacementError(
         f"model '{model}': no node has hardware {' or '.join(candidates)}"

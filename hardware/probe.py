@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from observability import catalogue
+from observability.log_once import DistinctWarnings
 from observability.recorder import Recorder, gauge_refresh_s
 
 from . import utilization
@@ -34,6 +35,7 @@ MEMORY_MAX_AGE_S = 5.0  # a report's free memory is re-read (cheaply) when older
 REPLICA_RECORD_TTL_S = 20.0  # replicas refresh theirs on every health check (5 s)
 PROBE_TIMEOUT_S = 120.0
 UTILIZATION_PERIOD_S = 5.0
+REPLICAS_TIMEOUT_S = 2.0  # /status waits this long for each node's replica records
 
 # Ray hides the GPUs of an actor that reserves none by setting CUDA_VISIBLE_DEVICES (and the
 # ROCm equivalents) to nothing. The probe reserves none but must see them all.
@@ -132,6 +134,7 @@ class HardwareSupervisor:
         self._actors: dict[str, Any] = {}  # node id -> NodeHardware handle
         self._reports: dict[str, dict[str, Any]] = {}
         self._started = time.time()
+        self._problems = DistinctWarnings(logger)
         threading.Thread(target=self._run, name="hardware-reconcile", daemon=True).start()
 
     def _run(self) -> None:
@@ -164,12 +167,13 @@ class HardwareSupervisor:
         ready, _ = ray.wait(list(pending.values()), num_returns=len(pending), timeout=timeout_s)
         done = set(ready)
         for node_id, ref in pending.items():
-            if ref not in done:
+            if ref not in done:  # its last report (if any) stays
+                self._problems.warn("no hardware report from node %s within %gs", node_id[:8], timeout_s)
                 continue
             try:
                 report = ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - a node dying now; the next round drops it
-                logger.warning("no hardware report from node %s: %s", node_id[:8], exc)
+                self._problems.warn("no hardware report from node %s: %s", node_id[:8], exc)
                 continue
             with self._lock:
                 if node_id in self._actors:
@@ -184,18 +188,25 @@ class HardwareSupervisor:
             return [self._reports[n] for n in self._actors if n in self._reports]
 
     def replicas(self) -> list[dict[str, Any]]:
+        """Every node's replica records; a node that fails or is slow to answer is left out, and
+        the log says which and why (once per distinct reason: /status asks often)."""
         import ray
 
         with self._lock:
-            handles = list(self._actors.values())
-        refs = [handle.replicas.remote() for handle in handles]
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=2.0)
+            handles = dict(self._actors)
+        refs = {node_id: handle.replicas.remote() for node_id, handle in handles.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=REPLICAS_TIMEOUT_S)
+        done = set(ready)
         records: list[dict[str, Any]] = []
-        for ref in ready:
+        for node_id, ref in refs.items():
+            if ref not in done:
+                self._problems.warn("no replica records from node %s: no answer within %gs", node_id[:8],
+                                    REPLICAS_TIMEOUT_S)
+                continue
             try:
                 records.extend(ray.get(ref))
-            except Exception:  # noqa: BLE001 - a node going away
-                continue
+            except Exception as exc:  # noqa: BLE001 - a node going away: /status lists the others
+                self._problems.warn("no replica records from node %s: %s: %s", node_id[:8], type(exc).__name__, exc)
         return records
 
 

@@ -1,6 +1,7 @@
 """The model-application builder, and where a model is placed: its replicas' Ray actor options
 come from its `hardware`, `num_cpus`, `num_gpus` and `resources` args and what the nodes have
-(hardware/placement.py); hardware or resources no node has fail the deploy naming them. The
+(hardware/placement.py), a GPU's share sized from the model's estimated memory; hardware or
+resources no node has, or a model no GPU can hold, fail the deploy naming them. The
 run-time lifecycle builds its applications here too. A `ray_actor_options` block in the YAML
 replaces these options as a whole (Ray's rule): prefer the args.
 
@@ -19,6 +20,8 @@ from deployments.task_inference import with_task
 from hardware.detect import detect
 from hardware.placement import Placement, PlacementError, place, unknown_resources
 from hardware.probe import cluster_reports
+from hardware.select import GPU_PLATFORMS
+from serve_app.state.lifecycle.memory import gpu_memory_need
 
 logger = logging.getLogger("ray.serve")
 
@@ -27,7 +30,8 @@ def build_model_app(args: ModelAppArgs) -> Application:
     # A model without `task` gets the one its files name (or the deploy fails saying why).
     args = with_task(args.with_env(read_env()))
     placement = place_model(args)
-    logger.info("model from %s: planned for %s on %s", args.source, placement.platform, ", ".join(placement.nodes))
+    logger.info("model from %s: planned for %s on %s%s", args.source, placement.platform, ", ".join(placement.nodes),
+                f"; {placement.sizing}" if placement.sizing else "")
     return model_server_deployment().options(ray_actor_options=_actor_options(placement)).bind(args)
 
 
@@ -60,5 +64,7 @@ def place_model(args: ModelAppArgs) -> Placement:
             )
     else:
         reports = [detect()]
-    return place(model, args.hardware_preference, args.backend, reports,
-                 num_cpus=args.num_cpus, num_gpus=args.num_gpus, resources=args.resources)
+    # Only a GPU placement without num_gpus uses the estimate: a CPU cluster never reads the weights here.
+    sized = args.num_gpus is None and any(r.available(p) for r in reports for p in GPU_PLATFORMS)
+    return place(model, args.hardware_preference, args.backend, reports, num_cpus=args.num_cpus,
+                 num_gpus=args.num_gpus, resources=args.resources, memory=gpu_memory_need(args) if sized else None)

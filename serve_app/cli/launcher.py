@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,11 @@ from serve_app.cli.deploy_plan import DeployConfigError, DeployPlan, plan_deploy
 from serve_app.cli.haproxy import stop_orphaned_haproxies
 
 Say = Callable[[str], None]
+
+# The dashboard (and its job API) runs whatever code it is sent: loopback unless the operator
+# names an interface with HF_SERVER_DASHBOARD_HOST, whatever the HTTP host is.
+DEFAULT_DASHBOARD_HOST = "127.0.0.1"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def _say(message: str) -> None:
@@ -111,6 +116,29 @@ def _restore_environment() -> None:
             os.environ[name] = value
 
 
+def dashboard_options(env: EnvOverrides) -> dict[str, Any]:
+    """ray.init's dashboard arguments: 127.0.0.1:8265 unless HF_SERVER_DASHBOARD_HOST/_PORT say otherwise."""
+    return {"include_dashboard": True, "dashboard_host": env.dashboard_host or DEFAULT_DASHBOARD_HOST,
+            "dashboard_port": env.dashboard_port or 8265}
+
+
+def dashboard_notes(url: str, host: str, environ: Mapping[str, str]) -> list[str]:
+    """What `hfserve serve` says about the dashboard: where it is, how to get in, and what is
+    exposed. Run after ray.init, which sets RAY_AUTH_MODE=token for a new cluster unless the
+    operator chose a mode."""
+    notes = [f"Ray dashboard:   {url}"]
+    mode = environ.get("RAY_AUTH_MODE", "").lower()
+    if mode == "token":
+        notes.append("  it asks for Ray's token: `ray get-auth-token` prints it")
+    else:
+        notes.append(f"  warning: Ray's token authentication is off (RAY_AUTH_MODE={mode or 'unset'}): "
+                     "whoever reaches the dashboard can run code on this machine")
+    if host not in LOOPBACK_HOSTS:
+        notes.append(f"  warning: the dashboard listens on {host} (HF_SERVER_DASHBOARD_HOST), not only on this "
+                     "machine: keep it on a private network")
+    return notes
+
+
 def start_cluster(plan: DeployPlan, env: EnvOverrides, say: Say = _say) -> str:
     """Start a local Ray cluster with the dashboard and deploy the plan; returns the dashboard URL."""
     import ray
@@ -121,9 +149,7 @@ def start_cluster(plan: DeployPlan, env: EnvOverrides, say: Say = _say) -> str:
     calls = {name: os.environ.get(name, value) for name, value in model_call_env_vars().items()}
     _apply_environment({**calls, **_http_mode_environment(plan, env, say)})
     context = ray.init(
-        include_dashboard=True,
-        dashboard_host="127.0.0.1" if plan.host in ("127.0.0.1", "localhost") else "0.0.0.0",
-        dashboard_port=env.dashboard_port or 8265,
+        **dashboard_options(env),
         namespace="serve",
         log_to_driver=(env.log_level == "DEBUG"),
         configure_logging=True,
@@ -146,9 +172,10 @@ def start_cluster(plan: DeployPlan, env: EnvOverrides, say: Say = _say) -> str:
     return f"http://{context.dashboard_url}" if context.dashboard_url else "(dashboard unavailable)"
 
 
-def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
+def _get_json(url: str, timeout: float = 5.0, key: str | None = None) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - our own server
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own server
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -157,8 +184,22 @@ def _get_json(url: str, timeout: float = 5.0) -> tuple[int, dict[str, Any]]:
             return exc.code, {}
 
 
-def wait_until_ready(plan: DeployPlan, timeout_s: float = 1800.0, say: Say = _say) -> float:
-    """Poll /ready, reporting each model's status as it changes; fail fast on DEPLOY_FAILED."""
+def admin_key(plan: DeployPlan, env: EnvOverrides) -> str | None:
+    """The admin key `hfserve serve` can send (HF_SERVER_API_KEY, else the admin.key it created):
+    /ready names the models only to a caller with a key."""
+    from serve_app.state.keys import read_admin_key_file
+
+    if env.api_key is not None:
+        return env.api_key.get_secret_value()
+    for args in plan.ingresses:
+        if args.enable_auth and (key := read_admin_key_file(args.effective_state_dir)):
+            return key
+    return None
+
+
+def wait_until_ready(plan: DeployPlan, timeout_s: float = 1800.0, say: Say = _say, key: str | None = None) -> float:
+    """Poll /ready, reporting each model's status as it changes (with `key`, where keys are on);
+    fail fast on DEPLOY_FAILED."""
     from ray import serve
 
     started = time.monotonic()
@@ -173,7 +214,7 @@ def wait_until_ready(plan: DeployPlan, timeout_s: float = 1800.0, say: Say = _sa
             details = "\n".join(f"  {name}: {message}" for name, message in failed.items())
             raise RuntimeError(f"deployment failed:\n{details}")
         try:
-            code, body = _get_json(f"{plan.base_url}/ready", timeout=5)
+            code, body = _get_json(f"{plan.base_url}/ready", timeout=5, key=key)
         except (OSError, ValueError):
             code, body = 0, {}
         models = body.get("models") or {}
@@ -231,10 +272,11 @@ def serve_forever(config_path: Path | None = None, *, host: str | None = None, p
         # Ray installs its own handlers during init; ours must win so shutdown is clean.
         for sig in previous:
             signal.signal(sig, _raise_stop)
-        took = wait_until_ready(plan)
+        took = wait_until_ready(plan, key=admin_key(plan, env))
         _say(f"ready in {took:.1f}s")
         _say(f"OpenAI base URL: {plan.base_url}/v1")
-        _say(f"Ray dashboard:   {dashboard}")
+        for note in dashboard_notes(dashboard, dashboard_options(env)["dashboard_host"], os.environ):
+            _say(note)
         _say("press Ctrl-C to stop")
         while True:
             time.sleep(3600)

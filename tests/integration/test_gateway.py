@@ -15,6 +15,7 @@ import pytest
 import ray
 
 from tests.conftest import ROOT
+from tests.integration.conftest import MODELS
 
 MSG = [{"role": "user", "content": "Tell me about Paris."}]
 
@@ -44,7 +45,13 @@ def cli(server, *args: str) -> subprocess.CompletedProcess:
 def test_auth_is_required_and_health_is_open(server):
     with httpx.Client(base_url=server.gateway_url, timeout=30) as http:
         assert http.get("/health").status_code == 200
-        assert http.get("/ready").status_code == 200
+        ready = http.get("/ready")
+        assert ready.status_code == 200
+        # Without a key: ready, with counts, and no model names; an admin key sees every name.
+        assert set(ready.json()) == {"status", "models_ready", "models_total"}
+        assert ready.json()["models_ready"] == ready.json()["models_total"] >= len(MODELS)
+        named = http.get("/ready", headers=admin(server)).json()["models"]
+        assert {m: named.get(m) for m in MODELS} == {m: "ready" for m in MODELS}
         missing = http.post("/v1/embeddings", json={"model": "tiny-bert", "input": "x"})
         assert missing.status_code == 401 and missing.json()["error"]["code"] == "invalid_api_key"
         assert http.get("/status").status_code == 401
@@ -97,12 +104,17 @@ def test_revocation_reaches_every_replica_within_two_seconds(server):
         revoked = cli(server, "revoke", record["id"])
         assert revoked.returncode == 0, revoked.stderr
         started = time.monotonic()
+        seen: list[tuple[float, int]] = []  # (sent, seconds after the revocation; status)
         streak = 0
         while streak < 8:  # 8 consecutive refusals: both replicas refuse it
-            status = http.get("/v1/models").status_code
-            streak = streak + 1 if status == 401 else 0
-            assert time.monotonic() - started < 5, "revocation did not propagate"
-        assert time.monotonic() - started <= 2.0 + 0.5  # the last streak requests took a moment too
+            sent = time.monotonic() - started
+            seen.append((sent, http.get("/v1/models").status_code))
+            streak = streak + 1 if seen[-1][1] == 401 else 0
+            assert sent < 30, f"revocation did not propagate: {seen[-10:]}"
+    # What a replica trusts expires after key_cache_ttl_s (1 s), so a request sent 2 s or more
+    # after the revocation is refused however slowly the machine answers (docs: within 2 s).
+    late = [(sent, status) for sent, status in seen if sent >= 2.0]
+    assert all(status == 401 for _, status in late), late
 
 
 def test_every_authenticated_response_carries_rate_limit_headers(server):
@@ -172,7 +184,7 @@ def test_backpressure_is_a_fast_503(server):
     for response, took in refused:
         assert response.json()["error"]["code"] == "model_overloaded"
         assert int(response.headers["retry-after"]) >= 1
-        assert took < 5  # refused at once, not after a hang
+        assert took < server.plan.models["tiny-llama-hf"].request_timeout_s  # refused, not timed out after a hang
     assert {r.status_code for r, _ in results} <= {200, 503}
 
 
@@ -208,7 +220,7 @@ def test_killed_replica_trips_the_breaker_and_recovery_closes_it(server):
         assert int(response.headers["retry-after"]) >= 1
         assert {status for status, _ in statuses} <= {200, 503, 504}
         # Every replica shows it once its next sync lands (within a second even when idle).
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 10
         while True:
             card = http.get("/v1/models/tiny-bert-fragile", headers=headers).json()
             if card["status"] in ("circuit_open", "circuit_half_open") or time.monotonic() > deadline:
@@ -235,26 +247,29 @@ def test_killing_the_state_actor_degrades_gracefully(server):
     headers = {"Authorization": f"Bearer {key}"}
     state = ray.get_actor("hfserve_state", namespace="hfserve")
 
-    async def traffic(http, seconds):
-        statuses = []
-        deadline = time.monotonic() + seconds
+    statuses: list[int] = []
+    killed_at: list[int] = []  # how many answers came before the kill
+
+    async def traffic(http):
         i = 0
-        while time.monotonic() < deadline:
+        while not killed_at or len(statuses) < killed_at[0] + 20:  # 20 answers after the kill
             i += 1
             response = await http.post("/v1/embeddings", json={"model": "tiny-bert", "input": f"during {i}"}, headers=headers)
             statuses.append(response.status_code)
-        return statuses
 
     async def run():
         async with httpx.AsyncClient(base_url=server.gateway_url, timeout=60) as http:
-            task = asyncio.create_task(traffic(http, 8))
-            await asyncio.sleep(1.5)
+            task = asyncio.create_task(traffic(http))
+            deadline = time.monotonic() + 60
+            while len(statuses) < 5 and not task.done():  # traffic flows before the kill
+                assert time.monotonic() < deadline, statuses
+                await asyncio.sleep(0.05)
+            killed_at.append(len(statuses))
             ray.kill(state, no_restart=False)  # max_restarts=-1: it comes back
-            return await task
+            await asyncio.wait_for(task, 120)
 
-    statuses = asyncio.run(run())
+    asyncio.run(run())
     errors = [s for s in statuses if s >= 500]
-    assert len(statuses) > 20
     assert len(errors) <= 2, statuses  # at most the calls in flight at the kill
     with httpx.Client(base_url=server.gateway_url, timeout=30) as http:
         deadline = time.monotonic() + 30

@@ -163,7 +163,7 @@ def test_load_serve_unload_while_the_others_serve(server, gw, admin_key):
         # Idempotent: the same load again is the model as it is.
         again = _load(gw, "rt-bert", str(server.models["bert"]), task="embedding")
         assert (again.status_code, again.json()["status"]) == (200, "ready")
-        loaded_rss = _replica_rss("rt-bert")
+        loaded_rss, replica_pids = _replica_rss("rt-bert"), _replica_pids("rt-bert")
         status = _wait_status_rss(gw, "rt-bert")  # what the replica reports with its health check
         assert status["estimated_bytes"] == response.json()["estimated_bytes"] and status["loaded_at_runtime"]
         assert 0.5 * loaded_rss < status["totals"]["rss_bytes"] < 2 * loaded_rss
@@ -177,7 +177,7 @@ def test_load_serve_unload_while_the_others_serve(server, gw, admin_key):
         assert all(a.status_code == 404 and a.json()["error"]["code"] == "model_not_found" for a in answers), \
             [a.status_code for a in answers]
         _wait_gone(gw, "rt-bert")
-        time.sleep(2)  # the replica's process exits after Serve deletes it
+        _wait_exited(replica_pids)  # the replica's process exits after Serve deletes it
         available_after = _node_available_bytes()
         print(f"rt-bert replica RSS {loaded_rss / 2**20:.0f} MiB; node available memory before the load "
               f"{available_before / 2**20:.0f} MiB, loaded {available_loaded / 2**20:.0f} MiB, after the unload "
@@ -198,26 +198,51 @@ def _wait_status_rss(gw: httpx.Client, model: str, timeout_s: float = 30) -> dic
     raise AssertionError(f"/status has no resident memory for {model}: {found}")
 
 
-def _replica_rss(app: str) -> int:
+def _replica_pids(app: str) -> list[int]:
     from ray.util.state import list_actors
 
     actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=10_000)
               if a.get("name", "").startswith(f"SERVE_REPLICA::{app}#")]
     assert actors, f"no replica of {app}"
-    return sum(psutil.Process(a["pid"]).memory_info().rss for a in actors)
+    return [a["pid"] for a in actors]
+
+
+def _replica_rss(app: str) -> int:
+    return sum(psutil.Process(pid).memory_info().rss for pid in _replica_pids(app))
+
+
+def _wait_exited(pids: list[int], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (alive := [pid for pid in pids if psutil.pid_exists(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not alive, f"replica processes {alive} still run {timeout_s}s after the unload"
+
+
+def _wait_last_used(gw: httpx.Client, model: str, since: float, timeout_s: float = 10) -> None:
+    """Until the state actor has a use of `model` at `since` or later (the gateway replicas
+    report theirs at each sync)."""
+    deadline = time.monotonic() + timeout_s
+    while (records := _records(gw, model)) and records[0]["last_used"] < since and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert records and records[0]["last_used"] >= since, records
 
 
 def test_lru_eviction_with_one_loaded_model(server, gw):
     assert _load(gw, "rt-a", str(server.models["bert"]), task="embedding").status_code == 202
     _wait_card(gw, "rt-a", {"ready"})
+    used_since = time.time()
     _wait_serving(gw, "rt-a", lambda: _embed(gw, "rt-a"))
     # Just used: busy, so the second load finds no idle model to evict.
-    time.sleep(1.0)  # the gateway replicas tell the state actor within a sync
+    _wait_last_used(gw, "rt-a", used_since)
     busy = _load(gw, "rt-b", str(server.models["bert_plain"]), task="embedding")
     assert busy.status_code == 409 and busy.json()["error"]["code"] == "models_busy", busy.text
     assert "rt-a" in busy.json()["error"]["message"]
-    time.sleep(5.5)  # idle now
-    evicting = _load(gw, "rt-b", str(server.models["bert_plain"]), task="embedding")
+    # Idle once RECENTLY_USED_S (5 s) have passed since its last use: the load is refused as busy
+    # until then (a refusal changes nothing), and accepted after.
+    deadline = time.monotonic() + 30
+    while (evicting := _load(gw, "rt-b", str(server.models["bert_plain"]), task="embedding")).status_code == 409:
+        assert evicting.json()["error"]["code"] == "models_busy" and time.monotonic() < deadline, evicting.text
+        time.sleep(0.5)
     assert evicting.status_code == 202, evicting.text
     assert evicting.json()["evicted"] == ["rt-a"]
     _wait_card(gw, "rt-b", {"ready"})

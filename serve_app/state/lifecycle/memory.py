@@ -5,16 +5,22 @@ The engines serve weights as `weight_format` says (fp32 by default: the OpenVINO
 transformers both load fp32 unless told otherwise), so a bf16 checkpoint of N parameters is
 estimated at 4N bytes, not at its file size. Activations and the KV cache are not counted:
 the budget is about weights, and the real resident memory is measured after the load.
+Placement sizes a GPU share from the same count (gpu_memory_need; hardware/placement.py adds the
+GPU's dtype, the KV cache or activations, and the CUDA context).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 
 from contract.config import ModelAppArgs
 from deployments.sources import SourceError, SourceNotFoundError, parse_source
+from hardware.placement import MemoryNeed
+
+logger = logging.getLogger("ray.serve")
 
 BYTES_PER_PARAMETER = {"fp32": 4, "fp16": 2, "int8": 1}
 _HEADER_LIMIT = 100 * 1024 * 1024  # safetensors caps its JSON header at 100 MB
@@ -77,15 +83,54 @@ def parameter_count(location: Path) -> int | None:
     return None
 
 
-def estimate_bytes(args: ModelAppArgs) -> int | None:
-    """The estimate for `args`, or None where the source is not on this node's disk (a hub id,
-    or a local path another node has): such a load is checked against the budget once loaded.
-    SourceError for weights that are here and do not parse."""
+def local_parameters(args: ModelAppArgs) -> int | None:
+    """The parameter count of `args`' weights, or None where the source is not on this node's disk
+    (a hub id, or a local path another node has). SourceError for weights that do not parse."""
     try:
         source = parse_source(args.source, args.revision)
     except SourceNotFoundError:
         return None
     if source.kind == "hub":
         return None
-    count = parameter_count(Path(source.location))
+    return parameter_count(Path(source.location))
+
+
+def estimate_bytes(args: ModelAppArgs) -> int | None:
+    """The estimate for `args`, or None where its weights are not here to count: such a load is
+    checked against the budget once loaded. SourceError for weights that do not parse."""
+    count = local_parameters(args)
     return None if count is None else count * BYTES_PER_PARAMETER[args.weight_format]
+
+
+def gpu_memory_need(args: ModelAppArgs) -> MemoryNeed | None:
+    """What placement sizes a GPU share from: the parameter count (the weights here, else a hub
+    model's safetensors headers read from the hub, else its files in the local hub cache) and the
+    KV cache a text-generation model is given. None when the weights cannot be counted: a whole GPU then."""
+    try:
+        count = local_parameters(args) or _hub_parameters(args)
+    except SourceError:
+        return None  # the replica reports the source's problem, on the node that loads it
+    if not count:
+        return None
+    kv_cache = int(args.kv_cache_gb * 2**30) if args.task == "text-generation" else 0
+    return MemoryNeed(parameters=count, kv_cache_bytes=kv_cache)
+
+
+def _hub_parameters(args: ModelAppArgs) -> int | None:
+    source = parse_source(args.source, args.revision)
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import get_safetensors_metadata, snapshot_download
+
+    try:  # the safetensors headers alone, a few small reads
+        return sum(get_safetensors_metadata(source.location, revision=source.revision).parameter_count.values())
+    except Exception as exc:  # noqa: BLE001 - offline, gated, no safetensors: try the local hub cache
+        why = f"{type(exc).__name__}: {exc}"
+    try:
+        count = parameter_count(Path(snapshot_download(source.location, revision=source.revision,
+                                                       local_files_only=True)))
+    except Exception:  # noqa: BLE001 - not in the cache (the error types vary across huggingface_hub versions)
+        count = None
+    if count is None:
+        logger.info("model %s: its parameters could not be counted before loading (%s)", args.source, why)
+    return count
