@@ -4,9 +4,6 @@ how), whole or as stream deltas. Calls get finish_reason "tool_calls"."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-
 from contract.protocol import ChatDelta, ChatMessageOut
 from contract.tool_calling import (
     FunctionCall,
@@ -16,6 +13,7 @@ from contract.tool_calling import (
     new_call_id,
 )
 
+from .call_array import CallArrayReader, CallPiece
 from .chat_tools import ToolMode
 from .reasoning_parsers import make_reasoning_parser
 from .tool_parsers import ParsedToolCall, make_tool_parser
@@ -29,7 +27,8 @@ class ChoiceOutput:
         self._mode = mode
         self._reasoning = make_reasoning_parser(reasoning_parser, prompt_text) if reasoning_parser else None
         self._tools = make_tool_parser(mode.parser) if mode.kind == "parsed" and mode.parser else None
-        self._array = _CallArray() if mode.kind == "required" else None
+        self._array = CallArrayReader() if mode.kind == "required" else None
+        self._ids: dict[int, str] = {}  # the required array's calls: their ids
         self._named_id: str | None = None
         self._calls = 0
 
@@ -55,7 +54,7 @@ class ChoiceOutput:
             calls = [ToolCall(id=new_call_id(), function=FunctionCall(name=self._mode.name, arguments=content))]
             content = None
         elif self._array is not None:
-            calls = [_whole(call) for call in self._array.feed(content)]
+            calls = _complete_calls(self._array, self._array.feed(content))
             content = None
         elif self._tools is not None:
             content, parsed = self._tools.parse(content)
@@ -82,7 +81,7 @@ class ChoiceOutput:
                 return "", [ToolCallDelta.opening(0, self._named_id, self._mode.name or "", text)]
             return "", [ToolCallDelta(index=0, function=FunctionCallDelta(arguments=text))]
         if self._array is not None:
-            return "", [self._opening(call) for call in self._array.feed(text)]
+            return "", [self._array_delta(piece) for piece in self._array.feed(text)]
         if self._tools is not None:
             steps = [self._tools.feed(text)] if text else []
             if end:
@@ -94,6 +93,13 @@ class ChoiceOutput:
         delta = ToolCallDelta.opening(self._calls, new_call_id(), call.name, call.arguments)
         self._calls += 1
         return delta
+
+    def _array_delta(self, piece: CallPiece) -> ToolCallDelta:
+        self._calls = max(self._calls, piece.index + 1)
+        if piece.name is not None:
+            self._ids[piece.index] = new_call_id()
+            return ToolCallDelta.opening(piece.index, self._ids[piece.index], piece.name, piece.arguments)
+        return ToolCallDelta(index=piece.index, function=FunctionCallDelta(arguments=piece.arguments))
 
     def _delta(self, reasoning: str, content: str, calls: list[ToolCallDelta]) -> ChatDelta | None:
         if not (reasoning or content or calls):
@@ -108,40 +114,13 @@ def _whole(call: ParsedToolCall) -> ToolCall:
     return ToolCall(id=new_call_id(), function=FunctionCall(name=call.name, arguments=call.arguments))
 
 
-class _CallArray:
-    """The calls of a `required` tool_choice's output, a JSON array of {"name", "parameters"}
-    objects, each given out once it is complete."""
-
-    def __init__(self):
-        self._buffer = ""
-        self._pos = 0
-        self._opened = False
-        self._decoder = json.JSONDecoder()
-
-    def feed(self, text: str) -> Iterator[ParsedToolCall]:
-        self._buffer += text
-        calls = []
-        while True:
-            self._skip(" \t\r\n" + ("," if self._opened else ""))
-            if self._pos >= len(self._buffer):
-                break
-            if not self._opened:
-                if self._buffer[self._pos] != "[":
-                    break
-                self._opened = True
-                self._pos += 1
-                continue
-            if self._buffer[self._pos] == "]":
-                break
-            try:
-                item, end = self._decoder.raw_decode(self._buffer, self._pos)
-            except ValueError:  # not complete yet
-                break
-            self._pos = end
-            if isinstance(item, dict) and isinstance(item.get("name"), str):
-                calls.append(ParsedToolCall(item["name"], json.dumps(item.get("parameters", {}), ensure_ascii=False)))
-        return iter(calls)
-
-    def _skip(self, characters: str) -> None:
-        while self._pos < len(self._buffer) and self._buffer[self._pos] in characters:
-            self._pos += 1
+def _complete_calls(reader: CallArrayReader, pieces: list[CallPiece]) -> list[ToolCall]:
+    """The calls whose elements the whole output completes (a cut-off one is left out)."""
+    names: dict[int, str] = {}
+    arguments: dict[int, str] = {}
+    for piece in pieces:
+        if piece.name is not None:
+            names[piece.index] = piece.name
+        arguments[piece.index] = arguments.get(piece.index, "") + piece.arguments
+    return [ToolCall(id=new_call_id(), function=FunctionCall(name=names[i], arguments=arguments[i]))
+            for i in reader.complete]

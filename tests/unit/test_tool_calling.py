@@ -136,11 +136,26 @@ def test_required_calls_whole_and_streamed_at_any_cut(cut):
         ("get_weather", {"city": "Paris", "days": 2}), ("now", {})]
     deltas, reason = streamed(ChoiceOutput(ToolMode("required")), REQUIRED, [cut])
     choice = assembled(deltas, reason)
-    assert [call.index for d in deltas for call in d.tool_calls] == [0, 1]
+    assert [call.index for d in deltas for call in d.tool_calls if call.id] == [0, 1]  # each opens once
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     assert [(c.function.name, c.function.arguments) for c in choice.message.tool_calls] == [
         (c.function.name, c.function.arguments) for c in message.tool_calls]
     assert all(c.id.startswith("call_") for c in choice.message.tool_calls)
+
+
+def test_required_calls_stream_their_arguments_as_they_come():
+    cut = REQUIRED.index("Paris")
+    deltas, reason = streamed(ChoiceOutput(ToolMode("required")), REQUIRED, [cut, cut + 3])
+    first = [call for d in deltas for call in d.tool_calls if call.index == 0]
+    assert first[0].function.name == "get_weather" and len(first) == 4  # the name, then three pieces
+    assert "".join(c.function.arguments for c in first) == '{"city": "Paris", "days": 2}'
+    # Written in another key order (no grammar forces this one), a call still comes out whole.
+    other = '[{"parameters": {"city": "Rome"}, "name": "get_weather"}]'
+    message, _ = ChoiceOutput(ToolMode("required")).message(other, "stop")
+    assert json.loads(message.tool_calls[0].function.arguments) == {"city": "Rome"}
+    # Cut short: the complete call is kept, the cut one left out.
+    message, reason = ChoiceOutput(ToolMode("required")).message(REQUIRED[:-20], "length")
+    assert [c.function.name for c in message.tool_calls] == ["get_weather"] and reason == "length"
 
 
 def test_a_named_call_streams_its_arguments_as_they_come():
