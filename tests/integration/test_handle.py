@@ -18,7 +18,7 @@ DRIVER = textwrap.dedent(
     import ray
     from ray import serve
     from contract.protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest
-from contract.embedding_protocol import EmbeddingRequest, EmbeddingResponse
+    from contract.embedding_protocol import EmbeddingRequest, EmbeddingResponse
 
     ray.init(address=sys.argv[1], log_to_driver=False)
     llama = serve.get_app_handle("tiny-llama")

@@ -75,10 +75,13 @@ def test_a_valid_id_is_returned_once_and_tags_the_model_replica_s_lines(server):
     assert ok.headers.get_list("x-request-id") == [request_id]
     assert refused.status_code == 400, refused.text
     assert refused.headers.get_list("x-request-id") == [request_id]
-    replica = _eventually(lambda: _with_id(request_id, "replica_tiny-llama_ModelServer_*.log"))
-    assert any("Request refused: 400" in record["message"] for _, record in replica), replica
-    ingress = _eventually(lambda: _with_id(request_id, "replica_ingress_Ingress_*.log"))
-    assert any(record["message"].startswith("POST /v1/completions 400") for _, record in ingress), ingress
+    # Each line is written as its request ends, after the client has its answer: wait for the one wanted.
+    replica = _eventually(lambda: [(name, record) for name, record in _with_id(request_id, "replica_tiny-llama_ModelServer_*.log")
+                                   if "Request refused: 400" in record["message"]])
+    assert replica, _with_id(request_id, "replica_tiny-llama_ModelServer_*.log")
+    ingress = _eventually(lambda: [(name, record) for name, record in _with_id(request_id, "replica_ingress_Ingress_*.log")
+                                   if record["message"].startswith("POST /v1/completions 400")])
+    assert ingress, _with_id(request_id, "replica_ingress_Ingress_*.log")
 
 
 @pytest.mark.parametrize("headers", [

@@ -18,8 +18,11 @@ def engine_stats(server, model: str) -> dict:
     """The model's engine counters from /status; they are null while its replica is slow to
     answer (ENGINE_STATS_TIMEOUT_S), so ask again until they come."""
     def read() -> dict | None:
-        with server.http() as http:
-            models = http.get("/status").json()["models"]
+        try:
+            with server.http() as http:
+                models = http.get("/status").json()["models"]
+        except httpx.RemoteProtocolError:  # the front proxy dropped the connection: ask again
+            return None
         return next(m["engine"] for m in models if m["id"] == model)
 
     return wait_for(read)
