@@ -8,14 +8,30 @@ back after a restart.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .config import MODEL_ID_PATTERN, ModelAppArgs
+from . import tasks
+from .config import HARDWARE_PREFERENCE, MODEL_ID_PATTERN, ModelAppArgs
 
 # What the load request names itself; everything else a model takes goes in `options`.
 _TOP_LEVEL_ARGS = frozenset({"source", "task", "hardware", "backend"})
+
+# The values ModelAppArgs accepts for `hardware`, as the schema states them: `auto` alone, or
+# platforms in order of preference, each once.
+Platform = Literal[HARDWARE_PREFERENCE]  # type: ignore[valid-type]
+Hardware = Literal[("auto", *HARDWARE_PREFERENCE)]  # type: ignore[valid-type]
+HardwareList = Annotated[list[Platform], Field(min_length=1, json_schema_extra={"uniqueItems": True})]
+
+
+def _installed_tasks(schema: dict[str, Any]) -> None:
+    """`task`'s enum: the tasks installed where the document is made (plug-ins included), which
+    are the ones its validator accepts."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == "string":
+            branch["enum"] = tasks.task_names()
+
 
 # pending: deployed, but its replica waits for resources no node has free.
 RuntimeState = Literal["loading", "pending", "ready", "failed", "unloading"]
@@ -55,8 +71,9 @@ class LoadModelRequest(BaseModel):
 
     model: str = Field(..., pattern=MODEL_ID_PATTERN, description="The id clients will send.")
     source: str = Field(..., min_length=1, max_length=4096)
-    task: str | None = Field(None, description="Inferred from the model's config.json when omitted.")
-    hardware: str | list[str] | None = None
+    task: str | None = Field(None, description="Inferred from the model's config.json when omitted.",
+                             json_schema_extra=_installed_tasks)
+    hardware: Hardware | HardwareList | None = Field(None, description="auto, or platforms in order of preference.")
     backend: Literal["auto", "openvino", "transformers"] | None = None
     autoscaling: Autoscaling | None = None
     load_timeout_s: float | None = Field(None, gt=0, le=86400, description="How long the load may take before it "

@@ -82,6 +82,37 @@ def parse_source(source: str, revision: str | None = None) -> ModelSource:
     raise SourceError(f"cannot resolve model source {shown(source)}")
 
 
+HUB_CHECK_TIMEOUT_S = 5.0
+
+
+def check_hub_model(source: ModelSource, timeout_s: float = HUB_CHECK_TIMEOUT_S) -> None:
+    """SourceNotFoundError unless the hub model is in this node's HF cache or the hub knows it (one
+    metadata request, nothing downloaded). A hub that cannot be reached, or HF_HUB_OFFLINE, leaves
+    only the cache: a load would fail the same way."""
+    from huggingface_hub import HfApi, constants, errors, snapshot_download
+
+    name = shown(source.location) + (f" at revision {shown(source.revision)}" if source.revision else "")
+    try:
+        snapshot_download(source.location, revision=source.revision, local_files_only=True)
+        return
+    except Exception:  # noqa: BLE001 - not in the cache (the error types vary across huggingface_hub versions)
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise SourceNotFoundError(f"hub model {name} is not in this node's HF cache, and HF_HUB_OFFLINE is set")
+    try:
+        HfApi().model_info(source.location, revision=source.revision, timeout=timeout_s)
+    except errors.HFValidationError as exc:
+        raise SourceError(f"{shown(source.location)} is not a valid hub model id: {str(exc)[:200]}") from None
+    except errors.RevisionNotFoundError:
+        raise SourceNotFoundError(f"hub model {shown(source.location)} has no revision {shown(source.revision or '')}") from None
+    except errors.RepositoryNotFoundError:
+        raise SourceNotFoundError(f"hub model {shown(source.location)} does not exist, or is private to another "
+                                  "account (HF_TOKEN)") from None
+    except Exception as exc:  # noqa: BLE001 - offline, DNS, a timeout: the hub cannot be asked
+        raise SourceNotFoundError(f"hub model {name} is not in this node's HF cache, and the hub cannot be reached "
+                                  f"({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def _package_source(source: str) -> ModelSource:
     package, _, relative = source.removeprefix("package:").partition("/")
     if not package or not relative:

@@ -6,6 +6,8 @@ Ray schedules GPUs as a resource, so a cuda or rocm model gets `num_gpus`: the s
 its estimated memory needs (so several models pack onto one GPU), or the `num_gpus` it sets. The
 other platforms are not Ray resources: they are checked here against the nodes that exist, and
 pinned, where a model needs it, with custom `resources`. The replica confirms the choice (select.py).
+A `ray_actor_options` block in the model's `deployments` entry is checked against all this
+(check_actor_options): Ray applies it after the builder, in place of placement's options.
 """
 
 from __future__ import annotations
@@ -150,3 +152,54 @@ def unknown_resources(wanted: dict[str, float], node_resources: list[dict[str, f
         if all(available.get(name, 0.0) >= amount for name, amount in wanted.items()):
             return {}
     return dict(wanted)
+
+
+# Placement's fields of Ray's actor options, and what Serve reserves for each when a config's
+# ray_actor_options leave it out (Serve's replica default is one CPU).
+PLACEMENT_FIELDS = ("num_cpus", "num_gpus", "resources")
+SERVE_DEFAULTS: dict[str, Any] = {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {}}
+
+
+def merge_actor_options(placed: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Placement's actor options with a config's `ray_actor_options` over them: each field the
+    config sets wins (`resources` as a whole: a pin replaces a pin), the others stay placement's."""
+    return {**placed, **given}
+
+
+def check_actor_options(model: str, platform: str, placed: dict[str, Any], given: dict[str, Any],
+                        node_resources: list[dict[str, float]]) -> dict[str, Any]:
+    """The options a replica of `model` gets when the config's `ray_actor_options` (`given`)
+    replace placement's (`placed`) as a whole, as Ray applies them: their merge, where `given`
+    is compatible and spells out every placement field it would change. PlacementError naming
+    the model and each field otherwise, so that the deploy fails instead of never scheduling."""
+    merged = merge_actor_options(placed, given)
+    problems = []
+    for field in PLACEMENT_FIELDS:
+        if field in placed and field not in given and placed[field] != SERVE_DEFAULTS[field]:
+            problems.append(
+                f"it leaves out {field}, so Ray would reserve {_shown(field, SERVE_DEFAULTS[field])} per replica, not "
+                f"the model's {_shown(field, placed[field])}: add `{field}: {placed[field]}` to it, or drop the block "
+                f"and set {field} in the model's args")
+    gpus = float(merged.get("num_gpus") or 0)
+    if platform in GPU_PLATFORMS and "num_gpus" in given and gpus <= 0:
+        problems.append(f"its num_gpus is {gpus:g}, but the model is placed on {platform}, which needs a GPU share")
+    if platform not in GPU_PLATFORMS and gpus > 0:
+        problems.append(f"its num_gpus reserves {gpus:g} GPU, but the model is placed on {platform}, which uses none "
+                        "(set the model's hardware to cuda or rocm to run it on a GPU)")
+    resources = dict(merged.get("resources") or {})
+    asked = {"CPU": float(merged.get("num_cpus") or 0), "GPU": gpus, **resources}
+    if node_resources and unknown_resources({name: n for name, n in asked.items() if n}, node_resources):
+        problems.append(f"no node has all it asks for: num_cpus {asked['CPU']:g}, num_gpus {gpus:g}, resources "
+                        f"{resources} (`ray status` shows what each node has)")
+    if problems:
+        raise PlacementError(
+            f"model '{model}': the ray_actor_options of its deployments entry replace hfserve's placement as a "
+            "whole (Ray's rule), and " + "; ".join(problems))
+    return merged
+
+
+def _shown(field: str, value: Any) -> str:
+    if field == "resources":
+        return f"resources {value}" if value else "no custom resources"
+    return f"{float(value):g} {'CPU' if field == 'num_cpus' else 'GPU'}"
+

@@ -10,8 +10,10 @@ context.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .report import Device, NodeReport, Platform
@@ -38,14 +40,27 @@ def nvml_samples(nvml: Any) -> list[Sample]:
     return samples
 
 
-def open_nvml() -> Any | None:
-    """NVML, initialised, or None (no package, no driver, no GPU)."""
+def nvidia_gpu_present(proc: Path = Path("/proc/driver/nvidia/gpus"), dev: Path = Path("/dev")) -> bool:
+    """Whether the NVIDIA driver sees a GPU on this node, read without NVML or CUDA."""
+    with contextlib.suppress(OSError):  # no NVIDIA driver: no such folder
+        if any(proc.iterdir()):
+            return True
+    return any(dev.glob("nvidia[0-9]*"))
+
+
+def open_nvml(gpu_present: Callable[[], bool] = nvidia_gpu_present) -> Any | None:
+    """NVML, initialised, or None (no package, no driver, no GPU). On a node with an NVIDIA GPU a
+    missing NVML is logged once: its utilisation gauges and free-memory re-read are off."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
         return pynvml
-    except Exception:  # noqa: BLE001 - ImportError, or the library's NVMLError: no GPU here
+    except Exception as exc:  # noqa: BLE001 - ImportError, or the library's NVMLError (no driver)
+        if gpu_present():
+            reason = ("the nvidia-ml-py package (the `gpu` extra) is not installed"
+                      if isinstance(exc, ImportError) else f"NVML did not initialise ({exc})")
+            logger.warning("NVIDIA GPU found but %s: GPU utilisation and free-memory re-reads are off", reason)
         return None
 
 

@@ -2,12 +2,15 @@
 come from its `hardware`, `num_cpus`, `num_gpus` and `resources` args and what the nodes have
 (hardware/placement.py), a GPU's share sized from the model's estimated memory; hardware or
 resources no node has, or a model no GPU can hold, fail the deploy naming them. The
-run-time lifecycle builds its applications here too. A `ray_actor_options` block in the YAML
-replaces these options as a whole (Ray's rule): prefer the args.
+run-time lifecycle builds its applications here too. A `ray_actor_options` block in the model's
+`deployments` entry replaces these options as a whole (Ray's rule, applied after the builder):
+the builder reads it and fails the deploy, naming the model and the field, unless it is
+compatible and spells out every option it changes (hardware/placement.py, check_actor_options).
 
 No `from __future__ import annotations`: Ray reads the builder's annotation at run time.
 """
 
+import dataclasses
 import logging
 
 import ray
@@ -18,9 +21,16 @@ from contract.lifecycle import RuntimeModel
 from deployments.server import model_server_deployment
 from deployments.task_inference import with_task
 from hardware.detect import detect
-from hardware.placement import Placement, PlacementError, place, unknown_resources
+from hardware.placement import (
+    Placement,
+    PlacementError,
+    check_actor_options,
+    place,
+    unknown_resources,
+)
 from hardware.probe import cluster_reports
 from hardware.select import GPU_PLATFORMS
+from serve_app.config_overrides import deployed_actor_options
 from serve_app.state.lifecycle.memory import gpu_memory_need
 
 logger = logging.getLogger("ray.serve")
@@ -28,10 +38,23 @@ logger = logging.getLogger("ray.serve")
 
 def build_model_app(args: ModelAppArgs) -> Application:
     # A model without `task` gets the one its files name (or the deploy fails saying why).
+    deployed = deployed_actor_options(args) if ray.is_initialized() else []  # before with_env: as deployed
     args = with_task(args.with_env(read_env()))
-    placement = place_model(args)
-    logger.info("model from %s: planned for %s on %s%s", args.source, placement.platform, ", ".join(placement.nodes),
-                f"; {placement.sizing}" if placement.sizing else "")
+    name = deployed[0][0] if len(deployed) == 1 else None  # several with these args: the source names it
+    placement = place_model(args, name)
+    logger.info("model %s from %s: planned for %s on %s%s", name or "", args.source, placement.platform,
+                ", ".join(placement.nodes), f"; {placement.sizing}" if placement.sizing else "")
+    if len(deployed) == 1 and deployed[0][1] is not None:  # Ray will apply the block instead, as a whole
+        nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+        options = check_actor_options(name, placement.platform, placement.ray_actor_options, deployed[0][1], nodes)
+        logger.info("model %s: its deployments entry's ray_actor_options %s replace placement's %s (compatible)",
+                    name, deployed[0][1], placement.ray_actor_options)
+        placement = dataclasses.replace(placement, ray_actor_options=options)
+    elif any(given is not None for _, given in deployed):
+        # Several applications with these very args: which one is being built cannot be told, so
+        # their blocks go unchecked (Ray applies them; an unplaceable replica shows in /ready).
+        logger.warning("applications %s have the same args and ray_actor_options: their options are not "
+                       "checked; give each its own args", [app for app, _ in deployed])
     return model_server_deployment().options(ray_actor_options=_actor_options(placement)).bind(args)
 
 
@@ -39,7 +62,7 @@ def build_runtime_model_app(record: RuntimeModel) -> Application:
     """A model loaded at run time (POST /models/load): the same application as a config-file
     model's, with the autoscaling the load asked for (one replica when it asked for none)."""
     args = with_task(ModelAppArgs.model_validate(record.args).with_env(read_env()))  # as build_model_app
-    placement = place_model(args)
+    placement = place_model(args, record.model)
     scaling = ({"autoscaling_config": record.autoscaling.serve_config()} if record.autoscaling is not None
                else {"num_replicas": 1})
     return model_server_deployment().options(ray_actor_options=_actor_options(placement), **scaling).bind(args)
@@ -50,9 +73,9 @@ def _actor_options(placement: Placement) -> dict:
     return {**placement.ray_actor_options, "runtime_env": {"env_vars": model_call_env_vars()}}
 
 
-def place_model(args: ModelAppArgs) -> Placement:
-    # The builder does not know the application's name; Serve's DEPLOY_FAILED message adds it.
-    model = args.source
+def place_model(args: ModelAppArgs, name: str | None = None) -> Placement:
+    # Without the application's name (serve.run), the source names the model in errors.
+    model = name or args.source
     if ray.is_initialized():
         reports = cluster_reports()
         nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]

@@ -2,7 +2,9 @@
 overrides applied, and every application's args validated before anything starts, so a typo
 fails at once naming the field instead of as a DEPLOY_FAILED status later. A model that omits
 its task gets the one its files name, here too (and the plan's config says it), so the models
-prepared before deploying are prepared for the task they are deployed with.
+prepared before deploying are prepared for the task they are deployed with. A model's
+`ray_actor_options` that only set num_cpus, num_gpus or resources become its args (they win), so
+placement merges them with its own instead of Ray replacing placement's options as a whole.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, valid_model_id
+from contract.config import (
+    MODEL_DEPLOYMENT_NAME,
+    EnvOverrides,
+    IngressArgs,
+    ModelAppArgs,
+    valid_model_id,
+)
+
+# The actor options that are also a model's args: placement's fields.
+ARGS_OPTIONS = frozenset({"num_cpus", "num_gpus", "resources"})
 
 
 class DeployConfigError(ValueError):
@@ -66,6 +77,22 @@ def _with_task(app_name: str, args: ModelAppArgs) -> ModelAppArgs:
         raise DeployConfigError(f"application '{app_name}': {exc}") from exc
 
 
+def fold_actor_options(app: dict[str, Any]) -> str | None:
+    """Move a model application's `ray_actor_options` into its args when they only set placement's
+    fields (each one set wins over the args'), and say so; None when there is nothing to move.
+    Any other option (memory, runtime_env, ...) leaves the block to Ray, checked by the builder."""
+    for deployment in app.get("deployments") or []:
+        options = deployment.get("ray_actor_options")
+        if deployment.get("name") != MODEL_DEPLOYMENT_NAME or not options or not set(options) <= ARGS_OPTIONS:
+            continue
+        app["args"] = {**(app.get("args") or {}), **options}
+        del deployment["ray_actor_options"]
+        app["deployments"] = [d for d in app["deployments"] if set(d) != {"name"}]
+        return (f"application '{app.get('name')}': deployments[].ray_actor_options {options} merged into the "
+                "model's args (their values win), so placement keeps its other options")
+    return None
+
+
 @dataclass(frozen=True)
 class DeployPlan:
     config: dict[str, Any]  # the Serve config with HF_SERVER_* overrides applied
@@ -101,10 +128,13 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
         config["logging_config"] = logging_config
     models: dict[str, ModelAppArgs] = {}
     ingresses: list[IngressArgs] = []
+    notes: list[str] = []
     for app in config.get("applications") or []:
         name = app.get("name")
         if not name:
             raise DeployConfigError("every application needs a name")
+        if str(app.get("import_path", "")).endswith(":build_model_app") and (note := fold_actor_options(app)):
+            notes.append(note)
         validated = validate_app_args(app.get("import_path", ""), app.get("args"), name)
         if isinstance(validated, ModelAppArgs):
             models[name] = _with_task(name, validated.with_env(env))
@@ -129,14 +159,14 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
                     f"application '{app['name']}', deployment '{deployment.get('name')}': unknown "
                     f"autoscaling_config keys {sorted(unknown)}"
                 )
-    warnings = tuple(
+    warnings = tuple(notes) + tuple(
         f"application '{app['name']}': deployments[].ray_actor_options replaces, as a whole, the options hfserve "
-        "derives from the model's hardware, num_cpus, num_gpus and resources (a GPU placement's num_gpus "
-        "included); set those in args instead"
+        "derives from the model's hardware, num_cpus, num_gpus and resources (Ray's rule); the deploy fails "
+        "unless it spells out each of them that it changes. Set those in args instead"
         for app in config["applications"]
         if app.get("name") in models
         for deployment in app.get("deployments") or []
-        if deployment.get("ray_actor_options")
+        if deployment.get("ray_actor_options") is not None
     )
     return DeployPlan(config=config, models=models, ingresses=ingresses, host=http["host"], port=int(http["port"]),
                       warnings=warnings)

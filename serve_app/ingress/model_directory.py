@@ -50,10 +50,13 @@ class ModelEntry:
         """The model's card with every detail; `public_card` strips what only admins may see."""
         info = self.info
         status = "pending" if runtime is not None and runtime.state == "pending" and self.status == "loading" else self.status
-        extra = {} if runtime is None else {
+        extra = {
             "loaded_at_runtime": True, "load_seconds": runtime.load_seconds,
             "error": runtime.error or (self.message or None if self.status == "failed" else None),
-            "reason": runtime.reason or (FAILED_REASON if self.status == "failed" else None)}
+            "reason": runtime.reason or (FAILED_REASON if self.status == "failed" else None),
+        } if runtime is not None else {  # a config-file model that failed, or waits with Serve saying why
+            "error": self.message or None if self.status not in ("ready", "idle") else None,
+            "reason": FAILED_REASON if self.status == "failed" else None}
         return ModelCard(
             **extra,
             id=self.id,

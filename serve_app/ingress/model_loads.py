@@ -1,11 +1,12 @@
 """What POST /models/load and /models/unload do in the ingress: every check that can answer
 at once (a 4xx, never a 500), then the record handed to the state actor, whose reconciler
 deploys it. Checked here: the id and the args (ModelAppArgs), the source (`..`, a device or
-special file, an unreadable or over-long path, a package that is not installed, custom code,
-weights that do not parse), the task, a name a config-file model or another application of
-the cluster has, resources no node can ever offer, and the weights against the nodes' free
-memory. A source that is well-formed but not on this node is accepted: the node that loads
-it may have it, and otherwise its load ends `failed` with the loader's error.
+special file, an unreadable or over-long path, custom code, weights that do not parse, and that
+it resolves: a path that exists here, an installed package, a hub model in this node's HF cache
+or known to the hub), the task, a name a config-file model or another application of the
+cluster has, resources no node can ever offer, and the weights against the nodes' free memory.
+A path must exist on the node that answers the load (the ingress's): a cluster serves run-time
+models from storage every node sees, as the replica may start on any of them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ from contract.errors import (
 )
 from contract.lifecycle import LifecycleReply, LoadModelRequest, RuntimeModel
 from contract.tasks import TaskInferenceError
-from deployments.sources import SourceError, SourceNotFoundError, parse_source, refuse_custom_code
+from deployments.sources import (
+    SourceError,
+    SourceNotFoundError,
+    check_hub_model,
+    parse_source,
+    refuse_custom_code,
+)
 from deployments.task_inference import with_task
 from serve_app.ingress.model_directory import ModelDirectory
 from serve_app.state.client import StateClient
@@ -44,15 +51,18 @@ def _invalid_source(message: str, code: str = "invalid_source") -> InvalidReques
     return InvalidRequestError(f"source: {message}.", param="source", code=code)
 
 
-def check_source(source: str) -> None:
-    """The 400 a source earns here; a source missing on this node passes (another may have it)."""
+def check_source(source: str, revision: str | None = None) -> None:
+    """The 400 a source earns here: one that does not resolve (`source_not_found`: a missing path,
+    a hub model neither cached nor on the hub) or may not be used. Nothing is downloaded or converted."""
     if ".." in re.split(r"[\\/]", source):
         raise InvalidRequestError(f"The source {source[:120]!r} climbs out of its directory ('..'); give an absolute "
                                   "path, a hub id or package:<package>/<file>.", param="source", code="invalid_source")
     try:
-        resolved = parse_source(source)
-    except SourceNotFoundError:
-        return
+        resolved = parse_source(source, revision)
+        if resolved.kind == "hub":
+            check_hub_model(resolved)
+    except SourceNotFoundError as exc:
+        raise _invalid_source(str(exc), code="source_not_found") from None
     except SourceError as exc:
         raise _invalid_source(str(exc)) from None
     if resolved.kind != "hub":
@@ -64,7 +74,8 @@ def check_source(source: str) -> None:
 
 def resolve_args(body: LoadModelRequest) -> ModelAppArgs:
     """The model's args with its task (inferred from its files when omitted and they are here)."""
-    check_source(body.source)
+    revision = body.options.get("revision")
+    check_source(body.source, revision if isinstance(revision, str) else None)
     try:
         args = body.validated_args()
     except ValidationError as exc:
@@ -74,7 +85,7 @@ def resolve_args(body: LoadModelRequest) -> ModelAppArgs:
     try:
         return with_task(args)
     except SourceNotFoundError:
-        return args  # not on this node: the replica's builder infers it, or the load fails saying why
+        return args  # a hub model whose files cannot be read now: the replica's builder infers it
     except SourceError as exc:
         raise _invalid_source(str(exc)) from None
     except TaskInferenceError as exc:

@@ -10,6 +10,7 @@ from typing import Any
 from contract.config import MODEL_DEPLOYMENT_NAME
 from contract.model_api import NotStartedInTime, ReplicaRecord
 from serve_app.ingress.model_directory import AppState
+from serve_app.state.lifecycle.reconciler import failure_summary
 
 
 class ServeModelClient:
@@ -93,9 +94,11 @@ async def list_serve_model_apps() -> list[AppState]:
     building_models = await asyncio.to_thread(_model_apps_among, building) if building else set()
     return [
         AppState(name, _status(app),
-                 # A replica that cannot be scheduled is explained on the deployment, not the app.
-                 app.message or (app.deployments[MODEL_DEPLOYMENT_NAME].message
-                                 if MODEL_DEPLOYMENT_NAME in app.deployments else "") or "",
+                 # A failed build says why in its traceback's last error line; a replica that cannot
+                 # be scheduled is explained on the deployment, not the app.
+                 failure_summary(app.message) if app.message and _status(app) == "DEPLOY_FAILED"
+                 else app.message or (app.deployments[MODEL_DEPLOYMENT_NAME].message
+                                      if MODEL_DEPLOYMENT_NAME in app.deployments else "") or "",
                  _running(app),
                  # A model application whose builder failed (hardware no node has, say) has no
                  # deployments at all; it is listed as failed, with the reason, rather than hidden.

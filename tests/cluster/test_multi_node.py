@@ -137,11 +137,24 @@ def test_a_redeploy_reaches_the_state_actor_and_bad_placements_fail_naming_model
         {"name": "wants-missing-node", "route_prefix": None, "import_path": "serve_app.app:build_model_app",
          "args": {**model_args, "resources": {"no_such_node": 1}}},
     ]
-    two_nodes.deploy({**config, "applications": config["applications"] + bad})
+    # The usual Ray Serve way to pin a deployment: ray_actor_options in its deployments entry, which
+    # Ray applies in place of placement's options. Left without num_cpus, Serve would reserve a
+    # whole CPU, which the one-CPU worker never has free: the deploy fails naming model and field.
+    # (Each with args of its own: the build finds its application in the deployed config by its args.)
+    def pinned(name: str, options: dict, timeout_s: float) -> dict:
+        return {"name": name, "route_prefix": None, "import_path": "serve_app.app:build_model_app",
+                "args": {**model_args, "request_timeout_s": timeout_s},
+                "deployments": [{"name": "ModelServer", "ray_actor_options": options}]}
+
+    bad.append(pinned("pinned-without-num-cpus", {"resources": {"worker_node": 0.1}}, 11))
+    good = pinned("pinned-by-options", {"num_cpus": 0.1, "resources": {"worker_node": 0.1}}, 12)
+    two_nodes.deploy({**config, "applications": config["applications"] + bad + [good]})
     failed = wait_for(lambda: all(_app_status(b["name"])[0] == "DEPLOY_FAILED" for b in bad), 120, 1.0, "bad apps failed")
     assert failed
     assert "no node has hardware cuda" in _app_status("wants-gpu")[1]
     assert "no node has the resources {'no_such_node': 1.0}" in _app_status("wants-missing-node")[1]
+    assert "model 'pinned-without-num-cpus'" in _app_status("pinned-without-num-cpus")[1]
+    assert "leaves out num_cpus" in _app_status("pinned-without-num-cpus")[1]
     with httpx.Client(base_url=two_nodes.head_url, headers=_admin(two_nodes), timeout=30) as http:
         def shows_failed():
             response = http.get("/ready")
@@ -149,6 +162,17 @@ def test_a_redeploy_reaches_the_state_actor_and_bad_placements_fail_naming_model
 
         not_ready = wait_for(shows_failed, 60, 1.0, "/ready naming the failed model")
         assert "no node has hardware cuda" in not_ready.json()["error"]["message"]
+        assert "pinned-without-num-cpus (failed: " in not_ready.json()["error"]["message"]
+        assert "leaves out num_cpus" in not_ready.json()["error"]["message"]
+
+        def cards():
+            return {m["id"]: m for m in http.get("/v1/models").json()["data"]}
+
+        card = cards()["pinned-without-num-cpus"]
+        assert card["status"] == "failed" and "leaves out num_cpus" in card["error"]
+        # Options that spell out what they change are Ray's to apply: that model runs on the worker.
+        pinned = wait_for(lambda: (c := cards()["pinned-by-options"])["replicas"] and c, 120, 1.0, "the pinned model")
+        assert pinned["status"] == "ready" and [r["node_id"] for r in pinned["replicas"]] == [_node_with("worker_node")]
 
         def settings():
             try:

