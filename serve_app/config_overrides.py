@@ -5,12 +5,9 @@ returns, so the builder reads the entry from the controller's copy of the deploy
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from contract.config import MODEL_DEPLOYMENT_NAME, ModelAppArgs
-
-logger = logging.getLogger("ray.serve")
 
 CONFIG_TIMEOUT_S = 30.0
 MODEL_IMPORT_PATH = "serve_app.app:build_model_app"  # the builder a config names for a model
