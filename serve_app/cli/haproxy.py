@@ -3,8 +3,9 @@
 In this mode (Ray's `RAY_SERVE_ENABLE_HA_PROXY`) HTTP reaches the ingress replicas through an
 HAProxy on each node instead of Ray's Python proxy actor, which on 2 cores is the largest single
 piece of a request's CPU (docs/performance.md). What Ray leaves to us, each where it is done:
-header limits (`HeaderLimits`, `write_wrapper`), the drain period (`DRAIN_S`), fixed ports
-(`PORT_ENVS`), leftover files (`remove_node_files`) and orphans (`stop_orphaned_haproxies`).
+header limits (`HeaderLimits`, `write_wrapper`), the OpenAI-shaped body of HAProxy's own 5xx page
+(`ERROR_PAGE`), the drain period (`DRAIN_S`), fixed ports (`PORT_ENVS`), leftover files
+(`remove_node_files`) and orphans (`stop_orphaned_haproxies`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from contract.config import EnvOverrides, IngressArgs, default_cache_dir
+from contract.errors import ErrorDetail, ErrorResponse
 
 ENABLE_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
@@ -43,6 +45,16 @@ WRAPPER_PREFIX = "haproxy-"
 # stack): 1024 costs 32 KiB where its default, 101, would refuse a request with 150 headers itself.
 MIN_MAXHDR = 1024
 HAPROXY_MAX_MAXHDR = 32767
+# Ray maps HAProxy's own 502/503/504 (no replica up, a replica that failed, a timeout) to one page,
+# `500.http` beside each node's config, in text/plain. The wrapper puts this in its place before
+# HAProxy reads it, so those answers carry the OpenAI error body too. Same status as Ray's.
+RAY_ERROR_PAGE = "500.http"
+_ERROR_BODY = ErrorResponse(error=ErrorDetail(
+    message="The server's front proxy got no answer from an ingress replica (none is up, one failed, or it "
+            "timed out). Retry the request.",
+    type="server_error", code="proxy_error")).model_dump_json()
+ERROR_PAGE = ("HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+              f"Cache-Control: no-cache\r\nContent-Length: {len(_ERROR_BODY)}\r\n\r\n{_ERROR_BODY}")
 
 
 @dataclass(frozen=True)
@@ -96,22 +108,33 @@ def real_binary() -> str | None:
 
 def write_wrapper(directory: Path, binary: str, limits: HeaderLimits) -> Path:
     """The executable Ray runs as HAProxy: `binary` with our `global` limits as a first config file
-    (HAProxy merges every file's `global`). Named by its content, so servers with different limits
-    on one host do not share one."""
+    (HAProxy merges every file's `global`), after putting `ERROR_PAGE` in place of Ray's error page
+    beside each config it is given. Named by its content, so servers with different limits on one
+    host do not share one."""
     config = (
         "# Written by hfserve serve (serve_app/cli/haproxy.py): HAProxy's header-count limit above\n"
         "# the ingress's max_header_count, so that the ingress answers with its JSON 431.\n"
         f"global\n    tune.http.maxhdr {limits.maxhdr}\n"
     )
-    digest = hashlib.sha256(f"{binary}\n{config}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{binary}\n{config}\n{ERROR_PAGE}".encode()).hexdigest()[:12]
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / f"limits-{digest}.cfg"
+    page_path = directory / f"error-{digest}.http"
     wrapper = directory / f"{WRAPPER_PREFIX}{digest}"
+    page = shlex.quote(str(page_path))
     script = (
-        "#!/bin/sh\n# Ray's HAProxy with hfserve's limits (serve_app/cli/haproxy.py).\n"
+        "#!/bin/sh\n# Ray's HAProxy with hfserve's limits and error page (serve_app/cli/haproxy.py).\n"
+        "previous=\n"
+        "for arg in \"$@\"; do\n"
+        f"    ray_page=\"$(dirname -- \"$arg\")/{RAY_ERROR_PAGE}\"\n"
+        "    if [ \"$previous\" = -f ] && [ -f \"$ray_page\" ]; then\n"
+        f"        cp {page} \"$ray_page.$$\" && mv -f \"$ray_page.$$\" \"$ray_page\"\n"
+        "    fi\n"
+        "    previous=$arg\n"
+        "done\n"
         f"exec {shlex.quote(binary)} -f {shlex.quote(str(config_path))} \"$@\"\n"
     )
-    for path, text, mode in ((config_path, config, 0o644), (wrapper, script, 0o755)):
+    for path, text, mode in ((config_path, config, 0o644), (page_path, ERROR_PAGE, 0o644), (wrapper, script, 0o755)):
         staged = path.with_name(f".{path.name}.{os.getpid()}")
         staged.write_text(text)
         staged.chmod(mode)

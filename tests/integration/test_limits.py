@@ -6,7 +6,11 @@ from __future__ import annotations
 import socket
 
 import httpx
+import psutil
+import pytest
 
+from contract.config import read_env
+from serve_app.cli import haproxy as haproxy_mode
 from tests.integration.conftest import KEEP_ALIVE_S
 
 
@@ -24,6 +28,19 @@ def test_too_many_or_too_large_headers_are_431(server):
         assert response.status_code == 431, response.text
         assert response.json()["error"]["code"] == "request_header_fields_too_large"
     assert fine.status_code == 200
+
+
+def test_haproxys_own_5xx_page_is_the_openai_error_body(server):
+    """HAProxy answers 502/503/504 itself from Ray's per-node page (no replica up, a timeout); the
+    wrapper Ray runs as HAProxy replaced that page with the JSON error body before HAProxy read it
+    (tests/unit/test_haproxy_mode.py sends a request through one)."""
+    if read_env().haproxy is False:
+        pytest.skip("Ray's Python proxy serves this run: HAProxy has no page to check")
+    pages = {node / haproxy_mode.RAY_ERROR_PAGE for process in psutil.process_iter(["name", "cmdline"])
+             if process.info["name"] == "haproxy" for node in haproxy_mode.node_dirs(process.info["cmdline"] or ())}
+    assert pages, "no HAProxy reads a config under Ray's directory"
+    for page in pages:
+        assert page.read_bytes() == haproxy_mode.ERROR_PAGE.encode(), page
 
 
 def _read_response(sock: socket.socket) -> bytes:

@@ -75,6 +75,35 @@ def test_the_wrapper_lets_more_headers_through_than_haproxy_alone(tmp_path):
 
 
 @needs_haproxy
+def test_haproxys_own_5xx_carries_the_openai_error_body(tmp_path):
+    """As Ray writes it: a node directory with its config and its text/plain 500.http for HAProxy's
+    502/503/504; here no backend answers, so HAProxy refuses itself."""
+    port, node = free_port(), tmp_path / "haproxy-serve" / "node-1"
+    node.mkdir(parents=True)
+    (node / "500.http").write_text("HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+                                   "Content-Length: 21\r\n\r\nInternal Server Error")
+    config = node / "haproxy.cfg"
+    config.write_text(
+        "defaults\n    mode http\n    timeout client 5s\n    timeout connect 1s\n    timeout server 5s\n"
+        + "".join(f"    errorfile {status} {node / '500.http'}\n" for status in (502, 503, 504))
+        + f"frontend web\n    bind 127.0.0.1:{port}\n    default_backend replicas\n"
+        f"backend replicas\n    server replica 127.0.0.1:{free_port()}\n"  # nothing listens there
+    )
+    wrapper = haproxy_mode.write_wrapper(tmp_path / "bin", BINARY, HeaderLimits(100, 32 * 1024))
+    process = subprocess.Popen([str(wrapper), "-db", "-f", str(config)], stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_listening(port, process)
+        response = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={})
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "proxy_error") and "Retry" in error["message"]
+    assert "Internal Server Error" not in response.text
+
+
+@needs_haproxy
 def test_taken_ports_are_replaced_and_an_operators_are_kept(tmp_path):
     holders = []
     try:
