@@ -1,9 +1,10 @@
 """Every measured figure in README.md and docs/*.md cites the run it came from.
 
-A figure is a number with a unit (tok/s, req/s, ms, s, %, MB, a 1.7x ratio, ...). The paragraph,
-list item or table row holding one must name a file in bench/results/, a commit hash or a test
-(whose printed output it quotes); a table row may rely on the paragraph just above its table.
-Settings, limits and defaults are not measurements: the allowlist below says which contexts mark one.
+A figure is a number with a unit (tok/s, req/s, ms, s, minutes, %, MB, a 1.7x ratio, ...) or a
+duration in words ("about a minute"). The paragraph, list item, table row or code-fence comment
+holding one must name a file in bench/results/, a commit hash or a test (whose printed output it
+quotes); a table row may rely on the paragraph just above its table. Settings, limits and defaults
+are not measurements: the allowlist below says which contexts mark one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ RESULTS = ROOT / "bench" / "results"
 PERFORMANCE = ROOT / "docs" / "performance.md"
 
 _NUMBER = r"(?<![\w.])[+\-−~]?\d+(?:,\d{3})*(?:\.\d+)?(?:[-–]\d+(?:,\d{3})*(?:\.\d+)?)?"
-_UNIT = r"(?:\s?(?:tok/s|tokens/s|req/s|requests/s|inputs/s|pairs/s|ms|µs|%|GiB|GB|MiB|MB|KiB|KB)|\ss|[×x])"
+_UNIT = r"(?:\s?(?:tok/s|tokens/s|req/s|requests/s|inputs/s|pairs/s|ms|µs|%|GiB|GB|MiB|MB|KiB|KB)|\s(?:s|minutes?|hours?)|[×x])"
 FIGURE = re.compile(_NUMBER + _UNIT + r"(?![\w/])")
+# A duration given in words is an estimate, so a measurement: "about a minute", "a minute or two".
+WORDED = re.compile(
+    r"(?i)\b(?:about|around|roughly|nearly|almost)\s+(?:an?|half an?|one|two|three|four|five|ten|a few)\s+"
+    r"(?:seconds?|minutes?|hours?)\b|\ban? (?:second|minute|hour) or (?:so|two)\b"
+)
+# A comment in a code fence: "make bench   # ~10 minutes".
+FENCE_COMMENT = re.compile(r"(?:^|\s)#\s(.*)")
 
 # Where a run is named: a results file, a commit, or a test whose output the figure quotes.
 RESULT_PATH = re.compile(r"bench/results/([\w.+-]+)")
@@ -30,7 +38,7 @@ ALLOWLIST = [
     r"default(?:s| is)?\s*$",  # "default 10 s"
     r"CODE\)?\s*(?:\(|,|=|:)?\s*$",  # a setting's value right after its name: "`model_info_ttl_s` (5 s)"
     r"\bevery\s*$",  # a period: "every 5 s"
-    r"\b(?:within|at most|up to|over|at least|under|after|capped at)\s*$",  # a bound or a threshold
+    r"(?i)\b(?:within|at most|up to|over|at least|under|after|capped at)\s*$",  # a bound or a threshold
     r"(?i)\b(?:sets(?: it to)?|keep|set|Ray's|gRPC's)\s*$",  # a value set by hfserve or Ray: "sets 2 s", "Ray's 30 s"
     r"\bsliding\s*$",  # the rate limiter's window
     r"not sent a request for\s*$",  # the scale-to-zero check's idle time
@@ -44,7 +52,7 @@ ALLOWLIST_AFTER = [
 
 
 def _blocks(text: str) -> list[tuple[int, str, str]]:
-    """(line, kind, text) of each paragraph, list item, table row or heading, outside code fences."""
+    """(line, kind, text) of each paragraph, list item, table row, heading and code-fence comment."""
     blocks: list[tuple[int, str, str]] = []
     current: list[str] = []
     start = 0
@@ -62,6 +70,9 @@ def _blocks(text: str) -> list[tuple[int, str, str]]:
             continue
         stripped = line.strip()
         if fenced:
+            comment = FENCE_COMMENT.search(line)
+            if comment:
+                blocks.append((number, "comment", comment.group(1)))
             continue
         if not stripped:
             close()
@@ -97,16 +108,16 @@ def _measurements(text: str) -> list[str]:
         match.group(0)
         for match in FIGURE.finditer(coded)
         if not _is_setting(match.group(0), coded[max(0, match.start() - 40) : match.start()], coded[match.end() :])
-    ]
+    ] + WORDED.findall(coded)
 
 
 def uncited_figures(path: Path, results: set[str], performance: str) -> list[str]:
     """'file:line: figures | text' for each block with a measurement and no citation."""
     problems = []
     caption = ""  # the text block just above a table: its rows may rely on its citation
-    settings_table = False  # a table with a "default" column lists settings, not measurements
+    settings_table = False  # a table with a "default" or "fires when" column lists settings, not measurements
     for line, kind, text in _blocks(path.read_text(encoding="utf-8")):
-        if kind == "row" and re.match(r"\|[^|]*\|\s*default\s*\|", text):
+        if kind == "row" and re.match(r"\|[^|]*\|\s*(?:default|fires when)\s*\|", text):
             settings_table = True
         figures = _measurements(text)
         cited = _cites(text, results)
@@ -152,8 +163,12 @@ def test_an_uncited_measurement_is_found(tmp_path):
         "The server made 412 tok/s at c=16.\n\n"
         "It made 401 tok/s (`bench/results/2026-11-30.json`).\n\n"
         "Requests time out after 30 s (the default 10 s applies per chunk).\n\n"
-        "| lever | effect |\n|---|---|\n| HAProxy | +12% chat |\n",
+        "| lever | effect |\n|---|---|\n| HAProxy | +12% chat |\n\n"
+        "The first start takes about a minute; a conversion took 3 minutes.\n\n"
+        "After 5 minutes without a scrape the gathering stops.\n\n"
+        "```bash\nmake bench   # ~10 minutes\nmake soak    # 12 minutes, bench/results/2026-11-30.json\n```\n",
         encoding="utf-8",
     )
     problems = uncited_figures(page, {"2026-11-30.json"}, "")
-    assert [problem.split(":")[1] for problem in problems] == ["1", "9"]
+    assert [problem.split(":")[1] for problem in problems] == ["1", "9", "11", "16"]
+    assert "about a minute" in problems[2] and "3 minutes" in problems[2]
