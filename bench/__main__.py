@@ -1,6 +1,7 @@
 """`make bench`: raw engines in-process, then the server over HTTP, then a peer server
-(Infinity) over HTTP with the same load generator, in one run; prints the server/raw and
-hfserve/Infinity ratios (and the targets) and writes bench/results/<date>.json.
+(Infinity, in each CPU configuration: bench/infinity.py) over HTTP with the same load generator,
+in one run; prints the server/raw and hfserve/Infinity ratios (and the targets, against Infinity's
+fastest configuration) with each side's engine and precision, and writes bench/results/<date>.json.
 `make bench-peers` (`--peers infinity,vllm`) adds vLLM-CPU as the chat peer (bench/chat_peer.py).
 
 Runs one phase at a time (the raw engine is shut down before the server starts, the server
@@ -22,7 +23,17 @@ from pathlib import Path
 from contract.config import read_env
 from hardware.detect import cpu_info
 
-from . import chat_peer, http_load, metrics_cost, peers, raw, server, structured
+from . import (
+    chat_loads,
+    chat_peer,
+    hfserve_engine,
+    http_load,
+    infinity,
+    metrics_cost,
+    raw,
+    server,
+    structured,
+)
 from .stats import EmbeddingRun, GenerationRun, ratio, unused
 
 ROOT = server.ROOT
@@ -52,14 +63,13 @@ class ServerRuns:
     post_noop: float  # p50 ms, a POST refused on the same route
     noop: float  # p50 ms, GET /health
     structured: dict  # bench/structured.py: chat c=16 with a JSON schema / without, schema compile time
+    embed_engine: dict  # bench/hfserve_engine.py: the embedding model's engine, device and precision
 
 
 @dataclass
-class PeerRuns:
-    name: str
-    ready_s: float
-    embed_single: EmbeddingRun  # c=32 x 1 input, as ServerRuns
-    embed_batch: EmbeddingRun  # c=4 x 32 inputs
+class InfinityRuns:
+    runs: list[infinity.InfinityRun]  # the configurations that ran
+    errors: dict[str, str]  # those that failed
 
 
 def measure_raw(args: argparse.Namespace) -> RawRuns:
@@ -76,9 +86,11 @@ def measure_server(args: argparse.Namespace) -> ServerRuns:
     base, auth = running.base, running.headers
     say(f"ready in {running.ready_s:.1f}s")
     try:
-        say("server: chat c=1, c=16 (streaming)")
-        chat = {c: asyncio.run(http_load.chat_run(base, c, args.rounds, headers=auth)) for c in (1, 16)}
-        burst = asyncio.run(http_load.chat_run(base, 16, args.rounds, steady=False, headers=auth))
+        embed_engine = hfserve_engine.record(base, auth)
+        say(f"server: embeddings on {embed_engine['engine']} ({embed_engine['device']}, {embed_engine['precision']})")
+        say("server: chat warm-up (each load once), then chat c=1, c=16 (streaming), burst of 16")
+        loads = chat_loads.run(base, args.rounds, headers=auth)
+        chat, burst = loads.chat, loads.burst
         say("server: embeddings c=32 x 1 input, c=4 x 32 inputs")
         single = asyncio.run(http_load.embedding_run(base, 32, 1, args.seconds, headers=auth))
         batch = asyncio.run(http_load.embedding_run(base, 4, 32, args.seconds, headers=auth))
@@ -94,55 +106,18 @@ def measure_server(args: argparse.Namespace) -> ServerRuns:
         found = structured.results(plain, constrained, structured.compile_ms(base, auth))
     finally:
         running.stop()
-    return ServerRuns(running.ready_s, chat, burst, single, batch, miss_on, miss_off, hit, post_noop, noop, found)
+    return ServerRuns(running.ready_s, chat, burst, single, batch, miss_on, miss_off, hit, post_noop, noop, found,
+                      embed_engine)
 
 
-def measure_infinity(args: argparse.Namespace) -> PeerRuns:
+def measure_infinity(args: argparse.Namespace) -> InfinityRuns:
     """The same two embedding loads as the server phase, for the same seconds, against
-    Infinity serving the same MiniLM directory (no API key: Infinity runs without one)."""
-    say(f"peer: Infinity ({peers.INFINITY_SPEC}, torch engine, CPU) on the MiniLM directory hfserve serves")
-    running = peers.start_infinity(peers.embed_model_dir(), say=say)
-    say(f"infinity ready in {running.ready_s:.1f}s (log: {peers.INFINITY.log})")
-    try:
-        say("infinity: embeddings c=32 x 1 input, c=4 x 32 inputs")
-        single = asyncio.run(http_load.embedding_run(running.base, 32, 1, args.seconds))
-        batch = asyncio.run(http_load.embedding_run(running.base, 4, 32, args.seconds))
-    finally:
-        running.stop()
-    return PeerRuns(running.name, running.ready_s, single, batch)
+    Infinity serving the same MiniLM directory in each configuration (no API key: Infinity
+    runs without one)."""
+    return InfinityRuns(*infinity.measure(args.seconds, say, args.infinity_configs))
 
 
-def peer_ratios(s: ServerRuns, p: PeerRuns) -> dict[str, float]:
-    """hfserve over the peer: above 1 is hfserve ahead for rates, below 1 for p99. With the
-    same inputs per request on both sides, req/s and inputs/s ratios are equal; both are kept
-    so each reads on its own."""
-    name = p.name
-    return {
-        f"embed_c32x1_req_per_s_vs_{name}": ratio(s.embed_single.requests_per_s, p.embed_single.requests_per_s),
-        f"embed_c32x1_inputs_per_s_vs_{name}": ratio(s.embed_single.inputs_per_s, p.embed_single.inputs_per_s),
-        f"embed_c32x1_p99_vs_{name}": ratio(s.embed_single.latency_p99_ms, p.embed_single.latency_p99_ms),
-        f"embed_c4x32_req_per_s_vs_{name}": ratio(s.embed_batch.requests_per_s, p.embed_batch.requests_per_s),
-        f"embed_c4x32_inputs_per_s_vs_{name}": ratio(s.embed_batch.inputs_per_s, p.embed_batch.inputs_per_s),
-    }
-
-
-def peer_results(p: PeerRuns) -> dict:
-    return {"server": peers.INFINITY_SPEC, "engine": "torch", "device": "cpu", "ready_s": round(p.ready_s, 1),
-            "embeddings": {"c32x1": p.embed_single.as_dict(), "c4x32": p.embed_batch.as_dict()}}
-
-
-def print_peer_table(s: ServerRuns, p: PeerRuns) -> None:
-    print(f"\n| embeddings, same client and seconds | {p.name} | hfserve | hfserve/{p.name} |")
-    print("|---|---|---|---|")
-    for label, a, b in (("c=32 x 1", p.embed_single, s.embed_single), ("c=4 x 32", p.embed_batch, s.embed_batch)):
-        print(f"| {label}: req/s | {a.requests_per_s:.1f} | {b.requests_per_s:.1f} | {ratio(b.requests_per_s, a.requests_per_s)} |")
-        print(f"| {label}: inputs/s | {a.inputs_per_s:.0f} | {b.inputs_per_s:.0f} | {ratio(b.inputs_per_s, a.inputs_per_s)} |")
-        print(f"| {label}: p50/p99 ms | {a.latency_p50_ms:.0f}/{a.latency_p99_ms:.0f} | "
-              f"{b.latency_p50_ms:.0f}/{b.latency_p99_ms:.0f} | p99 {ratio(b.latency_p99_ms, a.latency_p99_ms)} |")
-    print(f"| to ready (warm), s | {p.ready_s:.1f} | {s.ready_s:.1f} | |")
-
-
-def targets(r: RawRuns, s: ServerRuns, p: PeerRuns | None) -> dict[str, tuple[float, str, float]]:
+def targets(r: RawRuns, s: ServerRuns, p: InfinityRuns | None) -> dict[str, tuple[float, str, float]]:
     """Issue 12's targets (ratios within this run), and the earlier ones still held."""
     goals = {
         "chat_burst16_tokens_ratio": (ratio(s.burst.tokens_per_s, r.burst.tokens_per_s), ">=", 0.8),
@@ -156,12 +131,8 @@ def targets(r: RawRuns, s: ServerRuns, p: PeerRuns | None) -> dict[str, tuple[fl
         "cache_hit_over_noop_p50": (ratio(s.hit, s.post_noop), "<=", 1.5),
         "chat_c16_json_schema_tokens_ratio": (s.structured["json_schema_tokens_ratio"], ">=", structured.TARGET),
     }
-    if p is not None:
-        goals.update({
-            f"embed_c32x1_req_per_s_vs_{p.name}": (ratio(s.embed_single.requests_per_s, p.embed_single.requests_per_s), ">=", 1.2),
-            f"embed_c32x1_p99_vs_{p.name}": (ratio(s.embed_single.latency_p99_ms, p.embed_single.latency_p99_ms), "<=", 1.5),
-            f"embed_c4x32_inputs_per_s_vs_{p.name}": (ratio(s.embed_batch.inputs_per_s, p.embed_batch.inputs_per_s), ">=", 2.0),
-        })
+    if p is not None:  # against Infinity's fastest configuration for each metric
+        goals.update(infinity.targets(s, p.runs))
     return goals
 
 
@@ -179,6 +150,8 @@ def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, flo
             # HF_SERVER_HAPROXY: Ray's HAProxy in front (the launcher's default) or its Python proxy
             "http_front": "python-proxy" if read_env().haproxy is False else "haproxy",
             "ready_s": round(s.ready_s, 1),
+            "embeddings_engine": s.embed_engine,
+            "chat_warmup": chat_loads.warmup_plan(),
             "chat": {str(c): run.as_dict() for c, run in s.chat.items()},
             "chat_burst16": s.burst.as_dict(),
             "embeddings": {"c32x1": s.embed_single.as_dict(), "c4x32": s.embed_batch.as_dict()},
@@ -202,7 +175,7 @@ def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, flo
 
 
 def print_table(r: RawRuns, s: ServerRuns, results: dict, goals: dict[str, tuple[float, str, float]],
-                peer: PeerRuns | None, chat_peer_runs: chat_peer.ChatPeerRuns | None = None) -> None:
+                peer: InfinityRuns | None, chat_peer_runs: chat_peer.ChatPeerRuns | None = None) -> None:
     print(f"\nCPU: {results['machine']['cpu']} ({results['machine']['cpus']} cores)\n")
     print("| measurement | raw engine | server | ratio |")
     print("|---|---|---|---|")
@@ -226,12 +199,14 @@ def print_table(r: RawRuns, s: ServerRuns, results: dict, goals: dict[str, tuple
     print("\n| structured outputs (server) | value | ratio |\n|---|---|---|")
     structured.print_lines(s.structured)
     if peer is not None:
-        print_peer_table(s, peer)
+        infinity.print_table(s, s.embed_engine, peer.runs, peer.errors)
     if chat_peer_runs is not None:
         chat_peer.print_table(s.chat, s.burst, chat_peer_runs)
     print()
+    fastest = infinity.against(peer.runs) if peer is not None else {}
     for name, (value, op, bound) in goals.items():
-        print(f"{'PASS' if results['targets_met'][name] else 'MISS'} {name} = {value} (target {op} {bound})")
+        vs = f", against infinity {fastest[name]}, its fastest here" if name in fastest else ""
+        print(f"{'PASS' if results['targets_met'][name] else 'MISS'} {name} = {value} (target {op} {bound}{vs})")
 
 
 def main() -> int:
@@ -246,12 +221,19 @@ def main() -> int:
                         help="comma-separated peers to measure after the server: infinity (embeddings), vllm "
                              "(chat; `make bench-peers`); each venv is installed on first use, a few minutes")
     parser.add_argument("--no-peers", action="store_true", help="skip the peer phases (--peers '')")
+    parser.add_argument("--infinity-configs", default=",".join(c.name for c in infinity.CONFIGS),
+                        help="comma-separated Infinity configurations to run (default: all)")
     parser.add_argument("--out", help="where to write the JSON results (default bench/results/<date>.json, or <date>-2.json, ... if taken)")
     args = parser.parse_args()
     measures = {"infinity": lambda: measure_infinity(args), "vllm": lambda: chat_peer.measure_vllm(args.rounds, say)}
     wanted = set() if args.no_peers else {name.strip() for name in args.peers.split(",") if name.strip()}
     if wanted - set(measures):  # before the phases, not ten minutes into the run
         parser.error(f"unknown peers: {', '.join(sorted(wanted - set(measures)))} (known: {', '.join(measures)})")
+    known = {c.name: c for c in infinity.CONFIGS}
+    picked = [name.strip() for name in args.infinity_configs.split(",") if name.strip()]
+    if not picked or set(picked) - set(known):
+        parser.error(f"--infinity-configs: pick from {', '.join(known)}")
+    args.infinity_configs = tuple(known[name] for name in picked)
     raw_runs = measure_raw(args)
     server_runs = measure_server(args)
     peer_runs, peer_errors = {}, {}
@@ -272,8 +254,8 @@ def main() -> int:
         results["metrics_cost"] = cost
     results["peers"] = {name: {"error": error} for name, error in peer_errors.items()}
     if peer is not None:
-        results["peers"][peer.name] = peer_results(peer)
-        results["ratios"].update(peer_ratios(server_runs, peer))
+        results["peers"]["infinity"] = infinity.results(server_runs, peer.runs, peer.errors)
+        results["ratios"].update(infinity.ratios(server_runs, peer.runs))
     if chat_peer_runs is not None:
         results["peers"][chat_peer_runs.name] = chat_peer.results(chat_peer_runs)
         results["ratios"].update(chat_peer.ratios(server_runs.chat, server_runs.burst, chat_peer_runs))

