@@ -1,5 +1,6 @@
 """Shared test helpers. Tiers: tests/unit (no Ray), tests/integration (real Ray Serve and
-tiny models built at test time), tests/cluster (two Ray nodes), tests/e2e (the default config with the packaged models).
+tiny models built at test time), tests/python_proxy (the same through Ray's Python proxy), tests/cluster
+(two Ray nodes), tests/e2e (the default config with the packaged models).
 
 A test that needs a tool the host may lack (promtool, prometheus, HAProxy, root for a tmpfs)
 goes through missing_tool(): it skips on a developer's machine, and fails under CI=true, where
@@ -64,6 +65,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.fspath)).parts
         if "integration" in parts:
             item.add_marker(pytest.mark.integration)
+        elif "python_proxy" in parts:
+            item.add_marker(pytest.mark.python_proxy)
         elif "cluster" in parts:
             item.add_marker(pytest.mark.cluster)
         elif "e2e" in parts:

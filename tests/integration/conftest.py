@@ -191,7 +191,8 @@ def server(tiny_models, tmp_path_factory) -> Server:
     work = tmp_path_factory.mktemp("serve")
     state_dir = work / "state"
     config = write_config(work / "serve_config.yaml", tiny_models, work / "cache", state_dir)
-    # HF_SERVER_HAPROXY=true runs the package through Ray's HAProxy mode (off by default).
+    # Ray's HAProxy mode, the default; HF_SERVER_HAPROXY=false runs the package through Ray's Python
+    # proxy (tests/python_proxy runs a few of these tests that way on every run).
     env = EnvOverrides(port=free_port(), dashboard_port=free_port(), haproxy=read_env().haproxy)
     plan = plan_deploy(config, env)
     prepare_models(plan.models, say=lambda message: print(message, flush=True))

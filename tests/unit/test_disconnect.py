@@ -95,7 +95,8 @@ async def _until(condition, timeout_s: float = 5.0) -> None:
 async def _request(app, path: str, payload: dict, model: SlowModel, *, how: str) -> tuple[list[dict], bool]:
     """Send a request; once the model works on it, the client leaves (`disconnect`), Serve
     cancels the request's task (`cancel`), or Serve ends the model call first (`cut`, a
-    ServeCancelledModel). What was sent back, and whether the call raised CancelledError."""
+    ServeCancelledModel), or Ray's Python proxy cancels its receive call as the client leaves
+    (`fetch-cancelled`). What was sent back, and whether the call raised CancelledError."""
     body = json.dumps(payload).encode()
     gone, sent, read = asyncio.Event(), [], False
 
@@ -105,6 +106,10 @@ async def _request(app, path: str, payload: dict, model: SlowModel, *, how: str)
             read = True
             return {"type": "http.request", "body": body, "more_body": False}
         await gone.wait()
+        if how == "fetch-cancelled":
+            from ray.exceptions import TaskCancelledError
+
+            raise TaskCancelledError()
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
@@ -145,6 +150,18 @@ def test_a_client_that_leaves_cancels_the_model_call_and_is_logged_499(ingress, 
     assert sink.total(catalogue.REQUESTS, endpoint=path, status="499") == 1
     assert sink.total(catalogue.REQUESTS, endpoint=path) == 1  # and no 500 beside it
     assert sink.count(catalogue.ERRORS) == 0
+
+
+def test_a_client_that_leaves_rays_python_proxy_is_a_499_too(ingress):
+    """Ray's Python proxy cancels the call that fetches the client's messages as the client
+    leaves: receive() raises TaskCancelledError instead of returning http.disconnect."""
+    client, app, models, sink, caplog = ingress
+    payload = {"model": "chat-model", "messages": MSG}
+    sent, raised = client.portal.call(lambda: _request(app, CHAT, payload, models["chat-model"], how="fetch-cancelled"))
+    assert models["chat-model"].stopped == 1 and sent == [] and not raised
+    (line,) = _access_lines(caplog)
+    assert line["status"] == 499 and line["aborted"] is True and line["error_type"] is None
+    assert sink.total(catalogue.REQUESTS, status="499") == 1 and sink.total(catalogue.REQUESTS, status="500") == 0
 
 
 def test_a_request_serve_cancels_is_499_too(ingress):

@@ -187,9 +187,23 @@ class DisconnectMiddleware:
 
 
 async def _disconnect(receive: Receive) -> Message:
-    while (message := await receive())["type"] != "http.disconnect":
-        pass
+    try:
+        while (message := await receive())["type"] != "http.disconnect":
+            pass
+    except Exception as exc:
+        if not _is_cancelled_fetch(exc):
+            raise
+        return {"type": "http.disconnect"}
     return message
+
+
+def _is_cancelled_fetch(exc: Exception) -> bool:
+    """Ray's Python proxy hands the replica a client's messages through an actor call, which it
+    cancels when the client leaves: that receive() raises TaskCancelledError (Serve passes it on)
+    where the direct ingress of HAProxy mode returns http.disconnect. Both mean the client is gone."""
+    from ray.exceptions import TaskCancelledError
+
+    return isinstance(exc, TaskCancelledError)
 
 
 def _being_cancelled() -> bool:
