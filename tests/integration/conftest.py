@@ -80,6 +80,27 @@ def _model_app(name: str, args: dict, num_cpus: float, **deployment) -> dict:
     }
 
 
+
+def _ingress_app(name: str, route_prefix: str, args: dict) -> dict:
+    return {
+        "name": name,
+        "route_prefix": route_prefix,
+        "import_path": "serve_app.app:build_ingress_app",
+        "args": args,
+        "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
+    }
+
+
+def serve_config(applications: list[dict]) -> dict:
+    """What every test server's config shares around its applications: one proxy on the head, the
+    short keep-alive the limit tests wait out, JSON logs without Serve's access log."""
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": 8000, "keep_alive_timeout_s": KEEP_ALIVE_S},
+        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": False},
+        "applications": applications,
+    }
+
 def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir: Path) -> Path:
     common = {"cache_dir": str(cache_dir), "num_threads": 2}
     # Both ingress applications share the one state actor, so they share its settings.
@@ -88,32 +109,17 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
     # name of cache_ttl_s, on purpose: a config of the last release still deploys (test_status_report.py).
     shared_state = {"state_dir": str(state_dir), "circuit_breaker_threshold": 2, "circuit_breaker_timeout_s": 60,
                     "cache_ttl_seconds": OLD_NAME_CACHE_TTL_S}
-    config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": 8000, "keep_alive_timeout_s": KEEP_ALIVE_S},
-        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": False},
-        "applications": [
-            {
-                "name": "ingress",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_ingress_app",
-                # The serving-core tests: no keys, no cache (they measure the engines).
-                "args": {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0, "enable_auth": False,
-                         "enable_caching": False, **shared_state},
-                "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
-            },
-            {
-                "name": "gateway",
-                "route_prefix": GATEWAY_PREFIX,
-                "import_path": "serve_app.app:build_ingress_app",
-                # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
-                # Requests labelled with key ids: test_metrics.py counts its own key's exactly.
-                # Run-time loads (test_lifecycle.py): one at a time, weights within 50 MB.
-                "args": {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True,
-                         "metrics_refresh_s": METRICS_INTERVAL_MS / 1000, "max_loaded_models": 1,
-                         "model_memory_budget_gb": 0.05, **shared_state},
-                "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
-            },
+    config = serve_config([
+            # The serving-core tests: no keys, no cache (they measure the engines).
+            _ingress_app("ingress", "/", {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0,
+                                          "enable_auth": False, "enable_caching": False, **shared_state}),
+            # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
+            # Requests labelled with key ids: test_metrics.py counts its own key's exactly.
+            # Run-time loads (test_lifecycle.py): one at a time, weights within 50 MB.
+            _ingress_app("gateway", GATEWAY_PREFIX, {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True,
+                                                     "metrics_refresh_s": METRICS_INTERVAL_MS / 1000,
+                                                     "max_loaded_models": 1, "model_memory_budget_gb": 0.05,
+                                                     **shared_state}),
             _model_app(
                 "tiny-llama",
                 {"source": str(models["llama"]), "task": "text-generation", "backend": "openvino",
@@ -165,8 +171,7 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                          {"source": str(models[f"wide_{kind}"]), "task": task, "backend": backend, **common}, 0.05)
               for kind, task in (("bert", "embedding"), ("classifier", "text-classification"), ("reranker", "rerank"))
               for suffix, backend in (("", "openvino"), ("-torch", "transformers"))),
-        ],
-    }
+    ])
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

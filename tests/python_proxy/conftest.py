@@ -14,26 +14,23 @@ from serve_app.cli import haproxy
 from serve_app.cli.deploy_plan import plan_deploy
 from serve_app.cli.launcher import prepare_models, shutdown_cluster, start_cluster, wait_until_ready
 from tests.conftest import free_port
-from tests.integration.conftest import KEEP_ALIVE_S, LLAMA_CONTEXT, MAX_BODY, Server, _model_app
+from tests.integration.conftest import (
+    LLAMA_CONTEXT,
+    MAX_BODY,
+    Server,
+    _ingress_app,
+    _model_app,
+    serve_config,
+)
 from tests.tiny_models import build_tiny_bert, build_tiny_llama
 
 
 def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir: Path) -> Path:
     common = {"cache_dir": str(cache_dir), "num_threads": 2}
-    config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": 8000, "keep_alive_timeout_s": KEEP_ALIVE_S},
-        "logging_config": {"encoding": "JSON", "log_level": "INFO", "enable_access_log": False},
-        "applications": [
-            {
-                "name": "ingress",
-                "route_prefix": "/",
-                "import_path": "serve_app.app:build_ingress_app",
-                # Header limits are the defaults (100 headers, 32 KiB): what an operator gets.
-                "args": {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0, "enable_auth": False,
-                         "enable_caching": False, "state_dir": str(state_dir)},
-                "deployments": [{"name": "Ingress", "ray_actor_options": {"num_cpus": 0.05}}],
-            },
+    config = serve_config([
+            # Header limits are the defaults (100 headers, 32 KiB): what an operator gets.
+            _ingress_app("ingress", "/", {"max_request_body_bytes": MAX_BODY, "model_info_ttl_s": 1.0,
+                                          "enable_auth": False, "enable_caching": False, "state_dir": str(state_dir)}),
             _model_app(
                 "tiny-llama",
                 {"source": str(models["llama"]), "task": "text-generation", "backend": "openvino",
@@ -46,8 +43,7 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                 {"source": str(models["bert"]), "task": "embedding", "backend": "openvino", **common},
                 0.2,
             ),
-        ],
-    }
+    ])
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 

@@ -14,6 +14,7 @@ import httpx
 import ray
 
 from tests.integration.conftest import LLAMA_CONTEXT
+from tests.integration.test_limits import test_too_many_or_too_large_headers_are_431  # noqa: F401  (run here too)
 from tests.integration.test_stream_lifecycle import engine_stats, wait_for
 
 MSG = [{"role": "user", "content": "Tell me everything."}]
@@ -112,14 +113,3 @@ def test_an_abandoned_generation_is_cancelled_and_logged_499(server):
     _abandon(server, leave)
     (line,) = wait_for(lambda: _access_lines(request_ids[-1]), timeout_s=20, interval_s=0.5)
     assert line["status"] == 499 and line["aborted"] is True and line["error_type"] is None, line
-
-
-def test_too_many_or_too_large_headers_are_431(server):
-    with server.http() as http:
-        many = http.get("/v1/models", headers={f"x-h{i}": "v" for i in range(150)})
-        large = http.get("/health", headers={"x-big": "a" * 40_000})
-        fine = http.get("/v1/models", headers={f"x-h{i}": "v" for i in range(20)})
-    for response in (many, large):
-        assert response.status_code == 431, response.text
-        assert response.json()["error"]["code"] == "request_header_fields_too_large"
-    assert fine.status_code == 200
