@@ -171,7 +171,9 @@ def test_a_redeploy_reaches_the_state_actor_and_bad_placements_fail_naming_model
         card = cards()["pinned-without-num-cpus"]
         assert card["status"] == "failed" and "leaves out num_cpus" in card["error"]
         # Options that spell out what they change are Ray's to apply: that model runs on the worker.
-        pinned = wait_for(lambda: (c := cards()["pinned-by-options"])["replicas"] and c, 120, 1.0, "the pinned model")
+        # Listed replicas can precede "ready" (a replica still starting): wait for both.
+        pinned = wait_for(lambda: (c := cards()["pinned-by-options"])["replicas"] and c["status"] == "ready" and c,
+                          120, 1.0, "the pinned model ready")
         assert pinned["status"] == "ready" and [r["node_id"] for r in pinned["replicas"]] == [_node_with("worker_node")]
 
         def settings():
