@@ -136,7 +136,7 @@ class ModelDirectory:
         self._placing: asyncio.Task | None = None
         self._on_reload = on_reload
         self._on_new_replica = on_new_replica
-        self._clock = clock
+        self.clock = self._clock = clock  # public: the gateway's other parts keep the same time
         self._list_apps = list_apps
         self._connect = connect
         self._ttl_s = ttl_s

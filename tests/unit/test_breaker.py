@@ -13,6 +13,7 @@ from contract.errors import InternalServerError
 from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.breaker_gate import probe_request
 from serve_app.state.circuit_breaker import CircuitBreaker, Snapshot, State
+from serve_app.state.client import StateUnavailable
 from serve_app.state.keys import read_admin_key_file
 from tests.unit.fakes import Clock, make_app
 
@@ -324,3 +325,31 @@ def test_a_requests_own_failure_is_charged_to_its_callers_tokens(gw, serve):
     client.portal.call(gateway.quota.flush)
     remaining = {name: int(_embed(client, h, "hello").headers["x-ratelimit-remaining-tokens"]) for name, h in headers.items()}
     assert remaining["bob"] - remaining["mallory"] == len(POISON) // 4 + 2  # the one reservation kept
+
+
+def test_an_open_copy_counts_down_while_the_state_actor_is_unreachable(serve, tmp_path):
+    clock = Clock(0.0)
+    app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=2, circuit_breaker_timeout_s=30,
+                                  state_clock=Clock(1000.0), clock=clock)
+    with TestClient(app) as client:
+        admin = {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}", "Cache-Control": "no-cache"}
+        assert _embed(client, admin, "hello").status_code == 200
+        for _ in range(2):
+            core.breaker_report("embed-model", False)  # Serve reported the replicas lost: open for 30 s
+        client.portal.call(gateway.state_sync.sync)
+        reach = gateway.state._transport
+
+        async def unreachable(method: str, args: tuple):
+            if method in ("sync", "breaker_probe", "breaker_report"):
+                raise StateUnavailable(f"state.{method}: restarting")
+            return await reach(method, args)
+
+        gateway.state._transport = unreachable
+        shut = _embed(client, admin, "hello")
+        assert shut.status_code == 503 and shut.json()["error"]["code"] == "model_unavailable"
+        assert shut.headers["Retry-After"] == "30"
+        clock.now = 20.0
+        client.portal.call(gateway.state_sync.sync)  # fails: the copy is the one from 20 s ago
+        assert _embed(client, admin, "hello").headers["Retry-After"] == "10"
+        clock.now = 31.0  # its time is up here, though no sync could say so
+        assert _embed(client, admin, "hello").status_code == 200

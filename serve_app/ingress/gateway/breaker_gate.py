@@ -13,6 +13,8 @@ import contextlib
 import contextvars
 import logging
 import math
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from contract.embedding_protocol import EmbeddingRequest
@@ -52,20 +54,45 @@ def probe_request(model: str, endpoints: list[str]) -> tuple[str, Any] | None:
 
 
 class Breakers:
-    def __init__(self, state: StateClient, enabled: bool, directory: ModelDirectory):
+    def __init__(self, state: StateClient, enabled: bool, directory: ModelDirectory,
+                 clock: Callable[[], float] = time.monotonic):
         self._state = state
         self.enabled = enabled
         self._directory = directory
-        self.snapshots: dict[str, Snapshot] = {}
+        self._clock = clock
+        self._snapshots: dict[str, Snapshot] = {}
+        # When each copy arrived: an OPEN copy's time left counts down here, so a replica that
+        # cannot reach the state actor (a slow sync) does not keep a model shut after its time.
+        self._received: dict[str, float] = {}
         self._probes: dict[str, asyncio.Future] = {}  # the probe this replica runs, per model
 
+    @property
+    def snapshots(self) -> Mapping[str, Snapshot]:
+        return self._snapshots
+
+    def replace_all(self, snapshots: Mapping[str, Snapshot]) -> None:
+        now = self._clock()
+        self._snapshots = dict(snapshots)
+        self._received = dict.fromkeys(snapshots, now)
+
+    def _keep(self, model: str, snapshot: Snapshot) -> None:
+        self._snapshots[model] = snapshot
+        self._received[model] = self._clock()
+
+    def open_left_s(self, model: str) -> float:
+        """Seconds the model's breaker stays open by this replica's copy (0 when it is not)."""
+        snapshot = self._snapshots.get(model)
+        if snapshot is None or snapshot.state is not State.OPEN:
+            return 0.0
+        return max(0.0, snapshot.retry_after_s - (self._clock() - self._received[model]))
+
     def raise_if_open(self, model: str) -> None:
-        snapshot = self.snapshots.get(model)
-        if self.enabled and snapshot is not None and snapshot.state is State.OPEN and snapshot.retry_after_s > 0:
+        left = self.open_left_s(model)
+        if self.enabled and left > 0:
             raise ServiceUnavailableError(
                 f"The model '{model}' is failing; its circuit breaker is open.",
                 code="model_unavailable",
-                retry_after_s=max(1, math.ceil(snapshot.retry_after_s)),
+                retry_after_s=max(1, math.ceil(left)),
             )
 
     async def admit(self, model: str) -> None:
@@ -92,7 +119,7 @@ class Breakers:
         if not self.enabled or snapshot is None or (snapshot.state is State.CLOSED and snapshot.consecutive_failures == 0):
             return  # nothing to reset: successes cost no call to the actor
         with contextlib.suppress(StateUnavailable):
-            self.snapshots[model] = await self._state.breaker_report(model, True)
+            self._keep(model, await self._state.breaker_report(model, True))
 
     async def failed(self, model: str, caller: str | None) -> bool:
         """Report a failed call of `caller` (None: no request caused it). True when the failure
@@ -101,7 +128,8 @@ class Breakers:
         if not self.enabled:
             return False
         try:
-            snapshot = self.snapshots[model] = await self._state.breaker_report(model, False, caller)
+            snapshot = await self._state.breaker_report(model, False, caller)
+            self._keep(model, snapshot)
             return snapshot.probe_due and await self._probe(model) is True
         except StateUnavailable:
             return False
@@ -112,7 +140,8 @@ class Breakers:
         StateUnavailable when the actor cannot be asked for the claim."""
         running = self._probes.get(model)
         if running is None:
-            claimed, self.snapshots[model] = await self._state.breaker_probe(model)
+            claimed, snapshot = await self._state.breaker_probe(model)
+            self._keep(model, snapshot)
             if not claimed:
                 return None
             # Shielded from the request that started it, and outside its context (Serve cancels
@@ -128,7 +157,7 @@ class Breakers:
         logger.warning("circuit breaker probe of %s: %s", model,
                        {True: "it answers", False: "it fails", None: "no verdict"}[verdict])
         with contextlib.suppress(StateUnavailable):
-            self.snapshots[model] = await self._state.breaker_probed(model, verdict)
+            self._keep(model, await self._state.breaker_probed(model, verdict))
         return verdict
 
     async def _probe_verdict(self, model: str) -> bool | None:

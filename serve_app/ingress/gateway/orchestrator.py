@@ -56,7 +56,7 @@ class Gateway:
         self.authenticator = Authenticator(state, args)
         self.quota = Quota(state)
         self.cache = CacheClient(state, args)
-        self.breakers = Breakers(state, args.enable_circuit_breaker, directory)
+        self.breakers = Breakers(state, args.enable_circuit_breaker, directory, clock=directory.clock)
         self.usage = UsageRecorder(state)
         self.state_sync = StateSync(state, StateSettings.from_args(args), directory, self.breakers, self.cache,
                                     self.quota, self.usage)

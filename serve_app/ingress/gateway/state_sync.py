@@ -80,7 +80,7 @@ class StateSync:
             for model, at in used.items():  # sent with the next sync instead
                 self._models_used[model] = max(at, self._models_used.get(model, 0.0))
             return
-        self._breakers.snapshots = result["breakers"]
+        self._breakers.replace_all(result["breakers"])
         self._cache.apply(result["cache"])
         if "models" in result:
             self._directory.set_runtime(result["models"]["version"], result["models"]["records"])
