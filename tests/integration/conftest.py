@@ -130,7 +130,7 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
             _model_app(
                 "tiny-llama-hf",
                 {"source": str(models["llama"]), "task": "text-generation", "backend": "transformers",
-                 "max_batch_size": 8, "batch_wait_timeout_s": 0.02, **common,
+                 "max_num_seqs": 8, "max_num_batched_tokens": 64, **common,
                  # test_tool_calling.py: the parsers, on output a structured output makes
                  "tool_parser": "hermes", "reasoning_parser": "qwen3"},
                 0.2,

@@ -12,7 +12,7 @@ import torch
 
 from contract.engine import SamplingParams
 from contract.structured_outputs import Constraint
-from deployments.engines.transformers_generation import RowSampler
+from deployments.engines.row_sampler import RowSampler
 from deployments.grammars import GrammarCompiler
 
 EOS = 0
