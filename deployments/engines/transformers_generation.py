@@ -215,6 +215,8 @@ class TransformersGenerationEngine:
             raise RuntimeError("the transformers continuous-batching loop has stopped")
 
     def shutdown(self) -> None:
+        for request_id in list(self._requests):  # the manager's loop runs on while requests are pending
+            self._manager.cancel_request(request_id)
         self._manager.stop(block=True, timeout=10)
 
     # ------------------------------------------------------------------ the manager's thread
