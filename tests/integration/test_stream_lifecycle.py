@@ -39,8 +39,12 @@ def wait_for(predicate, timeout_s: float = 20.0, interval_s: float = 0.1, last=N
     raise AssertionError(f"condition not reached in {timeout_s}s" + (f": {last()}" if last else ""))
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-llama-hf"])
-def test_client_disconnect_cancels_generation(server, model):
+ATTEMPTS = 3  # see below: an attempt the model finished before the close reached it proves nothing
+
+
+def _disconnect(server, model: str) -> tuple[dict, dict, float]:
+    """Read three tokens of a long stream, close the connection, and wait until the engine has
+    either cancelled the sequence or finished it: (stats before, stats after, the close's time)."""
     before = engine_stats(server, model)
     body = {
         "model": model,
@@ -63,21 +67,37 @@ def test_client_disconnect_cancels_generation(server, model):
                 next(delta for delta in deltas if delta.get("content"))
         # Leaving both blocks closes the connection mid-stream.
     closed = time.monotonic()
-    # Wait for the cancellation itself, not only for no running request: the OpenVINO replica
+    # Wait for the sequence's end itself, not only for no running request: the OpenVINO replica
     # stops counting the request as running when its stream is closed, but its counters come
     # from the engine process with the next message, a moment later (a read in between saw
     # running 0 and the cancellation not yet counted).
     seen: list[dict] = []
 
-    def cancelled() -> dict | None:
+    def ended() -> dict | None:
         seen.append(engine_stats(server, model))
-        done = seen[-1]["running_requests"] == 0 and seen[-1]["cancelled_requests_total"] > before["cancelled_requests_total"]
+        done = seen[-1]["running_requests"] == 0 and (
+            seen[-1]["cancelled_requests_total"] > before["cancelled_requests_total"]
+            or seen[-1]["finished_requests_total"] > before["finished_requests_total"])
         return seen[-1] if done else None
 
-    after = wait_for(cancelled, last=lambda: seen[-1])
+    return before, wait_for(ended, last=lambda: seen[-1]), closed
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-llama-hf"])
+def test_client_disconnect_cancels_generation(server, model):
+    # The tiny model writes its 440 tokens in about half a second; on a loaded machine the close
+    # can take longer than that to reach the engine, and the sequence then ends finished. Such
+    # an attempt is repeated; a disconnect that never cancels fails every attempt.
+    finished_first = 0
+    for _ in range(ATTEMPTS):
+        before, after, closed = _disconnect(server, model)
+        if after["cancelled_requests_total"] > before["cancelled_requests_total"]:
+            break
+        finished_first += 1
     generated = after["generated_tokens_total"] - before["generated_tokens_total"]
-    print(f"\n{model}: cancelled after {generated} of {LONG} tokens, seen {time.monotonic() - closed:.2f}s after the close")
-    assert after["cancelled_requests_total"] == before["cancelled_requests_total"] + 1
+    print(f"\n{model}: cancelled after {generated} of {LONG} tokens, seen {time.monotonic() - closed:.2f}s after the "
+          f"close; {finished_first} earlier attempt(s) finished before the close reached the engine")
+    assert after["cancelled_requests_total"] == before["cancelled_requests_total"] + 1, (finished_first, after)
     assert 3 <= generated < LONG  # stopped early: the sequence was cancelled, not finished
 
 
