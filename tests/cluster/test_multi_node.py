@@ -227,7 +227,11 @@ def test_losing_the_worker_bounds_every_failure_while_the_head_keeps_serving(two
     chat = [(code, took) for kind, code, took in results if kind == "chat"]
     embed = [(code, took) for kind, code, took in results if kind == "embed"]
     two_nodes.measured["slowest_chat_answer_after_kill_s"] = max(took for _, took in chat)
-    assert all(code in (503, 504) for code, _ in chat), chat  # bounded failures, never a hang
+    # remove_node returns before the worker's processes are gone: a request in that moment may
+    # still be answered. From the first failure on, every chat request fails, bounded, never a hang.
+    first_failure = next((i for i, (code, _) in enumerate(chat) if code != 200), None)
+    assert first_failure is not None, chat  # the chat model's node is gone: its requests fail
+    assert all(code in (503, 504) for code, _ in chat[first_failure:]), chat
     assert max(took for _, took in chat) < REQUEST_TIMEOUT_S + 3
     assert all(code == 200 for code, _ in embed), embed  # the head's model keeps serving
 
