@@ -19,7 +19,6 @@ import os
 import platform
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -30,6 +29,7 @@ from deployments.slot_batching import SlotBatcher
 from deployments.sources import prepare_model
 from hardware.detect import cpu_info
 
+from .outside_replica import allow_serve_batch
 from .stats import percentile, unused
 from .workload import EMBED_SOURCE, sentences
 
@@ -102,11 +102,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each load")
     parser.add_argument("--out", type=Path)
     options = parser.parse_args()
-    from ray import serve
     from transformers import AutoTokenizer
 
-    # @serve.batch asks the replica context for max_ongoing_requests; there is no replica here.
-    serve.get_replica_context = lambda: SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    allow_serve_batch()
     args = ModelAppArgs(source=EMBED_SOURCE, task="embedding", backend="transformers")
     prepared = prepare_model(args.source, tasks.get(args.task).hf_task, revision=None, use_openvino=False,
                              weight_format=args.weight_format, cache_dir=args.effective_cache_dir, progress=print)

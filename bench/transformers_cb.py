@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from contract import tasks
 from contract.config import ModelAppArgs
@@ -30,6 +29,7 @@ from deployments.model_files import context_length, eos_token_ids, load_tokenize
 from deployments.sources import prepare_model
 from hardware.detect import cpu_info
 
+from .outside_replica import allow_serve_batch
 from .stats import closed_loop, generation_run, ratio, unused
 from .workload import CHAT_SOURCE, chat_messages
 
@@ -51,10 +51,7 @@ def _old_engine_class():
     module.__package__ = "deployments.engines"
     sys.modules[name] = module
     exec(compile(source, f"{OLD_REV}:{OLD_PATH}", "exec"), module.__dict__)  # noqa: S102 - our own history
-    from ray import serve
-
-    # @serve.batch asks the replica context for max_ongoing_requests; there is no replica here.
-    serve.get_replica_context = lambda: SimpleNamespace(_deployment_config=SimpleNamespace(max_ongoing_requests=64))
+    allow_serve_batch()
     return module.TransformersGenerationEngine
 
 
