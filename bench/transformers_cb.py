@@ -1,7 +1,8 @@
 """The transformers generation engine on the library's continuous batching against the static
 @serve.batch loop it replaced (read from git at OLD_REV), in one process, with the packaged
 SmolLM2 on CPU: tok/s and TTFT at c=1 and at c=16 with staggered arrivals, and how long a short
-request sent while a long stream decodes takes against the long stream's remaining time.
+request sent while a long stream decodes takes against the long stream's remaining time; and
+vLLM's engine beside them where the environment imports vLLM (bench/gpu_check.sh on a GPU).
 
     make bench-transformers    (.venv/bin/python -m bench.transformers_cb [--out FILE])
 
@@ -27,7 +28,7 @@ from contract.config import ModelAppArgs
 from contract.engine import SamplingParams
 from deployments.model_files import context_length, eos_token_ids, load_tokenizer
 from deployments.sources import prepare_model
-from hardware.detect import cpu_info
+from hardware.detect import cpu_info, vllm_version
 
 from .outside_replica import allow_serve_batch
 from .stats import closed_loop, generation_run, ratio, unused
@@ -38,7 +39,7 @@ OLD_REV = "b2da1a0"  # the last commit with the static-batch loop
 OLD_PATH = "deployments/engines/transformers_generation.py"
 TOKENS, ROUNDS, STAGGER_S = 32, 2, 0.2
 LONG_TOKENS, SHORT_TOKENS = 256, 8
-OLD, NEW = "static batches (old)", "continuous batching (new)"
+OLD, NEW, VLLM = "static batches (old)", "continuous batching (new)", "vllm"
 
 
 def _old_engine_class():
@@ -70,6 +71,13 @@ def _engines(hf_dir: Path, tokenizer, eos: list[int], device: str, dtype: str):
         hf_dir, tokenizer, eos_token_ids=eos, device=device, dtype=dtype, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
         max_model_len=context_length(hf_dir, default=2048))
+    if vllm_version():  # run in an environment with vLLM (its runtime_env's venv; a GPU node's)
+        from deployments.engines.vllm_generation import VLLMGenerationEngine
+
+        yield VLLM, VLLMGenerationEngine(
+            hf_dir, eos_token_ids=eos, device=device, dtype=dtype, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
+            max_model_len=context_length(hf_dir, default=2048))
 
 
 async def _measure(engine, prompts: list[list[int]], levels: list[int]) -> dict:
@@ -145,6 +153,9 @@ def main() -> None:
         result["met"] = {f"{top} TTFT p50 <= 0.5x old": targets[f"{top}_ttft_p50_new_over_old"] <= 0.5,
                          f"{top} tok/s >= old": targets[f"{top}_tok_s_new_over_old"] >= 1.0,
                          "short < 0.3x long's remaining": targets["short_over_long_remaining_new"] < 0.3}
+        if VLLM in runs:  # the GPU target: vLLM at 5x the old loop's tok/s
+            targets[f"{top}_tok_s_vllm_over_old"] = ratio(runs[VLLM][top]["tokens_per_s"], old[top]["tokens_per_s"])
+            result["met"][f"{top} vLLM tok/s >= 5x old"] = targets[f"{top}_tok_s_vllm_over_old"] >= 5.0
         print(json.dumps({"targets": targets, "met": result["met"]}, indent=1))
     out = options.out or unused(ROOT / "bench" / "results" / f"transformers-cb-{datetime.date.today().isoformat()}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")

@@ -22,7 +22,7 @@ from . import tasks
 from .old_names import TakesOldNames, deprecated
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-Backend = Literal["auto", "openvino", "transformers"]
+Backend = Literal["auto", "openvino", "transformers", "vllm"]
 # The platforms a model may run on (hardware/report.py PLATFORMS), fastest first: `auto` is
 # this whole list, in this order.
 HARDWARE_PREFERENCE: tuple[str, ...] = ("cuda", "rocm", "mps", "openvino", "qnn", "cpu")
@@ -259,8 +259,8 @@ class ModelAppArgs(StrictModel):
     )
     backend: Backend = Field(
         "auto",
-        description="Engine family. auto picks OpenVINO on CPU nodes where it is installed, "
-        "else transformers.",
+        description="Engine family. auto picks OpenVINO on CPU nodes where it is installed, vLLM on GPU nodes "
+        "where it is (text generation), else transformers. vllm: installed on the node or by a runtime_env.",
     )
     hardware: tuple[str, ...] = Field(
         ("auto",),
@@ -320,7 +320,7 @@ class ModelAppArgs(StrictModel):
         "fp32", description="Weights of the exported OpenVINO IR (int8 = NNCF weight compression)."
     )
     inference_precision: Literal["auto", "f32"] = Field(
-        "auto", description="What OpenVINO generation computes and keeps its KV cache in: 'auto', the CPU's fastest "
+        "auto", description="What OpenVINO generation computes and keeps its KV cache in (vLLM: its dtype): 'auto', the fastest "
         "(bf16 where it has AVX512-BF16 or AMX); 'f32', slower, for log-probabilities as the model gives them.")
     # --- batching: embedding, rerank and text-classification batch with the SlotBatcher
     # (deployments/slot_batching.py); generation batches continuously in its engine (OpenVINO

@@ -164,5 +164,8 @@ def check_args(args: Any) -> None:
     foreign = sorted(args.model_fields_set & others)
     if foreign:
         raise ValueError(f"{', '.join(foreign)}: not used by {spec.name} models")
+    backends = {backend for backend, _ in spec.engines}
+    if backends and args.backend != "auto" and args.backend not in backends:
+        raise ValueError(f"backend {args.backend!r}: {spec.name} models run on {', '.join(sorted(backends))}")
     if spec.check is not None:
         spec.check(args)

@@ -379,6 +379,9 @@ def convert_gguf(gguf_path: Path, hf_task: str, out: Path) -> None:
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=filename, trust_remote_code=False)
     model_cls = getattr(transformers, MODEL_CLASSES[hf_task][0])
     model = model_cls.from_pretrained(directory, gguf_file=filename, trust_remote_code=False)
+    if getattr(model, "hf_quantizer", None) is not None:  # transformers >= 5.16 marks it so, dequantized
+        model.hf_quantizer = None
+        del model.config.quantization_config
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
     _repair_gguf_tokenizer(gguf_path, out, tokenizer)

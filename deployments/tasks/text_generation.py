@@ -42,6 +42,7 @@ from .. import tokenization
 from ..chat_output import ChoiceOutput
 from ..chat_tools import ToolMode, resolve_tool_parser, template_messages, template_tools, tool_mode
 from ..choices import Choice, choices_for, run_concurrently
+from ..engines.generation_engines import build_generation_engine
 from ..logprob_entries import (
     ChatStreamLogprobs,
     CompletionOffsets,
@@ -358,36 +359,7 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> TextGeneration
     tokenizer = load_tokenizer(prepared.hf_dir)
     eos = eos_token_ids(prepared.hf_dir, tokenizer)
     max_model_len = args.max_model_len or context_length(prepared.hf_dir, default=2048)
-    if backend.backend == "openvino":
-        from ..engines.openvino_genai import OpenVINOGenerationEngine, add_openvino_tokenizer
-
-        engine = OpenVINOGenerationEngine(
-            prepared.openvino_dir,
-            eos_token_ids=eos,
-            why_unstructured=add_openvino_tokenizer(prepared.openvino_dir, tokenizer),
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            kv_cache_gb=args.kv_cache_gb,
-            enable_prefix_caching=args.enable_prefix_caching,
-            num_threads=args.num_threads,
-            device=backend.device.upper(),
-            exact=args.inference_precision == "f32",
-        )
-    else:
-        from ..engines.transformers_generation import TransformersGenerationEngine
-
-        engine = TransformersGenerationEngine(
-            prepared.hf_dir,
-            tokenizer,
-            eos_token_ids=eos,
-            device=backend.device,
-            dtype=backend.dtype,
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            kv_cache_gb=args.kv_cache_gb,
-            max_model_len=max_model_len,
-            num_threads=args.num_threads,
-        )
+    engine = build_generation_engine(args, prepared, backend, tokenizer, eos, max_model_len)
     logger.info("%s: %s engine on %s, context %d tokens", model_id, engine.name, engine.device, max_model_len)
     return TextGenerationTask(
         model_id,
@@ -421,6 +393,9 @@ def claims(config: dict, files: frozenset[str]) -> bool:
 def _check_args(args: ModelAppArgs) -> None:
     if args.default_max_tokens and args.max_model_len and args.default_max_tokens >= args.max_model_len:
         raise ValueError("default_max_tokens must be smaller than max_model_len")
+    if args.backend == "vllm" and args.num_threads is not None:
+        raise ValueError("num_threads: vLLM places its own CPU threads; set VLLM_CPU_OMP_THREADS_BIND in the "
+                         "application's runtime_env env_vars instead")
 
 
 TASK = TaskSpec(
@@ -438,5 +413,6 @@ TASK = TaskSpec(
     engines=(
         ("openvino", "OpenVINO GenAI continuous batching (engine-core process)"),
         ("transformers", "transformers continuous batching (paged KV cache, in the replica)"),
+        ("vllm", "vLLM AsyncLLM (engine-core process; vLLM on the node or in a runtime_env)"),
     ),
 )

