@@ -4,7 +4,7 @@ SmolLM2 on CPU: tok/s and TTFT at c=1 and at c=16 with staggered arrivals, and h
 request sent while a long stream decodes takes against the long stream's remaining time; and
 vLLM's engine beside them where the environment imports vLLM (bench/gpu_check.sh on a GPU).
 
-    make bench-transformers    (.venv/bin/python -m bench.transformers_cb [--out FILE])
+    make bench-transformers    (.venv/bin/python -m bench.transformers_cb [--vllm-python PY] [--out FILE])
 
 Results go to bench/results/transformers-cb-<date>.json (or -2, -3, ... if taken).
 """
@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +41,7 @@ OLD_PATH = "deployments/engines/transformers_generation.py"
 TOKENS, ROUNDS, STAGGER_S = 32, 2, 0.2
 LONG_TOKENS, SHORT_TOKENS = 256, 8
 OLD, NEW, VLLM = "static batches (old)", "continuous batching (new)", "vllm"
+OLD_ID, NEW_ID = "old", "new"  # as --engines names them
 
 
 def _old_engine_class():
@@ -56,28 +58,42 @@ def _old_engine_class():
     return module.TransformersGenerationEngine
 
 
-def _engines(hf_dir: Path, tokenizer, eos: list[int], device: str, dtype: str):
+def _engines(hf_dir: Path, tokenizer, eos: list[int], device: str, dtype: str, names: set[str]):
     from deployments.engines.transformers_generation import TransformersGenerationEngine
 
     args = ModelAppArgs(source=CHAT_SOURCE, task="text-generation", backend="transformers")
-    try:
-        old = _old_engine_class()
-    except (OSError, subprocess.CalledProcessError) as exc:  # a copy without git history (a device machine)
-        print(f"the static loop is not measured: {OLD_REV}:{OLD_PATH} cannot be read ({exc})")
-    else:
-        yield OLD, old(hf_dir, tokenizer, eos_token_ids=eos, device=device, dtype=dtype,
-                       max_batch_size=args.effective_max_batch_size, batch_wait_timeout_s=args.effective_batch_wait_timeout_s)
-    yield NEW, TransformersGenerationEngine(
-        hf_dir, tokenizer, eos_token_ids=eos, device=device, dtype=dtype, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
-        max_model_len=context_length(hf_dir, default=2048))
-    if vllm_version():  # run in an environment with vLLM (its runtime_env's venv; a GPU node's)
+    if OLD in names:
+        try:
+            old = _old_engine_class()
+        except (OSError, subprocess.CalledProcessError) as exc:  # a copy without git history (a device machine)
+            print(f"the static loop is not measured: {OLD_REV}:{OLD_PATH} cannot be read ({exc})")
+        else:
+            yield OLD, old(hf_dir, tokenizer, eos_token_ids=eos, device=device, dtype=dtype,
+                           max_batch_size=args.effective_max_batch_size,
+                           batch_wait_timeout_s=args.effective_batch_wait_timeout_s)
+    if NEW in names:
+        yield NEW, TransformersGenerationEngine(
+            hf_dir, tokenizer, eos_token_ids=eos, device=device, dtype=dtype, max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
+            max_model_len=context_length(hf_dir, default=2048))
+    if VLLM in names:
         from deployments.engines.vllm_generation import VLLMGenerationEngine
 
         yield VLLM, VLLMGenerationEngine(
             hf_dir, eos_token_ids=eos, device=device, dtype=dtype, max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens, kv_cache_gb=args.kv_cache_gb,
             max_model_len=context_length(hf_dir, default=2048))
+
+
+def _vllm_elsewhere(python: str, options) -> dict:
+    """vLLM's run from another environment (vLLM needs transformers >= 5.16, whose continuous
+    batching the transformers engine does not run on): the same bench, its engine alone, right after."""
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "vllm.json"
+        subprocess.run([python, "-m", "bench.transformers_cb", "--engines", VLLM, "--device", options.device,
+                        "--dtype", options.dtype, "--concurrency", options.concurrency, "--out", str(out)],
+                       cwd=ROOT, check=True)
+        return json.loads(out.read_text())["runs"][VLLM]
 
 
 async def _measure(engine, prompts: list[list[int]], levels: list[int]) -> dict:
@@ -123,8 +139,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bench/gpu_check.sh)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--concurrency", default="1,16", help="client counts; above 1, arrivals are staggered")
+    parser.add_argument("--engines", default=",".join((OLD_ID, NEW_ID, VLLM)),
+                        help="which to run: old, new, vllm (vllm where this environment imports it)")
+    parser.add_argument("--vllm-python", help="a python with vLLM (e.g. the runtime_env's venv): runs vLLM there")
     parser.add_argument("--out", type=Path)
     options = parser.parse_args()
+    names = {{OLD_ID: OLD, NEW_ID: NEW}.get(name, name) for name in options.engines.split(",")}
+    if not vllm_version():
+        names.discard(VLLM)
     levels = [int(c) for c in options.concurrency.split(",")]
     args = ModelAppArgs(source=CHAT_SOURCE, task="text-generation", backend="transformers")
     prepared = prepare_model(args.source, tasks.get(args.task).hf_task, revision=None, use_openvino=False,
@@ -134,16 +156,19 @@ def main() -> None:
     prompts = [tokenizer(tokenizer.apply_chat_template(chat_messages(i), add_generation_prompt=True, tokenize=False),
                          add_special_tokens=False)["input_ids"] for i in range(16)]
     runs = {}
-    for name, engine in _engines(prepared.hf_dir, tokenizer, eos, options.device, options.dtype):
+    for name, engine in _engines(prepared.hf_dir, tokenizer, eos, options.device, options.dtype, names):
         runs[name] = asyncio.run(_measure(engine, prompts, levels))
         engine.shutdown()
         print(name, json.dumps(runs[name]))
+    if options.vllm_python:
+        runs[VLLM] = _vllm_elsewhere(options.vllm_python, options)
+        print(VLLM, json.dumps(runs[VLLM]))
     result = {
         "machine": {"cpu": cpu_info().model, "cpus": os.cpu_count(), "platform": platform.platform()},
         "device": options.device, "dtype": options.dtype, "model": CHAT_SOURCE, "old_rev": OLD_REV,
         "tokens_per_request": TOKENS, "runs": runs,
     }
-    if OLD in runs:
+    if OLD in runs and NEW in runs:
         old, new, top = runs[OLD], runs[NEW], f"c{max(levels)}"
         targets = result["targets"] = {
             f"{top}_ttft_p50_new_over_old": ratio(new[top]["ttft_p50_ms"], old[top]["ttft_p50_ms"]),
