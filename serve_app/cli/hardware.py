@@ -54,6 +54,7 @@ def render(reports: list[NodeReport], where: str) -> str:
                 + (f" ({_gib(d.total_memory_bytes)})" if d.total_memory_bytes else "") for d in platform.devices
             )
             lines.append(f"  {name:<9} yes{' ' + platform.version if platform.version else ''}: {devices or platform.reason}")
+        lines.append(f"  vllm      {'yes ' + report.vllm if report.vllm else 'no: not in this environment'}")
         try:
             choice = select_backend("auto", ("cuda", "rocm", "mps", "openvino", "qnn", "cpu"), "auto", report)
             lines.append(f"  auto ->   {choice.platform} ({choice.backend} on {choice.device})")

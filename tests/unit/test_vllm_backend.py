@@ -83,3 +83,10 @@ def test_vllm_logprobs_become_the_sampled_tokens_and_the_likeliest_in_rank_order
     assert _logprobs([7, 4], given, 2) == [TokenLogprob(-3.0, ((5, -0.1), (9, -2.0))), TokenLogprob(-0.5, ((4, -0.5),))]
     assert _logprobs([4], [{4: _lp(-0.5, 1)}], 0) == [TokenLogprob(-0.5, ())]
     assert _logprobs([4], None, None) is None
+
+
+def test_hfserve_hardware_says_whether_each_node_has_vllm():
+    from serve_app.cli.hardware import render
+
+    text = render([with_vllm(node("cuda", name="gpu-box")), node(name="cpu-box")], "x")
+    assert "vllm      yes 0.32.0" in text and "vllm      no: not in this environment" in text
