@@ -20,7 +20,8 @@ import ray
 from ray import serve
 from ray.cluster_utils import Cluster
 
-from contract.config import IngressArgs, ModelAppArgs
+from contract.config import ModelAppArgs
+from contract.ingress_args import IngressArgs
 from deployments.server import model_server_deployment
 from serve_app.app import build_ingress_app
 from serve_app.state.keys import read_admin_key_file

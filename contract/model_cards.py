@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from .protocol import OpenAIResponse
 
 # idle: scaled to zero (min_replicas 0); the next request starts a replica and waits for it.
@@ -42,6 +44,7 @@ class ModelCard(OpenAIResponse):
     task: str | None
     status: ModelStatus
     # hfserve's extensions: where the model runs (null until a replica answered).
+    alias_of: str | None = Field(None, description="For an alias: the model it names, which serves its requests.")
     backend: str | None = None
     device: str | None = None
     platform: str | None = None

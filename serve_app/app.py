@@ -9,7 +9,8 @@ No `from __future__ import annotations`: Ray reads the builder's annotation at r
 
 from ray.serve import Application
 
-from contract.config import IngressArgs, read_env
+from contract.config import read_env
+from contract.ingress_args import IngressArgs
 from hardware.probe import ensure_supervisor
 from serve_app.ingress.deployment import Ingress
 from serve_app.model_apps import build_model_app

@@ -19,10 +19,10 @@ from pydantic import BaseModel
 from contract.config import (
     MODEL_DEPLOYMENT_NAME,
     EnvOverrides,
-    IngressArgs,
     ModelAppArgs,
     valid_model_id,
 )
+from contract.ingress_args import IngressArgs
 
 # The actor options that are also a model's args: placement's fields.
 ARGS_OPTIONS = frozenset({"num_cpus", "num_gpus", "resources"})

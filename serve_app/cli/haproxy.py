@@ -23,8 +23,9 @@ from pathlib import Path
 
 import psutil
 
-from contract.config import EnvOverrides, IngressArgs, default_cache_dir
+from contract.config import EnvOverrides, default_cache_dir
 from contract.errors import ErrorDetail, ErrorResponse
+from contract.ingress_args import IngressArgs
 
 ENABLE_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"

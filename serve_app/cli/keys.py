@@ -1,4 +1,4 @@
-"""`hfserve keys create | list | info | revoke`, on the SQLite store directly or, with --url,
+"""`hfserve keys create | list | info | update | revoke`, on the SQLite store directly or, with --url,
 through a running server's admin API (authenticated with HF_SERVER_API_KEY or
 <state_dir>/admin.key). Either way a new key works on the running server at once, and a
 revocation reaches every ingress replica within 2 s."""
@@ -15,9 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contract.config import IngressArgs, read_env
+from contract.config import read_env
 from contract.errors import APIError
-from serve_app.state.keys import KeyStore, NewKey, parse_duration, read_admin_key_file
+from contract.ingress_args import IngressArgs
+from serve_app.state.keys import KeyStore, KeyUpdate, NewKey, parse_duration, read_admin_key_file
 
 
 def _new_key(args: argparse.Namespace) -> NewKey:
@@ -29,6 +30,23 @@ def _new_key(args: argparse.Namespace) -> NewKey:
         admin=args.admin,
         expires_in_s=parse_duration(args.expires) if args.expires else None,
     )
+
+
+def _key_update(args: argparse.Namespace) -> KeyUpdate:
+    """The flags given, as a KeyUpdate: '*', 'default' and 'never' are the nulls that restore a default."""
+    fields: dict[str, Any] = {}
+    if args.name is not None:
+        fields["name"] = args.name
+    if args.models is not None:
+        fields["models"] = None if args.models.strip() == "*" else [m.strip() for m in args.models.split(",") if m.strip()]
+    for name in ("rpm", "tpm"):
+        if (value := getattr(args, name)) is not None:
+            fields[name] = None if value == "default" else int(value)
+    if args.expires is not None:
+        fields["expires_in_s"] = None if args.expires == "never" else parse_duration(args.expires)
+    if args.metadata is not None:
+        fields["metadata"] = json.loads(args.metadata)
+    return KeyUpdate(**fields)
 
 
 def _state_dir():
@@ -86,6 +104,8 @@ def _run(args: argparse.Namespace) -> Any:
             return api("POST", "/admin/keys", _new_key(args).model_dump(exclude_none=True))
         if args.verb == "list":
             return api("GET", "/admin/keys" + ("?include_revoked=true" if args.all else ""))["data"]
+        if args.verb == "update":
+            return api("PATCH", f"/admin/keys/{args.id}", _key_update(args).model_dump(exclude_unset=True))
         return api("GET" if args.verb == "info" else "DELETE", f"/admin/keys/{args.id}")
     store = KeyStore(_state_dir() / "keys.db")
     try:
@@ -94,6 +114,9 @@ def _run(args: argparse.Namespace) -> Any:
             return {"key": key, **record.model_dump()}
         if args.verb == "list":
             return [record.model_dump() for record in store.list(include_revoked=args.all)]
+        if args.verb == "update":
+            record = store.update(args.id, _key_update(args))
+            return record.model_dump() if record else None
         # A static admin key (HF_SERVER_API_KEY) outlives every stored one: then none is the last.
         record = (store.get(args.id, include_revoked=False) if args.verb == "info"
                   else store.revoke(args.id, keep_an_admin=read_env().api_key is None))

@@ -131,9 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--all", action="store_true", help="revoked keys too")
     info = verbs.add_parser("info", help="one key with its usage")
     info.add_argument("id")
+    update = verbs.add_parser("update", help="change a key, keeping its secret (takes effect within 2 s)")
+    update.add_argument("id")
+    update.add_argument("--name")
+    update.add_argument("--models", help="comma-separated model ids, or '*' for all")
+    update.add_argument("--rpm", help="requests per minute, or 'default'")
+    update.add_argument("--tpm", help="tokens per minute, or 'default'")
+    update.add_argument("--expires", help="lifetime from now (30d, 12h, 90m), or 'never'")
+    update.add_argument("--metadata", help="a JSON object that replaces the key's")
     revoke = verbs.add_parser("revoke", help="revoke a key (takes effect within 2 s)")
     revoke.add_argument("id")
-    for sub in (create, listing, info, revoke):
+    for sub in (create, listing, info, update, revoke):
         sub.add_argument("--url", default=argparse.SUPPRESS, help="as above")
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     keys.set_defaults(func=_keys)

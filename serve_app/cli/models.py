@@ -24,7 +24,7 @@ def add_parser(commands) -> None:
     load.add_argument("source", help="a model directory, a hub id, or package:<package>/<file>")
     load.add_argument("--task", help="default: inferred from the model's config.json")
     load.add_argument("--hardware", help="auto, or one of cuda, rocm, mps, openvino, qnn, cpu")
-    load.add_argument("--backend", choices=("auto", "openvino", "transformers"))
+    load.add_argument("--backend", choices=("auto", "openvino", "transformers", "vllm"))
     load.add_argument("--min-replicas", type=int, help="autoscaling: 0 scales to zero when idle")
     load.add_argument("--max-replicas", type=int, help="autoscaling: the most replicas")
     load.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -33,7 +33,11 @@ def add_parser(commands) -> None:
     unload = verbs.add_parser("unload", help="drain a run-time model and remove it")
     unload.add_argument("model")
     verbs.add_parser("list", help="every model with its status; run-time ones with their load time")
-    for sub in (load, unload, verbs.choices["list"]):
+    alias = verbs.add_parser("alias", help="point an alias at a model (or --remove it); no ALIAS lists them")
+    alias.add_argument("alias", nargs="?")
+    alias.add_argument("model", nargs="?", help="the model it names")
+    alias.add_argument("--remove", action="store_true", help="remove the run-time alias")
+    for sub in (load, unload, verbs.choices["list"], alias):
         sub.add_argument("--url", default="http://127.0.0.1:8000", help="the server (or its gateway prefix)")
         sub.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             result = _wait(api, args.model, args.wait) or result
     elif args.verb == "unload":
         result = api("POST", "/models/unload", {"model": args.model})
+    elif args.verb == "alias":
+        return _alias(api, args)
     else:
         result = merged_list(api("GET", "/v1/models")["data"], api("GET", "/models")["data"])
     if args.json:
@@ -77,6 +83,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"{result.get('model', result.get('id'))}: {result['status']}{evicted}"
               + (f": {result['error'] or result.get('message')}" if result.get("error") or result.get("message") else ""))
     return 1 if isinstance(result, dict) and result.get("status") == "failed" else 0
+
+
+def _alias(api, args: argparse.Namespace) -> int:
+    if args.alias is None:
+        result: Any = api("GET", "/models/aliases")["data"]
+        lines = [f"{row['alias']} -> {row['model']} ({row['source']})" for row in result]
+    elif args.remove:
+        result = api("DELETE", f"/models/aliases/{args.alias}")
+        lines = [f"{args.alias}: removed"]
+    elif args.model is None:
+        raise SystemExit("give the model the alias names, or --remove")
+    else:
+        result = api("PUT", f"/models/aliases/{args.alias}", {"model": args.model})
+        lines = [f"{result['alias']} -> {result['model']}"]
+    print(json.dumps(result, indent=2) if args.json else "\n".join(lines))
+    return 0
 
 
 def _wait(api, model: str, timeout_s: float) -> dict[str, Any] | None:

@@ -19,9 +19,9 @@ from ray import serve
 from contract.config import (
     INGRESS_DEPLOYMENT_NAME,
     MODEL_CALL_MESSAGE_BYTES,
-    IngressArgs,
     model_call_env_vars,
 )
+from contract.ingress_args import IngressArgs
 from hardware.probe import ensure_supervisor
 from observability.exposition import ClusterScraper
 from serve_app.ingress.gateway import Gateway

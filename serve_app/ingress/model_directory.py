@@ -149,10 +149,18 @@ class ModelDirectory:
         self.runtime: dict[str, RuntimeModel] = {}
         self.runtime_version = 0
         self.other_apps: frozenset[str] = frozenset()  # Serve's applications that are not models
+        # Model aliases: the ingress args' (fixed), and the run-time ones in the same snapshot as the records.
+        self.config_aliases: dict[str, str] = {}
+        self.runtime_aliases: dict[str, str] = {}
 
-    def set_runtime(self, version: int, records: list[dict[str, Any]]) -> None:
+    def set_runtime(self, version: int, records: list[dict[str, Any]], aliases: dict[str, str] | None = None) -> None:
         self.runtime = {record.model: record for record in map(RuntimeModel.model_validate, records)}
+        self.runtime_aliases = dict(aliases or {})
         self.runtime_version = version
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return {**self.runtime_aliases, **self.config_aliases}
 
     def _runtime_state(self, model: str) -> str | None:
         record = self.runtime.get(model)

@@ -20,13 +20,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contract.config import IngressArgs, ModelAppArgs
+from contract.config import ModelAppArgs
 from contract.errors import (
     ConflictError,
     InvalidRequestError,
     ModelNotFoundError,
     validation_error_to_api_error,
 )
+from contract.ingress_args import IngressArgs
 from contract.lifecycle import LifecycleReply, LoadModelRequest, RuntimeModel
 from contract.tasks import TaskInferenceError
 from deployments.sources import (
@@ -98,6 +99,9 @@ def check_name(model: str, directory: ModelDirectory) -> None:
     if directory.status_of(model) is not None:
         raise ConflictError(f"The name '{model}' is taken by a model from the config file; choose another.",
                             param="model", code="model_name_conflict")
+    if model in directory.config_aliases:
+        raise ConflictError(f"The name '{model}' is an alias in the config file; choose another.", param="model",
+                            code="alias_exists")
     if model in RESERVED_NAMES or model in directory.other_apps:
         raise ConflictError(f"The name '{model}' is an application of this server (not a model); choose another.",
                             param="model", code="reserved_name")
@@ -171,10 +175,12 @@ async def load(body: LoadModelRequest, *, args_cfg: IngressArgs, directory: Mode
                           autoscaling=body.autoscaling, requested_at=time.time(), estimated_bytes=weights_bytes,
                           load_timeout_s=timeout_s)
     budget = int(args_cfg.model_memory_budget_gb * GB) if args_cfg.model_memory_budget_gb else None
-    result = await state.models_load(record, busy_models(directory, used), args_cfg.max_loaded_models, budget,
-                                     timeout_s=5.0)
+    # A config alias's model is never evicted to make room (the state keeps the run-time ones' too).
+    busy = sorted({*busy_models(directory, used), *directory.config_aliases.values()})
+    result = await state.models_load(record, busy, args_cfg.max_loaded_models, budget, timeout_s=5.0)
     if "error" in result:
-        raise ConflictError(result["error"]["message"], code=result["error"]["code"])
+        raise ConflictError(result["error"]["message"], param="model" if result["error"]["code"] == "alias_exists"
+                            else None, code=result["error"]["code"])
     stored = RuntimeModel.model_validate(result["record"])
     directory.runtime[stored.model] = stored  # /v1/models here shows it at once; the others at their next sync
     for name in result["evicted"]:
@@ -186,7 +192,13 @@ async def load(body: LoadModelRequest, *, args_cfg: IngressArgs, directory: Mode
 
 
 async def unload(model: str, *, directory: ModelDirectory, state: StateClient) -> LifecycleReply:
+    pointing = sorted(alias for alias, target in directory.config_aliases.items() if target == model)
+    if pointing:
+        raise ConflictError(f"Alias '{pointing[0]}' of the config file points at model '{model}'.", param="model",
+                            code="model_has_alias")
     result = await state.models_unload(model, timeout_s=5.0)
+    if result is not None and "refused" in result:
+        raise ConflictError(result["refused"]["message"], param="model", code=result["refused"]["code"])
     if result is None:
         await directory.refresh(max_age_s=0.5)
         if directory.status_of(model) is not None:

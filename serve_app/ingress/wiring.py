@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from contract.config import IngressArgs
+from contract.ingress_args import IngressArgs
 from contract.model_api import ModelClient, ReplicaRecord
 from observability.recorder import Recorder
 from serve_app.ingress.gateway import Gateway
@@ -43,6 +43,7 @@ def build_gateway(
         list_replicas=list_replicas,
         wake_timeout_s=args.model_load_timeout_s,
     )
+    directory.config_aliases = dict(args.aliases)
     return Gateway(args, state, directory, node_reports=node_reports, metrics=metrics)
 
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from contract.lifecycle import RuntimeModel
 from serve_app.state.circuit_breaker import Snapshot
 from serve_app.state.core import StateCore, StateSettings
-from serve_app.state.keys import KeyRecord, KeyUsage, NewKey
+from serve_app.state.keys import KeyRecord, KeyUpdate, KeyUsage, NewKey
 from serve_app.state.rate_limiter import Grant, Limits
 
 R = TypeVar("R")
@@ -65,6 +65,9 @@ class StateClient:
     async def get_key(self, key_id: str, *, timeout_s: float | None = None) -> KeyRecord | None:
         return await self._call(StateCore.get_key, key_id, timeout_s=timeout_s)
 
+    async def update_key(self, key_id: str, update: KeyUpdate, *, timeout_s: float | None = None) -> KeyRecord | None:
+        return await self._call(StateCore.update_key, key_id, update, timeout_s=timeout_s)
+
     async def revoke_key(self, key_id: str, *, timeout_s: float | None = None) -> KeyRecord | None:
         return await self._call(StateCore.revoke_key, key_id, timeout_s=timeout_s)
 
@@ -107,6 +110,12 @@ class StateClient:
     async def models_load(self, record: RuntimeModel, busy: list[str], max_models: int | None, budget_bytes: int | None,
                           *, timeout_s: float | None = None) -> dict[str, Any]:
         return await self._call(StateCore.models_load, record, busy, max_models, budget_bytes, timeout_s=timeout_s)
+
+    async def alias_set(self, alias: str, target: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        return await self._call(StateCore.alias_set, alias, target, timeout_s=timeout_s)
+
+    async def alias_delete(self, alias: str, *, timeout_s: float | None = None) -> bool:
+        return await self._call(StateCore.alias_delete, alias, timeout_s=timeout_s)
 
     async def models_unload(self, model: str, *, timeout_s: float | None = None) -> dict[str, Any] | None:
         return await self._call(StateCore.models_unload, model, timeout_s=timeout_s)

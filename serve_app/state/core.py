@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from contract.config import IngressArgs
 from contract.errors import ConflictError
+from contract.ingress_args import IngressArgs
 from contract.lifecycle import RuntimeModel
 from observability import catalogue
 from observability.recorder import Recorder
@@ -29,6 +29,7 @@ from serve_app.state.keys import (
     KeyRecord,
     KeyStore,
     KeyStoreWriteError,
+    KeyUpdate,
     KeyUsage,
     NewKey,
     ensure_admin_key,
@@ -136,6 +137,9 @@ class StateCore:
     def get_key(self, key_id: str) -> KeyRecord | None:
         return self.store.get(key_id, include_revoked=False)
 
+    def update_key(self, key_id: str, update: KeyUpdate) -> KeyRecord | None:
+        return self.store.update(key_id, update)
+
     def revoke_key(self, key_id: str) -> KeyRecord | None:
         # A static admin key (HF_SERVER_API_KEY) outlives every stored one: then none is the last.
         return self.store.revoke(key_id, keep_an_admin=not self.settings.static_admin)
@@ -178,7 +182,8 @@ class StateCore:
             self.record_gauges()
         result = {"breakers": self.breaker_snapshots(), "cache": self.cache.changes_since(cache_version), "started": self.started}
         if models_version != self.models.version:
-            result["models"] = {"version": self.models.version, "records": [r.model_dump(mode="json") for r in self.models.all()]}
+            result["models"] = {"version": self.models.version, "records": [r.model_dump(mode="json") for r in self.models.all()],
+                                "aliases": self.models.aliases()}
         return result
 
     # ------------------------------------------------------------------ run-time models
@@ -192,7 +197,11 @@ class StateCore:
         run-time models it needs room from. An error comes back as {"error": {...}}, for the
         ingress to raise (its fields survive the trip unchanged)."""
         existing = self.models.get(record.model)
+        aliases = self.models.aliases()
         try:
+            if record.model in aliases:
+                raise ConflictError(f"'{record.model}' is an alias of '{aliases[record.model]}'; remove the alias "
+                                    "or load the model under another id.", code="alias_exists")
             if existing is not None and existing.state != "failed":  # a failed load is retried
                 if existing.state == "unloading":
                     raise ConflictError(f"Model '{record.model}' is being unloaded; load it again once it is gone.",
@@ -204,7 +213,7 @@ class StateCore:
                                         "to be ready, then unload it first.", code="model_loading")
                 raise ConflictError(f"Model '{record.model}' is loaded with other arguments; unload it first.",
                                     code="model_exists")
-            evicted = plan_evictions(record, self.models.all(), set(busy), max_models=max_models,
+            evicted = plan_evictions(record, self.models.all(), {*busy, *aliases.values()}, max_models=max_models,
                                      budget_bytes=budget_bytes, now=time.time())
         except ConflictError as error:  # NoRoomError among them
             return {"error": {"message": error.message, "code": error.code}}
@@ -220,7 +229,31 @@ class StateCore:
         record = self.models.get(model)
         if record is None:
             return None
+        pointing = sorted(alias for alias, target in self.models.aliases().items() if target == model)
+        if pointing:
+            # "refused", not "error": a record's own fields include one.
+            return {"refused": {"message": f"Alias '{pointing[0]}' points at model '{model}'; point it elsewhere "
+                                "(PUT /models/aliases/{alias}) or remove it first.", "code": "model_has_alias"}}
         return self._unload(model, reason="requested").model_dump(mode="json")
+
+    def alias_set(self, alias: str, target: str) -> dict[str, Any]:
+        """Point `alias` at the model `target` (the ingress checked that it exists and that
+        neither is a config alias); {"error": ...} when either is already the other kind."""
+        if alias in {record.model for record in self.models.all()}:
+            return {"error": {"message": f"'{alias}' is a model's id, so it cannot be an alias.", "param": "alias",
+                              "code": "model_exists"}}
+        if target in self.models.aliases():
+            return {"error": {"message": f"'{target}' is an alias itself; point '{alias}' at a model.", "param": "model",
+                              "code": "alias_of_alias"}}
+        record = self.models.get(target)
+        if record is not None and record.state == "unloading":
+            return {"error": {"message": f"Model '{target}' is being unloaded.", "param": "model", "code": "model_unloading"}}
+        self.models.set_alias(alias, target)
+        logger.info("alias %s -> %s", alias, target)
+        return {"alias": alias, "model": target}
+
+    def alias_delete(self, alias: str) -> bool:
+        return self.models.delete_alias(alias)
 
     def _unload(self, model: str, reason: str) -> RuntimeModel:
         record = self.models.get(model)

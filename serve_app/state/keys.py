@@ -19,9 +19,9 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from contract.config import MODEL_ID_PATTERN, valid_model_id
 from contract.errors import ConflictError, ServiceUnavailableError
@@ -35,6 +35,7 @@ _KEY_BODY = re.compile(r"[A-Za-z0-9_-]{16,120}")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN.strip("^$"))
 ADMIN_KEY_FILE = "admin.key"
+MAX_METADATA_BYTES = 4096  # a key's free-form metadata, as compact JSON
 
 
 def generate_key() -> str:
@@ -75,6 +76,7 @@ class KeyRecord(BaseModel):
     rpm: int | None = None  # None: the server default
     tpm: int | None = None
     admin: bool = False
+    metadata: dict[str, Any] = {}
     usage: KeyUsage = Field(default_factory=KeyUsage)
 
     def active(self, now: float) -> bool:
@@ -84,38 +86,73 @@ class KeyRecord(BaseModel):
         return self.allowed_models is None or model in self.allowed_models
 
 
+def _safe_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError("name must be 1-64 characters: letters, digits, space and . _ @ : -")
+    return value
+
+
+def _model_ids(value: list[str] | None) -> list[str] | None:
+    if value is not None:
+        bad = [m for m in value if not valid_model_id(m)]
+        if bad:
+            raise ValueError(f"not a valid model id: {bad[0]!r}")
+    return value
+
+
+def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and (size := len(_json(value).encode())) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+# The fields NewKey and KeyUpdate share, with their checks.
+SafeName = Annotated[str, AfterValidator(_safe_name), Field(json_schema_extra={"pattern": NAME_PATTERN, "minLength": 1,
+                                                                                "maxLength": 64})]
+ModelIds = Annotated[list[Annotated[str, Field(json_schema_extra={"pattern": MODEL_ID_PATTERN})]], AfterValidator(_model_ids)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
+
+
 class NewKey(BaseModel):
     """What POST /admin/keys and `hfserve keys create` accept."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(
-        ..., description="Letters, digits, space and . _ @ : - (1-64 characters).",
-        json_schema_extra={"pattern": NAME_PATTERN, "minLength": 1, "maxLength": 64},
-    )
-    models: list[Annotated[str, Field(json_schema_extra={"pattern": MODEL_ID_PATTERN})]] | None = Field(
-        None, min_length=1, max_length=256, description="Allowed model ids; omit for all."
-    )
+    name: SafeName = Field(..., description="Letters, digits, space and . _ @ : - (1-64 characters).")
+    models: ModelIds | None = Field(None, min_length=1, max_length=256, description="Allowed model ids; omit for all.")
     rpm: integer(ge=1, le=10_000_000) | None = Field(None, description="Requests per minute; omit for the default.")
     tpm: integer(ge=1, le=10_000_000_000) | None = Field(None, description="Tokens per minute; omit for the default.")
     admin: bool = Field(False, description="May use /admin, /status and /metrics.")
     expires_in_s: integer(ge=60, le=10 * 365 * 86400) | None = Field(None, description="Lifetime in seconds.")
+    metadata: Metadata | None = Field(None, description=f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes.")
 
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
-            raise ValueError("name must be 1-64 characters: letters, digits, space and . _ @ : -")
-        return value
 
-    @field_validator("models")
-    @classmethod
-    def _model_ids(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            bad = [m for m in value if not valid_model_id(m)]
-            if bad:
-                raise ValueError(f"not a valid model id: {bad[0]!r}")
-        return value
+class KeyUpdate(BaseModel):
+    """What PATCH /admin/keys/{id} and `hfserve keys update` accept: the fields given change and
+    the rest stay, the secret included. null puts models, rpm, tpm and the expiry back to every
+    model, the server's limits and never; metadata is replaced whole. Whether a key is an admin
+    key cannot change: create another."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: SafeName = Field(None, description="Letters, digits, space and . _ @ : - (1-64 characters).")  # type: ignore[assignment]
+    models: ModelIds | None = Field(None, min_length=1, max_length=256, description="Allowed model ids; null for all.")
+    rpm: integer(ge=1, le=10_000_000) | None = Field(None, description="Requests per minute; null for the default.")
+    tpm: integer(ge=1, le=10_000_000_000) | None = Field(None, description="Tokens per minute; null for the default.")
+    expires_in_s: integer(ge=60, le=10 * 365 * 86400) | None = Field(
+        None, description="Lifetime from now, in seconds; null for none.")
+    metadata: Metadata = Field(None, description=f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes; "  # type: ignore[assignment]
+                               "replaces the key's.")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> KeyUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give at least one of name, models, rpm, tpm, expires_in_s and metadata")
+        return self
 
 
 _SCHEMA = """
@@ -133,20 +170,25 @@ CREATE TABLE IF NOT EXISTS api_keys (
     requests INTEGER NOT NULL DEFAULT 0,
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
-    last_used_at REAL
+    last_used_at REAL,
+    metadata TEXT
 )
 """
+# Columns added after the first release: added to an older store when it is opened.
+_ADDED_COLUMNS = {"metadata": "TEXT"}
 _COLUMNS = (
     "id, key_sha256, name, created_at, expires_at, revoked_at, allowed_models, rpm, tpm, admin, "
-    "requests, prompt_tokens, completion_tokens, last_used_at"
+    "requests, prompt_tokens, completion_tokens, last_used_at, metadata"
 )
 
 
 def _record(row: tuple) -> tuple[KeyRecord, str]:
-    (key_id, digest, name, created, expires, revoked, models, rpm, tpm, admin, requests, prompt, completion, last) = row
+    (key_id, digest, name, created, expires, revoked, models, rpm, tpm, admin, requests, prompt, completion, last,
+     metadata) = row
     record = KeyRecord(
         id=key_id, name=name, created_at=created, expires_at=expires, revoked_at=revoked,
         allowed_models=json.loads(models) if models is not None else None, rpm=rpm, tpm=tpm, admin=bool(admin),
+        metadata=json.loads(metadata) if metadata else {},
         usage=KeyUsage(requests=requests, prompt_tokens=prompt, completion_tokens=completion, last_used_at=last),
     )
     return record, digest
@@ -199,6 +241,10 @@ class KeyStore:
         db = sqlite3.connect(str(path), check_same_thread=False, timeout=10, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(_SCHEMA)
+        present = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in present:
+                db.execute(f"ALTER TABLE api_keys ADD COLUMN {column} {kind}")
         return db
 
     def create(self, new: NewKey, now: float | None = None) -> tuple[str, KeyRecord]:
@@ -208,9 +254,10 @@ class KeyStore:
         expires = now + new.expires_in_s if new.expires_in_s else None
         models = json.dumps(new.models) if new.models is not None else None
         self._write(
-            "INSERT INTO api_keys (id, key_sha256, name, created_at, expires_at, allowed_models, rpm, tpm, admin) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(key_id, hash_key(key), new.name, now, expires, models, new.rpm, new.tpm, int(new.admin))],
+            "INSERT INTO api_keys (id, key_sha256, name, created_at, expires_at, allowed_models, rpm, tpm, admin, "
+            "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(key_id, hash_key(key), new.name, now, expires, models, new.rpm, new.tpm, int(new.admin),
+              _json(new.metadata) if new.metadata else None)],
         )
         record = self.get(key_id)
         assert record is not None
@@ -255,6 +302,25 @@ class KeyStore:
         if not changed and record is not None and record.revoked_at is None:
             raise LastAdminKeyError(key_id)
         return record if changed else None
+
+    def update(self, key_id: str, update: KeyUpdate, now: float | None = None) -> KeyRecord | None:
+        """The key's new record; None when there is no such key or it was revoked (nothing changes)."""
+        now = time.time() if now is None else now
+        given = update.model_fields_set
+        columns = {
+            "name": update.name,
+            "allowed_models": json.dumps(update.models) if update.models is not None else None,
+            "rpm": update.rpm,
+            "tpm": update.tpm,
+            "expires_at": now + update.expires_in_s if update.expires_in_s else None,
+            "metadata": _json(update.metadata) if update.metadata else None,
+        }
+        fields = {"allowed_models": "models", "expires_at": "expires_in_s"}
+        changes = {column: value for column, value in columns.items() if fields.get(column, column) in given}
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        changed = self._write(f"UPDATE api_keys SET {assignments} WHERE id = ? AND revoked_at IS NULL",
+                              [(*changes.values(), key_id)])
+        return self.get(key_id) if changed else None
 
     def add_usage(self, usage: dict[str, KeyUsage]) -> None:
         self._write(

@@ -35,6 +35,7 @@ MODELS = ("tiny-bert", "tiny-bert-fragile", "tiny-bert-torch", "tiny-classifier"
 GATEWAY_PREFIX = "/gw"
 KEEP_ALIVE_S = 3
 METRICS_INTERVAL_ENV, METRICS_INTERVAL_MS = "RAY_metrics_report_interval_ms", 2000
+CORS_ORIGIN = "https://app.example"
 OLD_NAME_CACHE_TTL_S = 1800  # given under a deprecated name (write_config); not the default, 3600
 
 
@@ -115,8 +116,9 @@ def write_config(path: Path, models: dict[str, Path], cache_dir: Path, state_dir
                                           "enable_auth": False, "enable_caching": False, **shared_state}),
             # The gateway tests: keys on, two replicas sharing limits, cache and breakers.
             # Requests labelled with key ids: test_metrics.py counts its own key's exactly.
-            # Run-time loads (test_lifecycle.py): one at a time, weights within 50 MB.
+            # Run-time loads (test_lifecycle.py): one at a time, weights within 50 MB. CORS for one origin.
             _ingress_app("gateway", GATEWAY_PREFIX, {"model_info_ttl_s": 1.0, "workers": 2, "metrics_key_label": True,
+                                                     "cors_allow_origins": [CORS_ORIGIN],
                                                      "metrics_refresh_s": METRICS_INTERVAL_MS / 1000,
                                                      "max_loaded_models": 1, "model_memory_budget_gb": 0.05,
                                                      **shared_state}),

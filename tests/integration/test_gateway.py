@@ -4,6 +4,7 @@ limits, cache and breakers through the state actor."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import ray
 
 from tests.conftest import ROOT
-from tests.integration.conftest import MODELS
+from tests.integration.conftest import CORS_ORIGIN, MODELS
 
 MSG = [{"role": "user", "content": "Tell me about Paris."}]
 
@@ -296,3 +297,43 @@ def test_bad_auth_headers_change_nothing(server):
             assert http.post("/admin/keys", json=fields, headers=admin(server)).status_code == 400
         after = http.get("/admin/keys", headers=admin(server)).json()["data"]
     assert [k["id"] for k in after] == [k["id"] for k in before]
+
+
+def test_an_update_through_the_cli_reaches_every_replica_within_two_seconds(server):
+    key, key_id = create_key(server, models=["tiny-bert"])
+    body = {"model": "tiny-bert", "input": "hello"}
+    with httpx.Client(base_url=server.gateway_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as http:
+        assert all(http.post("/v1/embeddings", json=body).status_code == 200 for _ in range(6))
+        env = {**os.environ, "HF_SERVER_STATE_DIR": str(server.state_dir)}
+        updated = subprocess.run([sys.executable, "-m", "serve_app.cli", "keys", "--url", server.gateway_url, "--json",
+                                  "update", key_id, "--models", "tiny-classifier", "--metadata", '{"team": "it"}'],
+                                 capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+        assert updated.returncode == 0, updated.stderr
+        assert json.loads(updated.stdout)["allowed_models"] == ["tiny-classifier"]
+        started = time.monotonic()
+        seen: list[tuple[float, int]] = []
+        streak = 0
+        while streak < 8:  # 8 refusals in a row: both replicas apply the new model list
+            sent = time.monotonic() - started
+            seen.append((sent, http.post("/v1/embeddings", json=body).status_code))
+            streak = streak + 1 if seen[-1][1] == 404 else 0
+            assert sent < 30, f"the update did not propagate: {seen[-10:]}"
+    late = [(sent, status) for sent, status in seen if sent >= 2.0]  # as a revocation: key_cache_ttl_s (1 s) + slack
+    assert all(status == 404 for _, status in late), late
+
+
+def test_a_browser_preflight_passes_haproxy_without_a_key_and_the_call_needs_one(server):
+    origin = {"Origin": CORS_ORIGIN}
+    with httpx.Client(base_url=server.gateway_url, timeout=30) as http:
+        preflight = http.options("/v1/chat/completions", headers={
+            **origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+        refused = http.post("/v1/chat/completions", json={"model": "tiny-llama", "messages": MSG}, headers=origin)
+        key, _ = create_key(server)
+        listed = http.get("/v1/models", headers={**origin, "Authorization": f"Bearer {key}"})
+        elsewhere = http.options("/v1/chat/completions", headers={
+            "Origin": "https://other.example", "Access-Control-Request-Method": "POST"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == CORS_ORIGIN
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == CORS_ORIGIN
+    assert "Missing API key" in refused.json()["error"]["message"]
+    assert listed.status_code == 200 and "x-ratelimit-remaining-requests" in listed.headers["access-control-expose-headers"]
+    assert elsewhere.status_code == 400 and "access-control-allow-origin" not in elsewhere.headers

@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from contract.config import IngressArgs
+from contract.ingress_args import IngressArgs
 from tests.integration.hostile import assert_others_served, new_key
 
 CAP = IngressArgs().max_request_tokens

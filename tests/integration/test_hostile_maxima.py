@@ -10,8 +10,8 @@ import json
 import httpx
 import pytest
 
-from contract.config import IngressArgs
 from contract.embedding_protocol import MAX_EMBEDDING_INPUTS
+from contract.ingress_args import IngressArgs
 from contract.scoring_protocol import MAX_CLASSIFY_INPUTS
 from tests.integration.conftest import WIDE_LABELS
 from tests.integration.hostile import admin_headers, assert_others_served, new_key

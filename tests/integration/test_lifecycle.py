@@ -452,3 +452,59 @@ def test_scale_to_zero_and_a_cold_request(server, gw):
     # Idle again: Serve scales it back to zero once its look-back window holds no request.
     _wait_card(gw, "rt-cold", {"idle"}, timeout_s=90)
     assert _embed(gw, "rt-cold").status_code == 200  # and it starts again
+
+
+def test_an_alias_swaps_its_model_under_traffic_with_no_failure(server, gw):
+    """Load v2, point the alias at it, unload v1, while clients send chat requests to the alias
+    through both gateway replicas. Loads go through the keyless ingress at /, which has no
+    max_loaded_models: two generation models are loaded at once here."""
+    source, alias = str(server.models["llama"]), "swap-chat"
+    versions = ("swap-v1", "swap-v2")
+    key, _ = create_key(server, models=[alias], rpm=1_000_000, tpm=1_000_000_000)  # the alias alone
+    with httpx.Client(base_url=server.base_url, timeout=120) as plain:
+        def load(model: str) -> None:
+            response = plain.post("/models/load", json={"model": model, "source": source, "task": "text-generation",
+                                                          "backend": "transformers", "options": {"num_cpus": 0.05}})
+            assert response.status_code in (200, 202), response.text
+            _wait_card(gw, model, {"ready"})
+
+        load(versions[0])
+        assert gw.put(f"/models/aliases/{alias}", json={"model": versions[0]}).status_code == 200
+        chat = {"model": alias, "max_tokens": 2, "temperature": 1.0, "messages": [{"role": "user", "content": "hi"}]}
+        with httpx.Client(base_url=server.gateway_url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+            _wait_serving(http, alias, lambda: http.post("/v1/chat/completions", json=chat))  # both replicas know it
+        answers: list[tuple[float, int, str | None]] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(base_url=server.gateway_url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+                while not stop.is_set():
+                    response = http.post("/v1/chat/completions", json=chat)
+                    model = response.json().get("model") if response.status_code == 200 else response.text
+                    answers.append((time.monotonic(), response.status_code, model))
+
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            load(versions[1])
+            refused = gw.post("/models/unload", json={"model": versions[0]})  # the alias still points at it
+            assert refused.status_code == 409 and refused.json()["error"]["code"] == "model_has_alias", refused.text
+            assert gw.put(f"/models/aliases/{alias}", json={"model": versions[1]}).status_code == 200
+            swapped = time.monotonic()
+            assert gw.post("/models/unload", json={"model": versions[0]}).status_code == 202
+            _wait_gone(gw, versions[0])
+            settled = time.monotonic()
+            while time.monotonic() < settled + 2:  # traffic goes on after v1 is gone
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+    failures = [answer for answer in answers if answer[1] != 200]
+    print(f"alias swap: {len(answers)} requests, {len(failures)} failed")
+    assert not failures, failures[:5]
+    assert {model for _, _, model in answers} <= set(versions)
+    assert len([a for a in answers if a[0] > settled]) >= 3 and all(
+        model == versions[1] for at, _, model in answers if at > swapped + 2.0)
+    assert gw.delete(f"/models/aliases/{alias}").status_code == 200  # lets unload_leftovers take v2

@@ -257,7 +257,7 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     """The real ingress app and gateway over the fakes and an in-process state core."""
     import time
 
-    from contract.config import IngressArgs
+    from contract.ingress_args import IngressArgs
     from serve_app.ingress.deployment import create_app
     from serve_app.ingress.wiring import build_gateway
     from serve_app.state.client import StateClient

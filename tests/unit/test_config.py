@@ -9,7 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from contract.config import EnvOverrides, IngressArgs, ModelAppArgs, read_env
+from contract.config import EnvOverrides, ModelAppArgs, read_env
+from contract.ingress_args import IngressArgs
 from serve_app.cli.deploy_plan import DeployConfigError, plan_deploy, validate_app_args
 from tests.conftest import ROOT
 

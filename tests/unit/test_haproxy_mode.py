@@ -16,7 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from contract.config import EnvOverrides, IngressArgs
+from contract.config import EnvOverrides
+from contract.ingress_args import IngressArgs
 from serve_app.cli import haproxy as haproxy_mode
 from serve_app.cli import launcher
 from serve_app.cli.haproxy import HeaderLimits

@@ -137,7 +137,7 @@ class _RecordingHandle:
 
 @pytest.mark.parametrize("over_grpc", [True, False])
 def test_model_calls_go_over_grpc_unless_switched_off(over_grpc):
-    from contract.config import IngressArgs
+    from contract.ingress_args import IngressArgs
     from serve_app.ingress.serve_models import ServeModelClient
 
     assert IngressArgs().model_calls_over_grpc is True  # the default: Serve's inter-deployment gRPC

@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from contract.config import IngressArgs
+from contract.ingress_args import IngressArgs
 from serve_app.ingress.gateway.callers import Caller
 from serve_app.state.client import StateClient, StateUnavailable
 

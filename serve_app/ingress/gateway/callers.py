@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from contract.config import IngressArgs
 from contract.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
+from contract.ingress_args import IngressArgs
 from serve_app.state.client import StateClient, StateUnavailable
 from serve_app.state.keys import KeyRecord, digests_equal, hash_key, well_formed
 from serve_app.state.rate_limiter import Limits

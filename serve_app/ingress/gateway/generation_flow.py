@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from contract.config import IngressArgs
+from contract.ingress_args import IngressArgs
 from contract.protocol import SamplingFields, StreamOptions
 from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.cache_client import CacheClient

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from contract.config import IngressArgs
+from pydantic import BaseModel
+
 from contract.embedding_protocol import EmbeddingRequest
 from contract.endpoints import CLASSIFY, DETOKENIZE, EMBED, RERANK, TOKENIZE
 from contract.errors import ModelNotFoundError, ServiceUnavailableError
+from contract.ingress_args import IngressArgs
 from contract.protocol import CompletionRequest, SamplingFields
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
@@ -42,6 +44,8 @@ from serve_app.ingress.gateway.usage import UsageRecorder
 from serve_app.ingress.model_directory import ModelDirectory, ModelEntry
 from serve_app.state.client import StateClient
 from serve_app.state.core import StateSettings
+
+R = TypeVar("R", bound=BaseModel)  # a request: every one names its model
 
 
 class Gateway:
@@ -74,9 +78,18 @@ class Gateway:
 
     # ------------------------------------------------------------------ model access
 
-    async def model(self, caller: Caller, model: str, endpoint: str) -> ModelEntry:
+    def through_alias(self, request: R) -> tuple[R, str | None]:
+        """The request with an alias replaced by its model, which serves it, answers in its own
+        name and is what limits, caches and breakers count; and the alias it came by, if any."""
+        target = self.directory.aliases.get(request.model)
+        if target is None:
+            return request, None
+        return request.model_copy(update={"model": target}), request.model
+
+    async def model(self, caller: Caller, model: str, endpoint: str, via_alias: str | None = None) -> ModelEntry:
+        """The model's entry for a caller that may use it, or may use the alias it came by."""
         self.state_sync.requested()
-        if not caller.may_use(model):
+        if not (caller.may_use(model) or (via_alias is not None and caller.may_use(via_alias))):
             raise ModelNotFoundError(model)
         record = access_log.current()
         if record is not None and self.directory.status_of(model) is not None:
@@ -103,30 +116,37 @@ class Gateway:
     # ------------------------------------------------------------------ the endpoints
 
     async def chat(self, caller: Caller, request: SamplingFields, *, no_cache: bool = False) -> Reply:
-        entry = await self.model(caller, request.model, CHAT_SPEC.endpoint.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, CHAT_SPEC.endpoint.name, alias)
         return await self.generation.run(CHAT_SPEC, entry, caller, request, no_cache)
 
     async def complete(self, caller: Caller, request: CompletionRequest, *, no_cache: bool = False) -> Reply:
-        entry = await self.model(caller, request.model, COMPLETE_SPEC.endpoint.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, COMPLETE_SPEC.endpoint.name, alias)
         return await self.generation.run(COMPLETE_SPEC, entry, caller, request, no_cache)
 
     async def embed(self, caller: Caller, request: EmbeddingRequest, *, no_cache: bool = False) -> Reply:
-        entry = await self.model(caller, request.model, EMBED.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, EMBED.name, alias)
         return await embed(self.items, self.calls, entry, caller, request, no_cache,
                            max_inputs=self.args.max_embedding_inputs)
 
     async def rerank(self, caller: Caller, request: RerankRequest, *, no_cache: bool = False) -> Reply:
-        entry = await self.model(caller, request.model, RERANK.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, RERANK.name, alias)
         return await rerank_documents(self.items, self.calls, entry, caller, request, no_cache)
 
     async def classify(self, caller: Caller, request: ClassificationRequest, *, no_cache: bool = False) -> Reply:
-        entry = await self.model(caller, request.model, CLASSIFY.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, CLASSIFY.name, alias)
         return await classify_inputs(self.items, self.calls, entry, caller, request, no_cache)
 
     async def tokenize(self, caller: Caller, request: TokenizeRequest) -> Reply:
-        entry = await self.model(caller, request.model, TOKENIZE.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, TOKENIZE.name, alias)
         return await tokenizer_call(self.quota, self.calls, self.usage, TOKENIZE, entry, caller, request)
 
     async def detokenize(self, caller: Caller, request: DetokenizeRequest) -> Reply:
-        entry = await self.model(caller, request.model, DETOKENIZE.name)
+        request, alias = self.through_alias(request)
+        entry = await self.model(caller, request.model, DETOKENIZE.name, alias)
         return await tokenizer_call(self.quota, self.calls, self.usage, DETOKENIZE, entry, caller, request)

@@ -83,7 +83,8 @@ class StateSync:
         self._breakers.replace_all(result["breakers"])
         self._cache.apply(result["cache"])
         if "models" in result:
-            self._directory.set_runtime(result["models"]["version"], result["models"]["records"])
+            models = result["models"]
+            self._directory.set_runtime(models["version"], models["records"], models.get("aliases"))
         if result.get("started") != self._state_started:
             # The state actor outlives deploys, and a restart re-creates it with the settings it
             # was first created with: give it this deployment's settings, so a redeploy's new

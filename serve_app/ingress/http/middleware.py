@@ -14,15 +14,16 @@ from collections.abc import Callable
 
 from fastapi import FastAPI
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from contract.config import IngressArgs
 from contract.errors import (
     APIError,
     RequestHeadersTooLargeError,
     RequestTimeoutError,
     RequestTooLargeError,
 )
+from contract.ingress_args import IngressArgs
 from observability.recorder import Recorder
 from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.callers import Authenticator, auth_failure_reason
@@ -30,6 +31,14 @@ from serve_app.ingress.gateway.quota import Quota
 from serve_app.ingress.http.access_log import CLIENT_CLOSED, AccessLogMiddleware, route_path
 from serve_app.ingress.http.errors import error_response
 from serve_app.ingress.http.request_id import RequestIdMiddleware
+
+CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+# What a browser application may read from an answer: the limits it is under, the request's id,
+# whether the cache answered, and how long to back off.
+CORS_EXPOSED_HEADERS = (
+    "x-request-id", "x-cache", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+    *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")),
+)
 
 
 class HeaderLimitMiddleware:
@@ -268,11 +277,15 @@ def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenti
                      metrics: Recorder) -> None:
     """Adds the middleware; Starlette runs the one added last first, so they run bottom-up:
     the access log (every refusal below included), the request id (400), header limits (431),
-    auth (401/403), body size (413/408), then disconnect cancellation (499). Rate limits, the
-    cache and the breakers need the parsed request: the gateway runs them."""
+    CORS (a preflight is answered here, without a key, as browsers send none; every answer below
+    gets its headers), auth (401/403), body size (413/408), then disconnect cancellation (499).
+    Rate limits, the cache and the breakers need the parsed request: the gateway runs them."""
     app.add_middleware(DisconnectMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=args.max_request_body_bytes, timeout_s=args.request_body_timeout_s)
     app.add_middleware(AuthMiddleware, authenticator=authenticator, quota=quota)
+    if args.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=args.cors_allow_origins, allow_headers=args.cors_allow_headers,
+                           allow_methods=CORS_METHODS, expose_headers=CORS_EXPOSED_HEADERS, max_age=args.cors_max_age_s)
     app.add_middleware(HeaderLimitMiddleware, max_bytes=args.max_header_bytes, max_count=args.max_header_count)
     # Serve's proxy adds X-Request-ID to every response itself: echo=False keeps it one.
     app.add_middleware(RequestIdMiddleware, echo=False)

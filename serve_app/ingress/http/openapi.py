@@ -17,10 +17,10 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from contract.config import IngressArgs
 from contract.embedding_protocol import MAX_EMBEDDING_INPUTS
 from contract.endpoints import ENDPOINTS, Endpoint
 from contract.errors import ErrorResponse
+from contract.ingress_args import IngressArgs
 from serve_app.ingress.gateway.callers import OPEN_PATHS
 
 _MEANING = {

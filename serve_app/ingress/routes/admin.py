@@ -1,4 +1,4 @@
-"""Admin API: /admin/keys. The auth middleware admits only admin keys to /admin."""
+"""Admin API: /admin/keys (create, list, read, update, revoke). The auth middleware admits only admin keys to /admin."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.openapi import responses
 from serve_app.ingress.http.requests import TextSafeRoute
 from serve_app.state.client import StateUnavailable
-from serve_app.state.keys import KeyRecord, NewKey
+from serve_app.state.keys import KeyRecord, KeyUpdate, NewKey
 
 
 class CreatedKey(KeyRecord):
@@ -58,6 +58,13 @@ def admin_router(gateway: Gateway) -> APIRouter:
     @router.get("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404)})
     async def get_key(key_id: str) -> dict:
         return found(await ask(gateway.state.get_key(key_id, timeout_s=5.0)), key_id)
+
+    @router.patch("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(400, 404, 413)})
+    async def update_key(key_id: str, body: KeyUpdate) -> dict:
+        """Change a key's name, models, limits, expiry or metadata without rotating its secret.
+        Every ingress replica applies it within `key_cache_ttl_s`, as a revocation. A revoked key
+        is a 404 and stays as it was."""
+        return found(await ask(gateway.state.update_key(key_id, body, timeout_s=5.0)), key_id)
 
     @router.delete("/keys/{key_id}", response_model=KeyRecord, responses={**ADMIN_ERRORS, **responses(404, 409)})
     async def revoke_key(key_id: str) -> dict:

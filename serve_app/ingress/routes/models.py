@@ -1,5 +1,6 @@
-"""Run-time model lifecycle: POST /models/load, POST /models/unload, GET /models (admin only,
-like /admin). The work is in serve_app/ingress/model_loads.py and serve_app/state/lifecycle/."""
+"""Run-time model lifecycle: POST /models/load, POST /models/unload, GET /models, and model
+aliases under /models/aliases (admin only, like /admin). The work is in
+serve_app/ingress/model_loads.py, model_aliases.py and serve_app/state/lifecycle/."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from contract.lifecycle import (
     RuntimeModelList,
     UnloadModelRequest,
 )
-from serve_app.ingress import model_loads
+from serve_app.ingress import model_aliases, model_loads
 from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.openapi import responses
 from serve_app.ingress.http.requests import TextSafeRoute
+from serve_app.ingress.model_aliases import AliasList, AliasTarget
 from serve_app.state.client import StateUnavailable
 
 ERRORS = responses(400, 401, 403, 404, 409, 413, 431, 503)
@@ -46,6 +48,21 @@ def models_router(gateway: Gateway) -> APIRouter:
     async def unload(body: UnloadModelRequest):
         """Stop new requests to a run-time model, let the ones in flight finish, then delete it."""
         return await state_call(model_loads.unload(body.model, directory=gateway.directory, state=gateway.state))
+
+    @router.get("/aliases", response_model=AliasList, responses=responses(401, 403, 431))
+    async def list_aliases():
+        """Every alias with its model, and whether it comes from the config file or was set at run time."""
+        return model_aliases.list_aliases(gateway.directory)
+
+    @router.put("/aliases/{alias}", responses=ERRORS)
+    async def set_alias(alias: str, body: AliasTarget):
+        """Point an alias at a model (create or re-point). Requests in flight finish on the model
+        they reached; every ingress replica sends new ones to the new model from its next sync."""
+        return await state_call(model_aliases.set_alias(alias, body, directory=gateway.directory, state=gateway.state))
+
+    @router.delete("/aliases/{alias}", responses=ERRORS)
+    async def delete_alias(alias: str):
+        return await state_call(model_aliases.delete_alias(alias, directory=gateway.directory, state=gateway.state))
 
     @router.get("", response_model=RuntimeModelList, responses=responses(401, 403, 431, 503))
     async def list_models():

@@ -90,16 +90,27 @@ def openai_router(gateway: Gateway) -> APIRouter:
         card = card.model_copy(update={"status": gateway.model_status(card.status, card.id)})
         return card if caller.admin else public_card(card)
 
+    def alias_card(alias: str, card: ModelCard) -> ModelCard:
+        return card.model_copy(update={"id": alias, "alias_of": card.id})
+
     @router.get("/v1/models", response_model=ModelList, responses=responses(401, 431))
     async def list_models(request: Request) -> Response:
+        """Every model the key may use, then every alias of one (`alias_of` names its model)."""
         caller = request.state.caller
-        return json_response(ModelList(data=[shown_card(caller, card) for card in await directory.cards()
-                                             if caller.may_use(card.id)]))
+        cards = {card.id: card for card in await directory.cards()}
+        aliases = [alias_card(alias, cards[target]) for alias, target in sorted(directory.aliases.items())
+                   if target in cards and (caller.may_use(alias) or caller.may_use(target))]
+        return json_response(ModelList(data=[shown_card(caller, card) for card in (*cards.values(), *aliases)
+                                             if card.alias_of is not None or caller.may_use(card.id)]))
 
     @router.get("/v1/models/{model_id}", response_model=ModelCard, responses=responses(401, 404, 431))
     async def get_model(request: Request, model_id: str) -> Response:
-        if not request.state.caller.may_use(model_id):
+        caller = request.state.caller
+        target = directory.aliases.get(model_id)
+        if target is not None and (caller.may_use(model_id) or caller.may_use(target)):
+            return json_response(shown_card(caller, alias_card(model_id, await directory.card(target))))
+        if not caller.may_use(model_id):
             raise ModelNotFoundError(model_id)
-        return json_response(shown_card(request.state.caller, await directory.card(model_id)))
+        return json_response(shown_card(caller, await directory.card(model_id)))
 
     return router

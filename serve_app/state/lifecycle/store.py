@@ -1,5 +1,6 @@
-"""The run-time models' records, in the state actor's SQLite database (beside the API keys):
-what brings them back after a restart of the state actor, of the ingress, or of the cluster."""
+"""The run-time models' records and the run-time model aliases, in the state actor's SQLite
+database (beside the API keys): what brings them back after a restart of the state actor, of the
+ingress, or of the cluster."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from contract.lifecycle import RuntimeModel
 logger = logging.getLogger("ray.serve")
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS runtime_models (model TEXT PRIMARY KEY, record TEXT NOT NULL)"
+_ALIASES = "CREATE TABLE IF NOT EXISTS model_aliases (alias TEXT PRIMARY KEY, target TEXT NOT NULL)"
 
 
 class RuntimeModelStore:
@@ -37,12 +39,17 @@ class RuntimeModelStore:
         try:
             with self._connect() as db:
                 db.execute(_SCHEMA)
+                db.execute(_ALIASES)
                 rows = db.execute("SELECT model, record FROM runtime_models").fetchall()
+                aliases = db.execute("SELECT alias, target FROM model_aliases").fetchall()
             self.read_only = False
         except (OSError, sqlite3.OperationalError) as exc:
             logger.warning("run-time model store %s is not writable (%s): loads are kept in memory only", path, exc)
-            self.read_only, rows = True, self._read_only_rows()
+            self.read_only = True
+            rows, aliases = self._read_only_rows("SELECT model, record FROM runtime_models"), self._read_only_rows(
+                "SELECT alias, target FROM model_aliases")
         self._records = {model: RuntimeModel.model_validate_json(text) for model, text in rows}
+        self._aliases: dict[str, str] = dict(aliases)
 
     def _connect(self) -> contextlib.closing[sqlite3.Connection]:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -50,12 +57,12 @@ class RuntimeModelStore:
         db.execute("PRAGMA journal_mode=WAL")
         return contextlib.closing(db)
 
-    def _read_only_rows(self) -> list[tuple[str, str]]:
+    def _read_only_rows(self, query: str) -> list[tuple[str, str]]:
         if not self.path.exists():
             return []
         try:
             with contextlib.closing(sqlite3.connect(f"file:{self.path}?mode=ro&immutable=1", uri=True)) as db:
-                return db.execute("SELECT model, record FROM runtime_models").fetchall()
+                return db.execute(query).fetchall()
         except sqlite3.Error:
             return []
 
@@ -90,6 +97,26 @@ class RuntimeModelStore:
             self._write("DELETE FROM runtime_models WHERE model = ?", (model,))
             if self._records.pop(model, None) is not None:
                 self.version += 1
+
+    def aliases(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._aliases)
+
+    def set_alias(self, alias: str, target: str) -> None:
+        """Point `alias` at `target`, in the same versioned snapshot as the records: a replica that
+        sees a model unloading sees every alias that was moved off it before."""
+        with self._lock:
+            self._write("INSERT OR REPLACE INTO model_aliases (alias, target) VALUES (?, ?)", (alias, target))
+            self._aliases[alias] = target
+            self.version += 1
+
+    def delete_alias(self, alias: str) -> bool:
+        with self._lock:
+            self._write("DELETE FROM model_aliases WHERE alias = ?", (alias,))
+            if self._aliases.pop(alias, None) is None:
+                return False
+            self.version += 1
+            return True
 
     def touch(self, used: dict[str, float]) -> None:
         """Last-used times the ingress replicas saw: in memory only (an LRU order lost with a
