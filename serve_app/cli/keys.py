@@ -29,6 +29,8 @@ def _new_key(args: argparse.Namespace) -> NewKey:
         tpm=args.tpm,
         admin=args.admin,
         expires_in_s=parse_duration(args.expires) if args.expires else None,
+        budget_tokens=args.budget_tokens,
+        budget_period=args.budget_period,
     )
 
 
@@ -46,6 +48,10 @@ def _key_update(args: argparse.Namespace) -> KeyUpdate:
         fields["expires_in_s"] = None if args.expires == "never" else parse_duration(args.expires)
     if args.metadata is not None:
         fields["metadata"] = json.loads(args.metadata)
+    if args.budget_tokens is not None:
+        fields["budget_tokens"] = None if args.budget_tokens == "none" else int(args.budget_tokens)
+    if args.budget_period is not None:
+        fields["budget_period"] = args.budget_period
     return KeyUpdate(**fields)
 
 
@@ -140,5 +146,6 @@ def _print_human(verb: str, result: Any) -> None:
         print(
             f"{r['id']}  {r['name']:<20} {state:<8} admin={r['admin']!s:<5} models={models} "
             f"rpm={r['rpm'] or 'default'} tpm={r['tpm'] or 'default'} expires={_when(r['expires_at'])} "
+            + (f"budget={r['budget_tokens']}/{r['budget_period']} " if r.get("budget_tokens") else "") +
             f"requests={r['usage']['requests']} tokens={r['usage']['prompt_tokens'] + r['usage']['completion_tokens']}"
         )

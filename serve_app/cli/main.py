@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--tpm", type=int, help="tokens per minute (default: the server's)")
     create.add_argument("--admin", action="store_true", help="may use /admin, /status and /metrics")
     create.add_argument("--expires", help="lifetime, e.g. 30d, 12h, 90m")
+    create.add_argument("--budget-tokens", type=int, help="tokens the key may spend per --budget-period")
+    create.add_argument("--budget-period", help="day, week, month (default) or a duration such as 12h")
     listing = verbs.add_parser("list", help="every active or expired key, without secrets")
     listing.add_argument("--all", action="store_true", help="revoked keys too")
     info = verbs.add_parser("info", help="one key with its usage")
@@ -139,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     update.add_argument("--tpm", help="tokens per minute, or 'default'")
     update.add_argument("--expires", help="lifetime from now (30d, 12h, 90m), or 'never'")
     update.add_argument("--metadata", help="a JSON object that replaces the key's")
+    update.add_argument("--budget-tokens", help="tokens per --budget-period, or 'none'")
+    update.add_argument("--budget-period", help="day, week, month or a duration such as 12h")
     revoke = verbs.add_parser("revoke", help="revoke a key (takes effect within 2 s)")
     revoke.add_argument("id")
     for sub in (create, listing, info, update, revoke):

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from contract.config import MODEL_ID_PATTERN, valid_model_id
 from contract.errors import ConflictError, InvalidRequestError, ModelNotFoundError, NotFoundError
 from serve_app.ingress.model_directory import ModelDirectory
 from serve_app.state.client import StateClient
+
+AliasName = Annotated[str, Path(pattern=MODEL_ID_PATTERN, description="The name clients send (a model id's characters).")]
 
 
 class AliasTarget(BaseModel):
@@ -42,16 +45,15 @@ async def set_alias(alias: str, body: AliasTarget, *, directory: ModelDirectory,
     the model they reached, and every ingress replica routes to the new one from its next sync."""
     await directory.refresh(max_age_s=0.5)
     check_alias_name(alias, directory)
-    if body.model in directory.aliases:
-        raise InvalidRequestError(f"'{body.model}' is an alias itself; point '{alias}' at a model.", param="model",
-                                  code="alias_of_alias")
+    if body.model in directory.aliases:  # a conflict with the state, as an alias cycle would be
+        raise ConflictError(f"'{body.model}' is an alias itself; point '{alias}' at a model.", param="model",
+                            code="alias_of_alias")
     if directory.status_of(body.model) is None and body.model not in directory.runtime:
         raise ModelNotFoundError(body.model)
     result = await state.alias_set(alias, body.model, timeout_s=5.0)
     if "error" in result:
         error = result["error"]
-        kind = InvalidRequestError if error["code"] == "alias_of_alias" else ConflictError
-        raise kind(error["message"], param=error["param"], code=error["code"])
+        raise ConflictError(error["message"], param=error["param"], code=error["code"])
     directory.runtime_aliases[alias] = body.model  # this replica at once; the others at their next sync
     return result
 

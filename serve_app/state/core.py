@@ -24,6 +24,7 @@ from contract.ingress_args import IngressArgs
 from contract.lifecycle import RuntimeModel
 from observability import catalogue
 from observability.recorder import Recorder
+from serve_app.state.budgets import BudgetBook
 from serve_app.state.circuit_breaker import CircuitBreaker, Snapshot
 from serve_app.state.keys import (
     KeyRecord,
@@ -82,7 +83,7 @@ class StateCore:
             logger.warning("created an admin API key: %s", self.admin_key_path)
         if self.store.read_only:
             logger.warning("the key store %s is on a read-only file system: keys are served, not written", self.store.path)
-        self.limiter = RateLimiter(clock)
+        self.limiter = RateLimiter(clock, budgets=BudgetBook(self._budget_spent, self._save_budget_spent, time.time))
         self.cache = ResponseCache(
             max_entries=settings.cache_max_entries,
             max_bytes=settings.cache_max_bytes,
@@ -151,6 +152,15 @@ class StateCore:
 
     def lease(self, key_id: str, limits: Limits, min_requests: int, min_tokens: int, want_requests: int, want_tokens: int) -> Grant:
         return self.limiter.lease(key_id, limits, min_requests, min_tokens, want_requests, want_tokens)
+
+    def _budget_spent(self, key_id: str, period_start: float) -> int:
+        return self.store.budget_spent(key_id, period_start)
+
+    def _save_budget_spent(self, key_id: str, period_start: float, spent: int) -> None:
+        try:
+            self.store.set_budget_spent(key_id, period_start, spent)
+        except KeyStoreWriteError as exc:  # kept in memory: a full disk must not stop serving
+            logger.error("budget spending of %s not saved: %s", key_id, exc.message)
 
     def give_back(self, returns: list[tuple[str, int, int, int]]) -> None:
         for key_id, lease_id, requests, tokens in returns:

@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from contract.config import MODEL_ID_PATTERN, valid_model_id
 from contract.errors import ConflictError, ServiceUnavailableError
 from contract.schema_rules import integer
+from serve_app.state.budgets import PERIOD_PATTERN, check_period
 
 KEY_PREFIX = "hf_"
 MAX_KEY_LENGTH = 128
@@ -75,6 +76,8 @@ class KeyRecord(BaseModel):
     allowed_models: list[str] | None = None  # None: every model
     rpm: int | None = None  # None: the server default
     tpm: int | None = None
+    budget_tokens: int | None = None  # None: no budget
+    budget_period: str | None = None
     admin: bool = False
     metadata: dict[str, Any] = {}
     usage: KeyUsage = Field(default_factory=KeyUsage)
@@ -115,6 +118,10 @@ SafeName = Annotated[str, AfterValidator(_safe_name), Field(json_schema_extra={"
                                                                                 "maxLength": 64})]
 ModelIds = Annotated[list[Annotated[str, Field(json_schema_extra={"pattern": MODEL_ID_PATTERN})]], AfterValidator(_model_ids)]
 Metadata = Annotated[dict[str, Any], AfterValidator(_small_metadata)]
+BudgetTokens = Annotated[integer(ge=1, le=10**13), Field(description="Tokens the key may spend per budget_period.")]
+BudgetPeriod = Annotated[str, AfterValidator(check_period), Field(
+    json_schema_extra={"pattern": PERIOD_PATTERN},
+    description="day, week or month (UTC calendar), or a duration such as 12h or 30d; default month.")]
 
 
 class NewKey(BaseModel):
@@ -128,6 +135,8 @@ class NewKey(BaseModel):
     tpm: integer(ge=1, le=10_000_000_000) | None = Field(None, description="Tokens per minute; omit for the default.")
     admin: bool = Field(False, description="May use /admin, /status and /metrics.")
     expires_in_s: integer(ge=60, le=10 * 365 * 86400) | None = Field(None, description="Lifetime in seconds.")
+    budget_tokens: BudgetTokens | None = None
+    budget_period: BudgetPeriod | None = None
     metadata: Metadata | None = Field(None, description=f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes.")
 
 
@@ -137,7 +146,7 @@ class KeyUpdate(BaseModel):
     model, the server's limits and never; metadata is replaced whole. Whether a key is an admin
     key cannot change: create another."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"minProperties": 1})
 
     name: SafeName = Field(None, description="Letters, digits, space and . _ @ : - (1-64 characters).")  # type: ignore[assignment]
     models: ModelIds | None = Field(None, min_length=1, max_length=256, description="Allowed model ids; null for all.")
@@ -145,13 +154,16 @@ class KeyUpdate(BaseModel):
     tpm: integer(ge=1, le=10_000_000_000) | None = Field(None, description="Tokens per minute; null for the default.")
     expires_in_s: integer(ge=60, le=10 * 365 * 86400) | None = Field(
         None, description="Lifetime from now, in seconds; null for none.")
+    budget_tokens: BudgetTokens | None = None  # null: no budget
+    budget_period: BudgetPeriod = None  # type: ignore[assignment]
     metadata: Metadata = Field(None, description=f"Free-form JSON object, at most {MAX_METADATA_BYTES} bytes; "  # type: ignore[assignment]
                                "replaces the key's.")
 
     @model_validator(mode="after")
     def _changes_something(self) -> KeyUpdate:
         if not self.model_fields_set:
-            raise ValueError("give at least one of name, models, rpm, tpm, expires_in_s and metadata")
+            raise ValueError("give at least one of name, models, rpm, tpm, expires_in_s, budget_tokens, budget_period "
+                             "and metadata")
         return self
 
 
@@ -171,24 +183,35 @@ CREATE TABLE IF NOT EXISTS api_keys (
     prompt_tokens INTEGER NOT NULL DEFAULT 0,
     completion_tokens INTEGER NOT NULL DEFAULT 0,
     last_used_at REAL,
-    metadata TEXT
+    metadata TEXT,
+    budget_tokens INTEGER,
+    budget_period TEXT
+)
+"""
+# Tokens spent of each key's budget per period (serve_app/state/budgets.py), kept with the keys.
+_BUDGET_SPEND = """
+CREATE TABLE IF NOT EXISTS budget_spend (
+    key_id TEXT NOT NULL,
+    period_start REAL NOT NULL,
+    spent INTEGER NOT NULL,
+    PRIMARY KEY (key_id, period_start)
 )
 """
 # Columns added after the first release: added to an older store when it is opened.
-_ADDED_COLUMNS = {"metadata": "TEXT"}
+_ADDED_COLUMNS = {"metadata": "TEXT", "budget_tokens": "INTEGER", "budget_period": "TEXT"}
 _COLUMNS = (
     "id, key_sha256, name, created_at, expires_at, revoked_at, allowed_models, rpm, tpm, admin, "
-    "requests, prompt_tokens, completion_tokens, last_used_at, metadata"
+    "requests, prompt_tokens, completion_tokens, last_used_at, metadata, budget_tokens, budget_period"
 )
 
 
 def _record(row: tuple) -> tuple[KeyRecord, str]:
     (key_id, digest, name, created, expires, revoked, models, rpm, tpm, admin, requests, prompt, completion, last,
-     metadata) = row
+     metadata, budget_tokens, budget_period) = row
     record = KeyRecord(
         id=key_id, name=name, created_at=created, expires_at=expires, revoked_at=revoked,
         allowed_models=json.loads(models) if models is not None else None, rpm=rpm, tpm=tpm, admin=bool(admin),
-        metadata=json.loads(metadata) if metadata else {},
+        metadata=json.loads(metadata) if metadata else {}, budget_tokens=budget_tokens, budget_period=budget_period,
         usage=KeyUsage(requests=requests, prompt_tokens=prompt, completion_tokens=completion, last_used_at=last),
     )
     return record, digest
@@ -241,6 +264,7 @@ class KeyStore:
         db = sqlite3.connect(str(path), check_same_thread=False, timeout=10, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(_SCHEMA)
+        db.execute(_BUDGET_SPEND)
         present = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
         for column, kind in _ADDED_COLUMNS.items():
             if column not in present:
@@ -253,11 +277,12 @@ class KeyStore:
         key, key_id = generate_key(), "key_" + secrets.token_hex(8)
         expires = now + new.expires_in_s if new.expires_in_s else None
         models = json.dumps(new.models) if new.models is not None else None
+        period = new.budget_period or ("month" if new.budget_tokens else None)
         self._write(
             "INSERT INTO api_keys (id, key_sha256, name, created_at, expires_at, allowed_models, rpm, tpm, admin, "
-            "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "metadata, budget_tokens, budget_period) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(key_id, hash_key(key), new.name, now, expires, models, new.rpm, new.tpm, int(new.admin),
-              _json(new.metadata) if new.metadata else None)],
+              _json(new.metadata) if new.metadata else None, new.budget_tokens, period)],
         )
         record = self.get(key_id)
         assert record is not None
@@ -314,13 +339,33 @@ class KeyStore:
             "tpm": update.tpm,
             "expires_at": now + update.expires_in_s if update.expires_in_s else None,
             "metadata": _json(update.metadata) if update.metadata else None,
+            "budget_tokens": update.budget_tokens,
+            "budget_period": update.budget_period,
         }
         fields = {"allowed_models": "models", "expires_at": "expires_in_s"}
         changes = {column: value for column, value in columns.items() if fields.get(column, column) in given}
+        if update.budget_tokens is not None and "budget_period" not in given:  # a new budget without a period: monthly
+            current = self.get(key_id)
+            changes["budget_period"] = (current.budget_period if current else None) or "month"
+        if "budget_tokens" in given and update.budget_tokens is None:
+            changes["budget_period"] = None  # no budget, no period
         assignments = ", ".join(f"{column} = ?" for column in changes)
         changed = self._write(f"UPDATE api_keys SET {assignments} WHERE id = ? AND revoked_at IS NULL",
                               [(*changes.values(), key_id)])
         return self.get(key_id) if changed else None
+
+    def budget_spent(self, key_id: str, period_start: float) -> int:
+        with self._lock:
+            try:
+                row = self._db.execute("SELECT spent FROM budget_spend WHERE key_id = ? AND period_start = ?",
+                                       (key_id, period_start)).fetchone()
+            except sqlite3.OperationalError:  # a read-only store from before budgets
+                return 0
+        return row[0] if row else 0
+
+    def set_budget_spent(self, key_id: str, period_start: float, spent: int) -> None:
+        self._write("INSERT OR REPLACE INTO budget_spend (key_id, period_start, spent) VALUES (?, ?, ?)",
+                    [(key_id, period_start, spent)])
 
     def add_usage(self, usage: dict[str, KeyUsage]) -> None:
         self._write(

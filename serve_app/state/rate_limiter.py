@@ -17,13 +17,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .budgets import BudgetBook
+
 WINDOW_S = 60.0
+BUDGET_LEASE_MEMORY_S = 600.0
 
 
 @dataclass(frozen=True)
 class Limits:
     rpm: int
     tpm: int
+    budget_tokens: int | None = None  # per budget_period (serve_app/state/budgets.py); None: no budget
+    budget_period: str | None = None
 
 
 @dataclass
@@ -98,43 +103,69 @@ class Grant:
     reset_requests_s: float
     reset_tokens_s: float
     retry_after_s: float = 0.0  # set when nothing could be granted
+    budget_left: int | None = None  # the key's budget after this grant, where it has one
+    budget_exceeded: bool = False  # nothing granted because the budget is spent (retry_after_s: its reset)
 
 
 class RateLimiter:
     """The authoritative windows (one per key). Lives in the state actor."""
 
-    def __init__(self, clock: Callable[[], float], lease_s: float = 2.0):
+    def __init__(self, clock: Callable[[], float], lease_s: float = 2.0, budgets: BudgetBook | None = None):
         self._clock = clock
         self._lease_s = lease_s
         self._windows: dict[str, SlidingWindow] = {}
         self._ids = itertools.count(1)
+        self.budgets = budgets
+        # lease id -> (the budget period its tokens were charged to, when): settlements of a lease
+        # come within seconds of it, so ten minutes on nothing is kept for it.
+        self._budget_of_lease: dict[int, tuple[float, float]] = {}
 
     def lease(self, key_id: str, limits: Limits, min_requests: int, min_tokens: int, want_requests: int, want_tokens: int) -> Grant:
-        """Grant between the minimum (what one request needs) and the wanted chunk; or nothing."""
+        """Grant between the minimum (what one request needs) and the wanted chunk; or nothing.
+        A key with a budget gets no more tokens than it has left in its period."""
         now = self._clock()
         window = self._windows.setdefault(key_id, SlidingWindow())
         used_r, used_t = window.used(now)
         free_r, free_t = limits.rpm - used_r, limits.tpm - used_t
+        budget = None
+        if limits.budget_tokens is not None and limits.budget_period is not None and self.budgets is not None:
+            budget = self.budgets.left(key_id, limits.budget_tokens, limits.budget_period)
+            if budget[0] < min_tokens:
+                return Grant(0, 0, 0, now, limits, max(free_r, 0), max(free_t, 0),
+                             window.reset_in(now, "requests", limits), window.reset_in(now, "tokens", limits),
+                             retry_after_s=budget[2], budget_left=budget[0], budget_exceeded=True)
+            free_t = min(free_t, budget[0])
         if free_r < min_requests or free_t < min_tokens:
             return Grant(
                 0, 0, 0, now, limits, max(free_r, 0), max(free_t, 0),
                 window.reset_in(now, "requests", limits), window.reset_in(now, "tokens", limits),
                 retry_after_s=window.wait_for(now, min_requests, min_tokens, limits),
+                budget_left=budget[0] if budget else None,
             )
         requests = max(min_requests, min(want_requests, free_r))
         tokens = max(min_tokens, min(want_tokens, free_t))
         lease_id = next(self._ids)
         window.add(lease_id, now, requests, tokens)
+        if budget is not None and self.budgets is not None:
+            self.budgets.charge(key_id, budget[1], tokens)
+            self._budget_of_lease[lease_id] = (budget[1], now)
+            while (oldest := next(iter(self._budget_of_lease.values()))) and now - oldest[1] > BUDGET_LEASE_MEMORY_S:
+                self._budget_of_lease.pop(next(iter(self._budget_of_lease)))
         return Grant(
             lease_id, requests, tokens, now + self._lease_s, limits, free_r - requests, free_t - tokens,
             window.reset_in(now, "requests", limits), window.reset_in(now, "tokens", limits),
+            budget_left=budget[0] - tokens if budget else None,
         )
 
     def give_back(self, key_id: str, lease_id: int, requests: int, tokens: int) -> None:
-        """Return unused quota of a lease, or (negative tokens) charge usage beyond it."""
+        """Return unused quota of a lease, or (negative tokens) charge usage beyond it; to the
+        budget's period too."""
         window = self._windows.get(key_id)
         if window is not None:
             window.adjust(lease_id, -requests, -tokens)
+        charged = self._budget_of_lease.get(lease_id)
+        if charged is not None and self.budgets is not None and tokens:
+            self.budgets.charge(key_id, charged[0], -tokens)
 
     def usage(self, key_id: str) -> tuple[int, int]:
         window = self._windows.get(key_id)

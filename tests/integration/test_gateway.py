@@ -337,3 +337,23 @@ def test_a_browser_preflight_passes_haproxy_without_a_key_and_the_call_needs_one
     assert "Missing API key" in refused.json()["error"]["message"]
     assert listed.status_code == 200 and "x-ratelimit-remaining-requests" in listed.headers["access-control-expose-headers"]
     assert elsewhere.status_code == 400 and "access-control-allow-origin" not in elsewhere.headers
+
+
+def test_a_token_budget_holds_across_both_replicas(server):
+    key, key_id = create_key(server, budget_tokens=60, budget_period="day", rpm=100_000)
+    body = {"model": "tiny-bert", "input": "one two three"}
+
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.gateway_url, timeout=60,
+                                     headers={"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}) as http:
+            return list(await asyncio.gather(*(http.post("/v1/embeddings", json=body) for _ in range(40))))
+
+    answers = asyncio.run(run())
+    served = [a for a in answers if a.status_code == 200]
+    refused = [a for a in answers if a.status_code != 200]
+    assert served and refused and {a.status_code for a in refused} == {429}, [a.text for a in refused[:2]]
+    assert {a.json()["error"]["code"] for a in refused} == {"budget_exceeded"}
+    # Admission reserves the gateway's estimate (13 characters // 4 + 2 = 5 tokens) from the one
+    # budget both replicas lease from: 12 requests at most, where a budget per replica would let 24.
+    assert len(served) <= 60 // 5, len(served)
+    assert 1 <= int(refused[0].headers["retry-after"]) <= 86400

@@ -66,7 +66,7 @@ def test_an_alias_is_repointed_and_removed(api):
 @pytest.mark.parametrize(("alias", "body", "status", "param"), [
     ("chat", {"model": "no-such-model"}, 404, "model"),  # names no model
     ("chat-model", {"model": "embed-model"}, 409, "alias"),  # a model's id
-    ("chat", {"model": "assistant"}, 400, "model"),  # an alias of an alias
+    ("chat", {"model": "assistant"}, 409, "model"),  # an alias of an alias
     ("assistant", {"model": "embed-model"}, 409, "alias"),  # the config file's
     ("bad alias!", {"model": "chat-model"}, 400, "alias"),
     ("chat", {"model": "chat-model", "ttl": 5}, 400, "ttl"),
@@ -84,7 +84,7 @@ def test_a_cycle_through_the_run_time_aliases_is_refused(api):
     client, core, admin = api
     client.put("/models/aliases/chat", json={"model": "chat-model"}, headers=admin)
     response = client.put("/models/aliases/chat2", json={"model": "chat"}, headers=admin)
-    assert response.status_code == 400 and response.json()["error"]["code"] == "alias_of_alias"
+    assert response.status_code == 409 and response.json()["error"]["code"] == "alias_of_alias"
     assert core.models.aliases() == {"chat": "chat-model"}
 
 

@@ -100,7 +100,8 @@ class Authenticator:
             record.name,
             record.admin,
             tuple(record.allowed_models) if record.allowed_models is not None else None,
-            Limits(record.rpm or self._defaults.rpm, record.tpm or self._defaults.tpm),
+            Limits(record.rpm or self._defaults.rpm, record.tpm or self._defaults.tpm, record.budget_tokens,
+                   record.budget_period),
         )
 
     async def _lookup(self, digest: str) -> KeyRecord | None:

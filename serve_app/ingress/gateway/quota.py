@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from contract.errors import InvalidRequestError, RateLimitError
 from serve_app.ingress.gateway.callers import Caller
 from serve_app.state.client import StateClient, StateUnavailable
-from serve_app.state.rate_limiter import Grant, LocalLease, chunk_for, rate_limit_headers
+from serve_app.state.rate_limiter import (
+    Grant,
+    LocalLease,
+    chunk_for,
+    format_duration,
+    rate_limit_headers,
+)
 
 
 @dataclass
@@ -47,13 +53,20 @@ class Quota:
             return Admission(caller, 0, 0, {})
         if tokens > caller.limits.tpm:
             raise _too_large(tokens, caller.limits.tpm, too_large_param)
+        budget = caller.limits.budget_tokens
+        if budget is not None and tokens > budget:
+            raise _too_large(tokens, budget, too_large_param, f"token budget per {caller.limits.budget_period}")
         key = caller.key_id
+
+        def usable(lease: LocalLease | None) -> bool:  # a key whose limits changed leases anew at once
+            return lease is not None and lease.grant.limits == caller.limits and lease.covers(self._clock(), tokens)
+
         lease = self._leases.get(key)
-        if lease is None or not lease.covers(self._clock(), tokens):
+        if not usable(lease):
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:  # one lease request per key per replica at a time
                 lease = self._leases.get(key)
-                if lease is None or not lease.covers(self._clock(), tokens):
+                if not usable(lease):
                     if lease is not None:
                         self._retire(key, lease)
                     lease = LocalLease.of(await self._lease(caller, tokens))
@@ -101,6 +114,12 @@ class Quota:
             # actor is back; at most one window's worth of accuracy is lost.
             now = self._clock()
             return Grant(0, 1, tokens, now + 1.0, limits, limits.rpm - 1, max(0, limits.tpm - tokens), 0.0, 0.0)
+        if grant.budget_exceeded:
+            raise RateLimitError(
+                f"Token budget reached: Limit {limits.budget_tokens} per {limits.budget_period}, Left "
+                f"{grant.budget_left}, Requested {tokens}; it resets in {format_duration(grant.retry_after_s)}.",
+                kind="tokens", code="budget_exceeded", retry_after_s=max(grant.retry_after_s, 0.001),
+                headers=self._grant_headers(grant, 0, 0))
         if grant.requests == 0:
             kind = "tokens" if grant.remaining_requests >= 1 else "requests"
             if math.isinf(grant.retry_after_s):  # admit() refuses these first; the actor agrees
@@ -112,8 +131,7 @@ class Quota:
                 f"Rate limit reached on {unit}: Limit {limit}, Used {used}, Requested {1 if kind == 'requests' else tokens}.",
                 kind=kind,
                 retry_after_s=max(grant.retry_after_s, 0.001),
-                headers=rate_limit_headers(limits, grant.remaining_requests, grant.remaining_tokens,
-                                           grant.reset_requests_s, grant.reset_tokens_s, self._wall()),
+                headers=self._grant_headers(grant, 0, 0),
             )
         return grant
 
@@ -122,20 +140,22 @@ class Quota:
             self._returns.append((key, lease.grant.lease_id, lease.requests_left, lease.tokens_left))
 
     def _headers(self, lease: LocalLease) -> dict[str, str]:
-        grant = lease.grant
-        return rate_limit_headers(
-            grant.limits,
-            grant.remaining_requests + lease.requests_left,
-            grant.remaining_tokens + lease.tokens_left,
-            grant.reset_requests_s,
-            grant.reset_tokens_s,
-            self._wall(),
-        )
+        return self._grant_headers(lease.grant, lease.requests_left, lease.tokens_left)
+
+    def _grant_headers(self, grant: Grant, requests_left: int, tokens_left: int) -> dict[str, str]:
+        """The rate-limit headers, counting what this replica holds of the lease as not yet used;
+        and the budget's remaining tokens where the key has a budget."""
+        headers = rate_limit_headers(grant.limits, grant.remaining_requests + requests_left,
+                                     grant.remaining_tokens + tokens_left, grant.reset_requests_s,
+                                     grant.reset_tokens_s, self._wall())
+        if grant.budget_left is not None:
+            headers["x-ratelimit-remaining-budget-tokens"] = str(grant.budget_left + tokens_left)
+        return headers
 
 
-def _too_large(tokens: int, tpm: int, param: str | None) -> InvalidRequestError:
+def _too_large(tokens: int, limit: int, param: str | None, what: str = "tokens per minute") -> InvalidRequestError:
     return InvalidRequestError(
-        f"Request too large: it needs {tokens} tokens but this API key's limit is {tpm} tokens per minute.",
+        f"Request too large: it needs {tokens} tokens but this API key's limit is {limit} {what}.",
         param=param,
         code="request_too_large",
     )

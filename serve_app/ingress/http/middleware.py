@@ -37,6 +37,7 @@ CORS_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 # whether the cache answered, and how long to back off.
 CORS_EXPOSED_HEADERS = (
     "x-request-id", "x-cache", "retry-after", "x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
+    "x-ratelimit-remaining-budget-tokens",
     *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")),
 )
 

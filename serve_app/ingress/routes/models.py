@@ -19,7 +19,7 @@ from serve_app.ingress import model_aliases, model_loads
 from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.openapi import responses
 from serve_app.ingress.http.requests import TextSafeRoute
-from serve_app.ingress.model_aliases import AliasList, AliasTarget
+from serve_app.ingress.model_aliases import AliasList, AliasName, AliasTarget
 from serve_app.state.client import StateUnavailable
 
 ERRORS = responses(400, 401, 403, 404, 409, 413, 431, 503)
@@ -55,13 +55,13 @@ def models_router(gateway: Gateway) -> APIRouter:
         return model_aliases.list_aliases(gateway.directory)
 
     @router.put("/aliases/{alias}", responses=ERRORS)
-    async def set_alias(alias: str, body: AliasTarget):
+    async def set_alias(alias: AliasName, body: AliasTarget):
         """Point an alias at a model (create or re-point). Requests in flight finish on the model
         they reached; every ingress replica sends new ones to the new model from its next sync."""
         return await state_call(model_aliases.set_alias(alias, body, directory=gateway.directory, state=gateway.state))
 
     @router.delete("/aliases/{alias}", responses=ERRORS)
-    async def delete_alias(alias: str):
+    async def delete_alias(alias: AliasName):
         return await state_call(model_aliases.delete_alias(alias, directory=gateway.directory, state=gateway.state))
 
     @router.get("", response_model=RuntimeModelList, responses=responses(401, 403, 431, 503))
