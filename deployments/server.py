@@ -124,9 +124,8 @@ def prepare_for_this_node(
     """The backend this node runs the model on, and the model's files for it (converted and
     cached on first use, once per node: a file lock makes a second replica wait and reuse).
     Replicas call it, and `hfserve serve` before deploying."""
-    task_backends = tuple(backend for backend, _ in tasks.get(args.task).engines)
     choice = select_backend(name, args.hardware_preference, args.backend, report or detect(), gpus_assigned,
-                            task_backends)
+                            auto_vllm=args.task == "text-generation")
     progress(f"preparing {args.source} for {choice.backend} on {choice.device} ({choice.platform}: {choice.reason})")
     if "reserved no GPU" in choice.reason:
         logger.warning("%s: this node has a GPU but the replica reserved none, so it runs on %s; set num_gpus in "

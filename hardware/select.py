@@ -66,13 +66,14 @@ def check_supported(model: str, platform: str, present: bool) -> None:
 
 def select_backend(
     model: str, preference: tuple[str, ...], backend: str, report: NodeReport, gpus_assigned: int | None = None,
-    task_backends: tuple[str, ...] = ("openvino", "transformers"),
+    auto_vllm: bool = False,
 ) -> BackendChoice:
     """The first platform of `preference` this node has and `backend` can use.
 
     `gpus_assigned` is what Ray gave the replica (ray.get_gpu_ids()); None outside Ray. A GPU
     platform needs at least one, since Ray hides the GPUs of actors that reserve none.
-    `task_backends`: the engine families the model's task has (auto picks vLLM only for one that has it).
+    `auto_vllm`: whether auto may pick vLLM on a GPU node that has it (text generation; encoders
+    stay on transformers, as vLLM runs only some of them).
     """
     candidates = engine_platforms(backend, preference)
     if not candidates:
@@ -97,8 +98,7 @@ def select_backend(
             continue
         family, device, dtype = ENGINES[platform]
         reason = "requested" if strict else "; ".join(["first available", *skipped])
-        if backend == "vllm" or (backend == "auto" and platform in GPU_PLATFORMS and report.vllm
-                                 and "vllm" in task_backends):
+        if backend == "vllm" or (backend == "auto" and platform in GPU_PLATFORMS and report.vllm and auto_vllm):
             family, dtype = "vllm", "auto"
             reason += f"; vLLM {report.vllm}" if report.vllm else ""
         return BackendChoice(platform, family, device, dtype, reason)

@@ -202,16 +202,22 @@ def load(model_id: str, args: ModelAppArgs, prepared, backend) -> EmbeddingTask:
     tokenizer = load_tokenizer(prepared.hf_dir)
     spec = PoolingSpec.from_model_dir(Path(prepared.hf_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    limit = args.max_input_tokens or spec.max_seq_length or context_length(prepared.hf_dir, default=512)
     if backend.backend == "openvino":
         engine = OpenVINOEncoder(
             prepared.openvino_dir, spec, pad_id, num_threads=args.num_threads, device=backend.device.upper(),
             streams=None if args.encoder_streams == "auto" else args.encoder_streams,
         )
+    elif backend.backend == "vllm":
+        from ..engines.vllm_encoder import VLLMEncoder
+        from ..engines.vllm_generation import assigned_gpu_share
+
+        engine = VLLMEncoder(prepared.hf_dir, spec, device=backend.device, dtype=backend.dtype, max_model_len=limit,
+                             gpu_memory_utilization=assigned_gpu_share() if backend.device == "cuda" else None)
     else:
         engine = TorchEncoder(
             prepared.hf_dir, spec, pad_id, device=backend.device, dtype=backend.dtype, num_threads=args.num_threads
         )
-    limit = args.max_input_tokens or spec.max_seq_length or context_length(prepared.hf_dir, default=512)
     logger.info(
         "%s: %s encoder on %s, %d dims, %s pooling, inputs up to %d tokens, %d batch(es) at once",
         model_id, engine.name, engine.device, engine.dimensions, spec.mode, limit, engine.concurrency,
@@ -237,5 +243,6 @@ TASK = TaskSpec(
     engines=(
         ("openvino", "OpenVINO runtime encoder, batches on its streams"),
         ("transformers", "torch encoder, one batch at a time"),
+        ("vllm", "vLLM's pooling runner, where vLLM supports the model (mean, cls or last-token pooling)"),
     ),
 )

@@ -262,7 +262,7 @@ def test_discover_lists_tasks_and_the_models_of_a_config(models, tmp_path, capsy
     assert [e["path"] for e in table["text-generation"]["endpoints"]] == ["/v1/chat/completions", "/v1/completions",
                                                                           "/tokenize", "/detokenize"]
     assert table["embedding"]["handle_methods"] == ["embed", "tokenize", "detokenize"]
-    assert [e["backend"] for e in table["embedding"]["engines"]] == ["openvino", "transformers"]
+    assert [e["backend"] for e in table["embedding"]["engines"]] == ["openvino", "transformers", "vllm"]
     assert table["text-generation"]["models"] == [{"model": "gen", "how": "inferred"}]
     assert table["embedding"]["models"] == [{"model": "emb", "how": "config"}]
     without = {m["model"]: m for m in data["models_without_task"]}

@@ -3,6 +3,7 @@ vLLM's log-probabilities become the engine contract's (the engine itself runs in
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,50 +16,56 @@ from hardware.detect import detect, vllm_version
 from hardware.select import BackendUnavailableError, select_backend
 from tests.unit.test_hardware import AUTO, node
 
-GENERATION = ("openvino", "transformers", "vllm")
-
 
 def with_vllm(report, version: str | None = "0.32.0"):
     return report.model_copy(update={"vllm": version})
 
 
 def test_auto_on_a_gpu_node_with_vllm_runs_text_generation_on_vllm():
-    choice = select_backend("m", AUTO, "auto", with_vllm(node("cuda")), gpus_assigned=1, task_backends=GENERATION)
+    choice = select_backend("m", AUTO, "auto", with_vllm(node("cuda")), gpus_assigned=1, auto_vllm=True)
     assert (choice.platform, choice.backend, choice.device, choice.dtype) == ("cuda", "vllm", "cuda", "auto")
     assert "vLLM 0.32.0" in choice.reason
-    rocm = select_backend("m", ("rocm",), "auto", with_vllm(node("rocm")), gpus_assigned=1, task_backends=GENERATION)
+    rocm = select_backend("m", ("rocm",), "auto", with_vllm(node("rocm")), gpus_assigned=1, auto_vllm=True)
     assert (rocm.backend, rocm.device) == ("vllm", "cuda")
 
 
 def test_auto_without_vllm_or_off_the_gpu_is_what_it_was():
     # No vLLM on the node: transformers on cuda, as before vLLM existed here.
-    choice = select_backend("m", AUTO, "auto", node("cuda"), gpus_assigned=1, task_backends=GENERATION)
+    choice = select_backend("m", AUTO, "auto", node("cuda"), gpus_assigned=1, auto_vllm=True)
     assert (choice.backend, choice.dtype) == ("transformers", "float16")
     # vLLM on a CPU node does not displace OpenVINO, nor transformers on the CPU, under auto.
-    assert select_backend("m", AUTO, "auto", with_vllm(node("openvino")), task_backends=GENERATION).backend == "openvino"
-    assert select_backend("m", AUTO, "auto", with_vllm(node()), task_backends=GENERATION).backend == "transformers"
+    assert select_backend("m", AUTO, "auto", with_vllm(node("openvino")), auto_vllm=True).backend == "openvino"
+    assert select_backend("m", AUTO, "auto", with_vllm(node()), auto_vllm=True).backend == "transformers"
 
 
-def test_auto_keeps_a_task_without_a_vllm_engine_on_transformers():
-    choice = select_backend("m", AUTO, "auto", with_vllm(node("cuda")), gpus_assigned=1,
-                            task_backends=("openvino", "transformers"))
+def test_auto_keeps_the_encoders_on_transformers():
+    choice = select_backend("m", AUTO, "auto", with_vllm(node("cuda")), gpus_assigned=1, auto_vllm=False)
     assert choice.backend == "transformers"
 
 
 def test_backend_vllm_by_name_runs_on_the_cpu_or_a_gpu_never_openvino():
-    cpu = select_backend("m", AUTO, "vllm", node("openvino"), task_backends=GENERATION)
+    cpu = select_backend("m", AUTO, "vllm", node("openvino"), auto_vllm=True)
     assert (cpu.platform, cpu.backend, cpu.device) == ("cpu", "vllm", "cpu")
-    gpu = select_backend("m", AUTO, "vllm", node("cuda"), gpus_assigned=1, task_backends=GENERATION)
+    gpu = select_backend("m", AUTO, "vllm", node("cuda"), gpus_assigned=1, auto_vllm=True)
     assert (gpu.platform, gpu.backend) == ("cuda", "vllm")
     with pytest.raises(BackendUnavailableError, match="backend 'vllm' cannot run on hardware openvino"):
-        select_backend("m", ("openvino",), "vllm", node("openvino"), task_backends=GENERATION)
+        select_backend("m", ("openvino",), "vllm", node("openvino"), auto_vllm=True)
 
 
 def test_a_task_without_a_vllm_engine_refuses_backend_vllm():
-    for task in ("embedding", "rerank", "text-classification"):
+    for task in ("rerank", "text-classification"):
         with pytest.raises(ValidationError, match=f"backend 'vllm': {task} models run on openvino, transformers"):
             ModelAppArgs(source="x", task=task, backend="vllm")
-    assert ModelAppArgs(source="x", task="text-generation", backend="vllm").backend == "vllm"
+    for task in ("text-generation", "embedding"):
+        assert ModelAppArgs(source="x", task=task, backend="vllm").backend == "vllm"
+
+
+def test_vllm_has_no_max_pooling_and_says_so():
+    from deployments.engines.encoders import PoolingSpec
+    from deployments.engines.vllm_encoder import VLLMEncoder
+
+    with pytest.raises(ValueError, match="pools with 'max', which vLLM does not have"):
+        VLLMEncoder(Path("unused"), PoolingSpec(mode="max"), device="cpu", dtype="auto", max_model_len=128)
 
 
 def test_vllm_refuses_num_threads_rather_than_ignoring_it():

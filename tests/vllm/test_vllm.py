@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import numpy as np
 import openai
 import pytest
 from ray import serve
@@ -13,7 +14,7 @@ from ray import serve
 from contract.protocol import ChatCompletionRequest, ChatCompletionResponse
 from tests.integration.test_stream_lifecycle import wait_for
 
-from .conftest import MODEL
+from .conftest import EMBED_MODEL, EMBED_SOURCE, MODEL
 
 MSG = [{"role": "user", "content": "Name three colours."}]
 LONG = 1500
@@ -135,3 +136,20 @@ def test_a_typed_handle_call_runs_on_vllm(server):
     response = serve.get_app_handle(MODEL).chat.remote(request).result(timeout_s=120)
     assert isinstance(response, ChatCompletionResponse)
     assert response.choices[0].message.content and 0 < response.usage.completion_tokens <= 6
+
+
+def test_embeddings_on_vllm_match_sentence_transformers(server):
+    from sentence_transformers import SentenceTransformer
+
+    from deployments.sources import parse_source
+
+    texts = ["The cat sat on the mat.", "A completely different sentence about databases.", "x"]
+    answer = client(server, create_key(server)).embeddings.create(model=EMBED_MODEL, input=texts)
+    assert answer.model == EMBED_MODEL and answer.usage.prompt_tokens > 0
+    got = np.array([item.embedding for item in sorted(answer.data, key=lambda item: item.index)])
+    expected = SentenceTransformer(parse_source(EMBED_SOURCE).location, device="cpu").encode(texts)
+    cosines = (got * expected).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    assert got.shape == expected.shape and cosines.min() > 0.99, cosines
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3)  # the model's Normalize module
+    models = {m.id: m for m in client(server, create_key(server)).models.list().data}
+    assert models[EMBED_MODEL].backend == "vllm"
