@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 
 import numpy as np
 
@@ -275,3 +276,16 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     gateway = build_gateway(args, StateClient.local(core), list_apps=fake_serve.list_apps, connect=fake_serve.connect,
                             clock=clock, metrics=Recorder(sink=metrics_sink) if metrics_sink is not None else None)
     return create_app(gateway, args, scraper), gateway, core
+
+
+@contextlib.contextmanager
+def admin_client(tmp_path, fake_serve: FakeServe, **ingress_args):
+    """(a TestClient of make_app's app, its state core, the admin key's headers), keys re-read at
+    once (key_cache_ttl_s 1 ms) so a change shows on the next request."""
+    from fastapi.testclient import TestClient
+
+    from serve_app.state.keys import read_admin_key_file
+
+    app, _, core = make_app(tmp_path, fake_serve, **{"key_cache_ttl_s": 0.001, **ingress_args})
+    with TestClient(app) as client:
+        yield client, core, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}

@@ -7,12 +7,11 @@ import datetime
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
 from serve_app.state.budgets import BudgetBook, check_period, period_bounds
-from serve_app.state.keys import KeyStore, NewKey, read_admin_key_file
+from serve_app.state.keys import KeyStore, NewKey
 from serve_app.state.rate_limiter import Limits, RateLimiter
-from tests.unit.fakes import make_app
+from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import bearer, new_key
 
 
@@ -57,9 +56,8 @@ def test_leases_spend_the_budget_refunds_return_it_and_it_survives_a_restart(tmp
 
 @pytest.fixture
 def api(serve, tmp_path):
-    app, _, core = make_app(tmp_path, serve, key_cache_ttl_s=0.001)
-    with TestClient(app) as client:
-        yield client, core, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+    with admin_client(tmp_path, serve) as api:
+        yield api
 
 
 def test_a_key_over_its_budget_gets_a_429_until_the_period_resets(api):

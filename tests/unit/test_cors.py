@@ -9,8 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from contract.ingress_args import IngressArgs
-from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import make_app
+from tests.unit.fakes import admin_client, make_app
 from tests.unit.test_gateway import CHAT, bearer, new_key
 
 ORIGIN = "https://app.example"
@@ -20,9 +19,9 @@ PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
 
 @pytest.fixture
 def cors(serve, tmp_path):
-    app, _, _ = make_app(tmp_path, serve, cors_allow_origins=[ORIGIN, "http://localhost:3000"], cors_max_age_s=120)
-    with TestClient(app) as client:
-        yield client, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+    with admin_client(tmp_path, serve, cors_allow_origins=[ORIGIN, "http://localhost:3000"], cors_max_age_s=120) as (
+            client, _, admin):
+        yield client, admin
 
 
 def test_cors_is_off_by_default(serve, tmp_path):

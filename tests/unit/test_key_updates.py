@@ -9,19 +9,17 @@ import sqlite3
 import time
 
 import pytest
-from fastapi.testclient import TestClient
 
 from serve_app.cli.main import main
-from serve_app.state.keys import MAX_METADATA_BYTES, KeyStore, read_admin_key_file
-from tests.unit.fakes import make_app
+from serve_app.state.keys import MAX_METADATA_BYTES, KeyStore
+from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import CHAT, bearer, new_key
 
 
 @pytest.fixture
 def admin_api(serve, tmp_path):
-    app, _, core = make_app(tmp_path, serve, key_cache_ttl_s=0.001)
-    with TestClient(app) as client:
-        yield client, core, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+    with admin_client(tmp_path, serve) as api:
+        yield api
 
 
 def test_an_update_takes_effect_and_the_secret_stays(admin_api):

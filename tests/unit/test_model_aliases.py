@@ -5,20 +5,17 @@ a 4xx naming the field that stores nothing."""
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from contract.ingress_args import IngressArgs
-from serve_app.state.keys import read_admin_key_file
-from tests.unit.fakes import make_app
+from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import CHAT, bearer, new_key
 
 
 @pytest.fixture
 def api(serve, tmp_path):
-    app, _, core = make_app(tmp_path, serve, key_cache_ttl_s=0.001, aliases={"assistant": "chat-model"})
-    with TestClient(app) as client:
-        yield client, core, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}
+    with admin_client(tmp_path, serve, aliases={"assistant": "chat-model"}) as api:
+        yield api
 
 
 def test_an_alias_serves_as_its_model_and_a_key_may_name_either(api):
