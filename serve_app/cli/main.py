@@ -1,4 +1,4 @@
-"""`hfserve serve | discover | hardware | haproxy-env | status | models | keys`."""
+"""`hfserve serve | discover | hardware | haproxy-env | status | models | usage | keys`."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def _status(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from serve_app.cli.models import run
+
+    return run(args)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from serve_app.cli.usage import run
 
     return run(args)
 
@@ -112,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     status.set_defaults(func=_status)
 
     from serve_app.cli.models import add_parser as add_models_parser
+    from serve_app.cli.usage import add_parser as add_usage_parser
 
+    add_usage_parser(commands)
+    commands.choices["usage"].set_defaults(func=_usage)
     add_models_parser(commands)
     commands.choices["models"].set_defaults(func=_models)
 

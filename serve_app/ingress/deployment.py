@@ -59,7 +59,8 @@ def create_app(gateway: Gateway, args: IngressArgs, scraper: ClusterScraper | No
     app = FastAPI(title="hfserve", version="0.1.0", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     install_error_handlers(app)
     install_openapi(app, args)
-    build_middleware(app, args, authenticator=gateway.authenticator, quota=gateway.quota, metrics=gateway.metrics)
+    build_middleware(app, args, authenticator=gateway.authenticator, quota=gateway.quota, metrics=gateway.metrics,
+                     on_finish=gateway.usage.record_request)
     app.include_router(openai_router(gateway))
     app.include_router(operations_router(gateway, started=time.time(),
                                          metrics=scraper.exposition if scraper is not None else None))

@@ -13,6 +13,7 @@ from serve_app.state.circuit_breaker import Snapshot
 from serve_app.state.core import StateCore, StateSettings
 from serve_app.state.keys import KeyRecord, KeyUpdate, KeyUsage, NewKey
 from serve_app.state.rate_limiter import Grant, Limits
+from serve_app.state.usage_book import DailyUsage, GroupBy
 
 R = TypeVar("R")
 
@@ -70,6 +71,13 @@ class StateClient:
 
     async def revoke_key(self, key_id: str, *, timeout_s: float | None = None) -> KeyRecord | None:
         return await self._call(StateCore.revoke_key, key_id, timeout_s=timeout_s)
+
+    async def usage_add(self, rows: list[DailyUsage], *, timeout_s: float | None = None) -> None:
+        return await self._call(StateCore.usage_add, rows, timeout_s=timeout_s)
+
+    async def usage_report(self, group_by: GroupBy, key_id: str | None, model: str | None, start: str | None,
+                           end: str | None, *, timeout_s: float | None = None) -> list[dict]:
+        return await self._call(StateCore.usage_report, group_by, key_id, model, start, end, timeout_s=timeout_s)
 
     async def add_usage(self, usage: dict[str, KeyUsage], *, timeout_s: float | None = None) -> None:
         return await self._call(StateCore.add_usage, usage, timeout_s=timeout_s)

@@ -39,6 +39,7 @@ from serve_app.state.lifecycle.admission import plan_evictions
 from serve_app.state.lifecycle.store import RuntimeModelStore
 from serve_app.state.rate_limiter import Grant, Limits, RateLimiter
 from serve_app.state.response_cache import ResponseCache
+from serve_app.state.usage_book import DailyUsage, GroupBy, UsageBook
 
 logger = logging.getLogger("ray.serve")
 
@@ -92,6 +93,7 @@ class StateCore:
         )
         self.breakers: dict[str, CircuitBreaker] = {}
         self.models = RuntimeModelStore(settings.state_dir / "keys.db")
+        self.usage = UsageBook(settings.state_dir / "keys.db")
         self.started = time.time()
         # Gauges of what only this actor knows (off the request path, so always recorded).
         self.metrics = Recorder()
@@ -108,6 +110,7 @@ class StateCore:
             return []
         if "state_dir" in changed:
             self.models = RuntimeModelStore(settings.state_dir / "keys.db")
+            self.usage = UsageBook(settings.state_dir / "keys.db")
         if "state_dir" in changed or "static_admin" in changed:
             self.store.close()
             self.store = KeyStore(settings.state_dir / "keys.db")
@@ -161,6 +164,13 @@ class StateCore:
             self.store.set_budget_spent(key_id, period_start, spent)
         except KeyStoreWriteError as exc:  # kept in memory: a full disk must not stop serving
             logger.error("budget spending of %s not saved: %s", key_id, exc.message)
+
+    def usage_add(self, rows: list[DailyUsage]) -> None:
+        self.usage.add(rows)
+
+    def usage_report(self, group_by: GroupBy, key_id: str | None, model: str | None, start: str | None,
+                     end: str | None) -> list[dict]:
+        return self.usage.report(group_by, key_id=key_id, model=model, start=start, end=end)
 
     def give_back(self, returns: list[tuple[str, int, int, int]]) -> None:
         for key_id, lease_id, requests, tokens in returns:

@@ -357,3 +357,27 @@ def test_a_token_budget_holds_across_both_replicas(server):
     # budget both replicas lease from: 12 requests at most, where a budget per replica would let 24.
     assert len(served) <= 60 // 5, len(served)
     assert 1 <= int(refused[0].headers["retry-after"]) <= 86400
+
+
+def test_usage_is_reported_per_key_model_and_day_across_both_replicas(server):
+    key, key_id = create_key(server)
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers={"Authorization": f"Bearer {key}"}) as http:
+        for text in ("one", "two", "three"):
+            assert http.post("/v1/embeddings", json={"model": "tiny-bert", "input": text}).status_code == 200
+        too_long = {"model": "tiny-llama", "messages": MSG, "max_tokens": 10**9}  # refused once the model is known
+        assert http.post("/v1/chat/completions", json=too_long).status_code == 400
+    admin_headers = {"Authorization": f"Bearer {server.admin_key()}"}
+    deadline, rows = time.monotonic() + 15, []
+    with httpx.Client(base_url=server.gateway_url, timeout=30, headers=admin_headers) as http:
+        while time.monotonic() < deadline:  # each replica flushes its batch every second
+            rows = http.get(f"/admin/usage?key={key_id}&group_by=model").json()["data"]
+            if sum(row["requests"] for row in rows) == 4:
+                break
+            time.sleep(0.25)
+        as_csv = http.get(f"/admin/usage?key={key_id}&group_by=key", headers={"Accept": "text/csv"})
+    by_model = {row["model"]: row for row in rows}
+    assert set(by_model) == {"tiny-bert", "tiny-llama"}, rows
+    bert, llama = by_model["tiny-bert"], by_model["tiny-llama"]
+    assert (bert["requests"], bert["errors"], bert["completion_tokens"]) == (3, 0, 0) and bert["prompt_tokens"] > 0
+    assert (llama["requests"], llama["errors"]) == (1, 1)
+    assert as_csv.status_code == 200 and as_csv.text.splitlines()[1].startswith(f"{key_id},4,")

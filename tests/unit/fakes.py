@@ -286,6 +286,7 @@ def admin_client(tmp_path, fake_serve: FakeServe, **ingress_args):
 
     from serve_app.state.keys import read_admin_key_file
 
-    app, _, core = make_app(tmp_path, fake_serve, **{"key_cache_ttl_s": 0.001, **ingress_args})
+    app, gateway, core = make_app(tmp_path, fake_serve, **{"key_cache_ttl_s": 0.001, **ingress_args})
     with TestClient(app) as client:
+        client.gateway = gateway  # for a test to flush what the gateway batches
         yield client, core, {"Authorization": f"Bearer {read_admin_key_file(tmp_path)}"}

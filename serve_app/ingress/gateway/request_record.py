@@ -13,6 +13,8 @@ import contextvars
 import time
 from dataclasses import dataclass, field
 
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer (not an error of ours)
+
 
 @dataclass
 class RequestRecord:

@@ -15,12 +15,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from observability import catalogue
 from observability.recorder import Recorder
-from serve_app.ingress.gateway.request_record import RequestRecord, bind, unbind
+from serve_app.ingress.gateway.request_record import CLIENT_CLOSED, RequestRecord, bind, unbind
 from serve_app.ingress.http.request_id import is_valid_request_id
 
 access_logger = logging.getLogger("ray.serve.hfserve.access")
@@ -35,7 +36,6 @@ ROUTES = frozenset({
 # Ray's log formatters write this `extra` dict's items as top-level fields of the JSON line.
 RAY_FLATTENED = "ray_serve_extra_fields"
 MAX_ERROR_BODY = 64 * 1024  # an error body larger than this is not ours; its type is not parsed
-CLIENT_CLOSED = 499
 
 
 def route_path(scope: Scope) -> str:
@@ -58,10 +58,12 @@ def endpoint_of(path: str) -> str:
 
 
 class AccessLogMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Recorder, key_label: bool = False):
+    def __init__(self, app: ASGIApp, metrics: Recorder, key_label: bool = False,
+                 on_finish: Callable[[RequestRecord], None] | None = None):
         self.app = app
         self.metrics = metrics
         self.key_label = key_label
+        self.on_finish = on_finish  # hears every finished request (the usage per key, model and day)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,6 +125,8 @@ class AccessLogMiddleware:
             self.metrics.inc(catalogue.CACHE_MISSES, record.cache_misses, model=model, kind=record.cache_kind)
         for queued_s in record.queued_s:
             self.metrics.observe(catalogue.REQUEST_QUEUE, queued_s, model=model)
+        if self.on_finish is not None:
+            self.on_finish(record)
         level = logging.DEBUG if endpoint in QUIET_PATHS and record.status < 400 else logging.INFO
         if access_logger.isEnabledFor(level):
             access_logger.log(level, "%s %s %s %.1fms", record.method, endpoint, record.status, elapsed * 1000,

@@ -28,6 +28,7 @@ from observability.recorder import Recorder
 from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.callers import Authenticator, auth_failure_reason
 from serve_app.ingress.gateway.quota import Quota
+from serve_app.ingress.gateway.request_record import RequestRecord
 from serve_app.ingress.http.access_log import CLIENT_CLOSED, AccessLogMiddleware, route_path
 from serve_app.ingress.http.errors import error_response
 from serve_app.ingress.http.request_id import RequestIdMiddleware
@@ -275,7 +276,7 @@ def _with_headers(send: Send, extra: Callable[[], dict[str, str]]) -> Send:
 
 
 def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenticator, quota: Quota,
-                     metrics: Recorder) -> None:
+                     metrics: Recorder, on_finish: Callable[[RequestRecord], None] | None = None) -> None:
     """Adds the middleware; Starlette runs the one added last first, so they run bottom-up:
     the access log (every refusal below included), the request id (400), header limits (431),
     CORS (a preflight is answered here, without a key, as browsers send none; every answer below
@@ -290,4 +291,4 @@ def build_middleware(app: FastAPI, args: IngressArgs, *, authenticator: Authenti
     app.add_middleware(HeaderLimitMiddleware, max_bytes=args.max_header_bytes, max_count=args.max_header_count)
     # Serve's proxy adds X-Request-ID to every response itself: echo=False keeps it one.
     app.add_middleware(RequestIdMiddleware, echo=False)
-    app.add_middleware(AccessLogMiddleware, metrics=metrics, key_label=args.metrics_key_label)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics, key_label=args.metrics_key_label, on_finish=on_finish)

@@ -1,23 +1,34 @@
-"""Admin API: /admin/keys (create, list, read, update, revoke). The auth middleware admits only admin keys to /admin."""
+"""Admin API: /admin/keys (create, list, read, update, revoke) and /admin/usage. The auth middleware admits only admin keys to /admin."""
 
 from __future__ import annotations
 
+import csv
+import datetime
+import io
 from collections.abc import Awaitable
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from contract.errors import NotFoundError, ServiceUnavailableError
+from contract.errors import InvalidRequestError, NotFoundError, ServiceUnavailableError
 from serve_app.ingress.gateway import Gateway
 from serve_app.ingress.http.openapi import responses
 from serve_app.ingress.http.requests import TextSafeRoute
 from serve_app.state.client import StateUnavailable
 from serve_app.state.keys import KeyRecord, KeyUpdate, NewKey
+from serve_app.state.usage_book import COUNTS, GroupBy
 
 
 class CreatedKey(KeyRecord):
     key: str  # shown this once; only its hash is stored
+
+
+class UsageReport(BaseModel):
+    object: Literal["list"] = "list"
+    group_by: GroupBy
+    data: list[dict[str, str | int]]  # {group_by: its value, requests, prompt_tokens, ...}
 
 
 class KeyList(BaseModel):
@@ -72,5 +83,25 @@ def admin_router(gateway: Gateway) -> APIRouter:
         (404), it stays listed with `include_revoked=true`, and using it is a 401. The last
         active admin key is a 409: create another first."""
         return found(await ask(gateway.state.revoke_key(key_id, timeout_s=5.0)), key_id)
+
+    @router.get("/usage", response_model=UsageReport, responses={
+        **ADMIN_ERRORS, **responses(400), 200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
+    async def usage(request: Request, key: str | None = None, model: str | None = None,
+                    from_: Annotated[datetime.date | None, Query(alias="from")] = None,
+                    to: datetime.date | None = None, group_by: GroupBy = "day") -> Response:
+        """Requests, prompt and completion tokens, errors and cache hits per key, model or UTC day
+        (`group_by`), for one key (its id) or model, over the days from `from` to `to`
+        (inclusive); CSV with `Accept: text/csv`."""
+        if from_ is not None and to is not None and from_ > to:
+            raise InvalidRequestError("'from' is after 'to'.", param="from")
+        rows = await ask(gateway.state.usage_report(group_by, key, model, from_ and from_.isoformat(),
+                                                    to and to.isoformat(), timeout_s=10.0))
+        if "text/csv" in request.headers.get("accept", ""):
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=[group_by, *COUNTS])
+            writer.writeheader()
+            writer.writerows(rows)
+            return Response(out.getvalue(), media_type="text/csv")
+        return JSONResponse(UsageReport(group_by=group_by, data=rows).model_dump())
 
     return router
