@@ -70,10 +70,12 @@ class UsageBook:
 
     def _add(self, rows: list[DailyUsage], updates: str) -> None:
         with self._connect() as db:
+            db.execute("BEGIN")  # one transaction per batch, not one per row
             db.executemany(
                 f"INSERT INTO usage_daily (key_id, model, day, {', '.join(COUNTS)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 f"ON CONFLICT (key_id, model, day) DO UPDATE SET {updates}",
                 [(r.key_id, r.model, r.day, *(getattr(r, name) for name in COUNTS)) for r in rows])
+            db.execute("COMMIT")
 
     def report(self, group_by: GroupBy, *, key_id: str | None = None, model: str | None = None,
                start: str | None = None, end: str | None = None) -> list[dict]:
