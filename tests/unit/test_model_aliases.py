@@ -31,6 +31,9 @@ def test_an_alias_serves_as_its_model_and_a_key_may_name_either(api):
     listed = {card["id"]: card for card in client.get("/v1/models", headers=admin).json()["data"]}
     assert listed["chat"]["alias_of"] == "chat-model" and listed["assistant"]["alias_of"] == "chat-model"
     assert listed["chat-model"]["alias_of"] is None
+    other, _ = new_key(client, admin, models=["embed-model"])
+    refused = client.post("/v1/chat/completions", json={**CHAT, "model": "chat"}, headers=bearer(other))
+    assert refused.status_code == 404 and "chat-model" not in refused.text  # the alias's model stays unnamed
     seen_by_key = [card["id"] for card in client.get("/v1/models", headers=bearer(key)).json()["data"]]
     assert seen_by_key == ["chat"]
     assert client.get("/v1/models/chat", headers=bearer(key)).json()["alias_of"] == "chat-model"
