@@ -37,6 +37,17 @@ class KeyList(BaseModel):
 
 
 ADMIN_ERRORS = responses(401, 403, 431, 503)
+# A UTC day as YYYY-MM-DD; the schema's format says it must be a real date, which _day checks.
+DAY = {"pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "json_schema_extra": {"format": "date"}}
+
+
+def _day(value: str | None, param: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return datetime.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise InvalidRequestError(f"'{param}' is not a date (YYYY-MM-DD): {value!r}.", param=param) from None
 
 T = TypeVar("T")
 
@@ -87,15 +98,15 @@ def admin_router(gateway: Gateway) -> APIRouter:
     @router.get("/usage", response_model=UsageReport, responses={
         **ADMIN_ERRORS, **responses(400), 200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
     async def usage(request: Request, key: str | None = None, model: str | None = None,
-                    from_: Annotated[datetime.date | None, Query(alias="from")] = None,
-                    to: datetime.date | None = None, group_by: GroupBy = "day") -> Response:
+                    from_: Annotated[str | None, Query(alias="from", **DAY)] = None,
+                    to: Annotated[str | None, Query(**DAY)] = None, group_by: GroupBy = "day") -> Response:
         """Requests, prompt and completion tokens, errors and cache hits per key, model or UTC day
         (`group_by`), for one key (its id) or model, over the days from `from` to `to`
         (inclusive); CSV with `Accept: text/csv`."""
-        if from_ is not None and to is not None and from_ > to:
+        start, end = _day(from_, "from"), _day(to, "to")
+        if start is not None and end is not None and start > end:
             raise InvalidRequestError("'from' is after 'to'.", param="from")
-        rows = await ask(gateway.state.usage_report(group_by, key, model, from_ and from_.isoformat(),
-                                                    to and to.isoformat(), timeout_s=10.0))
+        rows = await ask(gateway.state.usage_report(group_by, key, model, start, end, timeout_s=10.0))
         if "text/csv" in request.headers.get("accept", ""):
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=[group_by, *COUNTS])
