@@ -26,6 +26,7 @@ from hardware.detect import cpu_info
 from . import (
     chat_loads,
     chat_peer,
+    gateway_scopes,
     hfserve_engine,
     http_load,
     infinity,
@@ -64,6 +65,7 @@ class ServerRuns:
     noop: float  # p50 ms, GET /health
     structured: dict  # bench/structured.py: chat c=16 with a JSON schema / without, schema compile time
     embed_engine: dict  # bench/hfserve_engine.py: the embedding model's engine, device and precision
+    scopes: dict  # bench/gateway_scopes.py: a miss with a budget-and-team key against the plain key
 
 
 @dataclass
@@ -101,13 +103,15 @@ def measure_server(args: argparse.Namespace) -> ServerRuns:
         hit, post_noop = asyncio.run(http_load.paired_latency_p50(
             (base, auth, http_load.chat_cached), (base, auth, http_load.rejected_post), args.latency_requests))
         noop = asyncio.run(http_load.latency_p50(base, args.latency_requests, http_load.health, auth))
+        say("server: embedding miss with a budget-and-team key, and with the plain key")
+        scopes = gateway_scopes.measure(running, args.latency_requests)
         say("server: chat c=16 with a JSON schema, the same without; a new schema's first request")
         plain, constrained = structured.throughput(base, auth, args.rounds)
         found = structured.results(plain, constrained, structured.compile_ms(base, auth))
     finally:
         running.stop()
     return ServerRuns(running.ready_s, chat, burst, single, batch, miss_on, miss_off, hit, post_noop, noop, found,
-                      embed_engine)
+                      embed_engine, scopes)
 
 
 def measure_infinity(args: argparse.Namespace) -> InfinityRuns:
@@ -128,6 +132,7 @@ def targets(r: RawRuns, s: ServerRuns, p: InfinityRuns | None) -> dict[str, tupl
         "embed_c4x32_vs_raw_batch32": (ratio(s.embed_batch.inputs_per_s, r.embed[32].inputs_per_s), ">=", 0.6),
         "ready_s_warm": (round(s.ready_s, 1), "<=", 90.0),
         "gateway_overhead_ms_p50": (round(s.miss_on - s.miss_off, 2), "<=", 3.0),
+        "gateway_budget_team_added_ms_p50": (s.scopes["budget_team_added_ms"], "<=", gateway_scopes.TARGET_MS),
         "cache_hit_over_noop_p50": (ratio(s.hit, s.post_noop), "<=", 1.5),
         "chat_c16_json_schema_tokens_ratio": (s.structured["json_schema_tokens_ratio"], ">=", structured.TARGET),
     }
@@ -163,6 +168,7 @@ def results_of(r: RawRuns, s: ServerRuns, goals: dict[str, tuple[float, str, flo
                 "noop_post_rejected": round(s.post_noop, 2),
                 "noop_get_health": round(s.noop, 2),
             },
+            "gateway_scopes_p50_ms": s.scopes,
         },
         "ratios": {
             **{name: value for name, (value, _, _) in goals.items()},
@@ -194,6 +200,8 @@ def print_table(r: RawRuns, s: ServerRuns, results: dict, goals: dict[str, tuple
           f"{ratio(s.embed_batch.inputs_per_s, r.embed[32].inputs_per_s)} |")
     print(f"| hfserve serve to ready (warm cache), s | | {s.ready_s:.1f} | |")
     print(f"| p50 ms, c=1: embedding miss, gateway on / off | | {s.miss_on:.1f} / {s.miss_off:.1f} | +{s.miss_on - s.miss_off:.1f} ms |")
+    print(f"| p50 ms, c=1: embedding miss, budget-and-team key / plain key | | {s.scopes['embed_miss_budget_team_key']:.1f}"
+          f" / {s.scopes['embed_miss_plain_key']:.1f} | {s.scopes['budget_team_added_ms']:+.1f} ms |")
     print(f"| p50 ms, c=1: chat cache hit / POST no-op (same route, refused) | | {s.hit:.1f} / {s.post_noop:.1f} | {ratio(s.hit, s.post_noop)} |")
     print(f"| p50 ms, c=1: GET /health (no body to fetch) | | {s.noop:.1f} | {ratio(s.hit, s.noop)} |")
     print("\n| structured outputs (server) | value | ratio |\n|---|---|---|")

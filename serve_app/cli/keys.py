@@ -8,9 +8,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +20,16 @@ from pydantic import ValidationError
 from contract.config import read_env
 from contract.errors import APIError
 from contract.ingress_args import IngressArgs
-from serve_app.state.keys import KeyStore, KeyUpdate, NewKey, parse_duration, read_admin_key_file
+from serve_app.state.keys import KeyStore, KeyUpdate, NewKey, read_admin_key_file
+
+
+def parse_duration(text: str) -> int:
+    """'30d', '12h', '90m', '3600s' or plain seconds -> seconds."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30d, 12h, 90m, 3600s)")
+    number, unit = int(match.group(1)), match.group(2) or "s"
+    return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
 
 
 def _new_key(args: argparse.Namespace) -> NewKey:
@@ -55,7 +66,7 @@ def _key_update(args: argparse.Namespace) -> KeyUpdate:
     return KeyUpdate(**fields)
 
 
-def _state_dir():
+def state_dir():
     return IngressArgs().with_env(read_env()).effective_state_dir
 
 
@@ -64,7 +75,7 @@ class AdminApi:
 
     def __init__(self, url: str):
         env = read_env()
-        key = env.api_key.get_secret_value() if env.api_key else read_admin_key_file(_state_dir())
+        key = env.api_key.get_secret_value() if env.api_key else read_admin_key_file(state_dir())
         if not key:
             raise SystemExit("no admin key: set HF_SERVER_API_KEY or create <state_dir>/admin.key by starting the server")
         self._url, self._key = url.rstrip("/"), key
@@ -85,21 +96,28 @@ class AdminApi:
 
 
 def run(args: argparse.Namespace) -> int:
+    return answer(args, _run, lambda result: _print_human(args.verb, result), "API key")
+
+
+def answer(args: argparse.Namespace, act: Callable[[argparse.Namespace], Any], show: Callable[[Any], None],
+           thing: str) -> int:
+    """Run a verb of `hfserve keys` or `teams`: its result as JSON (--json) or by `show`; exit 2 for
+    bad input, 1 for a refusal (with the status the admin API would give) or no such `thing`."""
     try:
-        result = _run(args)
+        result = act(args)
     except (ValidationError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except APIError as exc:  # the store refused (the last admin key), as the admin API would with its status
+    except APIError as exc:  # the store refused (the last admin key, a key in another team)
         print(f"error {exc.status_code}: {exc.message}", file=sys.stderr)
         return 1
     if result is None:
-        print(f"error: no API key with id '{args.id}'", file=sys.stderr)
+        print(f"error: no {thing} with id '{args.id}'", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        _print_human(args.verb, result)
+        show(result)
     return 0
 
 
@@ -113,7 +131,7 @@ def _run(args: argparse.Namespace) -> Any:
         if args.verb == "update":
             return api("PATCH", f"/admin/keys/{args.id}", _key_update(args).model_dump(exclude_unset=True))
         return api("GET" if args.verb == "info" else "DELETE", f"/admin/keys/{args.id}")
-    store = KeyStore(_state_dir() / "keys.db")
+    store = KeyStore(state_dir() / "keys.db")
     try:
         if args.verb == "create":
             key, record = store.create(_new_key(args))

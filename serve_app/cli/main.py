@@ -1,4 +1,4 @@
-"""`hfserve serve | discover | hardware | haproxy-env | status | models | usage | keys`."""
+"""`hfserve serve | discover | hardware | haproxy-env | status | models | usage | keys | teams`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def _models(args: argparse.Namespace) -> int:
 
 def _usage(args: argparse.Namespace) -> int:
     from serve_app.cli.usage import run
+
+    return run(args)
+
+
+def _teams(args: argparse.Namespace) -> int:
+    from serve_app.cli.teams import run
 
     return run(args)
 
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     status.set_defaults(func=_status)
 
     from serve_app.cli.models import add_parser as add_models_parser
+    from serve_app.cli.teams import add_parser as add_teams_parser
     from serve_app.cli.usage import add_parser as add_usage_parser
 
     add_usage_parser(commands)
@@ -158,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--url", default=argparse.SUPPRESS, help="as above")
         sub.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="as above")
     keys.set_defaults(func=_keys)
+    add_teams_parser(commands)
+    commands.choices["teams"].set_defaults(func=_teams)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -31,6 +31,7 @@ from serve_app.ingress.http.openapi import install_openapi
 from serve_app.ingress.routes.admin import admin_router
 from serve_app.ingress.routes.models import models_router
 from serve_app.ingress.routes.operations import operations_router
+from serve_app.ingress.routes.teams import teams_router
 from serve_app.ingress.routes.v1 import openai_router
 from serve_app.ingress.serve_models import (
     connect_serve_model,
@@ -65,6 +66,7 @@ def create_app(gateway: Gateway, args: IngressArgs, scraper: ClusterScraper | No
     app.include_router(operations_router(gateway, started=time.time(),
                                          metrics=scraper.exposition if scraper is not None else None))
     app.include_router(admin_router(gateway))
+    app.include_router(teams_router(gateway))
     app.include_router(models_router(gateway))
     return app
 

@@ -13,6 +13,7 @@ from serve_app.state.circuit_breaker import Snapshot
 from serve_app.state.core import StateCore, StateSettings
 from serve_app.state.keys import KeyRecord, KeyUpdate, KeyUsage, NewKey
 from serve_app.state.rate_limiter import Grant, Limits
+from serve_app.state.teams import KeyWithTeam, NewTeam, TeamMembers, TeamRecord, TeamUpdate
 from serve_app.state.usage_book import DailyUsage, GroupBy
 
 R = TypeVar("R")
@@ -54,7 +55,7 @@ class StateClient:
 
     # ------------------------------------------------------------------ keys
 
-    async def find_key(self, digest: str, *, timeout_s: float | None = None) -> KeyRecord | None:
+    async def find_key(self, digest: str, *, timeout_s: float | None = None) -> KeyWithTeam | None:
         return await self._call(StateCore.find_key, digest, timeout_s=timeout_s)
 
     async def create_key(self, new: NewKey, *, timeout_s: float | None = None) -> tuple[str, KeyRecord]:
@@ -72,12 +73,37 @@ class StateClient:
     async def revoke_key(self, key_id: str, *, timeout_s: float | None = None) -> KeyRecord | None:
         return await self._call(StateCore.revoke_key, key_id, timeout_s=timeout_s)
 
+    # ------------------------------------------------------------------ teams
+
+    async def create_team(self, new: NewTeam, *, timeout_s: float | None = None) -> TeamRecord:
+        return await self._call(StateCore.create_team, new, timeout_s=timeout_s)
+
+    async def list_teams(self, *, timeout_s: float | None = None) -> list[TeamRecord]:
+        return await self._call(StateCore.list_teams, timeout_s=timeout_s)
+
+    async def get_team(self, team_id: str, *, timeout_s: float | None = None) -> TeamRecord | None:
+        return await self._call(StateCore.get_team, team_id, timeout_s=timeout_s)
+
+    async def update_team(self, team_id: str, update: TeamUpdate, *, timeout_s: float | None = None) -> TeamRecord | None:
+        return await self._call(StateCore.update_team, team_id, update, timeout_s=timeout_s)
+
+    async def delete_team(self, team_id: str, *, timeout_s: float | None = None) -> TeamRecord | None:
+        return await self._call(StateCore.delete_team, team_id, timeout_s=timeout_s)
+
+    async def add_team_keys(self, team_id: str, members: TeamMembers, *,
+                            timeout_s: float | None = None) -> TeamRecord | None:
+        return await self._call(StateCore.add_team_keys, team_id, members, timeout_s=timeout_s)
+
+    async def remove_team_key(self, team_id: str, key_id: str, *, timeout_s: float | None = None) -> TeamRecord | None:
+        return await self._call(StateCore.remove_team_key, team_id, key_id, timeout_s=timeout_s)
+
     async def usage_add(self, rows: list[DailyUsage], *, timeout_s: float | None = None) -> None:
         return await self._call(StateCore.usage_add, rows, timeout_s=timeout_s)
 
     async def usage_report(self, group_by: GroupBy, key_id: str | None, model: str | None, start: str | None,
-                           end: str | None, *, timeout_s: float | None = None) -> list[dict]:
-        return await self._call(StateCore.usage_report, group_by, key_id, model, start, end, timeout_s=timeout_s)
+                           end: str | None, team_id: str | None = None, *, timeout_s: float | None = None) -> list[dict]:
+        return await self._call(StateCore.usage_report, group_by, key_id, model, start, end, team_id,
+                                timeout_s=timeout_s)
 
     async def add_usage(self, usage: dict[str, KeyUsage], *, timeout_s: float | None = None) -> None:
         return await self._call(StateCore.add_usage, usage, timeout_s=timeout_s)

@@ -39,6 +39,14 @@ from serve_app.state.lifecycle.admission import plan_evictions
 from serve_app.state.lifecycle.store import RuntimeModelStore
 from serve_app.state.rate_limiter import Grant, Limits, RateLimiter
 from serve_app.state.response_cache import ResponseCache
+from serve_app.state.teams import (
+    KeyWithTeam,
+    NewTeam,
+    TeamMembers,
+    TeamRecord,
+    TeamStore,
+    TeamUpdate,
+)
 from serve_app.state.usage_book import DailyUsage, GroupBy, UsageBook
 
 logger = logging.getLogger("ray.serve")
@@ -84,6 +92,7 @@ class StateCore:
             logger.warning("created an admin API key: %s", self.admin_key_path)
         if self.store.read_only:
             logger.warning("the key store %s is on a read-only file system: keys are served, not written", self.store.path)
+        self.teams = TeamStore(self.store)
         self.limiter = RateLimiter(clock, budgets=BudgetBook(self._budget_spent, self._save_budget_spent, time.time))
         self.cache = ResponseCache(
             max_entries=settings.cache_max_entries,
@@ -114,6 +123,7 @@ class StateCore:
         if "state_dir" in changed or "static_admin" in changed:
             self.store.close()
             self.store = KeyStore(settings.state_dir / "keys.db")
+            self.teams = TeamStore(self.store)
             try:
                 ensure_admin_key(self.store, settings.state_dir, settings.static_admin)
             except KeyStoreWriteError as exc:
@@ -129,8 +139,12 @@ class StateCore:
 
     # ------------------------------------------------------------------ keys
 
-    def find_key(self, digest: str) -> KeyRecord | None:
-        return self.store.find(digest)
+    def find_key(self, digest: str) -> KeyWithTeam | None:
+        """The key with this digest, and its team if it is in one."""
+        record = self.store.find(digest)
+        if record is None:
+            return None
+        return KeyWithTeam(key=record, team=self.teams.get(record.team_id) if record.team_id else None)
 
     def create_key(self, new: NewKey) -> tuple[str, KeyRecord]:
         return self.store.create(new)
@@ -151,6 +165,29 @@ class StateCore:
     def add_usage(self, usage: dict[str, KeyUsage]) -> None:
         self.store.add_usage(usage)
 
+    # ------------------------------------------------------------------ teams
+
+    def create_team(self, new: NewTeam) -> TeamRecord:
+        return self.teams.create(new)
+
+    def list_teams(self) -> list[TeamRecord]:
+        return self.teams.list()
+
+    def get_team(self, team_id: str) -> TeamRecord | None:
+        return self.teams.get(team_id)
+
+    def update_team(self, team_id: str, update: TeamUpdate) -> TeamRecord | None:
+        return self.teams.update(team_id, update)
+
+    def delete_team(self, team_id: str) -> TeamRecord | None:
+        return self.teams.delete(team_id)
+
+    def add_team_keys(self, team_id: str, members: TeamMembers) -> TeamRecord | None:
+        return self.teams.add_keys(team_id, members.keys)
+
+    def remove_team_key(self, team_id: str, key_id: str) -> TeamRecord | None:
+        return self.teams.remove_key(team_id, key_id)
+
     # ------------------------------------------------------------------ rate limits
 
     def lease(self, key_id: str, limits: Limits, min_requests: int, min_tokens: int, want_requests: int, want_tokens: int) -> Grant:
@@ -169,8 +206,8 @@ class StateCore:
         self.usage.add(rows)
 
     def usage_report(self, group_by: GroupBy, key_id: str | None, model: str | None, start: str | None,
-                     end: str | None) -> list[dict]:
-        return self.usage.report(group_by, key_id=key_id, model=model, start=start, end=end)
+                     end: str | None, team_id: str | None = None) -> list[dict]:
+        return self.usage.report(group_by, key_id=key_id, model=model, start=start, end=end, team_id=team_id)
 
     def give_back(self, returns: list[tuple[str, int, int, int]]) -> None:
         for key_id, lease_id, requests, tokens in returns:

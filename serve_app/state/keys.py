@@ -18,6 +18,8 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,6 +82,7 @@ class KeyRecord(BaseModel):
     budget_period: str | None = None
     admin: bool = False
     metadata: dict[str, Any] = {}
+    team_id: str | None = None  # serve_app/state/teams.py
     usage: KeyUsage = Field(default_factory=KeyUsage)
 
     def active(self, now: float) -> bool:
@@ -104,12 +107,12 @@ def _model_ids(value: list[str] | None) -> list[str] | None:
 
 
 def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and (size := len(_json(value).encode())) > MAX_METADATA_BYTES:
+    if value is not None and (size := len(dump_json(value).encode())) > MAX_METADATA_BYTES:
         raise ValueError(f"metadata is {size} bytes as JSON; at most {MAX_METADATA_BYTES}")
     return value
 
 
-def _json(value: Any) -> str:
+def dump_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -198,21 +201,21 @@ CREATE TABLE IF NOT EXISTS budget_spend (
 )
 """
 # Columns added after the first release: added to an older store when it is opened.
-_ADDED_COLUMNS = {"metadata": "TEXT", "budget_tokens": "INTEGER", "budget_period": "TEXT"}
+_ADDED_COLUMNS = {"metadata": "TEXT", "budget_tokens": "INTEGER", "budget_period": "TEXT", "team_id": "TEXT"}
 _COLUMNS = (
     "id, key_sha256, name, created_at, expires_at, revoked_at, allowed_models, rpm, tpm, admin, "
-    "requests, prompt_tokens, completion_tokens, last_used_at, metadata, budget_tokens, budget_period"
+    "requests, prompt_tokens, completion_tokens, last_used_at, metadata, budget_tokens, budget_period, team_id"
 )
 
 
 def _record(row: tuple) -> tuple[KeyRecord, str]:
     (key_id, digest, name, created, expires, revoked, models, rpm, tpm, admin, requests, prompt, completion, last,
-     metadata, budget_tokens, budget_period) = row
+     metadata, budget_tokens, budget_period, team_id) = row
     record = KeyRecord(
         id=key_id, name=name, created_at=created, expires_at=expires, revoked_at=revoked,
         allowed_models=json.loads(models) if models is not None else None, rpm=rpm, tpm=tpm, admin=bool(admin),
         metadata=json.loads(metadata) if metadata else {}, budget_tokens=budget_tokens, budget_period=budget_period,
-        usage=KeyUsage(requests=requests, prompt_tokens=prompt, completion_tokens=completion, last_used_at=last),
+        team_id=team_id, usage=KeyUsage(requests=requests, prompt_tokens=prompt, completion_tokens=completion, last_used_at=last),
     )
     return record, digest
 
@@ -282,7 +285,7 @@ class KeyStore:
             "INSERT INTO api_keys (id, key_sha256, name, created_at, expires_at, allowed_models, rpm, tpm, admin, "
             "metadata, budget_tokens, budget_period) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(key_id, hash_key(key), new.name, now, expires, models, new.rpm, new.tpm, int(new.admin),
-              _json(new.metadata) if new.metadata else None, new.budget_tokens, period)],
+              dump_json(new.metadata) if new.metadata else None, new.budget_tokens, period)],
         )
         record = self.get(key_id)
         assert record is not None
@@ -338,7 +341,7 @@ class KeyStore:
             "rpm": update.rpm,
             "tpm": update.tpm,
             "expires_at": now + update.expires_in_s if update.expires_in_s else None,
-            "metadata": _json(update.metadata) if update.metadata else None,
+            "metadata": dump_json(update.metadata) if update.metadata else None,
             "budget_tokens": update.budget_tokens,
             "budget_period": update.budget_period,
         }
@@ -383,6 +386,29 @@ class KeyStore:
             except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
                 raise KeyStoreWriteError(exc) from None
 
+    def read(self, sql: str, params: tuple) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def write_script(self, sql: str) -> None:
+        with self._lock:
+            self._db.execute(sql)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Statements that all happen or none (an APIError raised inside undoes them)."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+                raise KeyStoreWriteError(exc) from None
+
     def has_active_admin(self, now: float | None = None) -> bool:
         now = time.time() if now is None else now
         return any(record.admin and record.active(now) for record in self.list())
@@ -413,11 +439,3 @@ def read_admin_key_file(state_dir: Path) -> str | None:
     except FileNotFoundError:
         return None
 
-
-def parse_duration(text: str) -> int:
-    """'30d', '12h', '90m', '3600s' or plain seconds -> seconds."""
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd]?)\s*", text)
-    if not match:
-        raise ValueError(f"not a duration: {text!r} (use e.g. 30d, 12h, 90m, 3600s)")
-    number, unit = int(match.group(1)), match.group(2) or "s"
-    return number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]

@@ -17,9 +17,9 @@ from .keys import KeyStoreWriteError
 
 logger = logging.getLogger("ray.serve")
 
-GroupBy = Literal["key", "model", "day"]
+GroupBy = Literal["key", "team", "model", "day"]
 COUNTS = ("requests", "prompt_tokens", "completion_tokens", "errors", "cache_hits")
-_COLUMN = {"key": "key_id", "model": "model", "day": "day"}
+_COLUMN = {"key": "u.key_id", "team": "k.team_id", "model": "u.model", "day": "u.day"}
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS usage_daily (key_id TEXT NOT NULL, model TEXT NOT NULL, day TEXT NOT NULL, "
     "requests INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
@@ -78,23 +78,25 @@ class UsageBook:
             db.execute("COMMIT")
 
     def report(self, group_by: GroupBy, *, key_id: str | None = None, model: str | None = None,
-               start: str | None = None, end: str | None = None) -> list[dict]:
-        """Sums per `group_by`, over the days from `start` to `end` (inclusive, YYYY-MM-DD)."""
+               start: str | None = None, end: str | None = None, team_id: str | None = None) -> list[dict]:
+        """Sums per `group_by`, over the days from `start` to `end` (inclusive, YYYY-MM-DD). A
+        key's usage counts for the team the key is in now (null: in none)."""
         where, params = [], []
-        for column, value in (("key_id", key_id), ("model", model)):
+        for column, value in (("u.key_id", key_id), ("u.model", model), ("k.team_id", team_id)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         if start is not None:
-            where.append("day >= ?")
+            where.append("u.day >= ?")
             params.append(start)
         if end is not None:
-            where.append("day <= ?")
+            where.append("u.day <= ?")
             params.append(end)
         column = _COLUMN[group_by]
-        sums = ", ".join(f"SUM({name})" for name in COUNTS)
-        sql = (f"SELECT {column}, {sums} FROM usage_daily {'WHERE ' + ' AND '.join(where) if where else ''} "
-               f"GROUP BY {column} ORDER BY {column}")
+        sums = ", ".join(f"SUM(u.{name})" for name in COUNTS)
+        join = "LEFT JOIN api_keys AS k ON k.id = u.key_id" if team_id is not None or group_by == "team" else ""
+        sql = (f"SELECT {column}, {sums} FROM usage_daily AS u {join} "
+               f"{'WHERE ' + ' AND '.join(where) if where else ''} GROUP BY {column} ORDER BY {column}")
         try:
             with self._connect() as db:
                 rows = db.execute(sql, params).fetchall()

@@ -36,10 +36,10 @@ def gw_client(server, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.gateway_url}/v1", api_key=key, max_retries=0)
 
 
-def cli(server, *args: str) -> subprocess.CompletedProcess:
+def cli(server, *args: str, command: str = "keys") -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_SERVER_STATE_DIR": str(server.state_dir)}
     return subprocess.run(
-        [sys.executable, "-m", "serve_app.cli", "keys", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "serve_app.cli", command, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
     )
 
 
@@ -381,3 +381,37 @@ def test_usage_is_reported_per_key_model_and_day_across_both_replicas(server):
     assert (bert["requests"], bert["errors"], bert["completion_tokens"]) == (3, 0, 0) and bert["prompt_tokens"] > 0
     assert (llama["requests"], llama["errors"]) == (1, 1)
     assert as_csv.status_code == 200 and as_csv.text.splitlines()[1].startswith(f"{key_id},4,")
+
+
+def test_a_team_budget_and_model_access_hold_for_its_keys_across_both_replicas(server):
+    key_a, id_a = create_key(server, rpm=100_000)
+    key_b, id_b = create_key(server, rpm=100_000)
+    made = cli(server, "create", "--url", server.gateway_url, "--json", "--name", "it-team", "--keys", f"{id_a},{id_b}",
+               "--models", "tiny-bert", "--budget-tokens", "60", "--budget-period", "day", command="teams")
+    assert made.returncode == 0, made.stderr
+    team_id = json.loads(made.stdout)["id"]
+
+    async def run() -> list:
+        clients = [openai.AsyncOpenAI(base_url=f"{server.gateway_url}/v1", api_key=key, max_retries=0,
+                                      default_headers={"Cache-Control": "no-cache"}) for key in (key_a, key_b)]
+
+        async def one(client: openai.AsyncOpenAI):
+            try:
+                return await client.embeddings.with_raw_response.create(model="tiny-bert", input="one two three")
+            except openai.RateLimitError as error:
+                return error
+
+        return list(await asyncio.gather(*(one(clients[i % 2]) for i in range(40))))
+
+    answers = asyncio.run(run())
+    served = [a for a in answers if not isinstance(a, Exception)]
+    refused = [a for a in answers if isinstance(a, Exception)]
+    assert served and refused and {a.body["code"] for a in refused} == {"budget_exceeded"}
+    assert all(a.body["message"].startswith("Team Token budget reached") for a in refused)
+    # Both keys spend the one team budget, through both replicas: 12 requests of 5 estimated tokens.
+    assert len(served) <= 60 // 5, len(served)
+    assert int(served[0].headers["x-ratelimit-remaining-budget-tokens"]) < 60
+    with pytest.raises(openai.NotFoundError):  # the team allows tiny-bert only
+        gw_client(server, key_a).chat.completions.create(model="tiny-llama", messages=MSG, max_tokens=2)
+    listed = cli(server, "info", team_id, "--url", server.gateway_url, "--json", command="teams")
+    assert json.loads(listed.stdout)["keys"] == [id_a, id_b]

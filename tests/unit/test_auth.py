@@ -8,6 +8,7 @@ import stat
 import pytest
 from pydantic import ValidationError
 
+from serve_app.cli.keys import parse_duration
 from serve_app.state.keys import (
     KeyStore,
     LastAdminKeyError,
@@ -15,7 +16,6 @@ from serve_app.state.keys import (
     ensure_admin_key,
     generate_key,
     hash_key,
-    parse_duration,
     read_admin_key_file,
     well_formed,
 )

@@ -74,7 +74,7 @@ def test_two_replicas_leasing_never_exceed_the_limit():
     for attempt in range(50):
         r = attempt % 2
         lease = replicas[r]
-        if lease is None or not lease.covers(clock(), 1):
+        if lease is None or not lease.covers(clock(), 1, limits):
             grant = limiter.lease("k", limits, 1, 1, chunk_for(limits.rpm), 1)
             if grant.requests == 0:
                 continue
@@ -101,10 +101,12 @@ def test_windows_are_per_key():
 
 def test_local_lease_expires():
     limiter = RateLimiter(Clock(1000.0), lease_s=2.0)
-    lease = LocalLease.of(limiter.lease("k", Limits(100, 1000), 1, 1, 5, 50))
-    assert lease.covers(1000.0, 10)
-    assert not lease.covers(1002.0, 10)
-    assert not lease.covers(1000.0, 60)
+    limits = Limits(100, 1000)
+    lease = LocalLease.of(limiter.lease("k", limits, 1, 1, 5, 50))
+    assert lease.covers(1000.0, 10, limits)
+    assert not lease.covers(1002.0, 10, limits)
+    assert not lease.covers(1000.0, 60, limits)
+    assert not lease.covers(1000.0, 10, Limits(100, 2000))  # the key's limits changed: lease anew
 
 
 def test_headers_have_both_families():

@@ -88,7 +88,7 @@ def test_the_typed_client_reads_and_writes_the_cores_keys(tmp_path):
     core = StateCore(StateSettings(state_dir=tmp_path))
     client = StateClient.local(core)
     key, record = run(client.create_key(NewKey(name="one")))
-    assert core.find_key(hash_key(key)) == record == run(client.find_key(hash_key(key)))
+    assert core.find_key(hash_key(key)).key == record == run(client.find_key(hash_key(key))).key
     assert run(client.get_key(record.id)) == core.get_key(record.id)
     run(client.add_usage({record.id: KeyUsage(requests=2, prompt_tokens=3, completion_tokens=4)}))
     assert core.get_key(record.id).usage.requests == 2

@@ -47,7 +47,7 @@ def test_requests_errors_and_cache_hits_are_counted_per_key_model_and_day(api):
 
 
 @pytest.mark.parametrize(("query", "param"), [
-    ("group_by=team", "group_by"), ("from=2026-13-01", "from"), ("to=yesterday", "to"), ("to=0", "to"),
+    ("group_by=org", "group_by"), ("from=2026-13-01", "from"), ("to=yesterday", "to"), ("to=0", "to"),
     ("from=2026-12-07&to=2026-12-01", "from"),
 ])
 def test_a_bad_usage_query_is_a_400_naming_the_field(api, query, param):

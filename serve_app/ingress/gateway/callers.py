@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from contract.errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from contract.ingress_args import IngressArgs
 from serve_app.state.client import StateClient, StateUnavailable
-from serve_app.state.keys import KeyRecord, digests_equal, hash_key, well_formed
-from serve_app.state.rate_limiter import Limits
+from serve_app.state.keys import digests_equal, hash_key, well_formed
+from serve_app.state.rate_limiter import UNLIMITED, Limits
+from serve_app.state.teams import KeyWithTeam
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/openapi.json"})
 MISSING_KEY_MESSAGE = "Missing API key"
@@ -30,9 +31,14 @@ class Caller:
     admin: bool
     allowed_models: tuple[str, ...] | None
     limits: Limits | None  # None: not rate limited (auth disabled)
+    team_models: tuple[str, ...] | None = None  # what the key's team may use (None: no team, or every model)
+    team_id: str | None = None
 
-    def may_use(self, model: str) -> bool:
-        return self.allowed_models is None or model in self.allowed_models
+    def may_use(self, *names: str | None) -> bool:
+        """Whether the key, and its team, may each use one of `names` (a model, and the alias a
+        request named it by)."""
+        return all(allowed is None or any(name in allowed for name in names if name)
+                   for allowed in (self.allowed_models, self.team_models))
 
     @property
     def cache_scope(self) -> str:
@@ -67,7 +73,7 @@ class Authenticator:
         self._defaults = Limits(args.default_rpm, args.default_tpm)
         self._ttl_s = args.key_cache_ttl_s
         self._clock = clock
-        self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        self._cache: dict[str, tuple[KeyWithTeam | None, float]] = {}
 
     async def admit(self, path: str, authorization: str | None, api_key: str | None) -> Caller | None:
         """The caller allowed on `path`, None for the open paths, or the 401/403 that says why not."""
@@ -90,21 +96,28 @@ class Authenticator:
         digest = hash_key(key)
         if self._static and digests_equal(digest, self._static):
             return Caller("static-admin", "admin", True, None, self._defaults)
-        record = await self._lookup(digest)
-        if record is None:
+        found = await self._lookup(digest)
+        if found is None:
             raise AuthenticationError("Incorrect API key provided.")
+        record, team = found.key, found.team
         if not record.active(time.time()):
             raise AuthenticationError("This API key has been revoked or has expired.")
+        limits = Limits(record.rpm or self._defaults.rpm, record.tpm or self._defaults.tpm, record.budget_tokens,
+                        record.budget_period)
+        if team is not None:
+            limits = replace(limits, team_id=team.id, team=Limits(team.rpm or UNLIMITED, team.tpm or UNLIMITED,
+                                                                  team.budget_tokens, team.budget_period))
         return Caller(
             record.id,
             record.name,
             record.admin,
             tuple(record.allowed_models) if record.allowed_models is not None else None,
-            Limits(record.rpm or self._defaults.rpm, record.tpm or self._defaults.tpm, record.budget_tokens,
-                   record.budget_period),
+            limits,
+            tuple(team.allowed_models) if team is not None and team.allowed_models is not None else None,
+            team.id if team is not None else None,
         )
 
-    async def _lookup(self, digest: str) -> KeyRecord | None:
+    async def _lookup(self, digest: str) -> KeyWithTeam | None:
         cached = self._cache.get(digest)
         now = self._clock()
         if cached is not None and now - cached[1] < self._ttl_s:

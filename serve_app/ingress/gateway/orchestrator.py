@@ -89,7 +89,7 @@ class Gateway:
     async def model(self, caller: Caller, model: str, endpoint: str, via_alias: str | None = None) -> ModelEntry:
         """The model's entry for a caller that may use it, or may use the alias it came by."""
         self.state_sync.requested()
-        if not (caller.may_use(model) or (via_alias is not None and caller.may_use(via_alias))):
+        if not caller.may_use(model, via_alias):
             raise ModelNotFoundError(via_alias or model)  # the name the client sent: an alias's model stays unnamed
         record = access_log.current()
         if record is not None and self.directory.status_of(model) is not None:

@@ -51,22 +51,20 @@ class Quota:
         `too_large_param`, not a 429."""
         if caller.limits is None or caller.key_id is None:
             return Admission(caller, 0, 0, {})
-        if tokens > caller.limits.tpm:
-            raise _too_large(tokens, caller.limits.tpm, too_large_param)
-        budget = caller.limits.budget_tokens
-        if budget is not None and tokens > budget:
-            raise _too_large(tokens, budget, too_large_param, f"token budget per {caller.limits.budget_period}")
-        key = caller.key_id
-
-        def usable(lease: LocalLease | None) -> bool:  # a key whose limits changed leases anew at once
-            return lease is not None and lease.grant.limits == caller.limits and lease.covers(self._clock(), tokens)
-
+        for scope_id, limits in caller.limits.scopes(caller.key_id):
+            whose = "this API key's" if scope_id == caller.key_id else "its team's"
+            if tokens > limits.tpm:
+                raise _too_large(tokens, limits.tpm, too_large_param, whose=whose)
+            if limits.budget_tokens is not None and tokens > limits.budget_tokens:
+                raise _too_large(tokens, limits.budget_tokens, too_large_param,
+                                 f"token budget per {limits.budget_period}", whose)
+        key, now = caller.key_id, self._clock()
         lease = self._leases.get(key)
-        if not usable(lease):
+        if lease is None or not lease.covers(now, tokens, caller.limits):
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:  # one lease request per key per replica at a time
                 lease = self._leases.get(key)
-                if not usable(lease):
+                if lease is None or not lease.covers(self._clock(), tokens, caller.limits):
                     if lease is not None:
                         self._retire(key, lease)
                     lease = LocalLease.of(await self._lease(caller, tokens))
@@ -85,7 +83,8 @@ class Quota:
         lease = self._leases.get(caller.key_id)
         if lease is not None:
             return self._headers(lease)
-        return rate_limit_headers(caller.limits, caller.limits.rpm, caller.limits.tpm, 0.0, 0.0, self._wall())
+        limits = caller.limits.effective()
+        return rate_limit_headers(limits, limits.rpm, limits.tpm, 0.0, 0.0, self._wall())
 
     async def flush(self) -> None:
         """Give back what expired leases did not use, and send settlements."""
@@ -105,30 +104,35 @@ class Quota:
     async def _lease(self, caller: Caller, tokens: int) -> Grant:
         limits = caller.limits
         assert limits is not None and caller.key_id is not None
+        strictest = limits.effective()  # chunks small against a team's limit too: its keys share it
         try:
             grant = await self._state.lease(
-                caller.key_id, limits, 1, tokens, chunk_for(limits.rpm), max(tokens, chunk_for(limits.tpm))
+                caller.key_id, limits, 1, tokens, chunk_for(strictest.rpm), max(tokens, chunk_for(strictest.tpm))
             )
         except StateUnavailable:
             # Degrade: admit on a provisional local lease (not charged anywhere) until the
             # actor is back; at most one window's worth of accuracy is lost.
             now = self._clock()
             return Grant(0, 1, tokens, now + 1.0, limits, limits.rpm - 1, max(0, limits.tpm - tokens), 0.0, 0.0)
+        whose = "" if grant.refused_by == "key" else "Team "
+        scope = limits if grant.refused_by == "key" else limits.team
+        assert scope is not None
         if grant.budget_exceeded:
             raise RateLimitError(
-                f"Token budget reached: Limit {limits.budget_tokens} per {limits.budget_period}, Left "
+                f"{whose}Token budget reached: Limit {scope.budget_tokens} per {scope.budget_period}, Left "
                 f"{grant.budget_left}, Requested {tokens}; it resets in {format_duration(grant.retry_after_s)}.",
                 kind="tokens", code="budget_exceeded", retry_after_s=max(grant.retry_after_s, 0.001),
                 headers=self._grant_headers(grant, 0, 0))
         if grant.requests == 0:
             kind = "tokens" if grant.remaining_requests >= 1 else "requests"
             if math.isinf(grant.retry_after_s):  # admit() refuses these first; the actor agrees
-                raise _too_large(tokens, limits.tpm, None)
-            used = limits.rpm - grant.remaining_requests if kind == "requests" else limits.tpm - grant.remaining_tokens
-            limit = limits.rpm if kind == "requests" else limits.tpm
+                raise _too_large(tokens, scope.tpm, None)
+            limit = scope.rpm if kind == "requests" else scope.tpm
+            used = limit - (grant.remaining_requests if kind == "requests" else grant.remaining_tokens)
             unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
             raise RateLimitError(
-                f"Rate limit reached on {unit}: Limit {limit}, Used {used}, Requested {1 if kind == 'requests' else tokens}.",
+                f"{whose}Rate limit reached on {unit}: Limit {limit}, Used {used}, "
+                f"Requested {1 if kind == 'requests' else tokens}.",
                 kind=kind,
                 retry_after_s=max(grant.retry_after_s, 0.001),
                 headers=self._grant_headers(grant, 0, 0),
@@ -145,7 +149,7 @@ class Quota:
     def _grant_headers(self, grant: Grant, requests_left: int, tokens_left: int) -> dict[str, str]:
         """The rate-limit headers, counting what this replica holds of the lease as not yet used;
         and the budget's remaining tokens where the key has a budget."""
-        headers = rate_limit_headers(grant.limits, grant.remaining_requests + requests_left,
+        headers = rate_limit_headers(grant.limits.effective(), grant.remaining_requests + requests_left,
                                      grant.remaining_tokens + tokens_left, grant.reset_requests_s,
                                      grant.reset_tokens_s, self._wall())
         if grant.budget_left is not None:
@@ -153,9 +157,10 @@ class Quota:
         return headers
 
 
-def _too_large(tokens: int, limit: int, param: str | None, what: str = "tokens per minute") -> InvalidRequestError:
+def _too_large(tokens: int, limit: int, param: str | None, what: str = "tokens per minute",
+               whose: str = "this API key's") -> InvalidRequestError:
     return InvalidRequestError(
-        f"Request too large: it needs {tokens} tokens but this API key's limit is {limit} {what}.",
+        f"Request too large: it needs {tokens} tokens but {whose} limit is {limit} {what}.",
         param=param,
         code="request_too_large",
     )

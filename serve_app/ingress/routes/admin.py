@@ -1,4 +1,5 @@
-"""Admin API: /admin/keys (create, list, read, update, revoke) and /admin/usage. The auth middleware admits only admin keys to /admin."""
+"""Admin API: /admin/keys (create, list, read, update, revoke) and /admin/usage (teams:
+routes/teams.py). The auth middleware admits only admin keys to /admin."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ class CreatedKey(KeyRecord):
 class UsageReport(BaseModel):
     object: Literal["list"] = "list"
     group_by: GroupBy
-    data: list[dict[str, str | int]]  # {group_by: its value, requests, prompt_tokens, ...}
+    data: list[dict[str, str | int | None]]  # {group_by: its value (a key in no team: null), requests, ...}
 
 
 class KeyList(BaseModel):
@@ -52,14 +53,16 @@ def _day(value: str | None, param: str) -> str | None:
 T = TypeVar("T")
 
 
+async def ask(call: Awaitable[T]) -> T:
+    """The state's answer; a 503 while the state actor restarts."""
+    try:
+        return await call
+    except StateUnavailable:
+        raise ServiceUnavailableError("The key store is restarting; retry shortly.", code="state_unavailable") from None
+
+
 def admin_router(gateway: Gateway) -> APIRouter:
     router = APIRouter(prefix="/admin", route_class=TextSafeRoute)
-
-    async def ask(call: Awaitable[T]) -> T:
-        try:
-            return await call
-        except StateUnavailable:
-            raise ServiceUnavailableError("The key store is restarting; retry shortly.", code="state_unavailable") from None
 
     def found(record: KeyRecord | None, key_id: str) -> dict:
         if record is None:
@@ -97,16 +100,17 @@ def admin_router(gateway: Gateway) -> APIRouter:
 
     @router.get("/usage", response_model=UsageReport, responses={
         **ADMIN_ERRORS, **responses(400), 200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
-    async def usage(request: Request, key: str | None = None, model: str | None = None,
+    async def usage(request: Request, key: str | None = None, team: str | None = None, model: str | None = None,
                     from_: Annotated[str | None, Query(alias="from", **DAY)] = None,
                     to: Annotated[str | None, Query(**DAY)] = None, group_by: GroupBy = "day") -> Response:
-        """Requests, prompt and completion tokens, errors and cache hits per key, model or UTC day
-        (`group_by`), for one key (its id) or model, over the days from `from` to `to`
-        (inclusive); CSV with `Accept: text/csv`."""
+        """Requests, prompt and completion tokens, errors and cache hits per key, team, model or
+        UTC day (`group_by`), for one key (its id), team (its id) or model, over the days from
+        `from` to `to` (inclusive); CSV with `Accept: text/csv`. A key counts for the team it
+        is in now."""
         start, end = _day(from_, "from"), _day(to, "to")
         if start is not None and end is not None and start > end:
             raise InvalidRequestError("'from' is after 'to'.", param="from")
-        rows = await ask(gateway.state.usage_report(group_by, key, model, start, end, timeout_s=10.0))
+        rows = await ask(gateway.state.usage_report(group_by, key, model, start, end, team, timeout_s=10.0))
         if "text/csv" in request.headers.get("accept", ""):
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=[group_by, *COUNTS])

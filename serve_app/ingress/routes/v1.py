@@ -99,7 +99,7 @@ def openai_router(gateway: Gateway) -> APIRouter:
         caller = request.state.caller
         cards = {card.id: card for card in await directory.cards()}
         aliases = [alias_card(alias, cards[target]) for alias, target in sorted(directory.aliases.items())
-                   if target in cards and (caller.may_use(alias) or caller.may_use(target))]
+                   if target in cards and caller.may_use(alias, target)]
         return json_response(ModelList(data=[shown_card(caller, card) for card in (*cards.values(), *aliases)
                                              if card.alias_of is not None or caller.may_use(card.id)]))
 
@@ -107,7 +107,7 @@ def openai_router(gateway: Gateway) -> APIRouter:
     async def get_model(request: Request, model_id: str) -> Response:
         caller = request.state.caller
         target = directory.aliases.get(model_id)
-        if target is not None and (caller.may_use(model_id) or caller.may_use(target)):
+        if target is not None and caller.may_use(model_id, target):
             return json_response(shown_card(caller, alias_card(model_id, await directory.card(target))))
         if not caller.may_use(model_id):
             raise ModelNotFoundError(model_id)
