@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -240,6 +241,34 @@ class ModelAppArgs(StrictModel):
         1000, ge=1, le=10_000, description="Most documents in one /v1/rerank request (400 above).",
     )
 
+    # --- fallbacks (the ingress: serve_app/ingress/gateway/fallbacks.py; LiteLLM's names) ---
+    fallbacks: tuple[str, ...] = Field(
+        (), max_length=16, description="Models of the same task that serve a request, tried in order, when this "
+        "one cannot: its circuit breaker is open, its queue is full, it has no ready replica, or it is scaled to zero "
+        "and the request would wait past fallback_after_s. Only those the caller's key may use are tried. The answer "
+        "names the model that served (`model`) and carries `x-hfserve-fallback: <this model>`; a stream is never "
+        "retried once a chunk went out. In a config file, models of the same file.",
+    )
+    context_fallbacks: tuple[str, ...] = Field(
+        (), max_length=16, description="Models of the same task tried in order when a request is longer than this "
+        "model's context (LiteLLM's context_window_fallbacks): models with a longer one.",
+    )
+    fallback_after_s: float | None = Field(
+        None, ge=0, le=86400, description="A model scaled to zero: how long a request waits for its replica to "
+        "start before it goes to `fallbacks` (the start goes on; when no fallback serves, the request waits for it "
+        "after all). Unset: requests wait for the start (model_load_timeout_s).",
+    )
+
+    @field_validator("fallbacks", "context_fallbacks")
+    @classmethod
+    def _fallback_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [name for name in value if not valid_model_id(name)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a model id (letters, digits, . _ : -)")
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a model twice: {list(value)}")
+        return value
+
     @field_validator("stream_interval")
     @classmethod
     def _positive_interval(cls, value: int | str) -> int | str:
@@ -332,3 +361,27 @@ class ModelAppArgs(StrictModel):
         if not self.enable_batching:
             return 0.0
         return 0.005 if self.batch_wait_timeout_s is None else self.batch_wait_timeout_s
+
+
+class FallbackConfigError(ValueError):
+    """A model's fallback that cannot be one; `field` is the arg that names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_fallbacks(model: str, args: ModelAppArgs, task_of: Mapping[str, str | None]) -> None:
+    """Raise FallbackConfigError, naming the field, when a fallback of `model` is the model
+    itself, not a model of `task_of` (every known model's task: None where it is not known
+    yet), or a model of another task (its answers would not fit the request)."""
+    for field in ("fallbacks", "context_fallbacks"):
+        for other in getattr(args, field):
+            if other == model:
+                raise FallbackConfigError(field, f"model '{model}' cannot be its own fallback")
+            if other not in task_of:
+                raise FallbackConfigError(field, f"'{other}' is not a model of this server")
+            task = task_of[other]
+            if args.task is not None and task is not None and task != args.task:
+                raise FallbackConfigError(field, f"'{other}' is a model of task {task} and '{model}' of task "
+                                                 f"{args.task}; a fallback must be of the same task")

@@ -143,6 +143,26 @@ class ServiceUnavailableError(APIError):
         super().__init__(message, headers=headers, **kwargs)
 
 
+class ModelOverloadedError(ServiceUnavailableError):
+    """503: the model's queue is full, or no replica started the call in time; nothing ran, so
+    the request may go to a fallback model."""
+
+    default_code = "model_overloaded"
+
+
+class CircuitOpenError(ServiceUnavailableError):
+    """503: the model's circuit breaker refuses calls (open, or half open while its probe runs)."""
+
+    default_code = "model_unavailable"
+
+
+class ModelStartingError(ServiceUnavailableError):
+    """503: a model scaled to zero whose replica did not start within the model's
+    fallback_after_s; the start goes on (the gateway tries the fallbacks, then waits for it)."""
+
+    default_code = "model_starting"
+
+
 class AuthenticationError(APIError):
     status_code = 401
     error_type = "invalid_request_error"

@@ -63,6 +63,10 @@ class ModelInfo(BaseModel):
     max_batch_size: int | None = None
     # Most documents in one rerank request: the ingress refuses more before any cache lookup.
     max_rerank_documents: int | None = None
+    # The model's fallback args (ModelAppArgs), which the ingress's gateway applies.
+    fallbacks: list[str] = []
+    context_fallbacks: list[str] = []
+    fallback_after_s: float | None = None
 
 
 class NotStartedInTime(TimeoutError):

@@ -221,6 +221,9 @@ class ModelServer:
             hostname=report.hostname,
             max_batch_size=args.effective_max_batch_size if "embed" in self._spec.endpoints else None,
             max_rerank_documents=getattr(self._task, "max_rerank_documents", None),
+            fallbacks=list(args.fallbacks),
+            context_fallbacks=list(args.context_fallbacks),
+            fallback_after_s=args.fallback_after_s,
         )
         self._report_replica()
         self._meter.loaded(time.monotonic() - started)

@@ -112,6 +112,9 @@ CACHE_ENTRIES = _m("hf_server_cache_entries", "gauge", "Entries in the shared re
 CACHE_BYTES = _m("hf_server_cache_bytes", "gauge", "Bytes held by the shared response cache.", (), recorded_by="state")
 AUTH_FAILURES = _m("hf_server_auth_failures_total", "counter",
                    "Requests refused by authentication or authorization, by reason.", ("reason",))
+FALLBACKS = _m("hf_server_fallbacks_total", "counter",
+               "Requests another model served because the one asked for could not (its `fallbacks`), by the model "
+               "asked for, the one that served and why.", ("model", "fallback", "reason"))
 # A restart of the state actor loses the cache, breakers and rate-limit windows. Ray's own
 # ray_actors gauge counts actors by class and state, too coarse to see one quick restart, so
 # the actor records when it started and an alert watches that value change.
@@ -123,7 +126,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     REQUESTS, REQUEST_DURATION, MODELS_LOADED, MODEL_LOAD_DURATION, CACHE_HITS, CACHE_MISSES, ERRORS,
     HARDWARE_UTILIZATION, TIME_TO_FIRST_TOKEN, INTER_TOKEN_LATENCY, REQUEST_QUEUE, PROMPT_TOKENS,
     GENERATION_TOKENS, ACTIVE_REQUESTS, BATCH_SIZE, ENGINE_RUNNING, ENGINE_WAITING, KV_CACHE_USAGE,
-    RATE_LIMITED, BREAKER_STATE, CACHE_ENTRIES, CACHE_BYTES, AUTH_FAILURES, STATE_STARTED,
+    RATE_LIMITED, BREAKER_STATE, CACHE_ENTRIES, CACHE_BYTES, AUTH_FAILURES, STATE_STARTED, FALLBACKS,
 )
 BY_NAME = {spec.name: spec for spec in CATALOGUE}
 BY_RAY_NAME = {spec.ray_name: spec for spec in CATALOGUE}
@@ -132,6 +135,8 @@ BY_RAY_NAME = {spec.ray_name: spec for spec in CATALOGUE}
 CACHE_KINDS = ("response", "embedding", "rerank", "classification")
 LIMIT_KINDS = ("requests", "tokens", "concurrency")
 AUTH_REASONS = ("missing_key", "invalid_key", "forbidden")
+# Why a fallback served (serve_app/ingress/gateway/fallbacks.py).
+FALLBACK_REASONS = ("circuit_open", "overloaded", "unavailable", "cold_start", "context_length")
 BATCH_KINDS = ("engine_step", "serve_batch")
 BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 

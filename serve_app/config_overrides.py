@@ -22,23 +22,34 @@ def model_actor_options(app_config: dict[str, Any] | None) -> dict[str, Any] | N
     return None
 
 
-def deployed_actor_options(args: ModelAppArgs) -> list[tuple[str, dict[str, Any] | None]]:
-    """(name, the model deployment's `ray_actor_options`) of each deployed application whose args
-    are `args`: the one being built (Serve stores the config before it starts the build), and
-    any other deployed with the very same args. Empty outside a config deploy (serve.run, a
-    run-time load), where nothing can replace the options."""
+def deployed_model_configs() -> dict[str, Any]:
+    """The model applications of the config Serve deployed, by name (Serve's
+    ServeApplicationSchema each); empty outside a config deploy (serve.run, a run-time load)."""
     import ray
     from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
 
     try:
         controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
     except ValueError:  # no Serve controller: not a config deploy
-        return []
+        return {}
     configs = ray.get(controller.get_app_configs.remote(), timeout=CONFIG_TIMEOUT_S)
+    return {name: config for name, config in configs.items() if config.import_path == MODEL_IMPORT_PATH}
+
+
+def deployed_model_args() -> dict[str, dict[str, Any]]:
+    """Each config-file model's args as deployed (what the ingress reads a model's fallbacks from
+    before its first replica answers)."""
+    return {name: dict(config.args or {}) for name, config in deployed_model_configs().items()}
+
+
+def deployed_actor_options(args: ModelAppArgs, configs: dict[str, Any] | None = None,
+                           ) -> list[tuple[str, dict[str, Any] | None]]:
+    """(name, the model deployment's `ray_actor_options`) of each deployed application whose args
+    are `args`: the one being built (Serve stores the config before it starts the build), and
+    any other deployed with the very same args. Empty outside a config deploy (serve.run, a
+    run-time load), where nothing can replace the options. `configs`: deployed_model_configs()."""
     found = []
-    for name, config in configs.items():
-        if config.import_path != MODEL_IMPORT_PATH:
-            continue
+    for name, config in (deployed_model_configs() if configs is None else configs).items():
         try:
             same = ModelAppArgs.model_validate(config.args or {}) == args
         except ValueError:  # another application's bad args are its own build's error

@@ -16,7 +16,7 @@ import logging
 import ray
 from ray.serve import Application
 
-from contract.config import ModelAppArgs, model_call_env_vars, read_env
+from contract.config import ModelAppArgs, check_fallbacks, model_call_env_vars, read_env
 from contract.lifecycle import RuntimeModel
 from deployments.server import model_server_deployment
 from deployments.task_inference import with_task
@@ -30,7 +30,7 @@ from hardware.placement import (
 )
 from hardware.probe import cluster_reports
 from hardware.select import GPU_PLATFORMS
-from serve_app.config_overrides import deployed_actor_options
+from serve_app.config_overrides import deployed_actor_options, deployed_model_configs
 from serve_app.state.lifecycle.memory import gpu_memory_need
 
 logger = logging.getLogger("ray.serve")
@@ -38,9 +38,12 @@ logger = logging.getLogger("ray.serve")
 
 def build_model_app(args: ModelAppArgs) -> Application:
     # A model without `task` gets the one its files name (or the deploy fails saying why).
-    deployed = deployed_actor_options(args) if ray.is_initialized() else []  # before with_env: as deployed
+    configs = deployed_model_configs() if ray.is_initialized() else {}
+    deployed = deployed_actor_options(args, configs)  # before with_env: as deployed
     args = with_task(args.with_env(read_env()))
     name = deployed[0][0] if len(deployed) == 1 else None  # several with these args: the source names it
+    if name is not None:
+        check_config_fallbacks(name, args, {other: dict(config.args or {}) for other, config in configs.items()})
     placement = place_model(args, name)
     logger.info("model %s from %s: planned for %s on %s%s", name or "", args.source, placement.platform,
                 ", ".join(placement.nodes), f"; {placement.sizing}" if placement.sizing else "")
@@ -56,6 +59,21 @@ def build_model_app(args: ModelAppArgs) -> Application:
         logger.warning("applications %s have the same args and ray_actor_options: their options are not "
                        "checked; give each its own args", [app for app, _ in deployed])
     return model_server_deployment().options(ray_actor_options=_actor_options(placement)).bind(args)
+
+
+def check_config_fallbacks(name: str, args: ModelAppArgs, deployed: dict[str, dict]) -> None:
+    """A config-file model's fallbacks are models of the same config and task (FallbackConfigError,
+    naming the field, fails the deploy). Another model's task is read from its args, or from its
+    files when they omit it, and only for the models named; one that cannot be told is not compared."""
+    named = set(args.fallbacks) | set(args.context_fallbacks)
+    task_of: dict[str, str | None] = {}
+    for other in named & deployed.keys():
+        try:
+            other_args = ModelAppArgs.model_validate(deployed[other])
+            task_of[other] = other_args.task or with_task(other_args).task
+        except ValueError:  # its own build says what is wrong with it
+            task_of[other] = None
+    check_fallbacks(name, args, task_of)
 
 
 def build_runtime_model_app(record: RuntimeModel) -> Application:

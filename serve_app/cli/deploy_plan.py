@@ -19,7 +19,9 @@ from pydantic import BaseModel
 from contract.config import (
     MODEL_DEPLOYMENT_NAME,
     EnvOverrides,
+    FallbackConfigError,
     ModelAppArgs,
+    check_fallbacks,
     valid_model_id,
 )
 from contract.ingress_args import IngressArgs
@@ -142,6 +144,11 @@ def plan_deploy(config_path: Path, env: EnvOverrides) -> DeployPlan:
                 app["args"] = {**app["args"], "task": models[name].task}
         elif isinstance(validated, IngressArgs):
             ingresses.append(validated.with_env(env))
+    for name, args in models.items():  # before any cluster starts: a fallback of another task or none
+        try:
+            check_fallbacks(name, args, {other: other_args.task for other, other_args in models.items()})
+        except FallbackConfigError as exc:
+            raise DeployConfigError(f"application '{name}': {exc}") from None
     # Ray's own schema catches everything else (unknown keys, duplicate routes, ...).
     from ray.serve.config import AutoscalingConfig
     from ray.serve.schema import ServeDeploySchema

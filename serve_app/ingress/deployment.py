@@ -35,6 +35,7 @@ from serve_app.ingress.routes.teams import teams_router
 from serve_app.ingress.routes.v1 import openai_router
 from serve_app.ingress.serve_models import (
     connect_serve_model,
+    deployed_model_args,
     list_serve_model_apps,
     list_serve_replicas,
 )
@@ -105,6 +106,7 @@ class Ingress:
             connect=functools.partial(connect_serve_model, over_grpc=over_grpc),
             list_replicas=lambda: list_serve_replicas(self.hardware),
             node_reports=lambda: asyncio.wait_for(self.hardware.reports.remote(), 2.0),
+            deployed_args=deployed_model_args,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from contract.errors import (
     GatewayTimeoutError,
     InvalidRequestError,
     ModelNotFoundError,
+    ModelStartingError,
     ServiceUnavailableError,
 )
 from contract.lifecycle import RuntimeModel
@@ -103,6 +105,7 @@ class AppState:
 # next one under request_timeout_s rather than model_load_timeout_s.
 QUIET_BEFORE_WAKE_S = 2.0
 RECOVERING_POLL_S = 0.5  # how often to look while a model is loading or unavailable
+DEPLOYED_ARGS_TTL_S = 5.0  # how long the deployed config's args are trusted (a redeploy changes them)
 _MAX_REPLICAS_REMEMBERED = 64
 
 _SERVE_TO_MODEL_STATUS: dict[str, ModelStatus] = {
@@ -128,8 +131,13 @@ class ModelDirectory:
         on_new_replica: Callable[[str], Awaitable[Any]] | None = None,
         list_replicas: Callable[[], Awaitable[list[ReplicaRecord]]] | None = None,
         wake_timeout_s: float = 300.0,
+        deployed_args: Callable[[], Awaitable[dict[str, dict[str, Any]]]] | None = None,
     ):
         self._wake_timeout_s = wake_timeout_s
+        # Config-file models' args as deployed: their fallbacks before a first replica answers.
+        self._deployed_args = deployed_args
+        self._deployed: tuple[float, dict[str, dict[str, Any]]] = (float("-inf"), {})
+        self._deployed_lock = asyncio.Lock()
         self._waking: dict[str, asyncio.Future] = {}
         self._list_replicas = list_replicas
         self._placed: dict[str, list[ReplicaRecord]] = {}
@@ -168,9 +176,11 @@ class ModelDirectory:
 
     # ------------------------------------------------------------------ request path
 
-    async def entry_for(self, model: str, endpoint: str, *, detail: bool = True) -> ModelEntry:
+    async def entry_for(self, model: str, endpoint: str, *, detail: bool = True,
+                        wake_wait_s: float | None = None) -> ModelEntry:
         """The ready model behind `model`, or the 404 / 503 / 400 that explains why not: in
-        detail (Serve's message, the loader's error) only when `detail` (an admin caller)."""
+        detail (Serve's message, the loader's error) only when `detail` (an admin caller).
+        `wake_wait_s`: the wait for a model scaled to zero (_wake), else model_load_timeout_s."""
         runtime_state = self._runtime_state(model)
         if runtime_state == "unloading":  # no new requests; the ones in flight drain
             raise ModelNotFoundError(model)
@@ -196,7 +206,7 @@ class ModelDirectory:
             # again now rather than refuse a model that is ready.
             await self.refresh(max_age_s=0.1)
         if entry.client is not None and (entry.status == "idle" or self._may_be_at_zero(entry)):
-            await self._wake(entry)
+            await self._wake(entry, wake_wait_s)
         entry.last_request = self._clock()
         if entry.status != "ready" or entry.client is None:
             # "unavailable" is a model that had replicas and lost them (Serve calls it UNHEALTHY, or
@@ -222,15 +232,27 @@ class ModelDirectory:
         scales = entry.scales_to_zero or bool(record and record.autoscaling and record.autoscaling.min_replicas == 0)
         return scales and self._clock() - entry.last_request > QUIET_BEFORE_WAKE_S
 
-    async def _wake(self, entry: ModelEntry) -> None:
+    async def _wake(self, entry: ModelEntry, wait_s: float | None = None) -> None:
         """A model scaled to zero: its first request starts a replica (Serve scales up for a
         request waiting at its handle); every request that arrives meanwhile waits on the same
-        start, bounded by model_load_timeout_s."""
+        start, bounded by model_load_timeout_s, or by `wait_s` for a request that has somewhere
+        else to go (then a ModelStartingError, and the start goes on)."""
+        # A model only perhaps at zero answers in milliseconds when a replica is up: a second at least.
+        bound = None if wait_s is None else wait_s if entry.status == "idle" else max(wait_s, 1.0)
         waking = self._waking.get(entry.id)
         if waking is None:
             waking = self._waking[entry.id] = asyncio.ensure_future(self._start_replica(entry))
-            waking.add_done_callback(lambda _: self._waking.pop(entry.id, None))
-        await asyncio.shield(waking)
+            waking.add_done_callback(lambda done: self._woken(entry.id, done))
+        try:
+            await asyncio.wait_for(asyncio.shield(waking), bound)
+        except TimeoutError:
+            raise ModelStartingError(f"The model '{entry.id}' is scaled to zero and its replica is starting.",
+                                     retry_after_s=max(1, math.ceil(bound or 0))) from None
+
+    def _woken(self, model: str, done: asyncio.Future) -> None:
+        self._waking.pop(model, None)
+        if not done.cancelled():
+            done.exception()  # seen: when every request waiting for it fell back, no one else looks
 
     async def _start_replica(self, entry: ModelEntry) -> None:
         assert entry.client is not None
@@ -275,6 +297,25 @@ class ModelDirectory:
         # cluster, for a record that was ready), failed (its application deleted, or about to be).
         status: ModelStatus = "failed" if record.state == "failed" else "loading"
         return ModelEntry(model, status, first_seen=int(record.requested_at)).card(record)
+
+    def info_of(self, model: str) -> ModelInfo | None:
+        """What the model's replica last said of itself (None before its first answer)."""
+        entry = self._entries.get(model)
+        return entry.info if entry else None
+
+    async def deployed_args(self, model: str) -> dict[str, Any] | None:
+        """A config-file model's args as deployed (read again after DEPLOYED_ARGS_TTL_S); None if unknown."""
+        if self._deployed_args is None:
+            return None
+        async with self._deployed_lock:  # one controller call for the requests that arrive meanwhile
+            read_at, args = self._deployed
+            if self._clock() - read_at > DEPLOYED_ARGS_TTL_S:
+                try:
+                    args = await self._deployed_args()
+                except Exception:  # noqa: BLE001 - the caller goes on without them
+                    logger.warning("could not read the deployed models' args", exc_info=True)
+                self._deployed = (self._clock(), args)
+        return args.get(model)
 
     def status_of(self, model: str) -> ModelStatus | None:
         entry = self._entries.get(model)

@@ -4,7 +4,8 @@ deploys it. Checked here: the id and the args (ModelAppArgs), the source (`..`, 
 special file, an unreadable or over-long path, custom code, weights that do not parse, and that
 it resolves: a path that exists here, an installed package, a hub model in this node's HF cache
 or known to the hub), the task, a name a config-file model or another application of the
-cluster has, resources no node can ever offer, and the weights against the nodes' free memory.
+cluster has, fallbacks that are this server's models of the same task, resources no node can
+ever offer, and the weights against the nodes' free memory.
 A path must exist on the node that answers the load (the ingress's): a cluster serves run-time
 models from storage every node sees, as the replica may start on any of them.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from contract.config import ModelAppArgs
+from contract.config import FallbackConfigError, ModelAppArgs, check_fallbacks
 from contract.errors import (
     ConflictError,
     InvalidRequestError,
@@ -107,6 +108,25 @@ def check_name(model: str, directory: ModelDirectory) -> None:
                             param="model", code="reserved_name")
 
 
+async def check_model_fallbacks(model: str, args: ModelAppArgs, directory: ModelDirectory) -> None:
+    """A 400 naming the field for a fallback that is the model itself, no model of this server
+    (config-file or run-time), or one of another task; a model whose task is not known yet (a
+    config-file model not heard from) is not compared."""
+    task_of: dict[str, str | None] = {}
+    for name in {*args.fallbacks, *args.context_fallbacks}:
+        info, record = directory.info_of(name), directory.runtime.get(name)
+        if info is not None:
+            task_of[name] = info.task
+        elif record is not None and record.state != "unloading":
+            task_of[name] = record.args.get("task")
+        elif directory.status_of(name) is not None:
+            task_of[name] = ((await directory.deployed_args(name)) or {}).get("task")
+    try:
+        check_fallbacks(model, args, task_of)
+    except FallbackConfigError as exc:
+        raise InvalidRequestError(f"options.{exc}.", param=f"options.{exc.field}", code="invalid_fallback") from None
+
+
 def check_resources(args: ModelAppArgs, nodes: list[dict[str, float]] | None) -> None:
     """A 400 for a replica no node could ever hold, whatever is unloaded: it would wait forever."""
     if not nodes:
@@ -164,6 +184,7 @@ async def load(body: LoadModelRequest, *, args_cfg: IngressArgs, directory: Mode
     args = await asyncio.to_thread(resolve_args, body)  # reads the model's files: off the event loop
     await directory.refresh(max_age_s=0.5)
     check_name(body.model, directory)
+    await check_model_fallbacks(body.model, args, directory)
     check_resources(args, await asyncio.to_thread(node_totals))
     weights_bytes = await asyncio.to_thread(weights_estimate, args)
     if weights_bytes is not None and node_reports is not None:

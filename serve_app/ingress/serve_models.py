@@ -9,6 +9,7 @@ from typing import Any
 
 from contract.config import MODEL_DEPLOYMENT_NAME
 from contract.model_api import NotStartedInTime, ReplicaRecord
+from serve_app import config_overrides
 from serve_app.ingress.model_directory import AppState
 from serve_app.state.lifecycle.reconciler import failure_summary
 
@@ -131,6 +132,11 @@ def _running(app: Any) -> int | None:
 
 def _status(app: Any) -> str:
     return app.status.value if hasattr(app.status, "value") else str(app.status)
+
+
+async def deployed_model_args() -> dict[str, dict[str, Any]]:
+    """Each config-file model's args as Serve deployed them (the controller's copy of the config)."""
+    return await asyncio.to_thread(config_overrides.deployed_model_args)
 
 
 async def list_serve_replicas(supervisor: Any) -> list[ReplicaRecord]:

@@ -27,6 +27,7 @@ def build_gateway(
     node_reports: Callable[[], Awaitable[list[dict[str, Any]]]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     metrics: Recorder | None = None,
+    deployed_args: Callable[[], Awaitable[dict[str, dict[str, Any]]]] | None = None,
 ) -> Gateway:
     """The gateway over a model directory that lists and connects the model applications
     with `list_apps` and `connect`, and tells the state when a model changes under it."""
@@ -42,6 +43,7 @@ def build_gateway(
         on_new_replica=lambda model: _quietly(state.breaker_replaced(model)),
         list_replicas=list_replicas,
         wake_timeout_s=args.model_load_timeout_s,
+        deployed_args=deployed_args,
     )
     directory.config_aliases = dict(args.aliases)
     return Gateway(args, state, directory, node_reports=node_reports, metrics=metrics)

@@ -3,7 +3,8 @@ long until the model serves again after Serve has a healthy replacement. The fau
 model application of this module's own, behind the gateway ingress (keys, breakers, two
 replicas), so that no other test is disturbed. The tests print the recovery times that
 docs/operations.md quotes, and assert only liveness bounds (request_timeout_s): how fast is
-a figure, not a pass condition on a shared machine."""
+a figure, not a pass condition on a shared machine. The model falls back to tiny-llama
+(gateway/fallbacks.py) for keys that may use it; the fault tests' key may not."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import httpx
+import openai
 import psutil
 import pytest
 import ray
@@ -24,7 +26,10 @@ from ray.util.state import list_actors
 
 from deployments.server import model_server_deployment
 from tests.integration.conftest import KEEP_ALIVE_S
-from tests.integration.test_gateway import admin, create_key
+from tests.integration.test_gateway import admin, create_key, gw_client
+from tests.integration.test_hostile_breaker import _until_every_ingress_replica_sees
+
+FALLBACK, FALLBACK_HEADER = "tiny-llama", "x-hfserve-fallback"
 
 APP = "tiny-llama-faults"
 REQUEST_TIMEOUT_S = 20  # the app's request_timeout_s: the bound on every wait a client sees
@@ -34,12 +39,14 @@ MSG = [{"role": "user", "content": "Tell me about Paris."}]
 
 @pytest.fixture(scope="module")
 def faulty(server):
-    args = server.plan.models["tiny-llama"].model_copy(update={"request_timeout_s": REQUEST_TIMEOUT_S})  # same files: no conversion
+    args = server.plan.models["tiny-llama"].model_copy(  # same files: no conversion
+        update={"request_timeout_s": REQUEST_TIMEOUT_S, "fallbacks": (FALLBACK,)})
     deployment = model_server_deployment().options(
         ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=MAX_ONGOING, max_queued_requests=MAX_QUEUED
     )
     serve.run(deployment.bind(args), name=APP, route_prefix=None)
-    key, _ = create_key(server, rpm=1_000_000, tpm=1_000_000_000)
+    # The faults' key may not use the fallback: it sees the faults themselves.
+    key, _ = create_key(server, models=[APP], rpm=1_000_000, tpm=1_000_000_000)
     headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-cache"}
     with httpx.Client(base_url=server.gateway_url, timeout=60, headers=headers) as http:
         _wait_for_success(http, 60)
@@ -132,7 +139,7 @@ def _started_stream(http: httpx.Client, body: dict, timeout_s: float = 60):
     refused, deadline = [], time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         response = http.send(http.build_request("POST", "/v1/chat/completions", json=body), stream=True)
-        if response.status_code == 200:
+        if response.status_code == 200 and FALLBACK_HEADER not in response.headers:  # the model's own stream
             try:
                 yield response
             finally:
@@ -145,11 +152,19 @@ def _started_stream(http: httpx.Client, body: dict, timeout_s: float = 60):
     raise AssertionError(f"the stream never started within {timeout_s}s: {refused[-3:]}")
 
 
+def _fallback_key(server) -> tuple[str, str]:
+    """(key, id) of a key that may use the model and its fallback."""
+    return create_key(server, models=[APP, FALLBACK], rpm=1_000_000, tpm=1_000_000_000)
+
+
 def test_model_replica_killed_mid_stream(server, faulty):
-    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
+    # The stream's key may use the fallback: a stream that has sent a chunk is never retried there.
+    streaming = {"Authorization": f"Bearer {_fallback_key(server)[0]}", "Cache-Control": "no-cache"}
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http, \
+            httpx.Client(base_url=server.gateway_url, timeout=60, headers=streaming) as http_streaming:
         old = _replica()
         body = {"model": APP, "messages": MSG, "max_tokens": 400, "temperature": 1, "stream": True}
-        with _started_stream(http, body) as stream:
+        with _started_stream(http_streaming, body) as stream:
             lines = stream.iter_lines()
             first = next((line for line in lines if line.startswith("data: {")), None)
             assert first is not None and json.loads(first[6:])["choices"], first
@@ -161,6 +176,7 @@ def test_model_replica_killed_mid_stream(server, faulty):
         events = [json.loads(line[6:]) for line in rest if line != "data: [DONE]"]
         assert rest[-1] == "data: [DONE]"
         assert "error" in events[-1] and events[-1]["error"]["code"] == "model_unavailable", events[-1]
+        assert {event["model"] for event in events[:-1]} <= {APP}  # not continued by the fallback
         assert ended < REQUEST_TIMEOUT_S  # ended by the kill, not by the timeout
         seen, recovered_s = _outage(http, watch)
     assert {status for status, _ in seen} <= {503, 504}, seen
@@ -309,3 +325,42 @@ def test_admin_reads_the_fault_state(server, faulty):
         status = http.get("/status", headers=admin(server)).json()
     model = next(m for m in status["models"] if m["id"] == APP)
     assert model["status"] == "ready" and model["circuit_breaker"]["state"] == "closed"
+
+
+def test_a_fallback_serves_while_the_breaker_is_open_for_the_keys_that_may_use_it(server, faulty):
+    state = ray.get_actor("hfserve_state", namespace="hfserve")
+    threshold = ray.get(state.status.remote())["settings"]["breaker_threshold"]
+    for _ in range(threshold):  # as when Serve reports the replicas lost
+        ray.get(state.breaker_report.remote(APP, False, None))
+    key, key_id = _fallback_key(server)
+    client = gw_client(server, key)
+    with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
+        try:
+            _until_every_ingress_replica_sees(http, APP, "circuit_open")
+            raw = client.chat.completions.with_raw_response.create(model=APP, messages=MSG, max_tokens=4)
+            assert raw.headers[FALLBACK_HEADER] == APP
+            assert raw.parse().model == FALLBACK
+            with client.chat.completions.with_streaming_response.create(model=APP, messages=MSG, max_tokens=4,
+                                                                        stream=True) as streamed:
+                assert streamed.headers[FALLBACK_HEADER] == APP
+                chunks = list(streamed.parse())
+            assert chunks and {chunk.model for chunk in chunks} == {FALLBACK}
+            # A key that may not use the fallback gets the model's own answer: its breaker is open.
+            with pytest.raises(openai.InternalServerError) as refused:
+                gw_client(server, faulty["Authorization"].removeprefix("Bearer ")).chat.completions.create(
+                    model=APP, messages=MSG, max_tokens=4)
+            assert refused.value.status_code == 503 and refused.value.body["code"] == "model_unavailable"
+            assert "circuit breaker" in refused.value.body["message"]
+            assert FALLBACK_HEADER not in refused.value.response.headers
+            # The usage is the served model's (flushed by each ingress replica once a second).
+            deadline, rows = time.monotonic() + 15, []
+            while time.monotonic() < deadline:
+                rows = http.get(f"/admin/usage?key={key_id}&group_by=model", headers=admin(server)).json()["data"]
+                if sum(row["requests"] for row in rows) >= 2:
+                    break
+                time.sleep(0.2)
+            assert [(row["model"], row["requests"]) for row in rows] == [(FALLBACK, 2)], rows
+        finally:
+            # As when Serve reports a healthy replacement: half open, and the next request's probe closes it.
+            ray.get(state.breaker_replaced.remote(APP))
+            _wait_for_success(http, 60)

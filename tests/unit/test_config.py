@@ -173,6 +173,17 @@ def test_typo_in_app_args_fails_at_deploy_time_with_the_field_name(tmp_path):
     assert "smollm2-135m-instruct" in str(error.value)
 
 
+@pytest.mark.parametrize(("fallback", "words"), [
+    ("all-minilm-l6-v2", "task embedding"), ("no-such-model", "not a model"), ("smollm2-135m-instruct", "its own")])
+def test_a_fallback_that_cannot_be_one_fails_the_plan_naming_the_field(tmp_path, fallback, words):
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    config["applications"][1]["args"]["fallbacks"] = [fallback]
+    with pytest.raises(DeployConfigError) as error:
+        plan_deploy(_write(tmp_path, config), EnvOverrides())
+    assert "smollm2-135m-instruct" in str(error.value) and "fallbacks" in str(error.value)
+    assert words in str(error.value)
+
+
 def test_bad_ray_serve_keys_fail_too(tmp_path):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["applications"][1]["deployments"][0]["autoscaling_config"]["max_replica"] = 2

@@ -19,7 +19,7 @@ from typing import Any
 
 from contract.embedding_protocol import EmbeddingRequest
 from contract.endpoints import CHAT, CLASSIFY, COMPLETE, DETOKENIZE, EMBED, RERANK, TOKENIZE
-from contract.errors import ServiceUnavailableError
+from contract.errors import CircuitOpenError
 from contract.protocol import ChatCompletionRequest, CompletionRequest
 from contract.scoring_protocol import ClassificationRequest, RerankRequest
 from contract.tokenize_protocol import DetokenizeRequest, TokenizeRequest
@@ -89,9 +89,8 @@ class Breakers:
     def raise_if_open(self, model: str) -> None:
         left = self.open_left_s(model)
         if self.enabled and left > 0:
-            raise ServiceUnavailableError(
+            raise CircuitOpenError(
                 f"The model '{model}' is failing; its circuit breaker is open.",
-                code="model_unavailable",
                 retry_after_s=max(1, math.ceil(left)),
             )
 
@@ -110,9 +109,7 @@ class Breakers:
         if verdict is True or self.snapshots[model].state is State.CLOSED:  # or another's probe closed it
             return
         self.raise_if_open(model)
-        raise ServiceUnavailableError(
-            f"The model '{model}' is recovering; retry shortly.", code="model_unavailable", retry_after_s=1
-        )
+        raise CircuitOpenError(f"The model '{model}' is recovering; retry shortly.", retry_after_s=1)
 
     async def succeeded(self, model: str) -> None:
         snapshot = self.snapshots.get(model)

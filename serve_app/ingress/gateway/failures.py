@@ -12,6 +12,7 @@ from contract.errors import (
     APIError,
     GatewayTimeoutError,
     InternalServerError,
+    ModelOverloadedError,
     RequestTooLargeError,
     ServiceUnavailableError,
     as_api_error,
@@ -33,9 +34,9 @@ def is_cancellation(exc: BaseException) -> bool:
 def classify_failure(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError, bool]:
     """(the error to return, whether it counts as a model failure for the breaker)."""
     if isinstance(exc, NotStartedInTime):
-        return ServiceUnavailableError(
+        return ModelOverloadedError(
             f"The model '{model}' did not start the request within {timeout_s:g}s: too many are queued; retry shortly.",
-            code="model_overloaded", retry_after_s=2,
+            retry_after_s=2,
         ), False
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return GatewayTimeoutError(f"The model '{model}' did not answer within {timeout_s:g}s."), True
@@ -51,8 +52,8 @@ def classify_failure(exc: BaseException, model: str, timeout_s: float) -> tuple[
     from ray.serve.exceptions import BackPressureError
 
     if isinstance(exc, BackPressureError):
-        return ServiceUnavailableError(
-            f"The model '{model}' has too many queued requests; retry shortly.", code="model_overloaded", retry_after_s=1
+        return ModelOverloadedError(
+            f"The model '{model}' has too many queued requests; retry shortly.", retry_after_s=1
         ), False
     if isinstance(exc, ray_exceptions.RayActorError | ray_exceptions.ActorUnavailableError):
         return ServiceUnavailableError(

@@ -1,5 +1,6 @@
 """The Gateway: the parts between the parsed request and the model, and each endpoint's entry.
-Each request passes model access (404) here, then its endpoint's flow: generation_flow.py for
+Each request passes model access (404) here, then its endpoint's flow (through fallbacks.py,
+which sends it to another model when the one it names cannot serve it): generation_flow.py for
 chat and completions, embeddings.py, rerank.py and classify.py through item_flow.py (each
 reserves tokens, asks the response cache, and calls the model through model_call.py), and
 tokenize.py for /tokenize and /detokenize.
@@ -31,6 +32,7 @@ from serve_app.ingress.gateway.cache_client import CacheClient
 from serve_app.ingress.gateway.callers import Authenticator, Caller
 from serve_app.ingress.gateway.classify import classify_inputs
 from serve_app.ingress.gateway.embeddings import embed
+from serve_app.ingress.gateway.fallbacks import Fallbacks
 from serve_app.ingress.gateway.generation import CHAT_SPEC, COMPLETE_SPEC
 from serve_app.ingress.gateway.generation_flow import GenerationFlow
 from serve_app.ingress.gateway.item_flow import ItemFlow
@@ -67,6 +69,7 @@ class Gateway:
         self.calls = ModelCall(self.breakers, self.quota)
         self.generation = GenerationFlow(args, self.quota, self.cache, self.usage, self.calls)
         self.items = ItemFlow(self.cache, self.quota, self.usage, self.calls, args.max_request_tokens)
+        self.fallbacks = Fallbacks(directory, self.breakers, self.model)
         # When this replica last sent each model a request: the LRU order of run-time models.
         self.last_used: dict[str, float] = {}
 
@@ -86,8 +89,10 @@ class Gateway:
             return request, None
         return request.model_copy(update={"model": target}), request.model
 
-    async def model(self, caller: Caller, model: str, endpoint: str, via_alias: str | None = None) -> ModelEntry:
-        """The model's entry for a caller that may use it, or may use the alias it came by."""
+    async def model(self, caller: Caller, model: str, endpoint: str, via_alias: str | None = None, *,
+                    wake_wait_s: float | None = None) -> ModelEntry:
+        """The model's entry for a caller that may use it, or may use the alias it came by;
+        `wake_wait_s` bounds the wait for a model scaled to zero (ModelDirectory.entry_for)."""
         self.state_sync.requested()
         if not caller.may_use(model, via_alias):
             raise ModelNotFoundError(via_alias or model)  # the name the client sent: an alias's model stays unnamed
@@ -96,7 +101,7 @@ class Gateway:
             record.model = model  # a model that exists: a bounded label, never what a client typed
         try:
             # Why a model is not ready in detail (paths, exception text) for admin keys only.
-            entry = await self.directory.entry_for(model, endpoint, detail=caller.admin)
+            entry = await self.directory.entry_for(model, endpoint, detail=caller.admin, wake_wait_s=wake_wait_s)
         except ServiceUnavailableError:
             if self.directory.status_of(model) == "unavailable":
                 # Serve saw the replica die (or it stopped answering): a failure for the
@@ -117,29 +122,28 @@ class Gateway:
 
     async def chat(self, caller: Caller, request: SamplingFields, *, no_cache: bool = False) -> Reply:
         request, alias = self.through_alias(request)
-        entry = await self.model(caller, request.model, CHAT_SPEC.endpoint.name, alias)
-        return await self.generation.run(CHAT_SPEC, entry, caller, request, no_cache)
+        return await self.fallbacks.serve(caller, request, CHAT_SPEC.endpoint.name, alias, lambda entry, request:
+                                          self.generation.run(CHAT_SPEC, entry, caller, request, no_cache))
 
     async def complete(self, caller: Caller, request: CompletionRequest, *, no_cache: bool = False) -> Reply:
         request, alias = self.through_alias(request)
-        entry = await self.model(caller, request.model, COMPLETE_SPEC.endpoint.name, alias)
-        return await self.generation.run(COMPLETE_SPEC, entry, caller, request, no_cache)
+        return await self.fallbacks.serve(caller, request, COMPLETE_SPEC.endpoint.name, alias, lambda entry, request:
+                                          self.generation.run(COMPLETE_SPEC, entry, caller, request, no_cache))
 
     async def embed(self, caller: Caller, request: EmbeddingRequest, *, no_cache: bool = False) -> Reply:
         request, alias = self.through_alias(request)
-        entry = await self.model(caller, request.model, EMBED.name, alias)
-        return await embed(self.items, self.calls, entry, caller, request, no_cache,
-                           max_inputs=self.args.max_embedding_inputs)
+        return await self.fallbacks.serve(caller, request, EMBED.name, alias, lambda entry, request: embed(
+            self.items, self.calls, entry, caller, request, no_cache, max_inputs=self.args.max_embedding_inputs))
 
     async def rerank(self, caller: Caller, request: RerankRequest, *, no_cache: bool = False) -> Reply:
         request, alias = self.through_alias(request)
-        entry = await self.model(caller, request.model, RERANK.name, alias)
-        return await rerank_documents(self.items, self.calls, entry, caller, request, no_cache)
+        return await self.fallbacks.serve(caller, request, RERANK.name, alias, lambda entry, request:
+                                          rerank_documents(self.items, self.calls, entry, caller, request, no_cache))
 
     async def classify(self, caller: Caller, request: ClassificationRequest, *, no_cache: bool = False) -> Reply:
         request, alias = self.through_alias(request)
-        entry = await self.model(caller, request.model, CLASSIFY.name, alias)
-        return await classify_inputs(self.items, self.calls, entry, caller, request, no_cache)
+        return await self.fallbacks.serve(caller, request, CLASSIFY.name, alias, lambda entry, request:
+                                          classify_inputs(self.items, self.calls, entry, caller, request, no_cache))
 
     async def tokenize(self, caller: Caller, request: TokenizeRequest) -> Reply:
         request, alias = self.through_alias(request)

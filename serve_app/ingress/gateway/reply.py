@@ -1,5 +1,6 @@
 """What the gateway answers: a protocol object or a stream of chunks, with the facts the HTTP
-layer turns into headers (the caller's rate-limit state, whether the cache answered)."""
+layer turns into headers (the caller's rate-limit state, whether the cache answered, the model
+asked for when a fallback served)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel
+
+FALLBACK_HEADER = "x-hfserve-fallback"
 
 
 class ChunkStream:
@@ -30,10 +33,13 @@ class Reply:
     result: BaseModel | ChunkStream
     ratelimit_headers: dict[str, str] = field(default_factory=dict)
     cache: Literal["HIT", "MISS"] | None = None  # None: not looked up (not cacheable, or caching off)
+    fallback_from: str | None = None  # the model asked for, when a fallback served (gateway/fallbacks.py)
 
     @property
     def headers(self) -> dict[str, str]:
         headers = dict(self.ratelimit_headers)
         if self.cache is not None:
             headers["x-cache"] = self.cache
+        if self.fallback_from is not None:
+            headers[FALLBACK_HEADER] = self.fallback_from
         return headers

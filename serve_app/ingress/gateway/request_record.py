@@ -38,6 +38,8 @@ class RequestRecord:
     error_code: str | None = None
     auth_failure: str | None = None  # one of catalogue.AUTH_REASONS
     aborted: bool = False  # the client went away before the response ended
+    fallback_from: str | None = None  # the model asked for, when a fallback (`model`) served
+    fallback_reason: str | None = None  # why (catalogue.FALLBACK_REASONS)
 
     def first_token(self) -> None:
         if self.ttft_s is None:

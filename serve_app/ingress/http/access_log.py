@@ -1,6 +1,7 @@
 """One record per request, written once at its end (a stream's last byte, or the client leaving):
 the JSON access-log line and the request metrics (hf_server_requests_total, _request_duration_seconds,
-_errors_total, _rate_limited_total, _auth_failures_total, _cache_hits/_misses_total, _request_queue_seconds).
+_errors_total, _rate_limited_total, _auth_failures_total, _cache_hits/_misses_total, _request_queue_seconds,
+_fallbacks_total).
 
 The record lives in a context variable (gateway/request_record.py), so the parts that learn
 something fill it in where they learn it: the auth middleware the key id, the gateway the model,
@@ -120,6 +121,9 @@ class AccessLogMiddleware:
             self.metrics.inc(catalogue.RATE_LIMITED, model=model, limit=record.error_type)
         if record.auth_failure is not None:
             self.metrics.inc(catalogue.AUTH_FAILURES, reason=record.auth_failure)
+        if record.fallback_from is not None and record.fallback_reason is not None:
+            self.metrics.inc(catalogue.FALLBACKS, model=record.fallback_from, fallback=model,
+                             reason=record.fallback_reason)
         if record.cache_kind is not None:
             self.metrics.inc(catalogue.CACHE_HITS, record.cache_hits, model=model, kind=record.cache_kind)
             self.metrics.inc(catalogue.CACHE_MISSES, record.cache_misses, model=model, kind=record.cache_kind)
@@ -142,7 +146,7 @@ def _line(record: RequestRecord, elapsed: float) -> dict:
         "ttft_ms": round(record.ttft_s * 1000, 2) if record.ttft_s is not None else None,
         "prompt_tokens": record.prompt_tokens, "completion_tokens": record.completion_tokens,
         "cache": record.cache, "error_type": record.error_type, "error_code": record.error_code,
-        "client": record.client, "aborted": record.aborted,
+        "client": record.client, "aborted": record.aborted, "fallback_from": record.fallback_from,
     }
 
 
