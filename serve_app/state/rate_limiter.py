@@ -114,7 +114,7 @@ class Grant:
     lease_id: int
     requests: int
     tokens: int
-    expires_at: float
+    lease_s: float  # how long the lease is good for, from its receipt: clocks differ between nodes
     limits: Limits  # what the caller leased under, team included
     remaining_requests: int  # in the window after this grant (the stricter scope's)
     remaining_tokens: int
@@ -165,7 +165,7 @@ class RateLimiter:
         budget_left = min((s.budget[0] for s in budgets), default=None)  # type: ignore[index]
 
         def refused(scope: _Scope, **why) -> Grant:
-            return Grant(0, 0, 0, now, limits, max(free_r, 0), max(free_t, 0),
+            return Grant(0, 0, 0, 0.0, limits, max(free_r, 0), max(free_t, 0),
                          tight_r.window.reset_in(now, "requests", tight_r.limits),
                          tight_t.window.reset_in(now, "tokens", tight_t.limits),
                          budget_left=budget_left, refused_by="key" if scope is scopes[0] else "team", **why)
@@ -187,7 +187,7 @@ class RateLimiter:
         if len(scopes) > 1 or budgets:
             self._remember(lease_id, now, [(s.id, s.budget[1] if s.budget else None) for s in scopes])
         return Grant(
-            lease_id, requests, tokens, now + self._lease_s, limits, free_r - requests, free_t - tokens,
+            lease_id, requests, tokens, self._lease_s, limits, free_r - requests, free_t - tokens,
             tight_r.window.reset_in(now, "requests", tight_r.limits), tight_t.window.reset_in(now, "tokens", tight_t.limits),
             budget_left=budget_left - tokens if budget_left is not None else None,
         )
@@ -228,20 +228,25 @@ class LocalLease:
     grant: Grant
     requests_left: int
     tokens_left: int
+    expires_at: float  # in the replica's own clock
 
     @classmethod
-    def of(cls, grant: Grant) -> LocalLease:
-        return cls(grant, grant.requests, grant.tokens)
+    def of(cls, grant: Grant, now: float) -> LocalLease:
+        return cls(grant, grant.requests, grant.tokens, now + grant.lease_s)
 
     def covers(self, now: float, tokens: int, limits: Limits) -> bool:
         """Whether this lease can admit a request of `tokens` now; never under limits that have
         changed since (the key or its team was updated): then it leases anew at once."""
-        return (now < self.grant.expires_at and self.requests_left >= 1 and self.tokens_left >= tokens
+        return (now < self.expires_at and self.requests_left >= 1 and self.tokens_left >= tokens
                 and self.grant.limits == limits)
 
     def take(self, tokens: int) -> None:
         self.requests_left -= 1
         self.tokens_left -= tokens
+
+    def give(self, tokens: int) -> None:
+        self.requests_left += 1
+        self.tokens_left += tokens
 
 
 def chunk_for(limit: int) -> int:

@@ -163,7 +163,7 @@ POISON = "poison"  # an input the fake model fails on, as some request's content
 @pytest.fixture
 def gw(serve, tmp_path):
     app, gateway, core = make_app(tmp_path, serve, circuit_breaker_threshold=2, circuit_breaker_timeout_s=30,
-                                  state_clock=Clock(1000.0))
+                                  state_clock=Clock(1000.0), clock=Clock(0.0))
     model = serve.models["embed-model"]
     embed = model.embed
 
@@ -322,6 +322,7 @@ def test_a_requests_own_failure_is_charged_to_its_callers_tokens(gw, serve):
     own = _embed(client, headers["mallory"], POISON)  # at the threshold, the probe answers: charged
     assert first.status_code == own.status_code == 500
     assert "likely cause" in own.json()["error"]["message"]
+    gateway.directory.clock.now += 3  # past the leases: their unused quota goes back, and the next one tells
     client.portal.call(gateway.quota.flush)
     remaining = {name: int(_embed(client, h, "hello").headers["x-ratelimit-remaining-tokens"]) for name, h in headers.items()}
     assert remaining["bob"] - remaining["mallory"] == len(POISON) // 4 + 2  # the one reservation kept

@@ -151,9 +151,8 @@ def test_a_stream_falls_back_before_its_first_chunk(gw, serve):
     assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"]) == "hello there"
 
 
-def test_a_full_queue_falls_back_for_a_whole_answer_and_a_stream(gw, serve):
-    client, _, admin, sink = gw
-    model = serve.models["chat-a"]
+def fill_queue(model) -> None:
+    """The model's calls, whole and streamed, refused as Serve refuses them past its queue."""
 
     async def refused(request):
         model.calls += 1
@@ -173,12 +172,31 @@ def test_a_full_queue_falls_back_for_a_whole_answer_and_a_stream(gw, serve):
         return Stream()
 
     model.chat, model.chat_stream = refused, refused_stream
+
+
+def test_a_full_queue_falls_back_for_a_whole_answer_and_a_stream(gw, serve):
+    client, _, admin, sink = gw
+    fill_queue(serve.models["chat-a"])
     response = client.post("/v1/chat/completions", json=chat("chat-a"), headers=admin)
     assert response.status_code == 200 and response.json()["model"] == "chat-b"
     with client.stream("POST", "/v1/chat/completions", json=chat("chat-a", stream=True), headers=admin) as streamed:
         assert streamed.status_code == 200 and streamed.headers[HEADER] == "chat-a"
         assert {event["model"] for event in sse_events(streamed)} == {"chat-b"}
     assert sink.total(catalogue.FALLBACKS, model="chat-a", fallback="chat-b", reason="overloaded") == 2
+
+
+def test_a_model_whose_queue_is_full_costs_the_key_no_request(gw, serve):
+    client, _, admin, _ = gw
+    key, _ = new_key(client, admin, rpm=2)  # two requests: the fallback's, whole and streamed
+    fill_queue(serve.models["chat-a"])
+    response = client.post("/v1/chat/completions", json=chat("chat-a"), headers=bearer(key))
+    assert response.status_code == 200 and response.json()["model"] == "chat-b"
+    with client.stream("POST", "/v1/chat/completions", json=chat("chat-a", stream=True),
+                       headers=bearer(key)) as streamed:
+        assert streamed.status_code == 200 and {event["model"] for event in sse_events(streamed)} == {"chat-b"}
+    third = client.post("/v1/chat/completions", json=chat("chat-a"), headers=bearer(key))
+    assert third.status_code == 429 and "requests per min" in third.json()["error"]["message"]
+    assert serve.models["chat-b"].calls == 2
 
 
 def test_a_stream_that_fails_after_its_first_chunk_is_not_retried(gw, serve):

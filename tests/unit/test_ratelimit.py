@@ -78,7 +78,7 @@ def test_two_replicas_leasing_never_exceed_the_limit():
             grant = limiter.lease("k", limits, 1, 1, chunk_for(limits.rpm), 1)
             if grant.requests == 0:
                 continue
-            lease = replicas[r] = LocalLease.of(grant)
+            lease = replicas[r] = LocalLease.of(grant, clock())
         lease.take(1)
         admitted += 1
         clock.now += 0.5
@@ -102,11 +102,23 @@ def test_windows_are_per_key():
 def test_local_lease_expires():
     limiter = RateLimiter(Clock(1000.0), lease_s=2.0)
     limits = Limits(100, 1000)
-    lease = LocalLease.of(limiter.lease("k", limits, 1, 1, 5, 50))
+    lease = LocalLease.of(limiter.lease("k", limits, 1, 1, 5, 50), 1000.0)
     assert lease.covers(1000.0, 10, limits)
     assert not lease.covers(1002.0, 10, limits)
     assert not lease.covers(1000.0, 60, limits)
     assert not lease.covers(1000.0, 10, Limits(100, 2000))  # the key's limits changed: lease anew
+
+
+def test_a_lease_expires_by_the_replicas_clock_not_the_state_actors():
+    """Monotonic clocks of two nodes have nothing in common: a lease is good for lease_s from
+    its receipt, whatever the actor's clock read when it granted it."""
+    limits = Limits(100, 1000)
+    grant = RateLimiter(Clock(1000.0), lease_s=2.0).lease("k", limits, 1, 1, 5, 50)
+    lease = LocalLease.of(grant, 5.0)  # the replica's node booted later
+    assert lease.covers(6.9, 10, limits)
+    assert not lease.covers(7.0, 10, limits)
+    late = LocalLease.of(grant, 50_000.0)  # or much earlier
+    assert late.covers(50_001.0, 10, limits)
 
 
 def test_headers_have_both_families():

@@ -10,6 +10,7 @@ import logging
 from contract.errors import (
     INTERNAL_ERROR_MESSAGE,
     APIError,
+    CircuitOpenError,
     GatewayTimeoutError,
     InternalServerError,
     ModelOverloadedError,
@@ -29,6 +30,11 @@ def is_cancellation(exc: BaseException) -> bool:
     from ray.serve.exceptions import RequestCancelledError
 
     return isinstance(exc, asyncio.CancelledError | RequestCancelledError)
+
+
+def never_ran(error: APIError) -> bool:
+    """The model refused the call before running any of it: its breaker, or its full queue."""
+    return isinstance(error, CircuitOpenError | ModelOverloadedError)
 
 
 def classify_failure(exc: BaseException, model: str, timeout_s: float) -> tuple[APIError, bool]:

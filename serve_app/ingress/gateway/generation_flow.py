@@ -15,7 +15,7 @@ from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.cache_client import CacheClient
 from serve_app.ingress.gateway.cache_keys import canonical_key, is_deterministic
 from serve_app.ingress.gateway.callers import Caller
-from serve_app.ingress.gateway.failures import is_cancellation
+from serve_app.ingress.gateway.failures import is_cancellation, never_ran
 from serve_app.ingress.gateway.generation import (
     GenerationSpec,
     StreamTotals,
@@ -85,10 +85,11 @@ class GenerationFlow:
         model = request.model
 
         async def bookkept() -> AsyncIterator[Any]:
-            outcome = "aborted"
+            outcome, started = "aborted", False
             try:
                 async for chunk in trimmed_chunks(upstream, spec, timeout_s, client_options, totals,
                                                   on_first=self._calls.queue_timer(model)):
+                    started = True
                     yield chunk
                 outcome = "done"
             except BaseException as exc:
@@ -96,8 +97,9 @@ class GenerationFlow:
                     raise
                 if is_cancellation(exc):
                     raise asyncio.CancelledError from None
-                outcome = "failed"
-                raise (await self._calls.failure(exc, model, timeout_s, caller))[0] from None
+                error = (await self._calls.failure(exc, model, timeout_s, caller))[0]
+                outcome = "refused" if never_ran(error) and not started else "failed"
+                raise error from None
             finally:
                 self._settle_stream(spec, caller, admission, model, totals, outcome, cache_key)
 
@@ -105,6 +107,9 @@ class GenerationFlow:
 
     def _settle_stream(self, spec: GenerationSpec, caller: Caller, admission: Admission, model: str,
                        totals: StreamTotals, outcome: str, cache_key: str | None) -> None:
+        if outcome == "refused":  # the model never ran it
+            self._quota.refund(admission)
+            return
         usage = totals.usage
         self._quota.settle(admission, usage.total_tokens if usage else 0)
         if usage:

@@ -1,5 +1,5 @@
 """One call to a model, past its circuit breaker and back: the breaker's admission (a refusal
-refunds the reserved tokens), the time the call waited in Serve's queue, the call with its
+refunds the whole admission), the time the call waited in Serve's queue, the call with its
 timeout or progress bound, and what its failure means (failures.py) for the client, the
 breaker and the caller's tokens; a call cancelled because its client left settles nothing.
 """
@@ -15,7 +15,12 @@ from contract.errors import APIError
 from serve_app.ingress.gateway import request_record
 from serve_app.ingress.gateway.breaker_gate import Breakers
 from serve_app.ingress.gateway.callers import Caller
-from serve_app.ingress.gateway.failures import classify_failure, is_cancellation, own_failure
+from serve_app.ingress.gateway.failures import (
+    classify_failure,
+    is_cancellation,
+    never_ran,
+    own_failure,
+)
 from serve_app.ingress.gateway.quota import Admission, Quota
 from serve_app.ingress.model_directory import ModelEntry
 
@@ -26,11 +31,11 @@ class ModelCall:
         self._quota = quota
 
     async def admit(self, model: str, admission: Admission) -> None:
-        """The breaker's word before a model call; a refusal refunds the reservation."""
+        """The breaker's word before a model call; a refusal refunds the admission."""
         try:
             await self._breakers.admit(model)
         except APIError:
-            self._quota.settle(admission, 0)
+            self._quota.refund(admission)
             raise
 
     def queue_timer(self, model: str) -> Callable[..., None]:
@@ -68,8 +73,12 @@ class ModelCall:
                 raise asyncio.CancelledError from None
             error, own = await self.failure(exc, model, timeout_s, admission.caller)
             # A request shown to fail by itself is charged its reservation: its caller's limits
-            # pay for the work it cost, never the model's breaker.
-            self._quota.settle(admission, admission.reserved if own else 0)
+            # pay for the work it cost, never the model's breaker. One the model never ran costs
+            # nothing, not even its request.
+            if never_ran(error):
+                self._quota.refund(admission)
+            else:
+                self._quota.settle(admission, admission.reserved if own else 0)
             raise error from None
         if healthy:
             await self._breakers.succeeded(model)

@@ -60,7 +60,7 @@ class Gateway:
         self.directory = directory
         self.metrics = metrics or Recorder(args.enable_metrics)
         self.authenticator = Authenticator(state, args)
-        self.quota = Quota(state)
+        self.quota = Quota(state, clock=directory.clock)
         self.cache = CacheClient(state, args)
         self.breakers = Breakers(state, args.enable_circuit_breaker, directory, clock=directory.clock)
         self.usage = UsageRecorder(state)

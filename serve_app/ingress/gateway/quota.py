@@ -67,7 +67,7 @@ class Quota:
                 if lease is None or not lease.covers(self._clock(), tokens, caller.limits):
                     if lease is not None:
                         self._retire(key, lease)
-                    lease = LocalLease.of(await self._lease(caller, tokens))
+                    lease = LocalLease.of(await self._lease(caller, tokens), self._clock())
                     self._leases[key] = lease
         lease.take(tokens)
         return Admission(caller, lease.grant.lease_id, tokens, self._headers(lease))
@@ -76,6 +76,18 @@ class Quota:
         """Charge (or refund) the difference between the reservation and the real usage."""
         if admission.lease_id and admission.caller.key_id:
             self._returns.append((admission.caller.key_id, admission.lease_id, 0, admission.reserved - actual_tokens))
+
+    def refund(self, admission: Admission) -> None:
+        """Give back a whole admission, its request too: the model refused a call it never ran
+        (its breaker, its full queue), so a retry or a fallback is not a second charge."""
+        key = admission.caller.key_id
+        if not admission.lease_id or key is None:
+            return
+        lease = self._leases.get(key)
+        if lease is not None and lease.grant.lease_id == admission.lease_id and self._clock() < lease.expires_at:
+            lease.give(admission.reserved)
+        else:
+            self._returns.append((key, admission.lease_id, 1, admission.reserved))
 
     def headers_for(self, caller: Caller) -> dict[str, str]:
         if caller.limits is None or caller.key_id is None:
@@ -90,7 +102,7 @@ class Quota:
         """Give back what expired leases did not use, and send settlements."""
         now = self._clock()
         for key, lease in list(self._leases.items()):
-            if now >= lease.grant.expires_at:
+            if now >= lease.expires_at:
                 del self._leases[key]
                 self._retire(key, lease)
         if not self._returns:
@@ -112,8 +124,7 @@ class Quota:
         except StateUnavailable:
             # Degrade: admit on a provisional local lease (not charged anywhere) until the
             # actor is back; at most one window's worth of accuracy is lost.
-            now = self._clock()
-            return Grant(0, 1, tokens, now + 1.0, limits, limits.rpm - 1, max(0, limits.tpm - tokens), 0.0, 0.0)
+            return Grant(0, 1, tokens, 1.0, limits, limits.rpm - 1, max(0, limits.tpm - tokens), 0.0, 0.0)
         whose = "" if grant.refused_by == "key" else "Team "
         scope = limits if grant.refused_by == "key" else limits.team
         assert scope is not None
