@@ -12,7 +12,7 @@ the access log, metrics and usage count the model that served.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -160,7 +160,7 @@ class Fallbacks:
             self._breakers.raise_if_open(model)
             reply = await attempt(entry, request)
             if isinstance(reply.result, ChunkStream):
-                reply.result = await _started(reply.result)
+                reply.result = await reply.result.started()
         except APIError as error:
             reason = refusal_reason(error)
             if reason is None:
@@ -168,28 +168,3 @@ class Fallbacks:
             raise CannotServe(reason, error) from None
         return reply
 
-
-async def _started(stream: ChunkStream) -> ChunkStream:
-    """The stream with its first chunk already received: a model that refuses a stream does so
-    with it, before anything reached the client (sse_response sends nothing before it either)."""
-    iterator = stream.__aiter__()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        stream.cancel()
-        raise
-
-    async def chunks() -> AsyncIterator[BaseModel]:
-        try:
-            if first is not None:
-                yield first
-                async for chunk in iterator:
-                    yield chunk
-        finally:
-            close = getattr(iterator, "aclose", None)
-            if close is not None:
-                await close()  # the flow's own end: its settlement, however the client left
-
-    return ChunkStream(chunks(), stream.cancel)

@@ -45,22 +45,14 @@ async def sse_response(chunks: ChunkStream, headers: dict[str, str] | None = Non
     The first chunk is awaited before the response starts, so that errors the model raises
     up front (bad parameters, context too long) still become a proper 4xx, not a 200 stream.
     """
-    iterator = chunks.__aiter__()
     record = access_log.current()
-    try:
-        first = await iterator.__anext__()
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        chunks.cancel()
-        raise
+    chunks = await chunks.started()
+    iterator = chunks.__aiter__()
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            if first is not None:
-                yield _sse_event(first)
-                async for chunk in iterator:
-                    yield _sse_event(chunk)
+            async for chunk in iterator:
+                yield _sse_event(chunk)
             yield SSE_DONE
         except Exception as exc:  # noqa: BLE001 - headers are sent; report in-band
             error = as_api_error(exc)
