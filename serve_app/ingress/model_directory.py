@@ -298,15 +298,15 @@ class ModelDirectory:
         status: ModelStatus = "failed" if record.state == "failed" else "loading"
         return ModelEntry(model, status, first_seen=int(record.requested_at)).card(record)
 
-    def info_of(self, model: str) -> ModelInfo | None:
-        """What the model's replica last said of itself (None before its first answer)."""
-        entry = self._entries.get(model)
-        return entry.info if entry else None
-
-    async def deployed_args(self, model: str) -> dict[str, Any] | None:
-        """A config-file model's args as deployed (read again after DEPLOYED_ARGS_TTL_S); None if unknown."""
-        if self._deployed_args is None:
-            return None
+    async def declared(self, model: str) -> ModelInfo | dict[str, Any] | None:
+        """A model's args as known here: what its replica said of itself, its run-time record's
+        (None while it unloads), or a config-file model's as deployed (read again after
+        DEPLOYED_ARGS_TTL_S); None when unknown."""
+        entry, record = self._entries.get(model), self.runtime.get(model)
+        if entry is not None and entry.info is not None:
+            return entry.info
+        if record is not None or entry is None or self._deployed_args is None:  # no controller call
+            return record.args if record is not None and record.state != "unloading" else None
         async with self._deployed_lock:  # one controller call for the requests that arrive meanwhile
             read_at, args = self._deployed
             if self._clock() - read_at > DEPLOYED_ARGS_TTL_S:

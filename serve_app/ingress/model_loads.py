@@ -114,13 +114,13 @@ async def check_model_fallbacks(model: str, args: ModelAppArgs, directory: Model
     config-file model not heard from) is not compared."""
     task_of: dict[str, str | None] = {}
     for name in {*args.fallbacks, *args.context_fallbacks}:
-        info, record = directory.info_of(name), directory.runtime.get(name)
-        if info is not None:
-            task_of[name] = info.task
-        elif record is not None and record.state != "unloading":
-            task_of[name] = record.args.get("task")
-        elif directory.status_of(name) is not None:
-            task_of[name] = ((await directory.deployed_args(name)) or {}).get("task")
+        declared = await directory.declared(name)
+        if isinstance(declared, dict):
+            task_of[name] = declared.get("task")
+        elif declared is not None:
+            task_of[name] = declared.task
+        elif directory.status_of(name) is not None:  # a model whose args are not known (yet)
+            task_of[name] = None
     try:
         check_fallbacks(model, args, task_of)
     except FallbackConfigError as exc:

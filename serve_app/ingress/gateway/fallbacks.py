@@ -94,16 +94,8 @@ class Fallbacks:
     async def policy(self, model: str) -> Policy:
         """The model's fallbacks: as its replica reports them, or its run-time record, or (a
         config-file model not heard from yet, say scaled to zero) its deployed args."""
-        info = self._directory.info_of(model)
-        if info is not None:
-            return Policy.of(info)
-        record = self._directory.runtime.get(model)
-        if record is not None:
-            return Policy.of(record.args)
-        if self._directory.status_of(model) is None:  # no such model (yet): nothing to ask the controller
-            return Policy()
-        deployed = await self._directory.deployed_args(model)
-        return Policy.of(deployed) if deployed is not None else Policy()
+        declared = await self._directory.declared(model)
+        return Policy.of(declared) if declared is not None else Policy()
 
     async def serve(self, caller: Caller, request: R, endpoint: str, alias: str | None,
                     attempt: Callable[[ModelEntry, R], Awaitable[Reply]]) -> Reply:
