@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.unit.fakes import FakeModel, FakeServe
+from tests.unit.fakes import FakeModel, FakeServe, admin_client
 
 CHAT_AND_EMBED = {"chat-model": "text-generation", "embed-model": "embedding"}
 
@@ -33,3 +33,10 @@ def serve(request):
     marker = request.node.get_closest_marker("models")
     by_name = marker.args[0] if marker is not None else CHAT_AND_EMBED
     return FakeServe({name: FakeModel(name, task) for name, task in by_name.items()})
+
+
+@pytest.fixture
+def api(serve, tmp_path):
+    """admin_client over `serve`: (a TestClient, the state core, the admin key's headers)."""
+    with admin_client(tmp_path, serve) as api:
+        yield api

@@ -11,7 +11,6 @@ import pytest
 from serve_app.state.budgets import BudgetBook, check_period, period_bounds
 from serve_app.state.keys import KeyStore, NewKey
 from serve_app.state.rate_limiter import Limits, RateLimiter
-from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import bearer, new_key
 
 
@@ -52,12 +51,6 @@ def test_leases_spend_the_budget_refunds_return_it_and_it_survives_a_restart(tmp
     assert refused.retry_after_s == pytest.approx(12 * 3600)  # until the next UTC midnight
     now[0] = utc(2026, 12, 8, 0, 0, 1)
     assert limiter_over(store, lambda: now[0]).lease("k", limits, 1, 60, 10, 60).budget_left == 40  # a new day
-
-
-@pytest.fixture
-def api(serve, tmp_path):
-    with admin_client(tmp_path, serve) as api:
-        yield api
 
 
 def test_a_key_over_its_budget_gets_a_429_until_the_period_resets(api):

@@ -12,18 +12,11 @@ import pytest
 
 from serve_app.cli.main import main
 from serve_app.state.keys import MAX_METADATA_BYTES, KeyStore
-from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import CHAT, bearer, new_key
 
 
-@pytest.fixture
-def admin_api(serve, tmp_path):
-    with admin_client(tmp_path, serve) as api:
-        yield api
-
-
-def test_an_update_takes_effect_and_the_secret_stays(admin_api):
-    client, _, admin = admin_api
+def test_an_update_takes_effect_and_the_secret_stays(api):
+    client, _, admin = api
     key, key_id = new_key(client, admin, models=["chat-model"], rpm=100)
     patched = client.patch(f"/admin/keys/{key_id}", headers=admin,
                            json={"name": "renamed", "rpm": 1, "metadata": {"team": "search", "cost_centre": 42}})
@@ -42,8 +35,8 @@ def test_an_update_takes_effect_and_the_secret_stays(admin_api):
     assert client.get(f"/admin/keys/{key_id}", headers=admin).json()["metadata"] == {"team": "search", "cost_centre": 42}
 
 
-def test_expiry_is_set_from_now_or_removed(admin_api):
-    client, _, admin = admin_api
+def test_expiry_is_set_from_now_or_removed(api):
+    client, _, admin = api
     _, key_id = new_key(client, admin, expires_in_s=60)
     before = time.time()
     later = client.patch(f"/admin/keys/{key_id}", headers=admin, json={"expires_in_s": 3600}).json()
@@ -61,8 +54,8 @@ def test_expiry_is_set_from_now_or_removed(admin_api):
     ({"models": ["no spaces allowed"]}, "models"),
     ({"expires_in_s": 1}, "expires_in_s"),
 ])
-def test_a_bad_update_is_a_400_naming_the_field_and_changes_nothing(admin_api, body, param):
-    client, core, admin = admin_api
+def test_a_bad_update_is_a_400_naming_the_field_and_changes_nothing(api, body, param):
+    client, core, admin = api
     _, key_id = new_key(client, admin, rpm=100, metadata={"keep": True})
     before = core.store.get(key_id)
     response = client.patch(f"/admin/keys/{key_id}", headers=admin, json=body)
@@ -71,15 +64,15 @@ def test_a_bad_update_is_a_400_naming_the_field_and_changes_nothing(admin_api, b
     assert core.store.get(key_id) == before
 
 
-def test_an_empty_update_is_a_400(admin_api):
-    client, _, admin = admin_api
+def test_an_empty_update_is_a_400(api):
+    client, _, admin = api
     _, key_id = new_key(client, admin)
     response = client.patch(f"/admin/keys/{key_id}", headers=admin, json={})
     assert response.status_code == 400 and "at least one of" in response.json()["error"]["message"]
 
 
-def test_a_revoked_or_unknown_key_is_a_404_and_stays_as_it_was(admin_api):
-    client, core, admin = admin_api
+def test_a_revoked_or_unknown_key_is_a_404_and_stays_as_it_was(api):
+    client, core, admin = api
     key, key_id = new_key(client, admin, rpm=5)
     assert client.delete(f"/admin/keys/{key_id}", headers=admin).status_code == 200
     revoked = core.store.get(key_id)
@@ -90,8 +83,8 @@ def test_a_revoked_or_unknown_key_is_a_404_and_stays_as_it_was(admin_api):
     assert client.patch("/admin/keys/key_nope", headers=admin, json={"rpm": 1}).status_code == 404
 
 
-def test_only_an_admin_key_may_update(admin_api):
-    client, core, admin = admin_api
+def test_only_an_admin_key_may_update(api):
+    client, core, admin = api
     key, key_id = new_key(client, admin)
     assert client.patch(f"/admin/keys/{key_id}", headers=bearer(key), json={"rpm": 10**6}).status_code == 403
     assert core.store.get(key_id).rpm is None

@@ -11,7 +11,6 @@ from serve_app.state.budgets import BudgetBook
 from serve_app.state.keys import KeyStore, NewKey
 from serve_app.state.rate_limiter import UNLIMITED, Limits, RateLimiter
 from serve_app.state.teams import NewTeam, TeamStore
-from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import CHAT, bearer, new_key
 
 
@@ -80,12 +79,6 @@ def test_a_key_is_in_one_team_and_a_refused_change_stores_nothing(store):
         teams.remove_key(red.id, b.id)
     assert teams.delete(red.id).name == "red"
     assert teams.get(red.id) is None and keys.get(a.id).team_id is None  # its keys stay, in no team
-
-
-@pytest.fixture
-def api(serve, tmp_path):
-    with admin_client(tmp_path, serve) as api:
-        yield api
 
 
 def test_team_keys_share_its_models_and_rpm_over_http(api):

@@ -10,14 +10,7 @@ import time
 import pytest
 
 from serve_app.state.usage_book import DailyUsage, UsageBook, utc_day
-from tests.unit.fakes import admin_client
 from tests.unit.test_gateway import CHAT, bearer, new_key
-
-
-@pytest.fixture
-def api(serve, tmp_path):
-    with admin_client(tmp_path, serve) as api:
-        yield api
 
 
 def test_requests_errors_and_cache_hits_are_counted_per_key_model_and_day(api):
