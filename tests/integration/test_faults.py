@@ -336,7 +336,10 @@ def test_a_fallback_serves_while_the_breaker_is_open_for_the_keys_that_may_use_i
     client = gw_client(server, key)
     with httpx.Client(base_url=server.gateway_url, timeout=60, headers=faulty) as http:
         try:
-            _until_every_ingress_replica_sees(http, APP, "circuit_open")
+            # The fallbacks of a model deployed with serve.run (not in the config) are known
+            # from its own answer only: the ingress replica test_ingress_replica_killed started
+            # may not have it yet.
+            _until_every_ingress_replica_sees(http, APP, "circuit_open", heard_from=True)
             raw = client.chat.completions.with_raw_response.create(model=APP, messages=MSG, max_tokens=4)
             assert raw.headers[FALLBACK_HEADER] == APP
             assert raw.parse().model == FALLBACK

@@ -29,14 +29,17 @@ def _breaker_state(http: httpx.Client, server, model: str) -> str:
     return next(m["circuit_breaker"]["state"] for m in status["models"] if m["id"] == model)
 
 
-def _until_every_ingress_replica_sees(http: httpx.Client, model: str, status: str) -> None:
+def _until_every_ingress_replica_sees(http: httpx.Client, model: str, status: str, *, heard_from: bool = False) -> None:
     """Each ingress replica syncs its copy of the breakers at least once a second: once every
-    answer for a while longer than that says `status`, both replicas have it."""
+    answer for a while longer than that says `status`, both replicas have it. `heard_from`: and
+    the model's own answer (its card names its task), which a replica that has just started
+    (a fault test's replacement) may not have yet."""
     deadline, since = time.monotonic() + 15, None
     while time.monotonic() < deadline:
-        seen = http.get(f"/v1/models/{model}").json()["status"]
+        card = http.get(f"/v1/models/{model}").json()
         now = time.monotonic()
-        since = (since or now) if seen == status else None
+        seen = card["status"] == status and (not heard_from or card.get("task") is not None)
+        since = (since or now) if seen else None
         if since is not None and now - since > SYNC_IDLE_S + 0.5:
             return
         time.sleep(0.05)

@@ -37,6 +37,9 @@ def test_schemathesis_finds_nothing_with_every_check(server, fuzz_key):
         str(ST), "--config-file", str(CONFIG), "run", f"{server.gateway_url}/openapi.json", "--url", server.gateway_url,
         "-H", f"Authorization: Bearer {fuzz_key}", "--seed", SEED, "--max-examples", "25",
         "--workers", "1", "--request-timeout", "60", "--no-color", "--checks", "all",
+        # A connection the proxy drops while an earlier test's replaced ingress replica settles
+        # is retried rather than ending the run before it starts.
+        "--wait-for-schema", "30",
     ]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900,
                             env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks",
